@@ -1,0 +1,156 @@
+//! String types of the API whose validation lives in the CRD schema as CEL rules.
+//!
+//! Each type serializes as a plain string; its `JsonSchema` carries the length bounds (which
+//! also keep the rules' estimated cost under the API server's limit) and the
+//! `x-kubernetes-validations` that make `kubectl apply` refuse a bad value with a readable message.
+
+use std::borrow::Cow;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
+
+use crate::address::{AddressError, AddressRange, parse_block};
+
+/// One entry of `IPAddressPool.spec.addresses`: a CIDR, a range or a single address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AddressBlock(pub String);
+
+impl AddressBlock {
+    pub fn parse(&self) -> Result<AddressRange, AddressError> {
+        parse_block(&self.0)
+    }
+}
+
+impl From<&str> for AddressBlock {
+    fn from(s: &str) -> Self {
+        AddressBlock(s.to_string())
+    }
+}
+
+/// The longest valid entry is a range of two IPv6 addresses in IPv4-embedded form (2 × 45 + 1).
+pub const ADDRESS_BLOCK_MAX_LEN: u32 = 91;
+
+/// `ip` written as the CEL integer value of a dotted IPv4 string, for ordering range ends:
+/// CEL's IP type has no ordering, and only IPv4 is short enough to compute in a rule.
+fn cel_ipv4_value(ip: &str) -> String {
+    (0..4)
+        .map(|i| format!("int({ip}.split('.')[{i}]) * {}", 1u64 << (8 * (3 - i))))
+        .collect::<Vec<_>>()
+        .join(" + ")
+}
+
+impl JsonSchema for AddressBlock {
+    fn schema_name() -> Cow<'static, str> {
+        "AddressBlock".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        let first = "self.split('-')[0]";
+        let last = "self.split('-')[1]";
+        let is_range = format!(
+            "self.contains('-') && size(self.split('-')) == 2 && isIP({first}) && isIP({last})"
+        );
+        let is_v4_range =
+            format!("{is_range} && ip({first}).family() == 4 && ip({last}).family() == 4");
+        json_schema!({
+            "type": "string",
+            "minLength": 1,
+            "maxLength": ADDRESS_BLOCK_MAX_LEN,
+            "description": "A CIDR (198.51.100.0/28, 2001:db8::/120), an inclusive range of two addresses of one family (198.51.100.10-198.51.100.20), or one address (198.51.100.7).",
+            "x-kubernetes-validations": [
+                {
+                    "rule": format!("self.contains('-') ? ({is_range}) : (self.contains('/') ? isCIDR(self) : isIP(self))"),
+                    "messageExpression": "\"'\" + self + \"' is not an address: write an address (198.51.100.7), a CIDR (198.51.100.0/28, 2001:db8::/120) or a range (198.51.100.10-198.51.100.20), without spaces\"",
+                },
+                {
+                    "rule": "self.contains('-') || !self.contains('/') || !isCIDR(self) || cidr(self) == cidr(self).masked()",
+                    "messageExpression": "\"'\" + self + \"' has host bits set; did you mean \" + string(cidr(self).masked()) + \"?\"",
+                },
+                {
+                    "rule": format!("!({is_range}) || ip({first}).family() == ip({last}).family()"),
+                    "messageExpression": "\"'\" + self + \"' mixes an IPv4 and an IPv6 address in one range\"",
+                },
+                {
+                    "rule": format!("!({is_v4_range}) || {} <= {}", cel_ipv4_value(first), cel_ipv4_value(last)),
+                    "messageExpression": "\"'\" + self + \"' is reversed: its first address is above its last\"",
+                },
+            ],
+        })
+    }
+}
+
+/// A network interface name as Linux accepts it (`dev_valid_name`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct InterfaceName(pub String);
+
+impl JsonSchema for InterfaceName {
+    fn schema_name() -> Cow<'static, str> {
+        "InterfaceName".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 15,
+            "x-kubernetes-validations": [{
+                "rule": "self.matches('^[^/:\\\\s]+$') && self != '.' && self != '..'",
+                "messageExpression": "\"'\" + self + \"' is not an interface name: at most 15 characters, without '/', ':' or spaces\"",
+            }],
+        })
+    }
+}
+
+/// The name of an object named by a DNS-1123 subdomain (pools) or label (namespaces).
+macro_rules! dns_name {
+    ($name:ident, $max:expr, $pattern:expr, $what:expr) => {
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub String);
+
+        impl JsonSchema for $name {
+            fn schema_name() -> Cow<'static, str> {
+                stringify!($name).into()
+            }
+
+            fn inline_schema() -> bool {
+                true
+            }
+
+            fn json_schema(_: &mut SchemaGenerator) -> Schema {
+                json_schema!({
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": $max,
+                    "x-kubernetes-validations": [{
+                        "rule": format!("self.matches('{}')", $pattern),
+                        "messageExpression": format!("\"'\" + self + \"' is not {}\"", $what),
+                    }],
+                })
+            }
+        }
+    };
+}
+
+dns_name!(
+    PoolName,
+    253,
+    "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+    "a valid IPAddressPool name (lower-case letters, digits, '-' and '.')"
+);
+dns_name!(
+    NamespaceName,
+    63,
+    "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+    "a valid namespace name (lower-case letters, digits and '-')"
+);

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Builds the lab's Kubernetes test binaries from the Go module proxy, once per version.
+#
+#   kube-apiserver, kube-proxy, kubectl  from k8s.io/kubernetes  $K8S_VERSION
+#   etcd                                 from go.etcd.io/etcd    $ETCD_VERSION
+#   helm                                 from helm.sh/helm/v3    $HELM_VERSION
+#
+# Binaries land in $FERROLB_CACHE/bin/<name>-<version>/ (default ~/.cache/ferrolb) and are
+# rebuilt only when missing. Prints the directory of each binary on stdout, progress on stderr.
+set -euo pipefail
+
+K8S_VERSION=${K8S_VERSION:-v1.36.3}
+ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
+HELM_VERSION=${HELM_VERSION:-v3.22.0}
+CACHE=${FERROLB_CACHE:-$HOME/.cache/ferrolb}
+
+export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
+log() { printf '[build-k8s %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+# Runs "$@" with progress on stderr and, when GNU time is there, its peak memory.
+timed() {
+  if [ -x /usr/bin/time ]; then
+    /usr/bin/time -f "[build-k8s] %e s wall, %M KiB peak RSS" "$@" >&2
+  else
+    "$@" >&2
+  fi
+}
+
+# k8s.io/kubernetes cannot be `go install`ed: its go.mod replaces every staging module with a
+# path inside its own tree. A wrapper module requires it and replaces each staging module
+# with its published v0.Y.Z tag instead; the list comes from that version's own go.mod.
+build_kubernetes() {
+  local out=$CACHE/bin/kubernetes-$K8S_VERSION
+  if [ -x "$out/kube-apiserver" ] && [ -x "$out/kube-proxy" ] && [ -x "$out/kubectl" ]; then
+    echo "$out"; return
+  fi
+  local minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
+  local staging=v0.${K8S_VERSION#v1.}
+  local work; work=$(mktemp -d "${TMPDIR:-/tmp}/ferrolb-k8s-build.XXXXXX")
+  trap 'rm -rf "$work"' RETURN
+  log "building kube-apiserver, kube-proxy, kubectl $K8S_VERSION (staging $staging); takes minutes cold"
+  (
+    cd "$work"
+    go mod init ferrolb.local/k8s-build >/dev/null 2>&1
+    local gomod
+    gomod=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+    go mod edit -require "k8s.io/kubernetes@$K8S_VERSION"
+    go mod edit -json "$gomod" | python3 -c '
+import json, sys
+for r in json.load(sys.stdin).get("Replace") or []:
+    if r["New"]["Path"].startswith("./staging/"):
+        print(r["Old"]["Path"])' | while read -r m; do
+      go mod edit -replace "$m=$m@$staging"
+    done
+    log "resolving modules"
+    go get "k8s.io/kubernetes/cmd/kube-apiserver@$K8S_VERSION" \
+      "k8s.io/kubernetes/cmd/kube-proxy@$K8S_VERSION" "k8s.io/kubernetes/cmd/kubectl@$K8S_VERSION" 2>&1 | tail -n 3 >&2
+    local date; date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+    local x=""
+    for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+      x="$x -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+      x="$x -X $pkg.gitTreeState=clean -X $pkg.buildDate=$date"
+    done
+    mkdir -p "$out.tmp"
+    for cmd in kube-apiserver kube-proxy kubectl; do
+      log "go build $cmd"
+      timed go build -trimpath -tags selinux,notest -ldflags "-s -w -buildid= $x" \
+        -o "$out.tmp/$cmd" "k8s.io/kubernetes/cmd/$cmd"
+    done
+  )
+  rm -rf "$out"; mv "$out.tmp" "$out"
+  echo "$out"
+}
+
+# etcd's main package is the root of go.etcd.io/etcd/server/v3, whose go.mod also replaces
+# its sibling modules with local paths: same wrapper trick.
+build_etcd() {
+  local out=$CACHE/bin/etcd-$ETCD_VERSION
+  if [ -x "$out/etcd" ]; then echo "$out"; return; fi
+  local work; work=$(mktemp -d "${TMPDIR:-/tmp}/ferrolb-etcd-build.XXXXXX")
+  trap 'rm -rf "$work"' RETURN
+  log "building etcd $ETCD_VERSION"
+  (
+    cd "$work"
+    go mod init ferrolb.local/etcd-build >/dev/null 2>&1
+    go mod edit -require "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
+    local gomod
+    gomod=$(go mod download -json "go.etcd.io/etcd/server/v3@$ETCD_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+    go mod edit -json "$gomod" | python3 -c '
+import json, sys
+for r in json.load(sys.stdin).get("Replace") or []:
+    if r["New"]["Path"].startswith("."):
+        print(r["Old"]["Path"])' | while read -r m; do
+      go mod edit -replace "$m=$m@$ETCD_VERSION"
+    done
+    go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" 2>&1 | tail -n 3 >&2
+    mkdir -p "$out.tmp"
+    timed go build -trimpath -ldflags "-s -w" -o "$out.tmp/etcd" go.etcd.io/etcd/server/v3
+  )
+  rm -rf "$out"; mv "$out.tmp" "$out"
+  echo "$out"
+}
+
+build_helm() {
+  local out=$CACHE/bin/helm-$HELM_VERSION
+  if [ -x "$out/helm" ]; then echo "$out"; return; fi
+  log "building helm $HELM_VERSION"
+  mkdir -p "$out.tmp"
+  GOBIN="$out.tmp" timed go install -trimpath \
+    -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
+    "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  rm -rf "$out"; mv "$out.tmp" "$out"
+  echo "$out"
+}
+
+what=${1:-all}
+case $what in
+  kubernetes) build_kubernetes ;;
+  etcd) build_etcd ;;
+  helm) build_helm ;;
+  all) build_kubernetes; build_etcd; build_helm ;;
+  *) echo "usage: $0 [all|kubernetes|etcd|helm]" >&2; exit 2 ;;
+esac
