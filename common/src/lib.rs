@@ -1,0 +1,92 @@
+//! Plumbing the ferrolb binaries share: logging flags and set-up, the API client, signals.
+
+use clap::{Args, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+/// Logging flags of every ferrolb binary.
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    /// Log level (trace, debug, info, warn, error) or a full tracing filter such as
+    /// `info,kube=debug`; `RUST_LOG` overrides it.
+    #[arg(long, env = "FERROLB_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Log format.
+    #[arg(long, env = "FERROLB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid log filter {filter:?}: {source}")]
+    LogFilter {
+        filter: String,
+        source: tracing_subscriber::filter::ParseError,
+    },
+    #[error("no Kubernetes configuration (in-cluster or KUBECONFIG): {0}")]
+    Config(#[from] kube::config::InferConfigError),
+    #[error("cannot build a Kubernetes client: {0}")]
+    Client(#[source] kube::Error),
+    #[error("the API server at {url} did not answer /version: {source}")]
+    Unreachable {
+        url: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl LogArgs {
+    /// Installs the global tracing subscriber.
+    pub fn init(&self) -> Result<(), Error> {
+        let filter = match std::env::var("RUST_LOG") {
+            Ok(env) if !env.is_empty() => env,
+            _ => self.log_level.clone(),
+        };
+        let filter = EnvFilter::try_new(&filter).map_err(|source| Error::LogFilter {
+            filter: filter.clone(),
+            source,
+        })?;
+        let builder = tracing_subscriber::fmt().with_env_filter(filter);
+        match self.log_format {
+            LogFormat::Text => builder.init(),
+            LogFormat::Json => builder.json().flatten_event(true).init(),
+        }
+        Ok(())
+    }
+}
+
+/// A client for the cluster the process runs in (or `KUBECONFIG`), after checking that the
+/// API server answers.
+pub async fn connect() -> Result<kube::Client, Error> {
+    // kube's rustls needs a process-wide crypto provider; a second install is harmless.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = kube::Config::infer().await?;
+    let url = config.cluster_url.to_string();
+    let client = kube::Client::try_from(config).map_err(Error::Client)?;
+    let version = client
+        .apiserver_version()
+        .await
+        .map_err(|source| Error::Unreachable {
+            url: url.clone(),
+            source,
+        })?;
+    tracing::info!(%url, version = %version.git_version, "connected to the API server");
+    Ok(client)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Everything a fresh Debian machine needs before the demo or the tests: the kernel-side tools
+# the lab drives (iproute2, iptables for kube-proxy, tcpdump for ARP captures) and the
+# Kubernetes binaries, built from the Go module proxy and cached (lab/scripts/build-k8s.sh).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+
+need=()
+for tool in ip:iproute2 iptables:iptables ip6tables:iptables nft:nftables tcpdump:tcpdump \
+            conntrack:conntrack ethtool:ethtool; do
+  command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool#*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "[setup] installing ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >&2
+  apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${need[@]}" | sort -u) >&2
+fi
+
+if ! command -v go >/dev/null 2>&1; then
+  echo "[setup] Go is needed to build the Kubernetes test binaries" >&2
+  exit 1
+fi
+"$here/build-k8s.sh" all >/dev/null

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, unit and property tests, and the lab tests against
+# a real kube-apiserver, etcd and kube-proxy in network namespaces (root needed).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+lab/scripts/setup.sh
+echo "[test] cargo fmt --check" >&2
+cargo fmt --all -- --check
+echo "[test] cargo clippy" >&2
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "[test] cargo test" >&2
+FERROLB_LAB=1 cargo test --workspace --locked -- --test-threads=1

@@ -1,0 +1,78 @@
+//! The lab's address plan: documentation prefixes only, inside the lab's own namespaces.
+//!
+//! | role                 | IPv4                          | IPv6                          |
+//! |----------------------|-------------------------------|-------------------------------|
+//! | LAN                  | 198.51.100.0/24               | 2001:db8::/64                 |
+//! | API server           | 198.51.100.1                  | 2001:db8::1                   |
+//! | client               | 198.51.100.10                 | 2001:db8::10                  |
+//! | node i (1-based)     | 198.51.100.(10+i)             | 2001:db8::(10+i)              |
+//! | foreign hosts        | 198.51.100.(100+k)            | 2001:db8::(100+k)             |
+//! | example pool         | 198.51.100.200-198.51.100.250 | 2001:db8::c8-2001:db8::fa     |
+//! | pods of node i       | 203.0.113.(16i)/28            | 2001:db8:1:i::/64             |
+//! | Service cluster IPs  | 192.0.2.0/24                  | 2001:db8:2::/112              |
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+pub const LAN_PREFIX_V4: u8 = 24;
+pub const LAN_PREFIX_V6: u8 = 64;
+pub const SERVICE_CIDRS: &str = "192.0.2.0/24,2001:db8:2::/112";
+pub const CLUSTER_CIDRS: &str = "203.0.113.0/24,2001:db8:1::/48";
+pub const EXAMPLE_POOL_V4: &str = "198.51.100.200-198.51.100.250";
+pub const EXAMPLE_POOL_V6: &str = "2001:db8::c8-2001:db8::fa";
+/// At most this many nodes fit the plan (pods get a /28 each in 203.0.113.0/24).
+pub const MAX_NODES: usize = 15;
+/// And this many pods per node.
+pub const MAX_PODS_PER_NODE: usize = 14;
+
+pub fn apiserver_v4() -> Ipv4Addr {
+    Ipv4Addr::new(198, 51, 100, 1)
+}
+
+pub fn apiserver_v6() -> Ipv6Addr {
+    lan_v6(1)
+}
+
+pub fn client_v4() -> Ipv4Addr {
+    Ipv4Addr::new(198, 51, 100, 10)
+}
+
+pub fn client_v6() -> Ipv6Addr {
+    lan_v6(0x10)
+}
+
+pub fn node_v4(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 51, 100, 10 + i as u8)
+}
+
+pub fn node_v6(i: usize) -> Ipv6Addr {
+    lan_v6(0x10 + i as u16)
+}
+
+pub fn foreign_v4(k: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 51, 100, 100 + k as u8)
+}
+
+pub fn foreign_v6(k: usize) -> Ipv6Addr {
+    lan_v6(0x100 + k as u16)
+}
+
+pub fn pod_cidr_v4(node: usize) -> String {
+    format!("203.0.113.{}/28", 16 * node)
+}
+
+pub fn pod_cidr_v6(node: usize) -> String {
+    format!("2001:db8:1:{node:x}::/64")
+}
+
+/// Pod `k` (1-based) of node `node`.
+pub fn pod_v4(node: usize, k: usize) -> Ipv4Addr {
+    Ipv4Addr::new(203, 0, 113, (16 * node + k) as u8)
+}
+
+pub fn pod_v6(node: usize, k: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 1, node as u16, 0, 0, 0, k as u16)
+}
+
+fn lan_v6(low: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, low)
+}

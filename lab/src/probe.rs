@@ -1,0 +1,155 @@
+//! The failover instrument: new TCP connections to an address, one every few milliseconds for
+//! a bounded time, each recorded with its time, outcome and the pod that answered.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+use crate::netns::NetNs;
+
+#[derive(Debug, Clone)]
+pub struct ProbeConfig {
+    pub target: SocketAddr,
+    /// Time between the starts of two attempts.
+    pub interval: Duration,
+    /// How long one attempt may take, connect and answer together.
+    pub timeout: Duration,
+    /// The probe stops after this long…
+    pub duration: Duration,
+    /// …or this many attempts, whichever comes first.
+    pub max_attempts: usize,
+}
+
+impl ProbeConfig {
+    pub fn new(target: SocketAddr, duration: Duration) -> ProbeConfig {
+        ProbeConfig {
+            target,
+            interval: Duration::from_millis(10),
+            timeout: Duration::from_millis(200),
+            duration,
+            max_attempts: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sample {
+    /// When the attempt started, from the start of the probe.
+    pub at: Duration,
+    /// The pod that answered, or why nobody did.
+    pub outcome: Result<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProbeReport {
+    pub samples: Vec<Sample>,
+}
+
+impl ProbeReport {
+    pub fn successes(&self) -> usize {
+        self.samples.iter().filter(|s| s.outcome.is_ok()).count()
+    }
+
+    pub fn failures(&self) -> usize {
+        self.samples.len() - self.successes()
+    }
+
+    /// The longest time without a successful new connection that is bounded by successes on
+    /// both sides: from the last success before a run of failures to the first success after.
+    pub fn longest_gap(&self) -> Option<Duration> {
+        let oks: Vec<Duration> = self
+            .samples
+            .iter()
+            .filter(|s| s.outcome.is_ok())
+            .map(|s| s.at)
+            .collect();
+        oks.windows(2).map(|w| w[1] - w[0]).max()
+    }
+
+    /// The pods that answered, in order of first answer.
+    pub fn pods(&self) -> Vec<String> {
+        let mut pods: Vec<String> = vec![];
+        for s in &self.samples {
+            if let Ok(p) = &s.outcome
+                && !pods.contains(p)
+            {
+                pods.push(p.clone());
+            }
+        }
+        pods
+    }
+}
+
+/// One HTTP GET over a new connection; the answering pod's name.
+pub fn attempt(target: SocketAddr, timeout: Duration) -> Result<String, String> {
+    let start = Instant::now();
+    let mut conn =
+        TcpStream::connect_timeout(&target, timeout).map_err(|e| format!("connect: {e}"))?;
+    let left = timeout
+        .saturating_sub(start.elapsed())
+        .max(Duration::from_millis(1));
+    conn.set_read_timeout(Some(left))
+        .map_err(|e| e.to_string())?;
+    conn.write_all(b"GET / HTTP/1.0\r\n\r\n")
+        .map_err(|e| format!("send: {e}"))?;
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply)
+        .map_err(|e| format!("read: {e}"))?;
+    reply
+        .lines()
+        .find_map(|l| l.strip_prefix("Hello from "))
+        .map(|p| p.trim().to_string())
+        .ok_or_else(|| format!("unexpected answer {reply:?}"))
+}
+
+/// Runs the probe from inside `ns`, blocking the calling thread.
+pub fn run(ns: &NetNs, config: &ProbeConfig) -> Result<ProbeReport> {
+    ns.enter(|| {
+        let start = Instant::now();
+        let mut samples = vec![];
+        while start.elapsed() < config.duration && samples.len() < config.max_attempts {
+            let at = start.elapsed();
+            let outcome = attempt(config.target, config.timeout);
+            samples.push(Sample { at, outcome });
+            let next = at + config.interval;
+            if let Some(wait) = next.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        ProbeReport { samples }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(outcomes: &[(u64, bool)]) -> ProbeReport {
+        ProbeReport {
+            samples: outcomes
+                .iter()
+                .map(|&(ms, ok)| Sample {
+                    at: Duration::from_millis(ms),
+                    outcome: if ok { Ok("p".into()) } else { Err("x".into()) },
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn gap_spans_from_last_success_to_next_success() {
+        let r = report(&[
+            (0, true),
+            (10, true),
+            (20, false),
+            (30, false),
+            (40, true),
+            (50, true),
+        ]);
+        assert_eq!(r.longest_gap(), Some(Duration::from_millis(30)));
+        assert_eq!((r.successes(), r.failures()), (4, 2));
+        assert_eq!(report(&[(0, false)]).longest_gap(), None);
+    }
+}
