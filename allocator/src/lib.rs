@@ -1,0 +1,1 @@
+//! ferrolb address allocator (being written).
