@@ -13,9 +13,10 @@ use crate::netns::NetNs;
 
 pub const POD_PORT: u16 = 8080;
 
-/// The answer of pod `name`; the probe reads the name back from it.
-pub fn greeting(name: &str) -> String {
-    format!("Hello from {name}\n")
+/// The answer of pod `name` to a client seen as `peer`; the probe reads both back from it
+/// (the peer shows whether kube-proxy kept the client's source address).
+pub fn greeting(name: &str, peer: SocketAddr) -> String {
+    format!("Hello from {name}\nclient {}\n", peer.ip())
 }
 
 pub struct HelloServer {
@@ -34,13 +35,14 @@ impl HelloServer {
             .set_nonblocking(true)
             .context("nonblocking listener")?;
         let stop = Arc::new(AtomicBool::new(false));
-        let body = greeting(name);
+        let name = name.to_string();
         let thread = std::thread::Builder::new().name(format!("pod-{name}")).spawn({
             let stop = stop.clone();
             move || {
                 while !stop.load(Ordering::Relaxed) {
                     match listener.accept() {
-                        Ok((mut conn, _)) => {
+                        Ok((mut conn, peer)) => {
+                            let body = greeting(&name, canonical(peer));
                             let _ = conn.set_nonblocking(false);
                             let _ = conn.set_read_timeout(Some(Duration::from_millis(500)));
                             let mut buf = [0u8; 1024];
@@ -63,6 +65,17 @@ impl HelloServer {
             stop,
             thread: Some(thread),
         })
+    }
+}
+
+/// An IPv4 peer as seen by a dual-stack socket is `::ffff:a.b.c.d`; show it as `a.b.c.d`.
+fn canonical(peer: SocketAddr) -> SocketAddr {
+    match peer {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::from((v4, v6.port())),
+            None => peer,
+        },
+        v4 => v4,
     }
 }
 

@@ -16,7 +16,7 @@ use crate::hello::HelloServer;
 use crate::netns::{self, NetNs};
 use crate::pki::{self, Ca, Credentials};
 use crate::plan;
-use crate::probe::{self, ProbeConfig, ProbeReport};
+use crate::probe::{self, Answer, ProbeConfig, ProbeReport};
 use crate::process::Proc;
 
 /// Every lab namespace starts with this, then 4 hex digits, then `-`.
@@ -30,6 +30,8 @@ pub struct LabConfig {
     pub pods: Vec<usize>,
     /// The namespace and link prefix; a fresh one when `None`.
     pub prefix: Option<String>,
+    /// How often each node renews its Lease, like a kubelet (10 s).
+    pub heartbeat: Duration,
 }
 
 impl Default for LabConfig {
@@ -39,6 +41,7 @@ impl Default for LabConfig {
             nodes: 3,
             pods: vec![1, 2],
             prefix: None,
+            heartbeat: Duration::from_secs(10),
         }
     }
 }
@@ -363,7 +366,7 @@ impl Lab {
             Credentials::Cert(&proxy_creds),
         )?;
         for i in 1..=config.nodes {
-            let node = lab.add_node(i, config.nodes, &proxy_kubeconfig).await?;
+            let node = lab.add_node(i, &config, &proxy_kubeconfig).await?;
             lab.nodes.push(node);
         }
         // Pods behind their nodes.
@@ -444,7 +447,7 @@ impl Lab {
     async fn add_node(
         &mut self,
         i: usize,
-        nodes: usize,
+        config: &LabConfig,
         proxy_kubeconfig: &Path,
     ) -> Result<LabNode> {
         let name = format!("node-{i}");
@@ -460,7 +463,7 @@ impl Lab {
             ns.sysctl(key, value)?;
         }
         // host-gw routing: every other node's pods through that node.
-        for j in 1..=nodes {
+        for j in 1..=config.nodes {
             if j != i {
                 ns.ip(&[
                     "route",
@@ -486,7 +489,7 @@ impl Lab {
             &[plan::pod_cidr_v4(i), plan::pod_cidr_v6(i)],
         )
         .await?;
-        let heartbeat = cluster::heartbeat(&self.client, &name, Duration::from_secs(10));
+        let heartbeat = cluster::heartbeat(&self.client, &name, config.heartbeat);
         let kube_proxy = self.start_kube_proxy(&ns, &name, proxy_kubeconfig)?;
         Ok(LabNode {
             index: i,
@@ -740,21 +743,49 @@ impl Lab {
             .to_string())
     }
 
-    /// One HTTP GET from the client to `ip:port` on a new connection: the pod that answered.
-    pub async fn get(&self, ip: IpAddr, port: u16) -> Result<String> {
+    /// One HTTP GET from the client to `ip:port` on a new connection: who answered, and
+    /// which client address it saw.
+    pub async fn get(&self, ip: IpAddr, port: u16) -> Result<Answer> {
+        self.get_within(ip, port, Duration::from_secs(2)).await
+    }
+
+    /// [`Lab::get`] with its own time limit.
+    pub async fn get_within(&self, ip: IpAddr, port: u16, timeout: Duration) -> Result<Answer> {
         let ns = self.client_ns.clone();
         let target = SocketAddr::new(ip, port);
-        tokio::task::spawn_blocking(move || {
-            ns.enter(|| probe::attempt(target, Duration::from_secs(2)))
-        })
-        .await??
-        .map_err(|e| anyhow::anyhow!("GET http://{target}/ from the client: {e}"))
+        tokio::task::spawn_blocking(move || ns.enter(|| probe::request(target, timeout)))
+            .await??
+            .map_err(|e| anyhow::anyhow!("GET http://{target}/ from the client: {e}"))
     }
 
     /// Runs the failover probe from the client namespace.
     pub async fn probe(&self, config: ProbeConfig) -> Result<ProbeReport> {
         let ns = self.client_ns.clone();
         tokio::task::spawn_blocking(move || probe::run(&ns, &config)).await?
+    }
+
+    /// Starts capturing ARP and NDP on the LAN bridge (tcpdump, with link-level headers and
+    /// timestamps); stop it with [`Capture::finish`].
+    pub fn capture_neighbour_traffic(&self, name: &str) -> Result<Capture> {
+        let log = self.dir.join(format!("capture-{name}.txt"));
+        let proc = Proc::spawn(
+            &self.lan,
+            &format!("tcpdump-{name}"),
+            Path::new("tcpdump"),
+            &args(&[
+                "-i",
+                "br0",
+                "-tt",
+                "-e",
+                "-n",
+                "-l",
+                "arp or (icmp6 and (ip6[40] == 135 or ip6[40] == 136))",
+            ]),
+            &log,
+        )?;
+        // tcpdump needs a moment before it sees packets.
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(Capture { proc, log })
     }
 
     // Faults.
@@ -862,6 +893,26 @@ impl Drop for Lab {
                 h.abort();
             }
         }
+    }
+}
+
+/// A running packet capture.
+pub struct Capture {
+    proc: Proc,
+    log: PathBuf,
+}
+
+impl Capture {
+    /// Stops the capture; the captured lines (tcpdump's own messages left out).
+    pub fn finish(mut self) -> String {
+        std::thread::sleep(Duration::from_millis(200));
+        self.proc.stop(Duration::from_secs(2));
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.chars().next().is_some_and(|c| c.is_ascii_digit()))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 

@@ -17,7 +17,7 @@ pub mod process;
 
 pub use cluster::ServiceSpec;
 pub use lab::{Lab, LabConfig, down, down_all, running_prefixes};
-pub use probe::{ProbeConfig, ProbeReport};
+pub use probe::{Answer, ProbeConfig, ProbeReport};
 
 /// Whether the lab tests should run: they need root and build Kubernetes binaries, so they
 /// run when `FERROLB_LAB=1` (the README's test command sets it) and are skipped otherwise,

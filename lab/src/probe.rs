@@ -42,6 +42,15 @@ pub struct Sample {
     pub outcome: Result<String, String>,
 }
 
+/// What one successful request learnt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The pod that answered.
+    pub pod: String,
+    /// The client address the pod saw.
+    pub client: String,
+}
+
 #[derive(Debug, Clone)]
 pub struct ProbeReport {
     pub samples: Vec<Sample>,
@@ -84,6 +93,11 @@ impl ProbeReport {
 
 /// One HTTP GET over a new connection; the answering pod's name.
 pub fn attempt(target: SocketAddr, timeout: Duration) -> Result<String, String> {
+    request(target, timeout).map(|a| a.pod)
+}
+
+/// One HTTP GET over a new connection: who answered and whom it saw.
+pub fn request(target: SocketAddr, timeout: Duration) -> Result<Answer, String> {
     let start = Instant::now();
     let mut conn =
         TcpStream::connect_timeout(&target, timeout).map_err(|e| format!("connect: {e}"))?;
@@ -97,11 +111,16 @@ pub fn attempt(target: SocketAddr, timeout: Duration) -> Result<String, String> 
     let mut reply = String::new();
     conn.read_to_string(&mut reply)
         .map_err(|e| format!("read: {e}"))?;
-    reply
-        .lines()
-        .find_map(|l| l.strip_prefix("Hello from "))
-        .map(|p| p.trim().to_string())
-        .ok_or_else(|| format!("unexpected answer {reply:?}"))
+    let field = |prefix: &str| {
+        reply
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(|v| v.trim().to_string())
+    };
+    match (field("Hello from "), field("client ")) {
+        (Some(pod), Some(client)) => Ok(Answer { pod, client }),
+        _ => Err(format!("unexpected answer {reply:?}")),
+    }
 }
 
 /// Runs the probe from inside `ns`, blocking the calling thread.
