@@ -9,12 +9,19 @@ use std::process::Command;
 use serde_json::Value;
 
 fn repo() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .unwrap()
 }
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -25,8 +32,20 @@ fn objects(yaml: &str) -> BTreeMap<(String, String, String), Value> {
         .into_iter()
         .filter(|v| !v.is_null())
         .map(|v| {
-            let field = |p: &str| v.pointer(p).and_then(Value::as_str).unwrap_or("").to_string();
-            ((field("/kind"), field("/metadata/namespace"), field("/metadata/name")), v)
+            let field = |p: &str| {
+                v.pointer(p)
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string()
+            };
+            (
+                (
+                    field("/kind"),
+                    field("/metadata/namespace"),
+                    field("/metadata/name"),
+                ),
+                v,
+            )
         })
         .collect()
 }
@@ -41,7 +60,10 @@ fn generated_install_files_match_the_kustomize_base() {
     let scratch = std::env::temp_dir().join(format!("ferrolb-render-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch).unwrap();
-    run(Command::new("cp").arg("-r").arg(repo().join("deploy")).arg(&scratch));
+    run(Command::new("cp")
+        .arg("-r")
+        .arg(repo().join("deploy"))
+        .arg(&scratch));
     run(Command::new(scratch.join("deploy/render.sh")).env("KUBECTL", &bins.kubectl));
     let mut drifted = vec![];
     for file in [
@@ -57,22 +79,35 @@ fn generated_install_files_match_the_kustomize_base() {
         }
     }
     let _ = std::fs::remove_dir_all(&scratch);
-    assert!(drifted.is_empty(), "deploy/{drifted:?} differ from the kustomize base: run deploy/render.sh and commit");
+    assert!(
+        drifted.is_empty(),
+        "deploy/{drifted:?} differ from the kustomize base: run deploy/render.sh and commit"
+    );
 }
 
 #[test]
 fn helm_default_rendering_is_the_kustomize_base() {
     if !lab::lab_tests_enabled() {
-        eprintln!("skipped: needs the lab's kubectl and helm (FERROLB_LAB=1, the README's test command)");
+        eprintln!(
+            "skipped: needs the lab's kubectl and helm (FERROLB_LAB=1, the README's test command)"
+        );
         return;
     }
     let bins = lab::binaries::ensure().unwrap();
     let deploy = repo().join("deploy");
-    let kustomize = objects(&run(Command::new(&bins.kubectl).arg("kustomize").arg(&deploy)));
+    let kustomize = objects(&run(Command::new(&bins.kubectl)
+        .arg("kustomize")
+        .arg(&deploy)));
     let helm = objects(&run(Command::new(&bins.helm)
         .args(["template", "ferrolb"])
         .arg(deploy.join("helm/ferrolb"))
-        .args(["-n", "ferrolb-system", "--include-crds", "--kube-version", "1.36.3"])));
+        .args([
+            "-n",
+            "ferrolb-system",
+            "--include-crds",
+            "--kube-version",
+            "1.36.3",
+        ])));
 
     let only = |a: &BTreeMap<_, Value>, b: &BTreeMap<_, Value>| -> Vec<(String, String, String)> {
         a.keys().filter(|k| !b.contains_key(*k)).cloned().collect()
@@ -80,12 +115,23 @@ fn helm_default_rendering_is_the_kustomize_base() {
     let key = |k: &str, ns: &str, n: &str| (k.to_string(), ns.to_string(), n.to_string());
     // Helm installs into a namespace it is given (labelled by the operator, see NOTES.txt) and
     // creates the gossip key itself; everything else is the same object.
-    assert_eq!(only(&kustomize, &helm), vec![key("Namespace", "", "ferrolb-system")]);
-    assert_eq!(only(&helm, &kustomize), vec![key("Secret", "ferrolb-system", "ferrolb-gossip")]);
+    assert_eq!(
+        only(&kustomize, &helm),
+        vec![key("Namespace", "", "ferrolb-system")]
+    );
+    assert_eq!(
+        only(&helm, &kustomize),
+        vec![key("Secret", "ferrolb-system", "ferrolb-gossip")]
+    );
     for (k, object) in &kustomize {
         if let Some(other) = helm.get(k) {
             assert_eq!(object, other, "{k:?} differs between kustomize and Helm");
         }
     }
-    assert_eq!(kustomize.len(), 15, "{:?}", kustomize.keys().collect::<Vec<_>>());
+    assert_eq!(
+        kustomize.len(),
+        15,
+        "{:?}",
+        kustomize.keys().collect::<Vec<_>>()
+    );
 }
