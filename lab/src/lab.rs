@@ -34,6 +34,17 @@ pub struct LabConfig {
     pub heartbeat: Duration,
 }
 
+impl LabConfig {
+    /// `nodes` nodes; two pods, on nodes 1 and 2 (both on node 1 when it is alone).
+    pub fn with_nodes(nodes: usize) -> LabConfig {
+        LabConfig {
+            nodes,
+            pods: vec![1, nodes.clamp(1, 2)],
+            ..Default::default()
+        }
+    }
+}
+
 impl Default for LabConfig {
     /// Three nodes; two pods, on nodes 1 and 2, so node 3 has no local endpoint.
     fn default() -> Self {

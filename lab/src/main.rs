@@ -75,11 +75,7 @@ async fn main() -> Result<()> {
 }
 
 async fn up(nodes: usize) -> Result<()> {
-    let lab = lab::Lab::start(lab::LabConfig {
-        nodes,
-        ..Default::default()
-    })
-    .await?;
+    let lab = lab::Lab::start(lab::LabConfig::with_nodes(nodes)).await?;
     println!(
         "lab {} is up ({} nodes). While this runs:",
         lab.prefix,
