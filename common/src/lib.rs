@@ -1,4 +1,7 @@
-//! Plumbing the ferrolb binaries share: logging flags and set-up, the API client, signals.
+//! Plumbing the ferrolb binaries share: logging flags and set-up, the API client, signals,
+//! the metrics and health endpoint.
+
+pub mod http;
 
 use clap::{Args, ValueEnum};
 use tracing_subscriber::EnvFilter;
