@@ -1,0 +1,4 @@
+//! ferrolb-controller: allocates external addresses from IPAddressPools to LoadBalancer
+//! Services. The binary (`main.rs`) only wires flags, the client and the lease to this.
+
+pub mod service;
