@@ -1,1 +1,36 @@
-//! ferrolb address allocator (being written).
+//! ferrolb's address allocator: which Service gets which address of which pool.
+//!
+//! A pure library: no Kubernetes types, no I/O, no clock. The controller turns pools and Services
+//! into [`Pool`]s and [`ServiceRequest`]s at the edge and turns [`Assignment`]s and [`Error`]s
+//! back into status, Events and metrics.
+//!
+//! Pools are sets of runs over `u128` ([`intervals`]), so a `/64` costs what a `/30` costs and
+//! finding the lowest free address is a map lookup, not a scan. Results depend only on the calls
+//! made and their order: every map is ordered and every tie is broken by name.
+//!
+//! - [`allocator`]: who holds what; pools in, Services in and out, reports.
+//! - [`pick`](crate::pick): which address a Service gets.
+//! - [`space`]: one pool's addresses of one family, free and counted.
+//! - [`sharing`]: when two Services may hold one address.
+//! - [`pool`], [`selector`], [`service`]: the inputs.
+//! - [`error`]: every refusal, worded for Events.
+
+pub mod allocator;
+pub mod error;
+pub mod intervals;
+mod pick;
+pub mod pool;
+pub mod selector;
+pub mod service;
+pub mod sharing;
+pub mod space;
+
+pub use allocator::{Allocator, Orphan, Overlap, PoolUsage};
+pub use error::{Error, Result};
+pub use pool::{Pool, ServiceAllocation};
+pub use selector::{LabelSelector, Labels, Operator, Requirement};
+pub use service::{
+    AssignedAddress, Assignment, FamilyPolicy, Protocol, ServiceKey, ServiceRequest,
+};
+pub use sharing::SharingConflict;
+pub use space::Usage;

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use allocator::{FamilyPolicy, Labels, Protocol, ServiceKey, ServiceRequest};
 use crds::Family;
 use k8s_openapi::api::core::v1::Service;
 
@@ -39,14 +40,6 @@ const SHARING: Equivalent = Equivalent {
     metallb: "allow-shared-ip",
 };
 
-/// How a Service wants its families.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FamilyPolicy {
-    SingleStack(Family),
-    PreferDualStack(Family),
-    RequireDualStack(Family),
-}
-
 /// A MetalLB annotation that was read in place of ours: worth a one-time Event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ForeignAnnotation {
@@ -63,8 +56,6 @@ pub enum RequestError {
     BothRequestForms { annotation: String },
     #[error("{annotation}: {value:?} is not a comma-separated list of IP addresses")]
     BadAddressList { annotation: String, value: String },
-    #[error("{annotation} asks for two {family} addresses; at most one per family")]
-    TwoOfOneFamily { annotation: String, family: Family },
     #[error("spec.loadBalancerIP {value:?} is not an IP address")]
     BadLoadBalancerIp { value: String },
 }
@@ -84,7 +75,7 @@ pub struct ServiceView {
     /// For `externalTrafficPolicy: Local`, the selector the sharing rule compares; `None` for
     /// `Cluster`.
     pub backend_key: Option<String>,
-    pub ports: Vec<(String, i32)>,
+    pub ports: Vec<(Protocol, u16)>,
     /// The addresses in `status.loadBalancer.ingress`.
     pub ingress: Vec<IpAddr>,
     /// RFC 3339 creation time; older Services keep a disputed address.
@@ -93,6 +84,26 @@ pub struct ServiceView {
 }
 
 impl ServiceView {
+    pub fn key(&self) -> ServiceKey {
+        ServiceKey::new(&self.namespace, &self.name)
+    }
+
+    /// The allocator's request, given the labels of the Service's namespace; the request error
+    /// when the Service's annotations cannot be read.
+    pub fn request(&self, namespace_labels: Labels) -> Result<ServiceRequest, RequestError> {
+        Ok(ServiceRequest {
+            key: self.key(),
+            namespace_labels,
+            labels: self.labels.clone(),
+            families: self.families,
+            requested: self.requested.clone()?,
+            pool: self.pool.clone(),
+            sharing_key: self.sharing_key.clone(),
+            backend_key: self.backend_key.clone(),
+            ports: self.ports.clone(),
+        })
+    }
+
     /// Reads a Service. `handle_unclassed`: whether Services without a class are ours.
     pub fn read(svc: &Service, handle_unclassed: bool) -> ServiceView {
         let meta = &svc.metadata;
@@ -146,7 +157,14 @@ impl ServiceView {
             .ports
             .unwrap_or_default()
             .into_iter()
-            .map(|p| (p.protocol.unwrap_or_else(|| "TCP".into()), p.port))
+            .map(|p| {
+                let protocol = match p.protocol.as_deref() {
+                    Some("UDP") => Protocol::Udp,
+                    Some("SCTP") => Protocol::Sctp,
+                    _ => Protocol::Tcp,
+                };
+                (protocol, u16::try_from(p.port).unwrap_or(0))
+            })
             .collect();
         let ingress = svc
             .status
@@ -218,24 +236,17 @@ fn requested_addresses(
                 })
         }
         (None, None) => Ok(vec![]),
-        (Some((annotation, value)), None) => {
-            let ips: Vec<IpAddr> = value
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::parse)
-                .collect::<Result<_, _>>()
-                .map_err(|_| RequestError::BadAddressList {
-                    annotation: annotation.clone(),
-                    value: value.clone(),
-                })?;
-            for family in [Family::V4, Family::V6] {
-                if ips.iter().filter(|ip| Family::of(**ip) == family).count() > 1 {
-                    return Err(RequestError::TwoOfOneFamily { annotation, family });
-                }
-            }
-            Ok(ips)
-        }
+        // One address per family is the allocator's rule, checked (and worded) there.
+        (Some((annotation, value)), None) => value
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .map_err(|_| RequestError::BadAddressList {
+                annotation,
+                value: value.clone(),
+            }),
     }
 }
 
@@ -303,17 +314,6 @@ mod tests {
         assert!(matches!(
             v.requested,
             Err(RequestError::BothRequestForms { .. })
-        ));
-        let v = read(
-            lb(json!({})),
-            json!({ANNOTATION_IPS: "198.51.100.5,198.51.100.6"}),
-        );
-        assert!(matches!(
-            v.requested,
-            Err(RequestError::TwoOfOneFamily {
-                family: Family::V4,
-                ..
-            })
         ));
         let v = read(lb(json!({})), json!({ANNOTATION_IPS: "198.51.100.x"}));
         assert!(matches!(
@@ -383,10 +383,7 @@ mod tests {
         );
         assert_eq!(v.families, FamilyPolicy::PreferDualStack(Family::V6));
         assert_eq!(v.backend_key.as_deref(), Some("a=1,b=2"));
-        assert_eq!(
-            v.ports,
-            vec![("TCP".to_string(), 80), ("UDP".to_string(), 53)]
-        );
+        assert_eq!(v.ports, vec![(Protocol::Tcp, 80), (Protocol::Udp, 53)]);
         let v = ServiceView::read(&svc(lb(json!({})), json!({})), true);
         assert_eq!(v.families, FamilyPolicy::SingleStack(Family::V4));
         assert_eq!(v.backend_key, None);

@@ -25,17 +25,26 @@ pub async fn run() -> Result<()> {
     print!("{}", lab.kubectl(&["apply", "-f", pool]).await?);
     println!("{}", lab.kubectl(&["get", "ipaddresspools"]).await?);
 
+    step("Starting ferrolb-controller (as its ServiceAccount, with leader election)");
+    let controller = std::env::current_exe()?.with_file_name("ferrolb-controller");
+    lab.start_controller(&controller, 1).await?;
+
     step("Creating the Service hello (type LoadBalancer, port 80 -> the pods' 8080)");
     lab.expose(&ServiceSpec::new("default", "hello")).await?;
+    let address = wait_for_ingress(&lab).await?;
     println!("{}", lab.kubectl(&["get", "svc", "hello"]).await?);
-
-    let address: IpAddr = "198.51.100.200".parse()?;
-    stand_in("ferrolb-controller does not allocate yet (issue 4): the lab writes the pool's first");
-    stand_in(&format!(
-        "address, {address}, into the Service's status.loadBalancer.ingress itself."
-    ));
-    lab.set_ingress("default", "hello", &[address]).await?;
-    println!("{}", lab.kubectl(&["get", "svc", "hello"]).await?);
+    println!("{}", lab.kubectl(&["get", "ipaddresspools"]).await?);
+    let events = lab
+        .kubectl(&[
+            "get",
+            "events.events.k8s.io",
+            "--field-selector",
+            "regarding.name=hello",
+            "-o",
+            "custom-columns=REASON:.reason,NOTE:.note",
+        ])
+        .await?;
+    println!("{events}");
 
     stand_in("ferrolb-speaker does not answer ARP yet (issue 5): the lab points the client's");
     stand_in("neighbour entry for the address at node-1, as node-1's ARP answer would.");
@@ -120,4 +129,26 @@ async fn wait_for_answer(lab: &Lab, address: IpAddr) {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The Service's first ingress address, once the controller has written it (at most 30 s).
+async fn wait_for_ingress(lab: &Lab) -> Result<IpAddr> {
+    let api: kube::Api<k8s_openapi::api::core::v1::Service> =
+        kube::Api::namespaced(lab.client(), "default");
+    for _ in 0..150 {
+        let svc = api.get("hello").await?;
+        let ip = svc
+            .status
+            .and_then(|s| s.load_balancer)
+            .and_then(|lb| lb.ingress)
+            .and_then(|i| i.first().and_then(|i| i.ip.clone()));
+        if let Some(ip) = ip {
+            return Ok(ip.parse()?);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    anyhow::bail!(
+        "the controller gave the Service no address in 30 s; see {}",
+        lab.log_path("controller-1").display()
+    )
 }

@@ -182,6 +182,7 @@ pub struct Lab {
     pub client_ns: NetNs,
     services: Vec<(String, String)>,
     foreign: usize,
+    controllers: std::collections::BTreeMap<usize, Proc>,
     ca: Ca,
     /// Admin kubeconfig reaching the API server through the forwarder (for this process).
     pub kubeconfig: PathBuf,
@@ -357,6 +358,7 @@ impl Lab {
             client_ns,
             services: vec![],
             foreign: 0,
+            controllers: Default::default(),
             ca,
             kubeconfig,
             lan_kubeconfig,
@@ -799,6 +801,75 @@ impl Lab {
         Ok(Capture { proc, log })
     }
 
+    /// Starts replica `replica` of ferrolb-controller (the binary at `binary`) in the
+    /// control-plane namespace, as its ServiceAccount (a TokenRequest token), with leader
+    /// election, as the Deployment in deploy/ runs it.
+    pub async fn start_controller(&mut self, binary: &Path, replica: usize) -> Result<()> {
+        if !binary.is_file() {
+            bail!(
+                "no controller binary at {} (cargo build -p controller)",
+                binary.display()
+            );
+        }
+        let kubeconfig = self
+            .service_account_kubeconfig("ferrolb-system", "ferrolb-controller")
+            .await?;
+        let name = format!("controller-{replica}");
+        let proc = Proc::spawn_with_env(
+            &self.cp,
+            &name,
+            binary,
+            &args(&[
+                "--leader-elect",
+                "--lease-name=ferrolb-controller",
+                "--lease-namespace=ferrolb-system",
+                // Shorter than the Deployment's 15 s, so that takeover tests take seconds.
+                "--lease-duration-seconds=4",
+                &format!("--identity={name}"),
+                &format!("--metrics-addr=127.0.0.1:{}", 9650 + replica),
+                "--log-level=info,kube=warn,kube_lease_manager=warn",
+            ]),
+            &[("KUBECONFIG", &kubeconfig)],
+            &self.log_path(&name),
+        )?;
+        if let Some(mut old) = self.controllers.insert(replica, proc) {
+            old.kill();
+        }
+        Ok(())
+    }
+
+    /// Kills controller replica `replica` at once (SIGKILL), as a crash would.
+    pub fn kill_controller(&mut self, replica: usize) {
+        if let Some(mut p) = self.controllers.remove(&replica) {
+            p.kill();
+        }
+    }
+
+    /// Sends `signal` to controller replica `replica` (a crash is SIGKILL), without waiting.
+    pub fn signal_controller(
+        &self,
+        replica: usize,
+        signal: nix::sys::signal::Signal,
+    ) -> Result<()> {
+        match self.controllers.get(&replica) {
+            Some(p) => p.signal(signal),
+            None => bail!("controller replica {replica} is not running"),
+        }
+    }
+
+    /// Whether controller replica `replica` is running; its log's last lines when it is not.
+    pub fn controller_exited(&mut self, replica: usize) -> Option<String> {
+        let p = self.controllers.get_mut(&replica)?;
+        (!p.running()).then(|| p.log_tail(20))
+    }
+
+    /// The `/metrics` text of controller replica `replica`.
+    pub async fn controller_metrics(&self, replica: usize) -> Result<String> {
+        let ns = self.cp.clone();
+        let target = SocketAddr::new("127.0.0.1".parse()?, 9650 + replica as u16);
+        tokio::task::spawn_blocking(move || ns.enter(|| http_get(target, "/metrics"))).await??
+    }
+
     // Faults.
 
     /// Node `i` dies as a machine would: kube-proxy killed, heartbeat stopped, LAN link down.
@@ -984,15 +1055,20 @@ fn link_local(ns: &NetNs, link: &str) -> Result<String> {
     bail!("no link-local address on {link} in {}", ns.name())
 }
 
-/// The status code of `GET path` at `target` (plain HTTP).
-fn http_status(target: SocketAddr, path: &str) -> Result<u16> {
+/// The whole reply to `GET path` at `target` (plain HTTP).
+fn http_get(target: SocketAddr, path: &str) -> Result<String> {
     use std::io::{Read, Write};
     let mut conn = std::net::TcpStream::connect_timeout(&target, Duration::from_millis(500))?;
-    conn.set_read_timeout(Some(Duration::from_secs(1)))?;
+    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
     conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: {target}\r\n\r\n").as_bytes())?;
     let mut reply = String::new();
     conn.read_to_string(&mut reply)?;
-    reply
+    Ok(reply)
+}
+
+/// The status code of `GET path` at `target` (plain HTTP).
+fn http_status(target: SocketAddr, path: &str) -> Result<u16> {
+    http_get(target, path)?
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())

@@ -28,6 +28,18 @@ impl Proc {
         args: &[String],
         log: &Path,
     ) -> Result<Proc> {
+        Proc::spawn_with_env(ns, name, program, args, &[], log)
+    }
+
+    /// [`Proc::spawn`] with extra environment variables.
+    pub fn spawn_with_env(
+        ns: &NetNs,
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, &Path)],
+        log: &Path,
+    ) -> Result<Proc> {
         let out = File::options()
             .create(true)
             .append(true)
@@ -36,6 +48,7 @@ impl Proc {
         let child = ns
             .command(program)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)

@@ -1,1 +1,19 @@
-//! The speaker's pure core (being written).
+//! The speaker's pure core: which node announces which address, and the bytes it reads and
+//! writes to do so. No I/O, no clock, no randomness: the `speaker` binary wires sockets,
+//! membership and timers to these functions, and tests drive them with plain values.
+//!
+//! - [`election`]: rendezvous hashing of addresses over eligible nodes.
+//! - [`arp`], [`ndp`]: parsing and building ARP and IPv6 Neighbor Discovery frames.
+//! - [`frame`]: one parser for everything an announce socket receives.
+//! - [`ethernet`], [`mac`]: the link-layer pieces both codecs share.
+
+pub mod arp;
+pub mod election;
+pub mod ethernet;
+pub mod frame;
+pub mod mac;
+pub mod ndp;
+
+pub use election::{ElectionKey, Eligibility, NodeName, ServiceAddresses};
+pub use frame::{Frame, FrameDrop, parse_frame};
+pub use mac::MacAddr;

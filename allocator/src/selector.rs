@@ -1,0 +1,172 @@
+//! Label selectors with Kubernetes' matching rules, without Kubernetes types.
+//!
+//! The controller converts `metav1.LabelSelector` into [`LabelSelector`] at the edge (rejecting
+//! unknown operators there); here a selector only answers whether a set of labels matches.
+
+use std::collections::BTreeMap;
+
+/// Labels of an object, sorted so that everything built from them is deterministic.
+pub type Labels = BTreeMap<String, String>;
+
+/// `matchLabels` and `matchExpressions`; an object matches when it satisfies all of them, so the
+/// empty selector matches every object.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LabelSelector {
+    pub match_labels: Labels,
+    pub match_expressions: Vec<Requirement>,
+}
+
+/// One `matchExpressions` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requirement {
+    pub key: String,
+    pub operator: Operator,
+    /// The values for `In` and `NotIn`; ignored by `Exists` and `DoesNotExist`.
+    pub values: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operator {
+    /// The label is present and its value is one of `values`.
+    In,
+    /// The label is absent, or present with a value not in `values`.
+    NotIn,
+    /// The label is present, whatever its value.
+    Exists,
+    /// The label is absent.
+    DoesNotExist,
+}
+
+impl LabelSelector {
+    /// Whether `labels` satisfy every `matchLabels` pair and every expression.
+    pub fn matches(&self, labels: &Labels) -> bool {
+        self.match_labels
+            .iter()
+            .all(|(key, value)| labels.get(key) == Some(value))
+            && self
+                .match_expressions
+                .iter()
+                .all(|requirement| requirement.matches(labels))
+    }
+
+    /// A selector of `matchLabels` only.
+    pub fn labels<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> LabelSelector {
+        LabelSelector {
+            match_labels: pairs
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            match_expressions: Vec::new(),
+        }
+    }
+}
+
+impl Requirement {
+    pub fn new(key: &str, operator: Operator, values: &[&str]) -> Requirement {
+        Requirement {
+            key: key.to_string(),
+            operator,
+            values: values.iter().map(|v| v.to_string()).collect(),
+        }
+    }
+
+    pub fn matches(&self, labels: &Labels) -> bool {
+        let value = labels.get(&self.key);
+        let listed = || value.is_some_and(|v| self.values.contains(v));
+        match self.operator {
+            Operator::In => listed(),
+            Operator::NotIn => !listed(),
+            Operator::Exists => value.is_some(),
+            Operator::DoesNotExist => value.is_none(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn kubernetes_semantics() {
+        use Operator::*;
+        let web = labels(&[("app", "web"), ("tier", "front")]);
+        let none = labels(&[]);
+        let expr = |key, op, values: &[&str]| LabelSelector {
+            match_labels: Labels::new(),
+            match_expressions: vec![Requirement::new(key, op, values)],
+        };
+        let cases: Vec<(&str, LabelSelector, &Labels, bool)> = vec![
+            ("empty matches labels", LabelSelector::default(), &web, true),
+            (
+                "empty matches no labels",
+                LabelSelector::default(),
+                &none,
+                true,
+            ),
+            (
+                "matchLabels equal",
+                LabelSelector::labels([("app", "web")]),
+                &web,
+                true,
+            ),
+            (
+                "matchLabels other value",
+                LabelSelector::labels([("app", "db")]),
+                &web,
+                false,
+            ),
+            (
+                "matchLabels absent",
+                LabelSelector::labels([("app", "web")]),
+                &none,
+                false,
+            ),
+            (
+                "matchLabels all pairs",
+                LabelSelector::labels([("app", "web"), ("tier", "back")]),
+                &web,
+                false,
+            ),
+            ("In listed", expr("app", In, &["db", "web"]), &web, true),
+            ("In unlisted", expr("app", In, &["db"]), &web, false),
+            ("In absent", expr("app", In, &["web"]), &none, false),
+            ("In no values", expr("app", In, &[]), &web, false),
+            ("NotIn listed", expr("app", NotIn, &["web"]), &web, false),
+            ("NotIn unlisted", expr("app", NotIn, &["db"]), &web, true),
+            ("NotIn absent", expr("app", NotIn, &["web"]), &none, true),
+            ("Exists present", expr("tier", Exists, &[]), &web, true),
+            ("Exists absent", expr("tier", Exists, &[]), &none, false),
+            (
+                "DoesNotExist present",
+                expr("tier", DoesNotExist, &[]),
+                &web,
+                false,
+            ),
+            (
+                "DoesNotExist absent",
+                expr("tier", DoesNotExist, &[]),
+                &none,
+                true,
+            ),
+            (
+                "labels and expressions both apply",
+                LabelSelector {
+                    match_labels: labels(&[("app", "web")]),
+                    match_expressions: vec![Requirement::new("tier", NotIn, &["front"])],
+                },
+                &web,
+                false,
+            ),
+        ];
+        for (name, selector, labels, expected) in cases {
+            assert_eq!(selector.matches(labels), expected, "{name}");
+        }
+    }
+}

@@ -1,0 +1,330 @@
+//! The controller's memory: the allocator, the pools as last read, and what each pool's status
+//! should say. No I/O: the runtime feeds it objects and writes what it answers.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use allocator::{Allocator, Assignment, Overlap, ServiceKey, ServiceRequest, Usage};
+use crds::{FamilyUsage, IPAddressPool, IPAddressPoolStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::ResourceExt;
+
+use crate::pools::{self, PoolProblem};
+
+/// One pool as last read.
+#[derive(Debug, Clone)]
+struct PoolEntry {
+    generation: Option<i64>,
+    problem: Option<PoolProblem>,
+}
+
+#[derive(Debug, Default)]
+pub struct State {
+    allocator: Allocator,
+    pools: BTreeMap<String, PoolEntry>,
+    overlaps: Vec<Overlap>,
+}
+
+impl State {
+    /// Replaces the pools. Pools that cannot allocate (bad addresses or selectors, being
+    /// deleted) are left out of the allocator; Services keep what they hold either way.
+    /// Returns the overlaps, which the caller reports.
+    pub fn set_pools(&mut self, pools: &[IPAddressPool]) -> Vec<Overlap> {
+        let mut usable = vec![];
+        self.pools.clear();
+        for pool in pools {
+            let read = pools::read(pool);
+            self.pools.insert(
+                pool.name_any(),
+                PoolEntry {
+                    generation: pool.metadata.generation,
+                    problem: read.as_ref().err().cloned(),
+                },
+            );
+            if let Ok(p) = read {
+                usable.push(p);
+            }
+        }
+        // Names are unique in the API, so this cannot fail on them.
+        self.overlaps = self.allocator.set_pools(usable).unwrap_or_default();
+        self.overlaps.clone()
+    }
+
+    // The allocator's error carries the names of a conflict for its Event, and is built once
+    // per refused request: boxing it would buy nothing.
+    #[allow(clippy::result_large_err)]
+    pub fn restore(
+        &mut self,
+        request: &ServiceRequest,
+        ips: &[IpAddr],
+    ) -> allocator::Result<Assignment> {
+        self.allocator.restore(request, ips)
+    }
+
+    #[allow(clippy::result_large_err)]
+    pub fn allocate(&mut self, request: &ServiceRequest) -> allocator::Result<Assignment> {
+        self.allocator.allocate(request)
+    }
+
+    pub fn release(&mut self, key: &ServiceKey) -> Vec<IpAddr> {
+        self.allocator.release(key)
+    }
+
+    pub fn assignment(&self, key: &ServiceKey) -> Option<Assignment> {
+        self.allocator.assignment(key)
+    }
+
+    pub fn holders(&self, ip: IpAddr) -> Vec<ServiceKey> {
+        self.allocator.holders(ip).into_iter().cloned().collect()
+    }
+
+    /// Services holding addresses that are not in `present`.
+    pub fn holders_not_in(
+        &self,
+        present: &std::collections::HashSet<ServiceKey>,
+    ) -> Vec<ServiceKey> {
+        self.allocator
+            .assignments()
+            .map(|(k, _)| k.clone())
+            .filter(|k| !present.contains(k))
+            .collect()
+    }
+
+    /// Services holding addresses of `pool`.
+    pub fn users_of(&self, pool: &str) -> Vec<ServiceKey> {
+        self.allocator
+            .assignments()
+            .filter(|(_, a)| a.addresses.iter().any(|x| x.pool.as_deref() == Some(pool)))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// How many Services hold an address inside `ranges` (a pool's addresses, whether or not
+    /// the pool is still in the allocator).
+    pub fn users_within(&self, ranges: &[crds::AddressRange]) -> usize {
+        self.allocator
+            .assignments()
+            .filter(|(_, a)| {
+                a.addresses
+                    .iter()
+                    .any(|x| ranges.iter().any(|r| r.contains(x.ip)))
+            })
+            .count()
+    }
+
+    /// Services holding addresses that no pool contains any more.
+    pub fn orphans(&self) -> Vec<allocator::Orphan> {
+        self.allocator.orphans()
+    }
+
+    pub fn usage(&self, pool: &str) -> Option<allocator::PoolUsage> {
+        self.allocator.usage(pool)
+    }
+
+    /// What the pool's status should say. `previous` keeps the transition times of conditions
+    /// that did not change; `users` counts Services holding its addresses, even when the pool is
+    /// out of the allocator (being deleted).
+    pub fn pool_status(
+        &self,
+        name: &str,
+        users: usize,
+        previous: Option<&IPAddressPoolStatus>,
+        now: Time,
+    ) -> Option<IPAddressPoolStatus> {
+        let entry = self.pools.get(name)?;
+        let usage = self.allocator.usage(name).unwrap_or_default();
+        let mut conditions = vec![];
+        let ready = match &entry.problem {
+            None => cond(
+                "Ready",
+                true,
+                "Allocating",
+                "the pool hands out addresses".into(),
+            ),
+            Some(PoolProblem::Deleting) => cond(
+                "Ready",
+                false,
+                "Deleting",
+                format!(
+                    "the pool is being deleted; it hands out nothing new and is kept until the {users} Service(s) holding its addresses are moved or deleted"
+                ),
+            ),
+            Some(p) => cond("Ready", false, p.reason(), p.to_string()),
+        };
+        conditions.push(ready);
+        let mine: Vec<&Overlap> = self
+            .overlaps
+            .iter()
+            .filter(|o| o.pools.iter().any(|p| p == name))
+            .collect();
+        conditions.push(if mine.is_empty() {
+            cond(
+                "Overlap",
+                false,
+                "NoOverlap",
+                "no other pool shares addresses with this one".into(),
+            )
+        } else {
+            let text: Vec<String> = mine.iter().map(|o| o.to_string()).collect();
+            cond(
+                "Overlap",
+                true,
+                "Overlap",
+                format!(
+                    "{}; no address of an overlap is handed out until it is fixed",
+                    text.join("; ")
+                ),
+            )
+        });
+        conditions.push(if users == 0 {
+            cond(
+                "InUse",
+                false,
+                "Unused",
+                "no Service holds an address of this pool".into(),
+            )
+        } else {
+            cond(
+                "InUse",
+                true,
+                "InUse",
+                format!("{users} Service(s) hold addresses of this pool"),
+            )
+        });
+        for c in &mut conditions {
+            c.observed_generation = entry.generation;
+            let before = previous.and_then(|p| p.conditions.iter().find(|o| o.type_ == c.type_));
+            c.last_transition_time = match before {
+                Some(b) if b.status == c.status => b.last_transition_time.clone(),
+                _ => now.clone(),
+            };
+        }
+        Some(IPAddressPoolStatus {
+            ipv4: usage.ipv4.map(family_usage),
+            ipv6: usage.ipv6.map(family_usage),
+            conditions,
+            observed_generation: entry.generation,
+        })
+    }
+}
+
+fn cond(type_: &str, status: bool, reason: &str, message: String) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: if status { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: None,
+        last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+    }
+}
+
+fn saturate(n: u128) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn family_usage(u: Usage) -> FamilyUsage {
+    FamilyUsage {
+        capacity: saturate(u.capacity),
+        assigned: saturate(u.assigned),
+        available: saturate(u.available),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use allocator::FamilyPolicy;
+    use crds::Family;
+    use serde_json::json;
+
+    fn pool(name: &str, addresses: &[&str]) -> IPAddressPool {
+        serde_json::from_value(json!({
+            "apiVersion": "ferrolb.io/v1alpha1", "kind": "IPAddressPool",
+            "metadata": {"name": name, "generation": 1}, "spec": {"addresses": addresses},
+        }))
+        .unwrap()
+    }
+
+    fn now() -> Time {
+        Time(k8s_openapi::jiff::Timestamp::now())
+    }
+
+    fn condition<'a>(s: &'a IPAddressPoolStatus, t: &str) -> &'a Condition {
+        s.conditions.iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    #[test]
+    fn pool_status_counts_and_conditions() {
+        let mut state = State::default();
+        let overlaps = state.set_pools(&[
+            pool("a", &["198.51.100.0/30"]),
+            pool("b", &["198.51.100.2-198.51.100.9", "2001:db8::/126"]),
+        ]);
+        assert_eq!(overlaps.len(), 1);
+        let svc = ServiceRequest::new(
+            ServiceKey::new("ns", "web"),
+            FamilyPolicy::SingleStack(Family::V4),
+        );
+        let got = state.allocate(&svc).unwrap();
+        assert_eq!(got.ips(), vec!["198.51.100.0".parse::<IpAddr>().unwrap()]);
+
+        let a = state
+            .pool_status("a", state.users_of("a").len(), None, now())
+            .unwrap();
+        assert_eq!(
+            a.ipv4,
+            Some(FamilyUsage {
+                capacity: 2,
+                assigned: 1,
+                available: 1
+            })
+        );
+        assert_eq!(a.ipv6, None);
+        assert_eq!(condition(&a, "Ready").status, "True");
+        assert_eq!(condition(&a, "Overlap").status, "True");
+        assert!(
+            condition(&a, "Overlap")
+                .message
+                .contains("pools a and b both contain 198.51.100.2-198.51.100.3"),
+            "{:?}",
+            condition(&a, "Overlap")
+        );
+        assert_eq!(
+            condition(&a, "InUse").message,
+            "1 Service(s) hold addresses of this pool"
+        );
+        let b = state.pool_status("b", 0, None, now()).unwrap();
+        assert_eq!(
+            b.ipv6,
+            Some(FamilyUsage {
+                capacity: 4,
+                assigned: 0,
+                available: 4
+            })
+        );
+        assert_eq!(condition(&b, "InUse").status, "False");
+        assert!(state.pool_status("nope", 0, None, now()).is_none());
+    }
+
+    #[test]
+    fn a_bad_pool_says_why_and_transition_times_stay() {
+        let mut state = State::default();
+        state.set_pools(&[pool("v6", &["2001:db8::20-2001:db8::10"])]);
+        let first = state.pool_status("v6", 0, None, now()).unwrap();
+        let ready = condition(&first, "Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "InvalidAddresses")
+        );
+        assert!(ready.message.contains("reversed"), "{}", ready.message);
+        let later = Time(
+            k8s_openapi::jiff::Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_secs(60),
+        );
+        let second = state.pool_status("v6", 0, Some(&first), later).unwrap();
+        assert_eq!(
+            condition(&second, "Ready").last_transition_time,
+            ready.last_transition_time
+        );
+    }
+}

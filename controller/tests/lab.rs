@@ -1,0 +1,775 @@
+//! The controller against the lab's real API server, under its own RBAC from deploy/.
+//! Runs with FERROLB_LAB=1 as root (the README's test command).
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crds::IPAddressPool;
+use k8s_openapi::api::core::v1::Service;
+use kube::Api;
+use kube::api::DeleteParams;
+use lab::{Lab, LabConfig, ServiceSpec};
+
+macro_rules! require_lab {
+    () => {
+        if !lab::lab_tests_enabled() {
+            eprintln!(
+                "skipped: lab tests run with FERROLB_LAB=1 as root (the README's test command)"
+            );
+            return;
+        }
+    };
+}
+
+const CONTROLLER: &str = env!("CARGO_BIN_EXE_ferrolb-controller");
+
+async fn lab_with_controller() -> Lab {
+    let mut lab = Lab::start(LabConfig::with_nodes(2)).await.unwrap();
+    lab.start_controller(Path::new(CONTROLLER), 1)
+        .await
+        .unwrap();
+    lab
+}
+
+async fn apply(lab: &Lab, yaml: &str) {
+    lab.kubectl_as(&lab.lan_kubeconfig, &["apply", "-f", "-"], Some(yaml))
+        .await
+        .unwrap();
+}
+
+fn pool_yaml(name: &str, addresses: &[&str], extra: &str) -> String {
+    format!(
+        "apiVersion: ferrolb.io/v1alpha1\nkind: IPAddressPool\nmetadata:\n  name: {name}\nspec:\n  addresses: {addresses:?}\n{extra}"
+    )
+}
+
+/// The Service's ingress addresses once they are `want` (or what they are after 20 s).
+async fn ingress_becomes(lab: &Lab, namespace: &str, name: &str, want: &[&str]) -> Vec<IpAddr> {
+    let api: Api<Service> = Api::namespaced(lab.client(), namespace);
+    let want: Vec<IpAddr> = want.iter().map(|s| s.parse().unwrap()).collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let svc = api.get(name).await.unwrap();
+        let got: Vec<IpAddr> = svc
+            .status
+            .and_then(|s| s.load_balancer)
+            .and_then(|lb| lb.ingress)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|i| i.ip.as_deref()?.parse().ok())
+            .collect();
+        if got == want || Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The pool's status once `done` holds (or as it is after 10 s).
+async fn pool_status_when(
+    lab: &Lab,
+    pool: &str,
+    done: impl Fn(&crds::IPAddressPoolStatus) -> bool,
+) -> crds::IPAddressPoolStatus {
+    let pools: Api<IPAddressPool> = Api::all(lab.client());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = pools.get(pool).await.unwrap().status.unwrap_or_default();
+        if done(&s) || Instant::now() > deadline {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The reasons and notes of the Service's Events (events.k8s.io).
+async fn events(lab: &Lab, namespace: &str, name: &str) -> String {
+    lab.kubectl(&[
+        "get",
+        "events.events.k8s.io",
+        "-n",
+        namespace,
+        "--field-selector",
+        &format!("regarding.name={name}"),
+        "-o",
+        "custom-columns=REASON:.reason,NOTE:.note",
+        "--no-headers",
+    ])
+    .await
+    .unwrap()
+}
+
+async fn eventually_events(lab: &Lab, namespace: &str, name: &str, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = events(lab, namespace, name).await;
+        if text.contains(needle) || Instant::now() > deadline {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_service_gets_an_address_that_answers_and_the_pool_says_so() {
+    require_lab!();
+    let mut lab = lab_with_controller().await;
+    apply(
+        &lab,
+        &pool_yaml("lan", &["198.51.100.200-198.51.100.250"], ""),
+    )
+    .await;
+    lab.expose(&ServiceSpec::new("default", "hello"))
+        .await
+        .unwrap();
+    let got = ingress_becomes(&lab, "default", "hello", &["198.51.100.200"]).await;
+    assert_eq!(
+        got,
+        vec!["198.51.100.200".parse::<IpAddr>().unwrap()],
+        "controller log:\n{:?}",
+        lab.controller_exited(1)
+    );
+
+    // The annotation, the Event, the pool's status and the metrics say what happened.
+    let svc = Api::<Service>::namespaced(lab.client(), "default")
+        .get("hello")
+        .await
+        .unwrap();
+    assert_eq!(
+        svc.metadata
+            .annotations
+            .unwrap()
+            .get("ferrolb.io/ip-allocated-from-pool")
+            .map(String::as_str),
+        Some("lan")
+    );
+    let ev = eventually_events(&lab, "default", "hello", "IPAllocated").await;
+    assert!(ev.contains("Assigned 198.51.100.200 from pool lan"), "{ev}");
+    let status = pool_status_when(&lab, "lan", |s| s.ipv4.is_some_and(|u| u.assigned == 1)).await;
+    assert_eq!(
+        status.ipv4.map(|u| (u.capacity, u.assigned, u.available)),
+        Some((51, 1, 50)),
+        "{status:?}"
+    );
+    let table = lab.kubectl(&["get", "ipaddresspools"]).await.unwrap();
+    assert!(
+        table
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.contains(" 1 ") && l.contains(" 50 ") && l.contains("True")),
+        "{table}"
+    );
+    let metrics = lab.controller_metrics(1).await.unwrap();
+    assert!(
+        metrics.contains(r#"ferrolb_allocator_addresses_in_use{pool="lan",family="ipv4"} 1"#),
+        "{metrics}"
+    );
+
+    // Through kube-proxy, as a client would (the lab stands in for the speaker's ARP answer).
+    let ip: IpAddr = "198.51.100.200".parse().unwrap();
+    lab.point_client_at(ip, 1).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while lab.get(ip, 80).await.is_err() && Instant::now() < deadline {}
+    lab.get(ip, 80).await.unwrap();
+
+    // Deleting the Service frees the address for the next one.
+    Api::<Service>::namespaced(lab.client(), "default")
+        .delete("hello", &DeleteParams::default())
+        .await
+        .unwrap();
+    pool_status_when(&lab, "lan", |s| s.ipv4.is_some_and(|u| u.assigned == 0)).await;
+    lab.expose(&ServiceSpec::new("default", "second"))
+        .await
+        .unwrap();
+    assert_eq!(
+        ingress_becomes(&lab, "default", "second", &["198.51.100.200"]).await,
+        vec![ip]
+    );
+    assert!(lab.controller_exited(1).is_none());
+}
+
+type Annotations<'a> = Vec<(&'a str, &'a str)>;
+
+fn svc_yaml(namespace: &str, name: &str, annotations: &[(&str, &str)], spec: &str) -> String {
+    let ann: String = annotations
+        .iter()
+        .map(|(k, v)| format!("\n    {k}: {v:?}"))
+        .collect();
+    let ann = if ann.is_empty() {
+        " {}".to_string()
+    } else {
+        ann
+    };
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {namespace}\n  annotations:{ann}\nspec:\n  type: LoadBalancer\n  selector: {{app: hello}}\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n{spec}"
+    )
+}
+
+fn ips(list: &[&str]) -> Vec<IpAddr> {
+    list.iter().map(|s| s.parse().unwrap()).collect()
+}
+
+#[tokio::test]
+async fn every_allocation_rule_against_the_real_api_server() {
+    require_lab!();
+    let mut lab = Lab::start(LabConfig::with_nodes(1)).await.unwrap();
+    lab.start_controller(Path::new(CONTROLLER), 1)
+        .await
+        .unwrap();
+    lab.kubectl(&["create", "namespace", "vip"]).await.unwrap();
+    for pool in [
+        pool_yaml("lan", &["198.51.100.200-198.51.100.203"], ""),
+        pool_yaml("manual", &["198.51.100.210/31"], "  autoAssign: false\n"),
+        pool_yaml(
+            "vip",
+            &["198.51.100.220-198.51.100.221"],
+            "  serviceAllocation:\n    priority: 1\n    namespaces: [vip]\n",
+        ),
+        pool_yaml(
+            "dual",
+            &["198.51.100.230", "2001:db8::c8-2001:db8::ca"],
+            "  autoAssign: false\n",
+        ),
+        pool_yaml(
+            "buggy",
+            &["198.51.100.255-198.51.101.1"],
+            "  autoAssign: false\n  avoidBuggyIPs: true\n",
+        ),
+    ] {
+        apply(&lab, &pool).await;
+    }
+    let p = "ferrolb.io/address-pool";
+    let want = "ferrolb.io/load-balancer-ips";
+    let share = "ferrolb.io/allow-shared-ip";
+    let cases: Vec<(&str, &str, Annotations, &str)> = vec![
+        ("default", "auto", vec![], ""),
+        ("vip", "by-priority", vec![], ""),
+        ("default", "named", vec![(p, "manual")], ""),
+        ("default", "requested", vec![(want, "198.51.100.211")], ""),
+        (
+            "default",
+            "by-spec",
+            vec![],
+            "  loadBalancerIP: 198.51.100.202\n",
+        ),
+        ("default", "buggy", vec![(p, "buggy")], ""),
+        (
+            "default",
+            "dual",
+            vec![(p, "dual")],
+            "  ipFamilyPolicy: RequireDualStack\n",
+        ),
+        (
+            "default",
+            "metallb",
+            vec![("metallb.universe.tf/address-pool", "lan")],
+            "",
+        ),
+        (
+            "default",
+            "other-class",
+            vec![],
+            "  loadBalancerClass: example.com/other\n",
+        ),
+        (
+            "default",
+            "our-class",
+            vec![],
+            "  loadBalancerClass: ferrolb.io/l2\n",
+        ),
+    ];
+    for (ns, name, ann, spec) in &cases {
+        apply(&lab, &svc_yaml(ns, name, ann, spec)).await;
+    }
+    let expect: Vec<(&str, &str, Vec<&str>)> = vec![
+        ("default", "auto", vec!["198.51.100.200"]),
+        ("vip", "by-priority", vec!["198.51.100.220"]),
+        ("default", "named", vec!["198.51.100.210"]),
+        ("default", "requested", vec!["198.51.100.211"]),
+        ("default", "by-spec", vec!["198.51.100.202"]),
+        ("default", "buggy", vec!["198.51.101.1"]),
+        ("default", "dual", vec!["198.51.100.230", "2001:db8::c8"]),
+        ("default", "metallb", vec!["198.51.100.201"]),
+        ("default", "our-class", vec!["198.51.100.203"]),
+    ];
+    for (ns, name, addresses) in &expect {
+        assert_eq!(
+            ingress_becomes(&lab, ns, name, addresses).await,
+            ips(addresses),
+            "{ns}/{name}"
+        );
+    }
+    assert_eq!(
+        ingress_becomes(&lab, "default", "other-class", &[]).await,
+        ips(&[]),
+        "another class is left alone"
+    );
+    let ev = eventually_events(&lab, "default", "metallb", "MetalLBAnnotation").await;
+    assert!(
+        ev.contains(
+            "metallb.universe.tf/address-pool (ferrolb reads it as ferrolb.io/address-pool)"
+        ),
+        "{ev}"
+    );
+
+    // Bad requests: each gets an Event that names the conflict, and stays pending.
+    let bad: Vec<(&str, Annotations, &str, &str)> = vec![
+        (
+            "taken",
+            vec![(want, "198.51.100.211")],
+            "",
+            "198.51.100.211 is already used by Service default/requested",
+        ),
+        (
+            "outside",
+            vec![(want, "203.0.113.99")],
+            "",
+            "203.0.113.99 is not in any address pool",
+        ),
+        (
+            "unknown-pool",
+            vec![(p, "nope")],
+            "",
+            "there is no address pool named nope",
+        ),
+        (
+            "both-forms",
+            vec![(want, "198.51.100.200")],
+            "  loadBalancerIP: 198.51.100.201\n",
+            "both spec.loadBalancerIP and the ferrolb.io/load-balancer-ips annotation are set",
+        ),
+        (
+            "wrong-family",
+            vec![(want, "2001:db8::c9")],
+            "",
+            "2001:db8::c9 is an IPv6 address, but the Service is IPv4 single-stack",
+        ),
+        (
+            "not-allowed",
+            vec![(p, "vip")],
+            "",
+            "pool vip does not serve this Service",
+        ),
+        ("exhausted", vec![], "", "has no free IPv4 address left"),
+    ];
+    for (name, ann, spec, _) in &bad {
+        apply(&lab, &svc_yaml("default", name, ann, spec)).await;
+    }
+    for (name, _, _, message) in &bad {
+        let ev = eventually_events(&lab, "default", name, message).await;
+        assert!(
+            ev.contains("AllocationFailed") && ev.contains(message),
+            "{name}: {ev}"
+        );
+        assert_eq!(
+            ingress_becomes(&lab, "default", name, &[]).await,
+            ips(&[]),
+            "{name} stays pending"
+        );
+    }
+
+    // Sharing: same key, different ports share; a port clash or another key is refused.
+    apply(
+        &lab,
+        &svc_yaml(
+            "default",
+            "dns-tcp",
+            &[(want, "198.51.100.231"), (share, "dns"), (p, "share")],
+            "",
+        ),
+    )
+    .await;
+    apply(
+        &lab,
+        &pool_yaml(
+            "share",
+            &["198.51.100.231-198.51.100.232"],
+            "  autoAssign: false\n",
+        ),
+    )
+    .await;
+    let udp = "  ports: [{name: dns, port: 53, protocol: UDP}]\n";
+    let clash = "  ports: [{name: http, port: 80, protocol: TCP}]\n";
+    for (name, ann, spec) in [
+        (
+            "dns-udp",
+            vec![(want, "198.51.100.231"), (share, "dns")],
+            udp,
+        ),
+        (
+            "dns-clash",
+            vec![(want, "198.51.100.231"), (share, "dns")],
+            clash,
+        ),
+        (
+            "other-key",
+            vec![(want, "198.51.100.231"), (share, "web")],
+            udp,
+        ),
+    ] {
+        let yaml = svc_yaml("default", name, &ann, "").replace(
+            "  ports: [{name: http, port: 80, targetPort: 8080}]\n",
+            spec,
+        );
+        apply(&lab, &yaml).await;
+    }
+    assert_eq!(
+        ingress_becomes(&lab, "default", "dns-tcp", &["198.51.100.231"]).await,
+        ips(&["198.51.100.231"])
+    );
+    assert_eq!(
+        ingress_becomes(&lab, "default", "dns-udp", &["198.51.100.231"]).await,
+        ips(&["198.51.100.231"])
+    );
+    for name in ["dns-clash", "other-key"] {
+        let ev = eventually_events(&lab, "default", name, "AllocationFailed").await;
+        assert!(ev.contains("198.51.100.231"), "{name}: {ev}");
+        assert_eq!(
+            ingress_becomes(&lab, "default", name, &[]).await,
+            ips(&[]),
+            "{name}"
+        );
+    }
+
+    // A type change releases the address; the pending Service that wanted one gets it.
+    lab.kubectl(&[
+        "patch",
+        "svc",
+        "auto",
+        "-p",
+        r#"{"spec":{"type":"ClusterIP"}}"#,
+    ])
+    .await
+    .unwrap();
+    assert_eq!(
+        ingress_becomes(&lab, "default", "auto", &[]).await,
+        ips(&[]),
+        "status cleared"
+    );
+    assert_eq!(
+        ingress_becomes(&lab, "default", "exhausted", &["198.51.100.200"]).await,
+        ips(&["198.51.100.200"])
+    );
+
+    // Overlapping pools: both say so, naming each other.
+    apply(
+        &lab,
+        &pool_yaml("dup", &["198.51.100.203-198.51.100.205"], ""),
+    )
+    .await;
+    for (pool, other) in [("lan", "dup"), ("dup", "lan")] {
+        let s = pool_status_when(&lab, pool, |s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Overlap" && c.status == "True")
+        })
+        .await;
+        let c = s.conditions.iter().find(|c| c.type_ == "Overlap").unwrap();
+        assert!(
+            c.status == "True" && c.message.contains(other) && c.message.contains("198.51.100.203"),
+            "{pool}: {c:?}"
+        );
+    }
+
+    // Deleting a pool in use: the finalizer keeps it and says why; its Services keep their
+    // addresses; once they are gone, so is the pool.
+    lab.kubectl(&["delete", "ipaddresspool", "manual", "--wait=false"])
+        .await
+        .unwrap();
+    let s = pool_status_when(&lab, "manual", |s| {
+        s.conditions.iter().any(|c| c.reason == "Deleting")
+    })
+    .await;
+    let ready = s.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert!(
+        ready.reason == "Deleting" && ready.message.contains("2 Service(s)"),
+        "{ready:?}"
+    );
+    assert_eq!(
+        ingress_becomes(&lab, "default", "named", &["198.51.100.210"]).await,
+        ips(&["198.51.100.210"])
+    );
+    lab.kubectl(&["delete", "svc", "named", "requested"])
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while lab
+        .kubectl(&["get", "ipaddresspool", "manual"])
+        .await
+        .is_ok()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "pool manual still there after its Services left"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Shrinking a pool under a live address leaves it in place and says so.
+    apply(
+        &lab,
+        &pool_yaml(
+            "vip",
+            &["198.51.100.221"],
+            "  serviceAllocation:\n    priority: 1\n    namespaces: [vip]\n",
+        ),
+    )
+    .await;
+    let ev = eventually_events(&lab, "vip", "by-priority", "AddressOutsidePools").await;
+    assert!(
+        ev.contains("198.51.100.220 is no longer in any pool"),
+        "{ev}"
+    );
+    assert_eq!(
+        ingress_becomes(&lab, "vip", "by-priority", &["198.51.100.220"]).await,
+        ips(&["198.51.100.220"])
+    );
+    assert!(
+        lab.controller_exited(1).is_none(),
+        "the controller is still running"
+    );
+}
+
+/// Every Service's ingress addresses, by name.
+async fn snapshot(lab: &Lab, namespace: &str) -> std::collections::BTreeMap<String, Vec<IpAddr>> {
+    Api::<Service>::namespaced(lab.client(), namespace)
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|s| {
+            let ips = s
+                .status
+                .and_then(|s| s.load_balancer)
+                .and_then(|lb| lb.ingress)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|i| i.ip.as_deref()?.parse().ok())
+                .collect();
+            (s.metadata.name.unwrap_or_default(), ips)
+        })
+        .collect()
+}
+
+async fn create_services(lab: &Lab, namespace: &str, names: impl Iterator<Item = String>) {
+    use futures::StreamExt;
+    let api: Api<Service> = Api::namespaced(lab.client(), namespace);
+    futures::stream::iter(names)
+        .for_each_concurrent(16, |name| {
+            let api = api.clone();
+            async move {
+                let svc: Service = serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": name},
+                    "spec": {"type": "LoadBalancer", "ipFamilies": ["IPv6"], "ipFamilyPolicy": "SingleStack",
+                             "ports": [{"port": 80}]},
+                }))
+                .unwrap();
+                api.create(&Default::default(), &svc).await.unwrap();
+            }
+        })
+        .await;
+}
+
+async fn delete_services(lab: &Lab, namespace: &str, names: impl Iterator<Item = String>) {
+    use futures::StreamExt;
+    let api: Api<Service> = Api::namespaced(lab.client(), namespace);
+    futures::stream::iter(names)
+        .for_each_concurrent(16, |name| {
+            let api = api.clone();
+            async move {
+                api.delete(&name, &DeleteParams::default()).await.unwrap();
+            }
+        })
+        .await;
+}
+
+/// Tracks every address each Service was ever seen with, across snapshots.
+#[derive(Default)]
+struct History(std::collections::BTreeMap<String, std::collections::BTreeSet<IpAddr>>);
+
+impl History {
+    fn record(&mut self, snap: &std::collections::BTreeMap<String, Vec<IpAddr>>) {
+        for (name, ips) in snap {
+            self.0.entry(name.clone()).or_default().extend(ips);
+        }
+    }
+
+    /// Services seen with more than one address.
+    fn moved(&self) -> Vec<(&String, &std::collections::BTreeSet<IpAddr>)> {
+        self.0.iter().filter(|(_, ips)| ips.len() > 1).collect()
+    }
+}
+
+/// Waits until every Service in the namespace has an address; the snapshot then.
+async fn all_allocated(
+    lab: &Lab,
+    namespace: &str,
+    within: Duration,
+) -> std::collections::BTreeMap<String, Vec<IpAddr>> {
+    let deadline = Instant::now() + within;
+    loop {
+        let snap = snapshot(lab, namespace).await;
+        let pending = snap.values().filter(|ips| ips.is_empty()).count();
+        if pending == 0 || Instant::now() > deadline {
+            assert_eq!(
+                pending, 0,
+                "Services still pending with a /112 of free addresses"
+            );
+            return snap;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn assert_no_duplicates(snap: &std::collections::BTreeMap<String, Vec<IpAddr>>) {
+    let mut seen = std::collections::BTreeMap::new();
+    for (name, ips) in snap {
+        for ip in ips {
+            if let Some(other) = seen.insert(*ip, name) {
+                panic!("{ip} held by both {other} and {name}, which set no sharing key");
+            }
+        }
+    }
+}
+
+/// A small deterministic generator, so a failing run can be replayed.
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+#[tokio::test]
+async fn restarts_never_move_or_duplicate_an_address() {
+    require_lab!();
+    let mut lab = Lab::start(LabConfig::with_nodes(1)).await.unwrap();
+    apply(&lab, &pool_yaml("big", &["2001:db8:5::/112"], "")).await;
+    lab.kubectl(&["create", "namespace", "many"]).await.unwrap();
+    create_services(&lab, "many", (0..500).map(|i| format!("s{i}"))).await;
+    lab.start_controller(Path::new(CONTROLLER), 1)
+        .await
+        .unwrap();
+    let mut history = History::default();
+    let snap = all_allocated(&lab, "many", Duration::from_secs(120)).await;
+    assert_no_duplicates(&snap);
+    history.record(&snap);
+
+    let mut rng = Lcg(0x5eed);
+    let mut next = 500;
+    let mut alive: Vec<usize> = (0..500).collect();
+    for round in 0..5 {
+        // Create and delete while the controller works; kill it at a random point.
+        let create: Vec<String> = (next..next + 20).map(|i| format!("s{i}")).collect();
+        next += 20;
+        let mut delete = vec![];
+        for _ in 0..20 {
+            let i = rng.below(alive.len() as u64) as usize;
+            delete.push(format!("s{}", alive.swap_remove(i)));
+        }
+        let kill_after = Duration::from_millis(rng.below(600));
+        let churn = async {
+            create_services(&lab, "many", create.clone().into_iter()).await;
+            delete_services(&lab, "many", delete.clone().into_iter()).await;
+        };
+        let ((), ()) = tokio::join!(churn, async {
+            tokio::time::sleep(kill_after).await;
+            lab.signal_controller(1, nix::sys::signal::Signal::SIGKILL)
+                .unwrap();
+        });
+        lab.kill_controller(1);
+        history.record(&snapshot(&lab, "many").await);
+        lab.start_controller(Path::new(CONTROLLER), 1)
+            .await
+            .unwrap();
+        let snap = all_allocated(&lab, "many", Duration::from_secs(60)).await;
+        assert_no_duplicates(&snap);
+        history.record(&snap);
+        alive.extend((next - 20)..next);
+        eprintln!(
+            "round {round}: killed after {kill_after:?}; {} Services",
+            snap.len()
+        );
+    }
+    assert!(
+        history.moved().is_empty(),
+        "Services whose address changed: {:?}",
+        history.moved()
+    );
+}
+
+#[tokio::test]
+async fn two_replicas_one_writer_and_the_standby_takes_over() {
+    require_lab!();
+    let mut lab = Lab::start(LabConfig::with_nodes(1)).await.unwrap();
+    apply(&lab, &pool_yaml("big", &["2001:db8:5::/112"], "")).await;
+    lab.kubectl(&["create", "namespace", "many"]).await.unwrap();
+    lab.start_controller(Path::new(CONTROLLER), 1)
+        .await
+        .unwrap();
+    lab.start_controller(Path::new(CONTROLLER), 2)
+        .await
+        .unwrap();
+
+    // Exactly one replica leads.
+    let leader = async {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut leading = vec![];
+            for r in [1, 2] {
+                if lab
+                    .controller_metrics(r)
+                    .await
+                    .is_ok_and(|m| m.contains("ferrolb_controller_leader 1"))
+                {
+                    leading.push(r);
+                }
+            }
+            if leading.len() == 1 || Instant::now() > deadline {
+                assert_eq!(leading.len(), 1, "replicas leading: {leading:?}");
+                return leading[0];
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    .await;
+    let standby = 3 - leader;
+
+    create_services(&lab, "many", (0..100).map(|i| format!("s{i}"))).await;
+    let mut history = History::default();
+    history.record(&all_allocated(&lab, "many", Duration::from_secs(60)).await);
+
+    // The leader dies mid-stream; the standby takes over and finishes the work.
+    let churn = create_services(&lab, "many", (100..200).map(|i| format!("s{i}")));
+    let ((), ()) = tokio::join!(churn, async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        lab.signal_controller(leader, nix::sys::signal::Signal::SIGKILL)
+            .unwrap();
+    });
+    lab.kill_controller(leader);
+    history.record(&snapshot(&lab, "many").await);
+    delete_services(&lab, "many", (0..100).step_by(3).map(|i| format!("s{i}"))).await;
+    create_services(&lab, "many", (200..220).map(|i| format!("s{i}"))).await;
+    let snap = all_allocated(&lab, "many", Duration::from_secs(60)).await;
+    assert_no_duplicates(&snap);
+    history.record(&snap);
+    assert!(
+        history.moved().is_empty(),
+        "Services whose address changed: {:?}",
+        history.moved()
+    );
+    assert!(
+        lab.controller_metrics(standby)
+            .await
+            .unwrap()
+            .contains("ferrolb_controller_leader 1")
+    );
+    assert!(lab.controller_exited(standby).is_none());
+}
