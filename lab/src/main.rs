@@ -4,12 +4,14 @@
 //!   lab down [--all|PREFIX] remove a lab (or every lab, also those of killed runs)
 //!   lab status             list the labs on this machine
 //!   lab demo               the README's demo
+//!   lab bench-controller   Service creation to address, through the real API server
 
 use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod demo;
 
 #[derive(Debug, Parser)]
@@ -39,6 +41,11 @@ enum Command {
     Status,
     /// Start a 3-node lab and show a LoadBalancer Service working, then a node failing.
     Demo,
+    /// Time from Service creation to its address in status, for many Services at once.
+    BenchController {
+        #[arg(long, default_value_t = 1000)]
+        services: usize,
+    },
 }
 
 #[tokio::main]
@@ -71,6 +78,7 @@ async fn main() -> Result<()> {
         Command::Down { .. } => anyhow::bail!("say which lab (`lab status` lists them) or --all"),
         Command::Status => status(),
         Command::Demo => demo::run().await,
+        Command::BenchController { services } => bench::controller(services).await,
     }
 }
 
