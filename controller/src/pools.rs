@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use allocator::{LabelSelector, Operator, Pool, Requirement, ServiceAllocation};
-use crds::IPAddressPool;
+use crds::{IPAddressPool, L2AdvertisementSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
 use kube::ResourceExt;
 
@@ -53,6 +53,24 @@ pub fn read(pool: &IPAddressPool) -> Result<Pool, PoolProblem> {
         avoid_buggy_ips: spec.avoid_buggy_ips,
         allocation,
     })
+}
+
+/// Whether an L2Advertisement covers the pool: named in `ipAddressPools`, matched by one of
+/// `ipAddressPoolSelectors`, or, with neither set, every pool. A selector that cannot be read
+/// matches nothing.
+pub fn advertised_by(
+    ad: &L2AdvertisementSpec,
+    pool: &str,
+    pool_labels: &allocator::Labels,
+) -> bool {
+    if ad.ip_address_pools.is_empty() && ad.ip_address_pool_selectors.is_empty() {
+        return true;
+    }
+    ad.ip_address_pools.iter().any(|p| p.0 == pool)
+        || ad
+            .ip_address_pool_selectors
+            .iter()
+            .any(|s| selector(s).is_ok_and(|s| s.matches(pool_labels)))
 }
 
 /// Kubernetes label selectors in the allocator's terms.
@@ -129,6 +147,28 @@ mod tests {
             a.service_selectors[0].match_expressions[0].operator,
             Operator::In
         );
+    }
+
+    #[test]
+    fn advertisements_cover_pools_by_name_label_or_all() {
+        let ad =
+            |v: serde_json::Value| -> L2AdvertisementSpec { serde_json::from_value(v).unwrap() };
+        let labels: allocator::Labels = [("zone".to_string(), "a".to_string())].into();
+        let none = allocator::Labels::new();
+        assert!(advertised_by(&ad(json!({})), "lan", &none));
+        assert!(advertised_by(
+            &ad(json!({"ipAddressPools": ["lan"]})),
+            "lan",
+            &none
+        ));
+        assert!(!advertised_by(
+            &ad(json!({"ipAddressPools": ["other"]})),
+            "lan",
+            &none
+        ));
+        let by_label = ad(json!({"ipAddressPoolSelectors": [{"matchLabels": {"zone": "a"}}]}));
+        assert!(advertised_by(&by_label, "lan", &labels));
+        assert!(!advertised_by(&by_label, "lan", &none));
     }
 
     #[test]

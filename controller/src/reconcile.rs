@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use allocator::{Labels, ServiceKey};
-use crds::IPAddressPool;
+use crds::{IPAddressPool, L2Advertisement};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -63,6 +63,7 @@ pub struct Context {
     state: Mutex<State>,
     namespaces: Store<Namespace>,
     pools: Store<IPAddressPool>,
+    advertisements: Store<L2Advertisement>,
     services: Store<Service>,
     recorder: Recorder,
     metrics: Metrics,
@@ -100,6 +101,15 @@ pub async fn run(
         ),
     );
 
+    let (ad_store, ad_writer) = reflector::store::<L2Advertisement>();
+    let ad_watch = reflector::reflector(
+        ad_writer,
+        watcher(
+            Api::<L2Advertisement>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    );
+
     let services: Api<Service> = Api::all(client.clone());
     let (requeue, requeue_rx) = mpsc::unbounded_channel();
     // The Controller reconciles applied Services only; deletions are taken from the same watch
@@ -129,6 +139,7 @@ pub async fn run(
         state: Mutex::new(State::default()),
         namespaces: ns_store.clone(),
         pools: pool_store.clone(),
+        advertisements: ad_store.clone(),
         services: controller.store(),
         recorder: Recorder::new(client.clone(), reporter),
         metrics,
@@ -163,7 +174,26 @@ pub async fn run(
         }
     }));
 
+    // Advertisements decide whether an address will be announced: requeue the Services holding
+    // addresses, so each says whether it is.
+    let ad_task = tokio::spawn(ad_watch.touched_objects().for_each({
+        let ctx = ctx.clone();
+        move |_| {
+            let ctx = ctx.clone();
+            async move {
+                let state = ctx.state.lock().await;
+                for svc in ctx.services.state() {
+                    let key = ServiceKey::new(svc.namespace().unwrap_or_default(), svc.name_any());
+                    if state.assignment(&key).is_some() {
+                        let _ = ctx.requeue.send(ObjectRef::from_obj(&*svc));
+                    }
+                }
+            }
+        }
+    }));
+
     ns_store.wait_until_ready().await.ok();
+    ad_store.wait_until_ready().await.ok();
     pool_store.wait_until_ready().await.ok();
     restore(&ctx, &services).await?;
     ready();
@@ -187,6 +217,7 @@ pub async fn run(
         .for_each(|_| async {})
         .await;
     release_task.abort();
+    ad_task.abort();
     gc_task.abort();
     ns_task.abort();
     pool_events.abort();
@@ -231,6 +262,19 @@ async fn restore(ctx: &Context, services: &Api<Service>) -> Result<(), Error> {
     tracing::info!(restored, disputed, services = all.len(), elapsed = ?started.elapsed(), "allocations restored from Service status");
     ctx.pools_changed.notify_one();
     Ok(())
+}
+
+/// Whether some L2Advertisement covers the pool.
+fn advertised(ctx: &Context, pool: &str) -> bool {
+    let labels = ctx
+        .pools
+        .get(&ObjectRef::new(pool))
+        .and_then(|p| p.metadata.labels.clone())
+        .unwrap_or_default();
+    ctx.advertisements
+        .state()
+        .iter()
+        .any(|ad| crate::pools::advertised_by(&ad.spec, pool, &labels))
 }
 
 fn namespace_labels(ctx: &Context, namespace: &str) -> Labels {
@@ -331,6 +375,11 @@ async fn assign(
                     publish(ctx, reference, EventType::Warning, "AddressTaken", format!("{ip} is held by the older Service {holder}, which may not share it; this Service got {} instead", join(&ips))).await;
                 }
                 ctx.pools_changed.notify_one();
+            }
+            if let Some(pool) = &pool
+                && !advertised(ctx, pool)
+            {
+                publish(ctx, reference, EventType::Warning, "NotAdvertised", format!("pool {pool} is covered by no L2Advertisement, so no node announces {}; create one that selects the pool", join(&ips))).await;
             }
             if let Some(orphan) = assignment.addresses.iter().find(|a| a.pool.is_none()) {
                 publish(ctx, reference, EventType::Warning, "AddressOutsidePools", format!("{} is no longer in any pool; the Service keeps it until it is deleted or asks for another address", orphan.ip)).await;
@@ -513,6 +562,7 @@ async fn requeue_pending(ctx: &Context) {
 /// changed.
 async fn pool_status_loop(ctx: Arc<Context>) {
     let mut last: BTreeMap<String, IPAddressPool> = BTreeMap::new();
+    let mut reported: Vec<allocator::Overlap> = vec![];
     loop {
         ctx.pools_changed.notified().await;
         // Let a burst of changes settle into one pass.
@@ -527,9 +577,25 @@ async fn pool_status_loop(ctx: Arc<Context>) {
             });
         if specs_changed {
             let overlaps = ctx.state.lock().await.set_pools(&pools);
-            for o in &overlaps {
+            for o in overlaps.iter().filter(|o| !reported.contains(*o)) {
                 tracing::warn!("{o}");
+                for name in &o.pools {
+                    if let Some(pool) = pools.iter().find(|p| p.name_any() == *name) {
+                        let note = format!(
+                            "{o}; no address of the overlap is handed out until it is fixed"
+                        );
+                        publish(
+                            &ctx,
+                            &pool.object_ref(&()),
+                            EventType::Warning,
+                            "PoolOverlap",
+                            note,
+                        )
+                        .await;
+                    }
+                }
             }
+            reported = overlaps;
             requeue_affected(&ctx, &pools, &last).await;
         }
         for pool in &pools {

@@ -218,7 +218,15 @@ async fn every_allocation_rule_against_the_real_api_server() {
         .await
         .unwrap();
     lab.kubectl(&["create", "namespace", "vip"]).await.unwrap();
+    lab.kubectl(&["create", "namespace", "prod"]).await.unwrap();
+    lab.kubectl(&["label", "namespace", "prod", "env=prod"])
+        .await
+        .unwrap();
+    let team = "  serviceAllocation:\n    priority: 0\n    serviceSelectors: [{matchLabels: {team: blue}}]\n";
+    let prod = "  serviceAllocation:\n    priority: 0\n    namespaceSelectors:\n      [{matchExpressions: [{key: env, operator: In, values: [prod]}]}]\n";
     for pool in [
+        pool_yaml("team", &["198.51.100.240"], team),
+        pool_yaml("prod", &["198.51.100.241"], prod),
         pool_yaml("lan", &["198.51.100.200-198.51.100.203"], ""),
         pool_yaml("manual", &["198.51.100.210/31"], "  autoAssign: false\n"),
         pool_yaml(
@@ -228,7 +236,11 @@ async fn every_allocation_rule_against_the_real_api_server() {
         ),
         pool_yaml(
             "dual",
-            &["198.51.100.230", "2001:db8::c8-2001:db8::ca"],
+            &[
+                "198.51.100.230",
+                "198.51.100.233",
+                "2001:db8::c8-2001:db8::ca",
+            ],
             "  autoAssign: false\n",
         ),
         pool_yaml(
@@ -278,10 +290,28 @@ async fn every_allocation_rule_against_the_real_api_server() {
             vec![],
             "  loadBalancerClass: ferrolb.io/l2\n",
         ),
+        (
+            "default",
+            "prefer-dual",
+            vec![(p, "dual")],
+            "  ipFamilyPolicy: PreferDualStack\n",
+        ),
+        (
+            "vip",
+            "prefer-v4-only",
+            vec![],
+            "  ipFamilyPolicy: PreferDualStack\n",
+        ),
+        ("prod", "by-namespace-label", vec![], ""),
     ];
     for (ns, name, ann, spec) in &cases {
         apply(&lab, &svc_yaml(ns, name, ann, spec)).await;
     }
+    let labelled = svc_yaml("default", "by-service-label", &[], "").replace(
+        "  annotations: {}\n",
+        "  annotations: {}\n  labels: {team: blue}\n",
+    );
+    apply(&lab, &labelled).await;
     let expect: Vec<(&str, &str, Vec<&str>)> = vec![
         ("default", "auto", vec!["198.51.100.200"]),
         ("vip", "by-priority", vec!["198.51.100.220"]),
@@ -292,6 +322,14 @@ async fn every_allocation_rule_against_the_real_api_server() {
         ("default", "dual", vec!["198.51.100.230", "2001:db8::c8"]),
         ("default", "metallb", vec!["198.51.100.201"]),
         ("default", "our-class", vec!["198.51.100.203"]),
+        (
+            "default",
+            "prefer-dual",
+            vec!["198.51.100.233", "2001:db8::c9"],
+        ),
+        ("vip", "prefer-v4-only", vec!["198.51.100.221"]),
+        ("prod", "by-namespace-label", vec!["198.51.100.241"]),
+        ("default", "by-service-label", vec!["198.51.100.240"]),
     ];
     for (ns, name, addresses) in &expect {
         assert_eq!(
@@ -304,6 +342,11 @@ async fn every_allocation_rule_against_the_real_api_server() {
         ingress_becomes(&lab, "default", "other-class", &[]).await,
         ips(&[]),
         "another class is left alone"
+    );
+    let ev = eventually_events(&lab, "default", "our-class", "NotAdvertised").await;
+    assert!(
+        ev.contains("pool lan is covered by no L2Advertisement"),
+        "{ev}"
     );
     let ev = eventually_events(&lab, "default", "metallb", "MetalLBAnnotation").await;
     assert!(
@@ -452,12 +495,17 @@ async fn every_allocation_rule_against_the_real_api_server() {
         ips(&["198.51.100.200"])
     );
 
-    // Overlapping pools: both say so, naming each other.
+    // Overlapping pools: an Event and a condition on both, naming each other.
     apply(
         &lab,
         &pool_yaml("dup", &["198.51.100.203-198.51.100.205"], ""),
     )
     .await;
+    let ev = eventually_events(&lab, "default", "dup", "PoolOverlap").await;
+    assert!(
+        ev.contains("pools dup and lan both contain 198.51.100.203"),
+        "{ev}"
+    );
     for (pool, other) in [("lan", "dup"), ("dup", "lan")] {
         let s = pool_status_when(&lab, pool, |s| {
             s.conditions
