@@ -64,6 +64,7 @@ pub struct LabNode {
     pub ipv4: IpAddr,
     pub ipv6: IpAddr,
     kube_proxy: Option<Proc>,
+    speaker: Option<Proc>,
     heartbeat: Option<JoinHandle<()>>,
 }
 
@@ -511,6 +512,7 @@ impl Lab {
             ipv4,
             ipv6,
             kube_proxy: Some(kube_proxy),
+            speaker: None,
             heartbeat: Some(heartbeat),
         })
     }
@@ -838,6 +840,75 @@ impl Lab {
         Ok(())
     }
 
+    /// Starts ferrolb-speaker (the binary at `binary`) in node `i`'s namespace, as the
+    /// speaker's ServiceAccount, with the gossip key the lab keeps in the `ferrolb-gossip`
+    /// Secret, as the DaemonSet in deploy/ runs it.
+    pub async fn start_speaker(&mut self, binary: &Path, i: usize) -> Result<()> {
+        if !binary.is_file() {
+            bail!(
+                "no speaker binary at {} (cargo build -p speaker)",
+                binary.display()
+            );
+        }
+        let key = self.gossip_key().await?;
+        let kubeconfig = self
+            .service_account_kubeconfig("ferrolb-system", "ferrolb-speaker")
+            .await?;
+        let name = format!("speaker-node-{i}");
+        let node = &self.nodes[i - 1];
+        let proc = Proc::spawn_with_env(
+            &node.ns,
+            &name,
+            binary,
+            &args(&[
+                &format!("--node-name={}", node.name),
+                &format!("--gossip-key-file={}", key.display()),
+                "--log-level=info,kube=warn",
+            ]),
+            &[("KUBECONFIG", &kubeconfig)],
+            &self.log_path(&name),
+        )?;
+        if let Some(mut old) = self.nodes[i - 1].speaker.replace(proc) {
+            old.kill();
+        }
+        Ok(())
+    }
+
+    /// The gossip key file, made once along with the `ferrolb-gossip` Secret it mirrors.
+    async fn gossip_key(&self) -> Result<PathBuf> {
+        let path = self.dir.join("gossip.key");
+        if !path.exists() {
+            let key = format!("{:032x}{:032x}", rand_u128(), rand_u128());
+            let literal = format!("--from-literal=key={key}");
+            self.kubectl(&[
+                "-n",
+                "ferrolb-system",
+                "create",
+                "secret",
+                "generic",
+                "ferrolb-gossip",
+                &literal,
+            ])
+            .await?;
+            std::fs::write(&path, &key)?;
+        }
+        Ok(path)
+    }
+
+    /// Sends `signal` to node `i`'s speaker (SIGTERM: a rolling restart or a drain).
+    pub fn signal_speaker(&self, i: usize, signal: nix::sys::signal::Signal) -> Result<()> {
+        match &self.node(i).speaker {
+            Some(p) => p.signal(signal),
+            None => bail!("no speaker runs on node {i}"),
+        }
+    }
+
+    /// Whether node `i`'s speaker has exited; its log's last lines if so.
+    pub fn speaker_exited(&mut self, i: usize) -> Option<String> {
+        let p = self.nodes[i - 1].speaker.as_mut()?;
+        (!p.running()).then(|| p.log_tail(20))
+    }
+
     /// Kills controller replica `replica` at once (SIGKILL), as a crash would.
     pub fn kill_controller(&mut self, replica: usize) {
         if let Some(mut p) = self.controllers.remove(&replica) {
@@ -872,10 +943,14 @@ impl Lab {
 
     // Faults.
 
-    /// Node `i` dies as a machine would: kube-proxy killed, heartbeat stopped, LAN link down.
+    /// Node `i` dies as a machine would: its speaker and kube-proxy killed, heartbeat stopped,
+    /// LAN link down.
     pub fn kill_node(&mut self, i: usize) -> Result<()> {
         let node = &mut self.nodes[i - 1];
-        if let Some(mut p) = node.kube_proxy.take() {
+        for mut p in [node.speaker.take(), node.kube_proxy.take()]
+            .into_iter()
+            .flatten()
+        {
             p.kill();
         }
         if let Some(h) = node.heartbeat.take() {
@@ -1084,4 +1159,14 @@ pub async fn client_for(kubeconfig: &Path) -> Result<Client> {
     )
     .await?;
     Ok(Client::try_from(config)?)
+}
+
+/// 128 random bits from the kernel, for keys.
+fn rand_u128() -> u128 {
+    use std::io::Read;
+    let mut buf = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .expect("/dev/urandom is readable");
+    u128::from_le_bytes(buf)
 }

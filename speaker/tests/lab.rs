@@ -1,0 +1,48 @@
+//! The speaker in the lab: started in a node's namespace as the DaemonSet runs it, under its own
+//! ServiceAccount. Runs with FERROLB_LAB=1 as root (the README's test command).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use lab::{Lab, LabConfig};
+
+const SPEAKER: &str = env!("CARGO_BIN_EXE_ferrolb-speaker");
+
+/// Today's speaker only connects: this checks the lab's plumbing (its identity, its kubeconfig,
+/// the path from a node's namespace to the API server) and that it says plainly that it does
+/// not announce yet.
+#[tokio::test]
+async fn the_speaker_reaches_the_api_server_from_its_node_as_itself() {
+    if !lab::lab_tests_enabled() {
+        eprintln!("skipped: lab tests run with FERROLB_LAB=1 as root (the README's test command)");
+        return;
+    }
+    let mut lab = Lab::start(LabConfig::with_nodes(1)).await.unwrap();
+    lab.start_speaker(Path::new(SPEAKER), 1).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let log = loop {
+        if let Some(log) = lab.speaker_exited(1) {
+            break log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the speaker neither exited nor announced"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(log.contains("connected to the API server"), "{log}");
+    assert!(log.contains("announcing is not implemented"), "{log}");
+    let secret = lab
+        .kubectl(&[
+            "-n",
+            "ferrolb-system",
+            "get",
+            "secret",
+            "ferrolb-gossip",
+            "-o",
+            "name",
+        ])
+        .await
+        .unwrap();
+    assert_eq!(secret.trim(), "secret/ferrolb-gossip");
+}
