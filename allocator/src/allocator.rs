@@ -5,7 +5,6 @@
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -14,9 +13,12 @@ use crds::address::{AddressRange, Family, ip_value};
 use crate::error::{Error, Result};
 use crate::intervals::IntervalSet;
 use crate::pool::Pool;
-use crate::service::{AssignedAddress, Assignment, ServiceKey, ServiceRequest};
+use crate::report::{Orphan, Overlap, PoolUsage};
+use crate::service::{
+    AssignedAddress, Assignment, ServiceKey, ServiceRequest, check_one_per_family,
+};
 use crate::sharing::{Holders, Refusal, SharingTerms, may_share};
-use crate::space::{FamilySpace, Usage};
+use crate::space::FamilySpace;
 
 /// Hands out addresses of pools to Services. Pure and deterministic: the same calls in the same
 /// order give the same results.
@@ -69,42 +71,6 @@ pub(crate) struct AddressState {
     /// Index of the pool the address belongs to; `None` for an orphan.
     pub pool: Option<usize>,
     pub holders: Holders,
-}
-
-/// Two pools that share addresses. Neither allocates from the shared part until it is fixed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Overlap {
-    /// In name order.
-    pub pools: [String; 2],
-    pub ranges: Vec<AddressRange>,
-}
-
-impl fmt::Display for Overlap {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ranges: Vec<String> = self.ranges.iter().map(ToString::to_string).collect();
-        write!(
-            f,
-            "pools {} and {} both contain {}",
-            self.pools[0],
-            self.pools[1],
-            ranges.join(", ")
-        )
-    }
-}
-
-/// A Service holding an address that no pool contains any more. It keeps the address (nothing is
-/// taken from a live Service) and nobody else can get it; the controller says so.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Orphan {
-    pub service: ServiceKey,
-    pub ip: IpAddr,
-}
-
-/// A pool's counts per family; `None` for a family the pool has no addresses of.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PoolUsage {
-    pub ipv4: Option<Usage>,
-    pub ipv6: Option<Usage>,
 }
 
 impl Allocator {
@@ -231,7 +197,7 @@ impl Allocator {
                     .is_ok()
             })
             .collect();
-        let outcome = check_request(service).and_then(|()| {
+        let outcome = service.check().and_then(|()| {
             let kept: Vec<(IpAddr, Option<usize>)> = shareable
                 .iter()
                 .copied()
@@ -530,47 +496,4 @@ fn family_ranges(pool: &Pool, family: Family) -> IntervalSet {
 
 fn range_of(family: Family, first: u128, last: u128) -> AddressRange {
     AddressRange::new(family.addr(first), family.addr(last)).expect("first <= last, one family")
-}
-
-/// At most one address per family.
-fn check_one_per_family(ips: &[IpAddr]) -> Result<()> {
-    for (i, a) in ips.iter().enumerate() {
-        if let Some(b) = ips[i + 1..]
-            .iter()
-            .find(|b| Family::of(**b) == Family::of(*a))
-        {
-            return Err(Error::TooManyAddresses {
-                family: Family::of(*a),
-                ips: [*a, *b],
-            });
-        }
-    }
-    Ok(())
-}
-
-/// The requested addresses fit the family policy.
-fn check_request(service: &ServiceRequest) -> Result<()> {
-    check_one_per_family(&service.requested)?;
-    if let Some(ip) = service
-        .requested
-        .iter()
-        .find(|ip| !service.families.allows(Family::of(**ip)))
-    {
-        return Err(Error::FamilyMismatch {
-            ip: *ip,
-            policy: service.families,
-        });
-    }
-    if let crate::service::FamilyPolicy::RequireDualStack(_) = service.families
-        && !service.requested.is_empty()
-        && let Some(missing) = FAMILIES.into_iter().find(|family| {
-            !service
-                .requested
-                .iter()
-                .any(|ip| Family::of(*ip) == *family)
-        })
-    {
-        return Err(Error::RequestMissingFamily { missing });
-    }
-    Ok(())
 }

@@ -173,6 +173,8 @@ mod tests {
     use proptest::prelude::*;
     use std::collections::BTreeSet;
 
+    type Runs = &'static [(u128, u128)];
+
     fn set(runs: &[(u128, u128)]) -> IntervalSet {
         runs.iter().copied().collect()
     }
@@ -183,7 +185,7 @@ mod tests {
 
     #[test]
     fn insert_merges_overlapping_and_touching_runs() {
-        let cases: &[(&[(u128, u128)], &[(u128, u128)])] = &[
+        let cases: &[(Runs, Runs)] = &[
             (&[(1, 3), (5, 7)], &[(1, 3), (5, 7)]),
             (&[(1, 3), (4, 7)], &[(1, 7)]),
             (&[(5, 7), (1, 4)], &[(1, 7)]),
@@ -209,7 +211,7 @@ mod tests {
 
     #[test]
     fn remove_splits_and_drops_runs() {
-        let cases: &[(&[(u128, u128)], (u128, u128), &[(u128, u128)])] = &[
+        let cases: &[(Runs, (u128, u128), Runs)] = &[
             (&[(1, 10)], (4, 6), &[(1, 3), (7, 10)]),
             (&[(1, 10)], (1, 10), &[]),
             (&[(1, 10)], (0, 1), &[(2, 10)]),

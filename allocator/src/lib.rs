@@ -9,10 +9,11 @@
 //! made and their order: every map is ordered and every tie is broken by name.
 //!
 //! - [`allocator`]: who holds what; pools in, Services in and out, reports.
-//! - [`pick`](crate::pick): which address a Service gets.
+//! - `pick`: which address a Service gets.
 //! - [`space`]: one pool's addresses of one family, free and counted.
 //! - [`sharing`]: when two Services may hold one address.
 //! - [`pool`], [`selector`], [`service`]: the inputs.
+//! - [`report`]: overlaps, orphans and usage, for pool status.
 //! - [`error`]: every refusal, worded for Events.
 
 pub mod allocator;
@@ -20,14 +21,16 @@ pub mod error;
 pub mod intervals;
 mod pick;
 pub mod pool;
+pub mod report;
 pub mod selector;
 pub mod service;
 pub mod sharing;
 pub mod space;
 
-pub use allocator::{Allocator, Orphan, Overlap, PoolUsage};
+pub use allocator::Allocator;
 pub use error::{Error, Result};
 pub use pool::{Pool, ServiceAllocation};
+pub use report::{Orphan, Overlap, PoolUsage};
 pub use selector::{LabelSelector, Labels, Operator, Requirement};
 pub use service::{
     AssignedAddress, Assignment, FamilyPolicy, Protocol, ServiceKey, ServiceRequest,

@@ -5,6 +5,7 @@ use std::net::IpAddr;
 
 use crds::address::Family;
 
+use crate::error::{Error, Result};
 use crate::selector::Labels;
 
 /// A Service's namespace and name.
@@ -173,10 +174,52 @@ impl ServiceRequest {
         self
     }
 
+    /// Whether the requested addresses fit the family policy: at most one per family, only
+    /// families the Service has, and one of each when dual-stack is required. The controller may
+    /// call this to refuse bad annotations early; [`crate::Allocator::allocate`] calls it too.
+    pub fn check(&self) -> Result<()> {
+        check_one_per_family(&self.requested)?;
+        if let Some(ip) = self
+            .requested
+            .iter()
+            .find(|ip| !self.families.allows(Family::of(**ip)))
+        {
+            return Err(Error::FamilyMismatch {
+                ip: *ip,
+                policy: self.families,
+            });
+        }
+        if let FamilyPolicy::RequireDualStack(_) = self.families
+            && !self.requested.is_empty()
+            && let Some(missing) = [Family::V4, Family::V6]
+                .into_iter()
+                .find(|family| !self.requested.iter().any(|ip| Family::of(*ip) == *family))
+        {
+            return Err(Error::RequestMissingFamily { missing });
+        }
+        Ok(())
+    }
+
     /// The sharing key if it is set and not empty.
     pub fn effective_sharing_key(&self) -> Option<&str> {
         self.sharing_key.as_deref().filter(|key| !key.is_empty())
     }
+}
+
+/// At most one address per family.
+pub(crate) fn check_one_per_family(ips: &[IpAddr]) -> Result<()> {
+    for (i, a) in ips.iter().enumerate() {
+        if let Some(b) = ips[i + 1..]
+            .iter()
+            .find(|b| Family::of(**b) == Family::of(*a))
+        {
+            return Err(Error::TooManyAddresses {
+                family: Family::of(*a),
+                ips: [*a, *b],
+            });
+        }
+    }
+    Ok(())
 }
 
 fn to_labels<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Labels {

@@ -201,12 +201,13 @@ mod tests {
     #[test]
     fn sharing_rules() {
         let dns_tcp = terms("dns", None, &[(Tcp, 53)]);
-        let cases: Vec<(
-            &str,
+        type Case = (
+            &'static str,
             Option<SharingTerms>,
             Option<SharingTerms>,
             Result<(), Refusal>,
-        )> = vec![
+        );
+        let cases: Vec<Case> = vec![
             (
                 "TCP and UDP on one port",
                 Some(dns_tcp.clone()),

@@ -9,6 +9,13 @@ use allocator::{
 use crds::address::Family;
 use support::*;
 
+/// A named request and the addresses (or the error) it must get.
+type Case = (
+    &'static str,
+    ServiceRequest,
+    Result<Vec<&'static str>, Error>,
+);
+
 #[test]
 fn lowest_free_address_first_and_released_ones_come_back() {
     let mut a = with_pools(vec![pool("p", &["198.51.100.0/30"])]);
@@ -233,7 +240,7 @@ fn named_pool_rules() {
             ),
         ]
     };
-    let cases: Vec<(&str, ServiceRequest, Result<Vec<&str>, Error>)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "autoAssign=false pool when named",
             v4("s").with_pool("manual"),
@@ -446,7 +453,7 @@ fn dual_stack_policies() {
             pool("dual", &["198.51.100.16/30", "2001:db8:2::/126"]),
         ]
     };
-    let cases: Vec<(&str, ServiceRequest, Result<Vec<&str>, Error>)> = vec![
+    let cases: Vec<Case> = vec![
         ("single IPv4", v4("s"), Ok(vec!["198.51.100.0@a-v4"])),
         ("single IPv6", v6("s"), Ok(vec!["2001:db8:1::@b-v6"])),
         (

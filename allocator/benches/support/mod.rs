@@ -51,13 +51,15 @@ pub fn sharing_services(count: usize, family: Family) -> Vec<ServiceRequest> {
 
 pub fn allocate_all(allocator: &mut Allocator, requests: &[ServiceRequest]) {
     for request in requests {
-        allocator.allocate(request).expect("the pool is large enough");
+        allocator
+            .allocate(request)
+            .expect("the pool is large enough");
     }
 }
 
 /// A fixed permutation of `0..count` (a multiplicative step coprime with `count`), so that
 /// churn hits the pool all over without a random number generator.
-pub fn scattered(count: usize) -> impl Iterator<Item = usize> {
+pub fn scattered(count: usize) -> impl Iterator<Item = usize> + Clone {
     let step = (1..)
         .map(|k| count / 2 + k)
         .find(|s| gcd(*s, count) == 1)
