@@ -357,6 +357,10 @@ async fn assign(
         (Ok(assignment), taken_from) => {
             let ips = assignment.ips();
             let pool = assignment.addresses.iter().find_map(|a| a.pool.clone());
+            // The pool annotation first, so that whoever sees the address sees its pool too.
+            if svc.annotations().get(ANNOTATION_ALLOCATED_FROM) != pool.as_ref() {
+                write_pool_annotation(ctx, view, pool.as_deref()).await?;
+            }
             if ips != view.ingress {
                 write_ingress(ctx, view, &ips).await?;
                 let from = pool
@@ -383,9 +387,6 @@ async fn assign(
             }
             if let Some(orphan) = assignment.addresses.iter().find(|a| a.pool.is_none()) {
                 publish(ctx, reference, EventType::Warning, "AddressOutsidePools", format!("{} is no longer in any pool; the Service keeps it until it is deleted or asks for another address", orphan.ip)).await;
-            }
-            if svc.annotations().get(ANNOTATION_ALLOCATED_FROM) != pool.as_ref() {
-                write_pool_annotation(ctx, view, pool.as_deref()).await?;
             }
             Ok(Action::await_change())
         }
