@@ -821,3 +821,41 @@ async fn two_replicas_one_writer_and_the_standby_takes_over() {
     );
     assert!(lab.controller_exited(standby).is_none());
 }
+
+#[tokio::test]
+async fn two_services_claiming_one_address_the_older_keeps_it() {
+    require_lab!();
+    let mut lab = Lab::start(LabConfig::with_nodes(1)).await.unwrap();
+    apply(
+        &lab,
+        &pool_yaml("lan", &["198.51.100.200-198.51.100.201"], ""),
+    )
+    .await;
+    // Before the controller runs, both Services claim .200 in their status (a restore from a
+    // backup, or a hand edit), without a sharing key.
+    for name in ["older", "younger"] {
+        apply(&lab, &svc_yaml("default", name, &[], "")).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await; // creation times differ by seconds
+    }
+    for name in ["older", "younger"] {
+        lab.set_ingress("default", name, &ips(&["198.51.100.200"]))
+            .await
+            .unwrap();
+    }
+    lab.start_controller(Path::new(CONTROLLER), 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        ingress_becomes(&lab, "default", "younger", &["198.51.100.201"]).await,
+        ips(&["198.51.100.201"])
+    );
+    assert_eq!(
+        ingress_becomes(&lab, "default", "older", &["198.51.100.200"]).await,
+        ips(&["198.51.100.200"])
+    );
+    let ev = eventually_events(&lab, "default", "younger", "AddressTaken").await;
+    assert!(
+        ev.contains("198.51.100.200 is held by the older Service default/older"),
+        "{ev}"
+    );
+}

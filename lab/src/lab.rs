@@ -473,29 +473,12 @@ impl Lab {
             ("net.ipv6.conf.all.forwarding", "1"),
             ("net.ipv4.conf.all.rp_filter", "0"),
             ("net.ipv4.conf.default.rp_filter", "0"),
+            // A link flap keeps the node's IPv6 address, as its network configuration would.
+            ("net.ipv6.conf.eth0.keep_addr_on_down", "1"),
         ] {
             ns.sysctl(key, value)?;
         }
-        // host-gw routing: every other node's pods through that node.
-        for j in 1..=config.nodes {
-            if j != i {
-                ns.ip(&[
-                    "route",
-                    "add",
-                    &plan::pod_cidr_v4(j),
-                    "via",
-                    &plan::node_v4(j).to_string(),
-                ])?;
-                ns.ip(&[
-                    "-6",
-                    "route",
-                    "add",
-                    &plan::pod_cidr_v6(j),
-                    "via",
-                    &plan::node_v6(j).to_string(),
-                ])?;
-            }
-        }
+        pod_routes(&ns, i, config.nodes)?;
         cluster::create_node(
             &self.client,
             &name,
@@ -969,10 +952,21 @@ impl Lab {
     }
 
     /// Sets node `i`'s LAN interface (`eth0` inside the node) down or up.
+    /// Routes through a link go with it; coming back up, the node's routes to the other
+    /// nodes' pods are restored, as a host's network configuration would.
     pub fn set_link(&self, i: usize, up: bool) -> Result<()> {
-        self.node(i)
-            .ns
-            .ip(&["link", "set", "eth0", if up { "up" } else { "down" }])?;
+        let ns = &self.node(i).ns;
+        ns.ip(&["link", "set", "eth0", if up { "up" } else { "down" }])?;
+        if up {
+            // The connected routes come back a moment after the link does.
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while let Err(e) = pod_routes(ns, i, self.nodes.len()) {
+                if Instant::now() > deadline {
+                    return Err(e);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         Ok(())
     }
 
@@ -1071,6 +1065,29 @@ impl Capture {
             .collect::<Vec<_>>()
             .join("\n")
     }
+}
+
+/// host-gw routing in node `i`: every other node's pods through that node (`replace`, so that
+/// it can run again after a link flap).
+fn pod_routes(ns: &NetNs, i: usize, nodes: usize) -> Result<()> {
+    for j in (1..=nodes).filter(|j| *j != i) {
+        ns.ip(&[
+            "route",
+            "replace",
+            &plan::pod_cidr_v4(j),
+            "via",
+            &plan::node_v4(j).to_string(),
+        ])?;
+        ns.ip(&[
+            "-6",
+            "route",
+            "replace",
+            &plan::pod_cidr_v6(j),
+            "via",
+            &plan::node_v6(j).to_string(),
+        ])?;
+    }
+    Ok(())
 }
 
 fn lan_apiserver_url() -> String {

@@ -416,9 +416,14 @@ async fn every_fault_works_and_teardown_leaves_nothing() {
         "node 1's link is down"
     );
     lab.set_link(1, true).unwrap();
-    eventually(Duration::from_secs(10), || lab.get(lb, 80))
-        .await
-        .unwrap();
+    // Back to both pods, the one behind node 2 included (routes restored with the link).
+    eventually(Duration::from_secs(10), || async {
+        let (pods, _) = answers(&lab, lb, 20).await?;
+        anyhow::ensure!(pods == set(&["hello-1", "hello-2"]), "only {pods:?}");
+        Ok(())
+    })
+    .await
+    .unwrap();
 
     // The API server stops: the data path does not care; it comes back.
     lab.stop_apiserver();
