@@ -531,18 +531,7 @@ impl Lab {
         let ns = NetNs::create(&format!("{}-n{node}p{k}", self.prefix))?;
         let (ipv4, ipv6) = (plan::pod_v4(node, k), plan::pod_v6(node, k));
         let link = format!("pod{k}");
-        host.ip(&[
-            "link",
-            "add",
-            &link,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            ns.name(),
-        ])?;
+        veth(host, &link, &ns)?;
         host.ip(&["link", "set", &link, "up"])?;
         // Routed like Calico: the node answers every ARP of the pod (proxy ARP), so the pod
         // needs only an on-link default route; IPv6 goes via the node's link-local address.
@@ -1098,21 +1087,28 @@ fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
 
-/// Connects `ns` to the LAN bridge with a veth (`<prefix>-<tag>` on the bridge, `eth0` inside).
-fn attach(lan: &NetNs, prefix: &str, tag: &str, ns: &NetNs, v4: IpAddr, v6: IpAddr) -> Result<()> {
-    let outer = format!("{prefix}-{tag}");
-    lan.ip(&[
+/// A veth pair: `outer_name` in `outer`, `eth0` in `inner`.
+fn veth(outer: &NetNs, outer_name: &str, inner: &NetNs) -> Result<()> {
+    let args = [
         "link",
         "add",
-        &outer,
+        outer_name,
         "type",
         "veth",
         "peer",
         "name",
         "eth0",
         "netns",
-        ns.name(),
-    ])?;
+        inner.name(),
+    ];
+    outer.ip(&args)?;
+    Ok(())
+}
+
+/// Connects `ns` to the LAN bridge with a veth (`<prefix>-<tag>` on the bridge, `eth0` inside).
+fn attach(lan: &NetNs, prefix: &str, tag: &str, ns: &NetNs, v4: IpAddr, v6: IpAddr) -> Result<()> {
+    let outer = format!("{prefix}-{tag}");
+    veth(lan, &outer, ns)?;
     lan.ip(&["link", "set", &outer, "master", "br0", "up"])?;
     ns.ip(&[
         "addr",
