@@ -490,6 +490,11 @@ async fn every_allocation_rule_against_the_real_api_server() {
         ips(&[]),
         "status cleared"
     );
+    let ev = eventually_events(&lab, "default", "auto", "IPReleased").await;
+    assert!(
+        ev.contains("Released 198.51.100.200: the Service no longer asks ferrolb for an address"),
+        "{ev}"
+    );
     assert_eq!(
         ingress_becomes(&lab, "default", "exhausted", &["198.51.100.200"]).await,
         ips(&["198.51.100.200"])
