@@ -476,8 +476,17 @@ async fn every_fault_works_and_teardown_leaves_nothing() {
             .is_err(),
         "node 1 is dead"
     );
+    // hello-1 died with it; a real cluster drops its endpoint after the node monitor's grace
+    // period, the lab at once, so node 2 answers from hello-2 alone.
+    lab.set_pod_ready("hello-1", false).await.unwrap();
     lab.point_client_at(lb, 2).unwrap();
-    lab.get(lb, 80).await.unwrap();
+    eventually(Duration::from_secs(10), || async {
+        let (pods, _) = answers(&lab, lb, 10).await?;
+        anyhow::ensure!(pods == set(&["hello-2"]), "answers from {pods:?}");
+        Ok(())
+    })
+    .await
+    .unwrap();
 
     // Teardown: no namespace, process or directory is left.
     let (prefix, dir, etcd) = (lab.prefix.clone(), lab.dir.clone(), lab.etcd_pid().unwrap());
