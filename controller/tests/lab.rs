@@ -11,17 +11,6 @@ use kube::Api;
 use kube::api::DeleteParams;
 use lab::{Lab, LabConfig, ServiceSpec};
 
-macro_rules! require_lab {
-    () => {
-        if !lab::lab_tests_enabled() {
-            eprintln!(
-                "skipped: lab tests run with FERROLB_LAB=1 as root (the README's test command)"
-            );
-            return;
-        }
-    };
-}
-
 const CONTROLLER: &str = env!("CARGO_BIN_EXE_ferrolb-controller");
 
 async fn lab_with_controller() -> Lab {
@@ -113,7 +102,7 @@ async fn eventually_events(lab: &Lab, namespace: &str, name: &str, needle: &str)
 
 #[tokio::test]
 async fn a_service_gets_an_address_that_answers_and_the_pool_says_so() {
-    require_lab!();
+    lab::require_lab!();
     let mut lab = lab_with_controller().await;
     apply(
         &lab,
@@ -212,7 +201,7 @@ fn ips(list: &[&str]) -> Vec<IpAddr> {
 
 #[tokio::test]
 async fn every_allocation_rule_against_the_real_api_server() {
-    require_lab!();
+    lab::require_lab!();
     let mut lab = Lab::start(LabConfig::with_nodes(1)).await.unwrap();
     lab.start_controller(Path::new(CONTROLLER), 1)
         .await
@@ -702,7 +691,7 @@ impl Lcg {
 
 #[tokio::test]
 async fn restarts_never_move_or_duplicate_an_address() {
-    require_lab!();
+    lab::require_lab!();
     let mut lab = Lab::start(LabConfig::with_nodes(1)).await.unwrap();
     apply(&lab, &pool_yaml("big", &["2001:db8:5::/112"], "")).await;
     lab.kubectl(&["create", "namespace", "many"]).await.unwrap();
@@ -760,7 +749,7 @@ async fn restarts_never_move_or_duplicate_an_address() {
 
 #[tokio::test]
 async fn two_replicas_one_writer_and_the_standby_takes_over() {
-    require_lab!();
+    lab::require_lab!();
     let mut lab = Lab::start(LabConfig::with_nodes(1)).await.unwrap();
     apply(&lab, &pool_yaml("big", &["2001:db8:5::/112"], "")).await;
     lab.kubectl(&["create", "namespace", "many"]).await.unwrap();
@@ -829,7 +818,7 @@ async fn two_replicas_one_writer_and_the_standby_takes_over() {
 
 #[tokio::test]
 async fn two_services_claiming_one_address_the_older_keeps_it() {
-    require_lab!();
+    lab::require_lab!();
     let mut lab = Lab::start(LabConfig::with_nodes(1)).await.unwrap();
     apply(
         &lab,

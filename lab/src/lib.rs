@@ -25,3 +25,16 @@ pub use probe::{Answer, ProbeConfig, ProbeReport};
 pub fn lab_tests_enabled() -> bool {
     std::env::var("FERROLB_LAB").is_ok_and(|v| v == "1")
 }
+
+/// Returns from the calling test, saying so, unless the lab tests are enabled.
+#[macro_export]
+macro_rules! require_lab {
+    () => {
+        if !$crate::lab_tests_enabled() {
+            eprintln!(
+                "skipped: lab tests run with FERROLB_LAB=1 as root (the README's test command)"
+            );
+            return;
+        }
+    };
+}

@@ -12,17 +12,6 @@ use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 use lab::{Lab, LabConfig, ProbeConfig, ServiceSpec};
 
-macro_rules! require_lab {
-    () => {
-        if !lab::lab_tests_enabled() {
-            eprintln!(
-                "skipped: lab tests run with FERROLB_LAB=1 as root (the README's test command)"
-            );
-            return;
-        }
-    };
-}
-
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
@@ -69,7 +58,7 @@ fn set(items: &[&str]) -> BTreeSet<String> {
 
 #[tokio::test]
 async fn schema_manifests_and_rbac_against_the_real_api_server() {
-    require_lab!();
+    lab::require_lab!();
     let lab = Lab::start(LabConfig {
         nodes: 1,
         pods: vec![1],
@@ -257,7 +246,7 @@ async fn helm_template(lab: &Lab, extra: &[&str]) -> String {
 
 #[tokio::test]
 async fn a_load_balancer_address_reaches_the_pods_through_kube_proxy_on_every_node() {
-    require_lab!();
+    lab::require_lab!();
     let mut lab = Lab::start(LabConfig::default()).await.unwrap();
     let (cluster_ip, local_ip) = (ip("198.51.100.200"), ip("198.51.100.201"));
 
@@ -363,7 +352,7 @@ async fn a_load_balancer_address_reaches_the_pods_through_kube_proxy_on_every_no
 
 #[tokio::test]
 async fn every_fault_works_and_teardown_leaves_nothing() {
-    require_lab!();
+    lab::require_lab!();
     let mut lab = Lab::start(LabConfig {
         heartbeat: Duration::from_millis(500),
         ..Default::default()

@@ -52,10 +52,7 @@ fn objects(yaml: &str) -> BTreeMap<(String, String, String), Value> {
 
 #[test]
 fn generated_install_files_match_the_kustomize_base() {
-    if !lab::lab_tests_enabled() {
-        eprintln!("skipped: needs the lab's kubectl (FERROLB_LAB=1, the README's test command)");
-        return;
-    }
+    lab::require_lab!();
     let bins = lab::binaries::ensure().unwrap();
     let scratch = std::env::temp_dir().join(format!("ferrolb-render-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&scratch);
@@ -87,12 +84,7 @@ fn generated_install_files_match_the_kustomize_base() {
 
 #[test]
 fn helm_default_rendering_is_the_kustomize_base() {
-    if !lab::lab_tests_enabled() {
-        eprintln!(
-            "skipped: needs the lab's kubectl and helm (FERROLB_LAB=1, the README's test command)"
-        );
-        return;
-    }
+    lab::require_lab!();
     let bins = lab::binaries::ensure().unwrap();
     let deploy = repo().join("deploy");
     let kustomize = objects(&run(Command::new(&bins.kubectl)

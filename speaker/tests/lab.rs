@@ -13,10 +13,7 @@ const SPEAKER: &str = env!("CARGO_BIN_EXE_ferrolb-speaker");
 /// not announce yet.
 #[tokio::test]
 async fn the_speaker_reaches_the_api_server_from_its_node_as_itself() {
-    if !lab::lab_tests_enabled() {
-        eprintln!("skipped: lab tests run with FERROLB_LAB=1 as root (the README's test command)");
-        return;
-    }
+    lab::require_lab!();
     let mut lab = Lab::start(LabConfig::with_nodes(1)).await.unwrap();
     lab.start_speaker(Path::new(SPEAKER), 1).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
