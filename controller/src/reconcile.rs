@@ -702,14 +702,14 @@ async fn write_pool(ctx: &Context, pool: &IPAddressPool) -> Result<(), Error> {
         )
         .await?;
         if deleting && !want {
-            ctx.metrics.addresses_total.remove(&PoolLabels {
-                pool: name.clone(),
-                family: "ipv4".into(),
-            });
-            ctx.metrics.addresses_total.remove(&PoolLabels {
-                pool: name.clone(),
-                family: "ipv6".into(),
-            });
+            for family in ["ipv4", "ipv6"] {
+                let labels = PoolLabels {
+                    pool: name.clone(),
+                    family: family.into(),
+                };
+                ctx.metrics.addresses_total.remove(&labels);
+                ctx.metrics.addresses_in_use.remove(&labels);
+            }
         }
     }
     Ok(())
