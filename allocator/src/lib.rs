@@ -22,16 +22,16 @@ pub mod intervals;
 mod pick;
 pub mod pool;
 pub mod report;
-pub mod selector;
 pub mod service;
 pub mod sharing;
 pub mod space;
 
 pub use allocator::Allocator;
+/// Label selectors live in `crds`, shared with the controller and the speaker.
+pub use crds::selector::{self, LabelSelector, Labels, Operator, Requirement};
 pub use error::{Error, Result};
 pub use pool::{Pool, ServiceAllocation};
 pub use report::{Orphan, Overlap, PoolUsage};
-pub use selector::{LabelSelector, Labels, Operator, Requirement};
 pub use service::{
     AssignedAddress, Assignment, FamilyPolicy, Protocol, ServiceKey, ServiceRequest,
 };

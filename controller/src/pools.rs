@@ -1,10 +1,8 @@
 //! IPAddressPools as the allocator sees them: parsed at the edge, with the reason a pool cannot
 //! allocate when it cannot.
 
-use std::collections::BTreeMap;
-
-use allocator::{LabelSelector, Operator, Pool, Requirement, ServiceAllocation};
-use crds::{IPAddressPool, L2AdvertisementSpec};
+use allocator::{LabelSelector, Pool, ServiceAllocation};
+use crds::IPAddressPool;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
 use kube::ResourceExt;
 
@@ -13,7 +11,7 @@ use kube::ResourceExt;
 pub enum PoolProblem {
     #[error("{0}")]
     InvalidAddresses(String),
-    #[error("label selector: {0}")]
+    #[error("{0}")]
     InvalidSelector(String),
     #[error("the pool is being deleted")]
     Deleting,
@@ -55,62 +53,9 @@ pub fn read(pool: &IPAddressPool) -> Result<Pool, PoolProblem> {
     })
 }
 
-/// Whether an L2Advertisement covers the pool: named in `ipAddressPools`, matched by one of
-/// `ipAddressPoolSelectors`, or, with neither set, every pool. A selector that cannot be read
-/// matches nothing.
-pub fn advertised_by(
-    ad: &L2AdvertisementSpec,
-    pool: &str,
-    pool_labels: &allocator::Labels,
-) -> bool {
-    if ad.ip_address_pools.is_empty() && ad.ip_address_pool_selectors.is_empty() {
-        return true;
-    }
-    ad.ip_address_pools.iter().any(|p| p.0 == pool)
-        || ad
-            .ip_address_pool_selectors
-            .iter()
-            .any(|s| selector(s).is_ok_and(|s| s.matches(pool_labels)))
-}
-
 /// Kubernetes label selectors in the allocator's terms.
 pub fn selectors(list: &[meta::LabelSelector]) -> Result<Vec<LabelSelector>, PoolProblem> {
-    list.iter().map(selector).collect()
-}
-
-pub fn selector(s: &meta::LabelSelector) -> Result<LabelSelector, PoolProblem> {
-    let match_expressions = s
-        .match_expressions
-        .iter()
-        .flatten()
-        .map(|e| {
-            let operator = match e.operator.as_str() {
-                "In" => Operator::In,
-                "NotIn" => Operator::NotIn,
-                "Exists" => Operator::Exists,
-                "DoesNotExist" => Operator::DoesNotExist,
-                other => {
-                    return Err(PoolProblem::InvalidSelector(format!(
-                        "unknown operator {other:?} (In, NotIn, Exists or DoesNotExist)"
-                    )));
-                }
-            };
-            Ok(Requirement {
-                key: e.key.clone(),
-                operator,
-                values: e.values.clone().unwrap_or_default(),
-            })
-        })
-        .collect::<Result<_, _>>()?;
-    Ok(LabelSelector {
-        match_labels: s
-            .match_labels
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .collect::<BTreeMap<_, _>>(),
-        match_expressions,
-    })
+    LabelSelector::read_all(list).map_err(|e| PoolProblem::InvalidSelector(e.to_string()))
 }
 
 #[cfg(test)]
@@ -145,30 +90,8 @@ mod tests {
         );
         assert_eq!(
             a.service_selectors[0].match_expressions[0].operator,
-            Operator::In
+            allocator::Operator::In
         );
-    }
-
-    #[test]
-    fn advertisements_cover_pools_by_name_label_or_all() {
-        let ad =
-            |v: serde_json::Value| -> L2AdvertisementSpec { serde_json::from_value(v).unwrap() };
-        let labels: allocator::Labels = [("zone".to_string(), "a".to_string())].into();
-        let none = allocator::Labels::new();
-        assert!(advertised_by(&ad(json!({})), "lan", &none));
-        assert!(advertised_by(
-            &ad(json!({"ipAddressPools": ["lan"]})),
-            "lan",
-            &none
-        ));
-        assert!(!advertised_by(
-            &ad(json!({"ipAddressPools": ["other"]})),
-            "lan",
-            &none
-        ));
-        let by_label = ad(json!({"ipAddressPoolSelectors": [{"matchLabels": {"zone": "a"}}]}));
-        assert!(advertised_by(&by_label, "lan", &labels));
-        assert!(!advertised_by(&by_label, "lan", &none));
     }
 
     #[test]

@@ -274,7 +274,7 @@ fn advertised(ctx: &Context, pool: &str) -> bool {
     ctx.advertisements
         .state()
         .iter()
-        .any(|ad| crate::pools::advertised_by(&ad.spec, pool, &labels))
+        .any(|ad| ad.spec.covers_pool(pool, &labels))
 }
 
 fn namespace_labels(ctx: &Context, namespace: &str) -> Labels {

@@ -9,12 +9,14 @@ pub mod address_cases;
 pub mod l2;
 pub mod pool;
 pub mod schema;
+pub mod selector;
 
 pub use address::{AddressError, AddressRange, Family};
 pub use l2::{L2Advertisement, L2AdvertisementSpec};
 pub use pool::{
     FamilyUsage, IPAddressPool, IPAddressPoolSpec, IPAddressPoolStatus, ServiceAllocation,
 };
+pub use selector::{LabelSelector, Labels, Operator, Requirement, SelectorError};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;

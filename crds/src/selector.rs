@@ -1,9 +1,17 @@
-//! Label selectors with Kubernetes' matching rules, without Kubernetes types.
+//! Label selectors with Kubernetes' matching rules, read once from `metav1.LabelSelector`.
 //!
-//! The controller converts `metav1.LabelSelector` into [`LabelSelector`] at the edge (rejecting
-//! unknown operators there); here a selector only answers whether a set of labels matches.
+//! [`LabelSelector::read`] is the edge (it rejects unknown operators); after it a selector only
+//! answers whether a set of labels matches. The allocator, the controller and the speaker all
+//! match with this one type.
 
 use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
+
+/// Why a Kubernetes label selector cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("label selector: unknown operator {0:?} (In, NotIn, Exists or DoesNotExist)")]
+pub struct SelectorError(pub String);
 
 /// Labels of an object, sorted so that everything built from them is deterministic.
 pub type Labels = BTreeMap<String, String>;
@@ -38,6 +46,38 @@ pub enum Operator {
 }
 
 impl LabelSelector {
+    /// A Kubernetes label selector in our terms.
+    pub fn read(s: &meta::LabelSelector) -> Result<LabelSelector, SelectorError> {
+        let match_expressions = s
+            .match_expressions
+            .iter()
+            .flatten()
+            .map(|e| {
+                let operator = match e.operator.as_str() {
+                    "In" => Operator::In,
+                    "NotIn" => Operator::NotIn,
+                    "Exists" => Operator::Exists,
+                    "DoesNotExist" => Operator::DoesNotExist,
+                    other => return Err(SelectorError(other.to_string())),
+                };
+                Ok(Requirement {
+                    key: e.key.clone(),
+                    operator,
+                    values: e.values.clone().unwrap_or_default(),
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(LabelSelector {
+            match_labels: s.match_labels.clone().unwrap_or_default(),
+            match_expressions,
+        })
+    }
+
+    /// Every selector of a list, or the first that cannot be read.
+    pub fn read_all(list: &[meta::LabelSelector]) -> Result<Vec<LabelSelector>, SelectorError> {
+        list.iter().map(LabelSelector::read).collect()
+    }
+
     /// Whether `labels` satisfy every `matchLabels` pair and every expression.
     pub fn matches(&self, labels: &Labels) -> bool {
         self.match_labels
