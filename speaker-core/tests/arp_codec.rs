@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 use speaker_core::MacAddr;
 use speaker_core::arp::{
     self, Arp, ArpAnswer, ArpDrop, ArpOp, ArpQuestion, build_gratuitous, build_probe, build_reply,
+    build_request,
 };
 
 const OURS: MacAddr = MacAddr([0x02, 0x00, 0x5e, 0x10, 0x00, 0x01]);
@@ -35,6 +36,13 @@ fn question() -> ArpQuestion {
 fn a_padded_request_parses_as_a_question() {
     assert_eq!(arp::parse(&REQUEST), Ok(Arp::Request(question())));
     assert_eq!(arp::parse(&REQUEST[..42]), Ok(Arp::Request(question())));
+}
+
+#[test]
+fn a_built_request_is_what_a_host_sends_before_padding() {
+    let frame = build_request(PEER, PEER_IP, VIP);
+    assert_eq!(frame, REQUEST[..42]);
+    assert_eq!(arp::parse(&frame), Ok(Arp::Request(question())));
 }
 
 #[test]

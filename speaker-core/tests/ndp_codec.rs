@@ -6,8 +6,8 @@ use std::net::Ipv6Addr;
 use speaker_core::MacAddr;
 use speaker_core::ndp::{
     self, ALL_NODES, NaFlags, Ndp, NdpDrop, NeighborAdvertisement, NeighborSolicitation,
-    build_advertisement_reply, build_dad_solicitation, build_unsolicited_advertisement,
-    solicited_node_multicast,
+    build_advertisement_reply, build_dad_solicitation, build_solicitation,
+    build_unsolicited_advertisement, solicited_node_multicast,
 };
 
 const OURS: MacAddr = MacAddr([0x02, 0x00, 0x5e, 0x10, 0x00, 0x01]);
@@ -257,6 +257,20 @@ fn dad_solicitation_comes_from_unspecified_to_the_solicited_node_group() {
         (VIP, VIP_GROUP, None)
     );
     assert_eq!(solicited_node_multicast(VIP), VIP_GROUP);
+}
+
+#[test]
+fn a_built_solicitation_is_what_a_host_sends() {
+    let frame = build_solicitation(PEER, PEER_IP, VIP);
+    assert_eq!(frame, peer_solicitation());
+    assert!(checksum_verifies(&frame));
+}
+
+#[test]
+fn a_solicitation_from_the_unspecified_address_is_a_dad_probe_without_options() {
+    let frame = build_solicitation(OURS, Ipv6Addr::UNSPECIFIED, VIP);
+    assert_eq!(frame, build_dad_solicitation(OURS, VIP));
+    assert!(parsed_solicitation(&frame).is_dad());
 }
 
 #[test]

@@ -69,6 +69,19 @@ pub fn build_gratuitous(our_mac: MacAddr, ip: Ipv4Addr, op: ArpOp) -> Vec<u8> {
     })
 }
 
+/// Broadcast request "who has `target_ip`? tell `our_ip`", as a host with an address asks: what
+/// a test client or a diagnostic tool sends, never the announcer.
+pub fn build_request(our_mac: MacAddr, our_ip: Ipv4Addr, target_ip: Ipv4Addr) -> Vec<u8> {
+    encode(Fields {
+        eth_dst: MacAddr::BROADCAST,
+        op: ArpOp::Request,
+        sender_mac: our_mac,
+        sender_ip: our_ip,
+        target_mac: MacAddr::ZERO,
+        target_ip,
+    })
+}
+
 /// Broadcast RFC 5227 probe: "is anyone using `ip`?", asked without claiming it (sender IP
 /// 0.0.0.0), so a neighbour's cache is not touched if the answer is yes.
 pub fn build_probe(our_mac: MacAddr, ip: Ipv4Addr) -> Vec<u8> {

@@ -2,7 +2,8 @@
 //!
 //! [`parse`] turns a received frame into an [`Arp`] message or an [`ArpDrop`] reason; the
 //! builders produce the three frames an announcer sends: a reply to a question about an owned
-//! address, gratuitous ARPs on takeover, and RFC 5227 probes before the first announcement.
+//! address, gratuitous ARPs on takeover, and RFC 5227 probes before the first announcement;
+//! [`build_request`] is the question a client asks, for tests and diagnostics.
 
 mod build;
 mod parse;
@@ -13,7 +14,7 @@ use thiserror::Error;
 
 use crate::MacAddr;
 
-pub use build::{build_gratuitous, build_probe, build_reply};
+pub use build::{build_gratuitous, build_probe, build_reply, build_request};
 pub use parse::parse;
 
 /// Ethernet header plus the 28-byte ARP body; builders emit exactly this many bytes.

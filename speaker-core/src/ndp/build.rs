@@ -1,11 +1,12 @@
-//! Writing Neighbor Advertisements and DAD solicitations.
+//! Writing Neighbor Advertisements and Solicitations.
 
 use std::net::Ipv6Addr;
 
 use super::multicast::{ALL_NODES, solicited_node_multicast};
 use super::wire::{
     FLAG_OVERRIDE, FLAG_SOLICITED, IPV6_HEADER_LEN, MESSAGE_LEN, NEXT_HEADER_ICMPV6,
-    OPTION_TARGET_LINK_ADDR, TYPE_NEIGHBOR_ADVERTISEMENT, TYPE_NEIGHBOR_SOLICITATION,
+    OPTION_SOURCE_LINK_ADDR, OPTION_TARGET_LINK_ADDR, TYPE_NEIGHBOR_ADVERTISEMENT,
+    TYPE_NEIGHBOR_SOLICITATION,
 };
 use super::{HOP_LIMIT, NeighborSolicitation, checksum};
 use crate::MacAddr;
@@ -58,6 +59,25 @@ pub fn build_dad_solicitation(our_mac: MacAddr, address: Ipv6Addr) -> Vec<u8> {
     )
 }
 
+/// Solicitation "who has `target`?" from `src` to `target`'s solicited-node group, with our
+/// Source Link-Layer Address option so the answer comes straight back: what a host resolving a
+/// neighbour sends (a test client or a diagnostic tool, never the announcer). From `::` it is
+/// a DAD probe, which must carry no link-layer option, so it equals
+/// [`build_dad_solicitation`].
+pub fn build_solicitation(our_mac: MacAddr, src: Ipv6Addr, target: Ipv6Addr) -> Vec<u8> {
+    if src.is_unspecified() {
+        return build_dad_solicitation(our_mac, target);
+    }
+    let group = solicited_node_multicast(target);
+    let message = icmp_message(
+        TYPE_NEIGHBOR_SOLICITATION,
+        0,
+        target,
+        Some((OPTION_SOURCE_LINK_ADDR, our_mac)),
+    );
+    packet(our_mac, MacAddr::ipv6_multicast(group), src, group, message)
+}
+
 fn advertisement(
     our_mac: MacAddr,
     eth_dst: MacAddr,
@@ -65,22 +85,28 @@ fn advertisement(
     dst: Ipv6Addr,
     flags: u8,
 ) -> Vec<u8> {
-    let message = icmp_message(TYPE_NEIGHBOR_ADVERTISEMENT, flags, target, Some(our_mac));
+    let message = icmp_message(
+        TYPE_NEIGHBOR_ADVERTISEMENT,
+        flags,
+        target,
+        Some((OPTION_TARGET_LINK_ADDR, our_mac)),
+    );
     packet(our_mac, eth_dst, target, dst, message)
 }
 
-/// An NS or NA body with a zero checksum, and a Target Link-Layer Address option if given.
+/// An NS or NA body with a zero checksum, and a link-layer address option (its type and the
+/// address) if given.
 fn icmp_message(
     icmp_type: u8,
     flags: u8,
     target: Ipv6Addr,
-    target_link_addr: Option<MacAddr>,
+    link_addr_option: Option<(u8, MacAddr)>,
 ) -> Vec<u8> {
     let mut message = Vec::with_capacity(MESSAGE_LEN + 8);
     message.extend_from_slice(&[icmp_type, 0, 0, 0, flags, 0, 0, 0]);
     message.extend_from_slice(&target.octets());
-    if let Some(mac) = target_link_addr {
-        message.extend_from_slice(&[OPTION_TARGET_LINK_ADDR, 1]);
+    if let Some((option, mac)) = link_addr_option {
+        message.extend_from_slice(&[option, 1]);
         message.extend_from_slice(&mac.octets());
     }
     message

@@ -19,7 +19,8 @@ use thiserror::Error;
 use crate::MacAddr;
 
 pub use build::{
-    build_advertisement_reply, build_dad_solicitation, build_unsolicited_advertisement,
+    build_advertisement_reply, build_dad_solicitation, build_solicitation,
+    build_unsolicited_advertisement,
 };
 pub use multicast::{ALL_NODES, is_solicited_node_multicast, solicited_node_multicast};
 pub use parse::parse;
