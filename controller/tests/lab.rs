@@ -22,9 +22,7 @@ async fn lab_with_controller() -> Lab {
 }
 
 async fn apply(lab: &Lab, yaml: &str) {
-    lab.kubectl_as(&lab.lan_kubeconfig, &["apply", "-f", "-"], Some(yaml))
-        .await
-        .unwrap();
+    lab.apply(yaml).await.unwrap();
 }
 
 fn pool_yaml(name: &str, addresses: &[&str], extra: &str) -> String {
@@ -72,32 +70,10 @@ async fn pool_status_when(
     }
 }
 
-/// The reasons and notes of the Service's Events (events.k8s.io).
-async fn events(lab: &Lab, namespace: &str, name: &str) -> String {
-    lab.kubectl(&[
-        "get",
-        "events.events.k8s.io",
-        "-n",
-        namespace,
-        "--field-selector",
-        &format!("regarding.name={name}"),
-        "-o",
-        "custom-columns=REASON:.reason,NOTE:.note",
-        "--no-headers",
-    ])
-    .await
-    .unwrap()
-}
-
 async fn eventually_events(lab: &Lab, namespace: &str, name: &str, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let text = events(lab, namespace, name).await;
-        if text.contains(needle) || Instant::now() > deadline {
-            return text;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    lab.eventually_events(namespace, name, needle)
+        .await
+        .unwrap()
 }
 
 #[tokio::test]

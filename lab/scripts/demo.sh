@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 lab/scripts/setup.sh
-cargo build -q --locked -p lab -p controller
+cargo build -q --locked -p lab -p controller -p speaker
 exec target/debug/lab demo

@@ -190,6 +190,7 @@ pub struct Lab {
     /// Admin kubeconfig reaching the API server on the LAN (for processes inside the lab).
     pub lan_kubeconfig: PathBuf,
     apiserver_args: Vec<String>,
+    heartbeat: Duration,
     _teardown: Teardown,
 }
 
@@ -364,6 +365,7 @@ impl Lab {
             kubeconfig,
             lan_kubeconfig,
             apiserver_args,
+            heartbeat: config.heartbeat,
             _teardown: teardown,
         };
         lab.wait_for_apiserver(Duration::from_secs(90)).await?;
@@ -913,6 +915,53 @@ impl Lab {
         tokio::task::spawn_blocking(move || ns.enter(|| http_get(target, "/metrics"))).await??
     }
 
+    /// `kubectl apply` of `yaml` as the lab's admin.
+    pub async fn apply(&self, yaml: &str) -> Result<()> {
+        self.kubectl_as(&self.lan_kubeconfig, &["apply", "-f", "-"], Some(yaml))
+            .await?;
+        Ok(())
+    }
+
+    /// The reasons and notes of an object's Events (events.k8s.io), one per line.
+    pub async fn events(&self, namespace: &str, name: &str) -> Result<String> {
+        self.kubectl(&[
+            "get",
+            "events.events.k8s.io",
+            "-n",
+            namespace,
+            "--field-selector",
+            &format!("regarding.name={name}"),
+            "-o",
+            "custom-columns=REASON:.reason,NOTE:.note",
+            "--no-headers",
+        ])
+        .await
+    }
+
+    /// [`Lab::events`] once they contain `needle`, or as they are after 15 s.
+    pub async fn eventually_events(
+        &self,
+        namespace: &str,
+        name: &str,
+        needle: &str,
+    ) -> Result<String> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let text = self.events(namespace, name).await?;
+            if text.contains(needle) || Instant::now() > deadline {
+                return Ok(text);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Node `i`'s speaker's `/metrics` (it listens on the node's address, port 9651).
+    pub async fn speaker_metrics(&self, i: usize) -> Result<String> {
+        let node = self.node(i);
+        let (ns, target) = (node.ns.clone(), SocketAddr::new(node.ipv4, 9651));
+        tokio::task::spawn_blocking(move || ns.enter(|| http_get(target, "/metrics"))).await??
+    }
+
     // Faults.
 
     /// Node `i` dies as a machine would: its speaker and kube-proxy killed, heartbeat stopped,
@@ -930,6 +979,46 @@ impl Lab {
         }
         self.lan
             .ip(&["link", "set", &format!("{}-n{i}", self.prefix), "down"])?;
+        Ok(())
+    }
+
+    /// Brings node `i` back after [`Lab::kill_node`], as a rebooted machine: LAN link up,
+    /// kube-proxy and the heartbeat running again. Its speaker is the caller's to start.
+    pub async fn revive_node(&mut self, i: usize) -> Result<()> {
+        self.lan
+            .ip(&["link", "set", &format!("{}-n{i}", self.prefix), "up"])?;
+        let node = &self.nodes[i - 1];
+        let kube_proxy = if node.kube_proxy.is_none() {
+            Some(self.start_kube_proxy(
+                &node.ns,
+                &node.name,
+                &self.dir.join("kube-proxy.kubeconfig"),
+            )?)
+        } else {
+            None
+        };
+        let heartbeat = node
+            .heartbeat
+            .is_none()
+            .then(|| cluster::heartbeat(&self.client, &node.name, self.heartbeat));
+        let node = &mut self.nodes[i - 1];
+        if kube_proxy.is_some() {
+            node.kube_proxy = kube_proxy;
+        }
+        if heartbeat.is_some() {
+            node.heartbeat = heartbeat;
+        }
+        Ok(())
+    }
+
+    /// Sets (`Some`) or removes (`None`) a label on node `i`'s Node object.
+    pub async fn label_node(&self, i: usize, key: &str, value: Option<&str>) -> Result<()> {
+        let label = match value {
+            Some(v) => format!("{key}={v}"),
+            None => format!("{key}-"),
+        };
+        self.kubectl(&["label", "--overwrite", "node", &self.node(i).name, &label])
+            .await?;
         Ok(())
     }
 

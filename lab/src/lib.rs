@@ -8,6 +8,7 @@ pub mod binaries;
 pub mod cluster;
 pub mod forward;
 pub mod hello;
+pub mod l2query;
 pub mod lab;
 pub mod netns;
 pub mod pki;

@@ -77,6 +77,27 @@ impl ProbeReport {
         oks.windows(2).map(|w| w[1] - w[0]).max()
     }
 
+    /// Each distinct failure with how often it happened and when first and last (ms from the
+    /// start), for reports.
+    pub fn failure_summary(&self) -> String {
+        let mut kinds: std::collections::BTreeMap<&str, (usize, Duration, Duration)> =
+            Default::default();
+        for s in &self.samples {
+            if let Err(e) = &s.outcome {
+                let entry = kinds.entry(e.as_str()).or_insert((0, s.at, s.at));
+                entry.0 += 1;
+                entry.2 = s.at;
+            }
+        }
+        kinds
+            .iter()
+            .map(|(e, (n, first, last))| {
+                format!("{n}× {e:?} {}..{} ms", first.as_millis(), last.as_millis())
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     /// The pods that answered, in order of first answer.
     pub fn pods(&self) -> Vec<String> {
         let mut pods: Vec<String> = vec![];
@@ -124,19 +145,32 @@ pub fn request(target: SocketAddr, timeout: Duration) -> Result<Answer, String> 
 }
 
 /// Runs the probe from inside `ns`, blocking the calling thread.
+///
+/// Attempts start every `interval` whether or not earlier ones have finished, each on its own
+/// thread (threads inherit the namespace of the thread that spawns them), so an attempt stuck
+/// on a dead node does not delay the next: the gap is measured to within one interval.
 pub fn run(ns: &NetNs, config: &ProbeConfig) -> Result<ProbeReport> {
     ns.enter(|| {
         let start = Instant::now();
-        let mut samples = vec![];
-        while start.elapsed() < config.duration && samples.len() < config.max_attempts {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut started = 0;
+        while start.elapsed() < config.duration && started < config.max_attempts {
             let at = start.elapsed();
-            let outcome = attempt(config.target, config.timeout);
-            samples.push(Sample { at, outcome });
+            let (tx, target, timeout) = (tx.clone(), config.target, config.timeout);
+            std::thread::spawn(move || {
+                let outcome = attempt(target, timeout);
+                let _ = tx.send(Sample { at, outcome });
+            });
+            started += 1;
             let next = at + config.interval;
             if let Some(wait) = next.checked_sub(start.elapsed()) {
                 std::thread::sleep(wait);
             }
         }
+        drop(tx);
+        // Every attempt ends within its timeout; the channel closes when the last one does.
+        let mut samples: Vec<Sample> = rx.iter().collect();
+        samples.sort_by_key(|s| s.at);
         ProbeReport { samples }
     })
 }
