@@ -1,9 +1,21 @@
 //! ferrolb-speaker: announces the external addresses its node owns with ARP and NDP.
 //!
-//! This build parses its flags, sets up logging and connects to the API server; announcing is
-//! not implemented yet, so it says so and exits rather than look healthy.
+//! The binary wires flags, the API client, the gossip, the announcer and the metrics endpoint
+//! to the speaker's loop in the library.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
+use common::http::Readiness;
+use prometheus_client::registry::Registry;
+use speaker::announce::{self, Announcer};
+use speaker::membership::{GossipKey, MemberId, Membership, MembershipConfig, Timing};
+use speaker::report::Reports;
+use speaker::run::{self, Speaker};
+use speaker::view::Stores;
+use speaker_core::election::NodeName;
+use tokio::sync::Notify;
 
 #[derive(Debug, Parser)]
 #[command(name = "ferrolb-speaker", version, about)]
@@ -16,7 +28,7 @@ struct Args {
     #[arg(long, default_value = "0.0.0.0:9651")]
     metrics_addr: std::net::SocketAddr,
 
-    /// UDP port of the speakers' gossip.
+    /// UDP port of the speakers' gossip (the same on every node).
     #[arg(long, default_value_t = 9652)]
     gossip_port: u16,
 
@@ -29,6 +41,11 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     interfaces: Vec<String>,
 
+    /// Re-send gratuitous ARP / unsolicited NA for owned addresses this often (seconds); 0: only
+    /// the burst at takeover.
+    #[arg(long, default_value_t = 0)]
+    refresh_seconds: u64,
+
     #[command(flatten)]
     log: common::LogArgs,
 }
@@ -38,6 +55,70 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     args.log.init()?;
     tracing::debug!(?args, "starting");
-    let _client = common::connect().await?;
-    anyhow::bail!("announcing is not implemented in this build of ferrolb-speaker")
+    let key = GossipKey::from_file(&args.gossip_key_file)?;
+    let client = common::connect().await?;
+
+    let mut registry = Registry::default();
+    let membership_metrics = speaker::membership::Metrics::register(&mut registry);
+    let announcer_metrics = announce::Metrics::register(&mut registry);
+    let metrics = run::Metrics::register(&mut registry);
+    let ready = Readiness::default();
+    let _http = common::http::serve(args.metrics_addr, Arc::new(registry), ready.clone()).await?;
+
+    let changed = Arc::new(Notify::new());
+    let stores = Stores::start(&client, changed.clone());
+    stores.wait_ready().await;
+    let gossip_addr = run::gossip_addr(&stores, &args.node_name, args.gossip_port)?;
+
+    let links = announce::scan_links()?;
+    let me = MemberId {
+        node: args.node_name.clone(),
+        addr: gossip_addr,
+        macs: links
+            .iter()
+            .filter(|l| !l.loopback)
+            .map(|l| l.mac.0)
+            .collect(),
+        // A restarted speaker is a new member, not the ghost of the old one.
+        generation: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos() as u64,
+    };
+    let (membership, members) = Membership::start(
+        MembershipConfig {
+            me,
+            bind: std::net::SocketAddr::new(
+                std::net::Ipv4Addr::UNSPECIFIED.into(),
+                args.gossip_port,
+            ),
+            key,
+            timing: Timing::default(),
+        },
+        membership_metrics,
+    )
+    .await?;
+    let (announcer, announcer_events) = Announcer::start(
+        announce::Config {
+            refresh: (args.refresh_seconds > 0).then(|| Duration::from_secs(args.refresh_seconds)),
+            ..announce::Config::default()
+        },
+        announcer_metrics,
+    );
+    let speaker = Speaker {
+        me: NodeName::new(args.node_name.clone()),
+        reports: Reports::start(client, stores.clone(), &args.node_name),
+        stores,
+        changed,
+        membership,
+        members,
+        announcer,
+        announcer_events,
+        metrics,
+        allowed_interfaces: args.interfaces,
+        gossip_addr,
+        gossip_port: args.gossip_port,
+    };
+    ready.set(true);
+    speaker.run(common::shutdown_signal()).await;
+    Ok(())
 }

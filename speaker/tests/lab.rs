@@ -1,43 +1,527 @@
-//! The speaker in the lab: started in a node's namespace as the DaemonSet runs it, under its own
-//! ServiceAccount. Runs with FERROLB_LAB=1 as root (the README's test command).
+//! The speaker in the lab: real ARP and NDP through the kernel, the real kube-proxy behind the
+//! announcing node, speakers running as their ServiceAccount with the gossip key from the
+//! Secret. Runs with FERROLB_LAB=1 as root (the README's test command).
+//!
+//! Failover figures are printed (run with `--nocapture`), never asserted against a clock: a test
+//! fails when an address is not taken over at all, or is answered by two nodes.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use lab::{Lab, LabConfig};
+use k8s_openapi::api::core::v1::Service;
+use kube::Api;
+use lab::probe::ProbeConfig;
+use lab::{Lab, LabConfig, ServiceSpec};
 
 const SPEAKER: &str = env!("CARGO_BIN_EXE_ferrolb-speaker");
+const EXCLUDE: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
 
-/// Today's speaker only connects: this checks the lab's plumbing (its identity, its kubeconfig,
-/// the path from a node's namespace to the API server) and that it says plainly that it does
-/// not announce yet.
-#[tokio::test]
-async fn the_speaker_reaches_the_api_server_from_its_node_as_itself() {
-    lab::require_lab!();
-    let mut lab = Lab::start(LabConfig::with_nodes(1)).await.unwrap();
-    lab.start_speaker(Path::new(SPEAKER), 1).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while lab.speaker_exited(1).is_none() {
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// A lab with the example pool (both families), one L2Advertisement for every pool, and a
+/// speaker on every node; returns once every speaker sees all the others.
+async fn lab_with_speakers(config: LabConfig) -> Lab {
+    let nodes = config.nodes;
+    let mut lab = Lab::start(config).await.unwrap();
+    lab.apply(&format!(
+        "apiVersion: ferrolb.io/v1alpha1\nkind: IPAddressPool\nmetadata:\n  name: lan\nspec:\n  addresses: [{}, {}]\n---\napiVersion: ferrolb.io/v1alpha1\nkind: L2Advertisement\nmetadata:\n  name: lan\nspec: {{}}\n",
+        lab::plan::EXAMPLE_POOL_V4,
+        lab::plan::EXAMPLE_POOL_V6
+    ))
+    .await
+    .unwrap();
+    for i in 1..=nodes {
+        lab.start_speaker(Path::new(SPEAKER), i).await.unwrap();
+    }
+    for i in 1..=nodes {
+        members_become(&lab, i, nodes).await;
+    }
+    lab
+}
+
+/// Waits until node `i`'s speaker counts `n` live members.
+async fn members_become(lab: &Lab, i: usize, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = lab.speaker_metrics(i).await.unwrap_or_default();
+        if metric(&metrics, "ferrolb_speaker_members") == Some(n as f64) {
+            return;
+        }
         assert!(
             Instant::now() < deadline,
-            "the speaker neither exited nor announced"
+            "speaker {i} never saw {n} members:\n{metrics}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let log = std::fs::read_to_string(lab.log_path("speaker-node-1")).unwrap();
-    assert!(log.contains("connected to the API server"), "{log}");
-    assert!(log.contains("announcing is not implemented"), "{log}");
-    let secret = lab
-        .kubectl(&[
-            "-n",
-            "ferrolb-system",
-            "get",
-            "secret",
-            "ferrolb-gossip",
-            "-o",
-            "name",
-        ])
+}
+
+/// The value of the first sample of `name` (with any labels) in Prometheus text.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// The sum of every sample of `name` whose labels contain `labels`.
+fn metric_sum(text: &str, name: &str, labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The nodes (1-based) whose MAC answers ARP / NDP for `ip` from the client right now.
+fn answering_nodes(lab: &Lab, ip: IpAddr) -> Vec<usize> {
+    let macs =
+        lab::l2query::who_has(&lab.client_ns, "eth0", ip, Duration::from_millis(300)).unwrap();
+    macs.iter()
+        .map(|mac| {
+            let mac = mac.to_string();
+            (1..=lab.nodes().len())
+                .find(|i| lab.node(*i).mac().unwrap() == mac)
+                .unwrap_or(0) // 0: a host that is not a node
+        })
+        .collect()
+}
+
+/// The single node answering for `ip` once exactly one does (fails after 15 s).
+async fn owner_of(lab: &Lab, ip: IpAddr) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let nodes = answering_nodes(lab, ip);
+        if let [one] = nodes[..]
+            && one != 0
+        {
+            return one;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{ip} is answered by {nodes:?}, not by exactly one node"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until `ip` is answered by exactly one node other than `old`.
+async fn moves_away(lab: &Lab, ip: IpAddr, old: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let owner = owner_of(lab, ip).await;
+        if owner != old {
+            return owner;
+        }
+        assert!(Instant::now() < deadline, "{ip} stayed on node {old}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// One GET through `ip`, retried while kube-proxy may still be writing the Service's rules.
+async fn get_eventually(lab: &Lab, ip: IpAddr) -> lab::Answer {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match lab.get_within(ip, 80, Duration::from_millis(500)).await {
+            Ok(answer) => return answer,
+            Err(e) if Instant::now() > deadline => panic!("{e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+async fn expose(lab: &mut Lab, name: &str, policy: &str, family: &str, ips: &[IpAddr]) {
+    let mut spec = ServiceSpec::new("default", name);
+    spec.external_traffic_policy = policy.into();
+    spec.ip_family_policy = family.into();
+    lab.expose(&spec).await.unwrap();
+    lab.set_ingress("default", name, ips).await.unwrap();
+}
+
+/// The Service's `ferrolb.io/Announced` condition once `done` holds (or as it is after 15 s).
+async fn condition_when(
+    lab: &Lab,
+    name: &str,
+    done: impl Fn(&str, &str, &str) -> bool,
+) -> (String, String, String) {
+    let api: Api<Service> = Api::namespaced(lab.client(), "default");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let svc = api.get(name).await.unwrap();
+        let c = svc
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| c.type_ == "ferrolb.io/Announced")
+            .map(|c| (c.status, c.reason, c.message))
+            .unwrap_or_default();
+        if done(&c.0, &c.1, &c.2) || Instant::now() > deadline {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn probe(ip: IpAddr, duration: Duration) -> ProbeConfig {
+    let mut config = ProbeConfig::new(SocketAddr::new(ip, 80), duration);
+    config.interval = Duration::from_millis(5);
+    config.timeout = Duration::from_millis(150);
+    config
+}
+
+#[tokio::test]
+async fn the_classic_example_through_real_arp_and_ndp_one_answer_per_address() {
+    lab::require_lab!();
+    let mut lab = lab_with_speakers(LabConfig::default()).await;
+    let (v4, v6, other) = (
+        ip("198.51.100.200"),
+        ip("2001:db8::c8"),
+        ip("198.51.100.201"),
+    );
+    expose(&mut lab, "hello", "Cluster", "RequireDualStack", &[v4, v6]).await;
+    expose(&mut lab, "other", "Cluster", "SingleStack", &[other]).await;
+
+    // Split brain check at steady state: every address answered by exactly one node, the
+    // same one three times over; a dual-stack Service's two addresses on one node.
+    let owner = owner_of(&lab, v4).await;
+    for _ in 0..3 {
+        assert_eq!(answering_nodes(&lab, v4), vec![owner]);
+        assert_eq!(answering_nodes(&lab, v6), vec![owner]);
+        let other_owner = owner_of(&lab, other).await;
+        assert_eq!(answering_nodes(&lab, other), vec![other_owner]);
+    }
+
+    // Round robin through the owner's kube-proxy, over IPv4 and IPv6, resolved by the kernel.
+    let mut pods = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        pods.insert(lab.get(v4, 80).await.unwrap().pod);
+    }
+    assert_eq!(pods.len(), 2, "both pods answer: {pods:?}");
+    lab.get(v6, 80).await.unwrap();
+    let neighbour = lab.client_neighbour(v4).unwrap();
+    assert!(
+        neighbour.contains(&lab.node(owner).mac().unwrap()),
+        "{neighbour}"
+    );
+
+    // Where it is announced: the Service condition and an Event name the owner.
+    let owner_name = lab.node(owner).name.clone();
+    let (status, reason, message) = condition_when(&lab, "hello", |s, _, m| {
+        s == "True" && m.contains(&owner_name)
+    })
+    .await;
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "Announced"),
+        "{message}"
+    );
+    let events = lab
+        .eventually_events("default", "hello", "Announcing")
         .await
         .unwrap();
-    assert_eq!(secret.trim(), "secret/ferrolb-gossip");
+    assert!(events.contains(&owner_name), "{events}");
+    let metrics = lab.speaker_metrics(owner).await.unwrap();
+    assert!(
+        metric_sum(&metrics, "ferrolb_speaker_requests_answered_total", "arp") >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        metric_sum(&metrics, "ferrolb_speaker_gratuitous_sent_total", "") >= 1.0,
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_foreign_host_keeps_its_address_and_gossip_without_the_key_is_dropped() {
+    lab::require_lab!();
+    let mut lab = lab_with_speakers(LabConfig::default()).await;
+    let taken = ip("198.51.100.210");
+    let _foreign = lab.add_foreign_host(&[taken]).unwrap();
+    expose(&mut lab, "squatted", "Cluster", "SingleStack", &[taken]).await;
+
+    let events = lab
+        .eventually_events("default", "squatted", "AddressConflict")
+        .await
+        .unwrap();
+    assert!(events.contains("AddressConflict"), "{events}");
+    let (status, reason, _) =
+        condition_when(&lab, "squatted", |_, r, _| r == "AddressConflict").await;
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "AddressConflict")
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            answering_nodes(&lab, taken),
+            vec![0],
+            "only the foreign host answers"
+        );
+    }
+    let mut conflicts = 0.0;
+    for i in 1..=3 {
+        conflicts += metric_sum(
+            &lab.speaker_metrics(i).await.unwrap(),
+            "ferrolb_speaker_conflicts_total",
+            "",
+        );
+    }
+    assert!(conflicts >= 1.0);
+
+    // Gossip from a process without the key: garbage and well-formed packets sealed with
+    // another key, from the client, to node 1's gossip port.
+    let before = metric(
+        &lab.speaker_metrics(1).await.unwrap(),
+        "ferrolb_speaker_gossip_auth_failures_total",
+    )
+    .unwrap_or(0.0);
+    let target = SocketAddr::new(lab.node(1).ipv4, 9652);
+    let wrong = speaker::membership::GossipKey::from_bytes(b"not the cluster's gossip key")
+        .map(|key| speaker::membership::envelope::Envelope::new(&key))
+        .unwrap();
+    lab.client_ns
+        .enter(|| {
+            let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            for k in 0..20u8 {
+                socket.send_to(&[k; 64], target).unwrap();
+                socket
+                    .send_to(&wrong.seal(&[k; 100]).unwrap(), target)
+                    .unwrap();
+            }
+        })
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let metrics = lab.speaker_metrics(1).await.unwrap();
+        let now = metric(&metrics, "ferrolb_speaker_gossip_auth_failures_total").unwrap_or(0.0);
+        if now >= before + 40.0 {
+            assert_eq!(metric(&metrics, "ferrolb_speaker_members"), Some(3.0));
+            break;
+        }
+        assert!(Instant::now() < deadline, "{before} -> {now}:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn local_policy_follows_the_ready_endpoints() {
+    lab::require_lab!();
+    // Pods on nodes 1 and 2; node 3 has none.
+    let mut lab = lab_with_speakers(LabConfig::default()).await;
+    let vip = ip("198.51.100.220");
+    expose(&mut lab, "local", "Local", "SingleStack", &[vip]).await;
+    let first = owner_of(&lab, vip).await;
+    assert!(first == 1 || first == 2, "node {first} has no endpoint");
+    let answer = get_eventually(&lab, vip).await;
+    assert_eq!(answer.pod, format!("hello-{first}"));
+    assert_eq!(
+        answer.client,
+        lab::plan::client_v4().to_string(),
+        "Local keeps the client address"
+    );
+
+    lab.set_pod_ready(&format!("hello-{first}"), false)
+        .await
+        .unwrap();
+    let second = moves_away(&lab, vip, first).await;
+    assert_eq!(
+        second,
+        3 - first,
+        "the address follows the other ready endpoint"
+    );
+    assert_eq!(
+        get_eventually(&lab, vip).await.pod,
+        format!("hello-{second}")
+    );
+}
+
+/// Four nodes; the pods live on node 1, which is excluded from announcing, so the node that
+/// dies or hands over never takes the backends with it.
+fn four_nodes_pods_on_one() -> LabConfig {
+    LabConfig {
+        nodes: 4,
+        pods: vec![1, 1],
+        ..LabConfig::default()
+    }
+}
+
+struct Figures {
+    gaps_ms: Vec<f64>,
+}
+
+impl Figures {
+    fn percentile(&self, p: f64) -> f64 {
+        let mut sorted = self.gaps_ms.clone();
+        sorted.sort_by(f64::total_cmp);
+        let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+        sorted[rank.clamp(1, sorted.len()) - 1]
+    }
+
+    fn print(&self, what: &str) {
+        println!(
+            "FIGURES {what}: {} trials, gap p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; every gap (ms): {:?}",
+            self.gaps_ms.len(),
+            self.percentile(50.0),
+            self.percentile(99.0),
+            self.percentile(100.0),
+            self.gaps_ms.iter().map(|g| g.round()).collect::<Vec<_>>()
+        );
+    }
+}
+
+fn trials() -> usize {
+    std::env::var("FERROLB_FAILOVER_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30)
+}
+
+/// Kills the owner of a fresh address per trial while the client opens new connections every
+/// 5 ms; the gap is the time from the last success before to the first success after.
+async fn hard_death_trials(lab: &mut Lab, api_down: bool, trials: usize) -> Figures {
+    let mut gaps = vec![];
+    for trial in 0..trials {
+        let vip = ip(&format!("198.51.100.{}", 200 + trial % 40));
+        lab.set_ingress("default", "hello", &[vip]).await.unwrap();
+        let victim = owner_of(lab, vip).await;
+        get_eventually(lab, vip).await;
+        if api_down {
+            lab.stop_apiserver();
+        }
+        let probe = {
+            let config = probe(vip, Duration::from_millis(2500));
+            let ns = lab.client_ns.clone();
+            tokio::task::spawn_blocking(move || lab::probe::run(&ns, &config))
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        lab.kill_node(victim).unwrap();
+        let report = probe.await.unwrap().unwrap();
+        let gap = report.longest_gap().unwrap_or_else(|| {
+            panic!("trial {trial}: {vip} never answered after node {victim} died")
+        });
+        // Taken over: most new connections of the probe's last half second succeed.
+        let tail: Vec<_> = report
+            .samples
+            .iter()
+            .filter(|s| s.at >= Duration::from_millis(2000))
+            .collect();
+        let ok = tail.iter().filter(|s| s.outcome.is_ok()).count();
+        assert!(
+            ok * 2 > tail.len(),
+            "trial {trial}: {vip} after node {victim} died: {ok} of {} answered at the end; {}",
+            tail.len(),
+            report.failure_summary()
+        );
+        gaps.push(gap.as_secs_f64() * 1000.0);
+        if api_down {
+            lab.start_apiserver().await.unwrap();
+        }
+        lab.revive_node(victim).await.unwrap();
+        lab.start_speaker(Path::new(SPEAKER), victim).await.unwrap();
+        for i in 1..=lab.nodes().len() {
+            members_become(lab, i, lab.nodes().len()).await;
+        }
+    }
+    Figures { gaps_ms: gaps }
+}
+
+#[tokio::test]
+async fn hard_node_death_fails_over_with_and_without_the_api_server() {
+    lab::require_lab!();
+    let mut lab = lab_with_speakers(four_nodes_pods_on_one()).await;
+    lab.label_node(1, EXCLUDE, Some("true")).await.unwrap();
+    expose(
+        &mut lab,
+        "hello",
+        "Cluster",
+        "SingleStack",
+        &[ip("198.51.100.199")],
+    )
+    .await;
+
+    hard_death_trials(&mut lab, false, trials())
+        .await
+        .print("hard node death");
+    hard_death_trials(&mut lab, true, trials().div_ceil(3))
+        .await
+        .print("hard node death, kube-apiserver stopped");
+}
+
+#[tokio::test]
+async fn sigterm_cordon_and_exclude_hand_over_without_losing_connections() {
+    lab::require_lab!();
+    let mut lab = lab_with_speakers(four_nodes_pods_on_one()).await;
+    lab.label_node(1, EXCLUDE, Some("true")).await.unwrap();
+    let (v4, v6) = (ip("198.51.100.230"), ip("2001:db8::e6"));
+    expose(&mut lab, "hello", "Cluster", "RequireDualStack", &[v4, v6]).await;
+
+    let mut lines = vec![];
+    get_eventually(&lab, v4).await;
+    // The instrument's own noise floor: the same probe with no fault at all.
+    let baseline = lab.probe(probe(v4, Duration::from_secs(4))).await.unwrap();
+    lines.push(format!(
+        "no fault (baseline): {} of {} new connections failed, longest gap {:?} ({})",
+        baseline.failures(),
+        baseline.samples.len(),
+        baseline.longest_gap(),
+        baseline.failure_summary()
+    ));
+    for way in ["SIGTERM", "cordon", "exclude label", "link down"] {
+        let owner = owner_of(&lab, v4).await;
+        assert_ne!(owner, 1, "node 1 is excluded");
+        get_eventually(&lab, v4).await;
+        let probe = {
+            let config = probe(v4, Duration::from_secs(4));
+            let ns = lab.client_ns.clone();
+            tokio::task::spawn_blocking(move || lab::probe::run(&ns, &config))
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        match way {
+            "SIGTERM" => lab
+                .signal_speaker(owner, nix::sys::signal::Signal::SIGTERM)
+                .unwrap(),
+            "cordon" => lab.cordon(owner, true).await.unwrap(),
+            "exclude label" => lab.label_node(owner, EXCLUDE, Some("true")).await.unwrap(),
+            _ => lab.set_link(owner, false).unwrap(),
+        }
+        let report = probe.await.unwrap().unwrap();
+        let successor = moves_away(&lab, v4, owner).await;
+        assert_eq!(
+            owner_of(&lab, v6).await,
+            successor,
+            "both families move together"
+        );
+        lines.push(format!(
+            "{way}: node {owner} -> node {successor}, {} of {} new connections failed, longest gap {:?} ({})",
+            report.failures(),
+            report.samples.len(),
+            report.longest_gap(),
+            report.failure_summary()
+        ));
+        match way {
+            "SIGTERM" => {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                let tail = loop {
+                    if let Some(tail) = lab.speaker_exited(owner) {
+                        break tail;
+                    }
+                    assert!(Instant::now() < deadline, "speaker {owner} did not exit");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                };
+                assert!(tail.contains("handed over"), "{tail}");
+                lab.start_speaker(Path::new(SPEAKER), owner).await.unwrap();
+            }
+            "cordon" => lab.cordon(owner, false).await.unwrap(),
+            "exclude label" => lab.label_node(owner, EXCLUDE, None).await.unwrap(),
+            _ => lab.set_link(owner, true).unwrap(),
+        }
+        for i in 1..=4 {
+            members_become(&lab, i, 4).await;
+        }
+    }
+    println!("FIGURES handover:\n{}", lines.join("\n"));
 }

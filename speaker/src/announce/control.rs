@@ -1,0 +1,246 @@
+//! The announcer's control thread: feeds the [`Machine`] its inputs and the time, opens and
+//! closes one [`Port`] per interface in use, sends what the machine decides, and reports its
+//! events.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::time::Instant;
+
+use speaker_core::MacAddr;
+use speaker_core::arp::{self, ArpOp};
+use speaker_core::ndp;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, info, warn};
+
+use super::links::{Link, scan_links};
+use super::machine::{Claim, Machine, Output, Packet, Send};
+use super::metrics::{ARP, NDP};
+use super::port::Port;
+use super::{Config, Desired, Event, Metrics};
+
+pub(crate) enum Input {
+    Desired(BTreeMap<IpAddr, Desired>),
+    Peers(BTreeSet<MacAddr>),
+    Claim(Claim),
+    /// Desire nothing, and say when nothing is answered any more.
+    ReleaseAll(oneshot::Sender<()>),
+    /// Every handle is gone: stop answering and close everything.
+    Shutdown,
+}
+
+pub(crate) struct Control {
+    machine: Machine,
+    metrics: Metrics,
+    /// Given to each port to report the claims it overhears.
+    input: Sender<Input>,
+    events: mpsc::UnboundedSender<Event>,
+    answering: watch::Sender<BTreeSet<IpAddr>>,
+    links: Vec<Link>,
+    ports: BTreeMap<String, Port>,
+    /// Interfaces that could not be opened since the last scan: retried after the next one,
+    /// not on every tick.
+    unopenable: BTreeSet<String>,
+    release_waiters: Vec<oneshot::Sender<()>>,
+}
+
+impl Control {
+    pub fn new(
+        config: Config,
+        metrics: Metrics,
+        input: Sender<Input>,
+        events: mpsc::UnboundedSender<Event>,
+        answering: watch::Sender<BTreeSet<IpAddr>>,
+    ) -> Control {
+        Control {
+            machine: Machine::new(config),
+            metrics,
+            input,
+            events,
+            answering,
+            links: Vec::new(),
+            ports: BTreeMap::new(),
+            unopenable: BTreeSet::new(),
+            release_waiters: Vec::new(),
+        }
+    }
+
+    pub fn run(mut self, inputs: Receiver<Input>) {
+        loop {
+            let received = match self.machine.next_deadline() {
+                Some(at) => inputs.recv_timeout(at.saturating_duration_since(Instant::now())),
+                None => inputs.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            let now = Instant::now();
+            let out = match received {
+                Ok(Input::Desired(desired)) => {
+                    self.rescan();
+                    self.machine.set_desired(now, &desired)
+                }
+                Ok(Input::Peers(peers)) => {
+                    self.machine.set_peer_macs(peers);
+                    Output::default()
+                }
+                Ok(Input::Claim(claim)) => self.machine.claim(now, &claim),
+                Ok(Input::ReleaseAll(done)) => {
+                    self.release_waiters.push(done);
+                    self.machine.set_desired(now, &BTreeMap::new())
+                }
+                Err(RecvTimeoutError::Timeout) => self.machine.tick(now),
+                Ok(Input::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
+            };
+            self.apply(out);
+        }
+        for (_, port) in std::mem::take(&mut self.ports) {
+            port.close();
+        }
+        self.answering.send_replace(BTreeSet::new());
+        self.metrics.announced_addresses.set(0);
+        debug!("announcer stopped");
+    }
+
+    /// Reads the interfaces again, and closes ports whose interface went away or changed
+    /// (a re-created interface has a new index): they are reopened if still needed.
+    fn rescan(&mut self) {
+        match scan_links() {
+            Ok(links) => self.links = links,
+            Err(error) => warn!(%error, "cannot list network interfaces"),
+        }
+        let own = self
+            .links
+            .iter()
+            .map(|l| l.mac)
+            .filter(|mac| *mac != MacAddr::ZERO)
+            .collect();
+        self.machine.set_own_macs(own);
+        let links = &self.links;
+        self.ports.retain(|name, port| {
+            links
+                .iter()
+                .any(|l| &l.name == name && l.index == port.index && l.mac == port.mac())
+        });
+        self.unopenable.clear();
+    }
+
+    fn apply(&mut self, out: Output) {
+        // Answer before announcing: a GARP makes neighbours ask.
+        self.sync_ports();
+        for send in &out.sends {
+            self.send(send);
+        }
+        // State first, so that whoever reacts to an event sees it in `answering()`.
+        let answering = self.machine.answering();
+        self.metrics
+            .announced_addresses
+            .set(i64::try_from(answering.len()).unwrap_or(i64::MAX));
+        let released = answering.is_empty();
+        self.answering.send_if_modified(|current| {
+            let changed = *current != answering;
+            *current = answering;
+            changed
+        });
+
+        for event in out.events {
+            match &event {
+                Event::Announced { ip, interfaces } => info!(%ip, ?interfaces, "announcing"),
+                Event::Conflict { ip, interface, mac } => {
+                    self.metrics.conflicts.inc();
+                    warn!(%ip, %interface, %mac, "another host answers for this address");
+                }
+                Event::Released { ip, successor } => match successor {
+                    Some(mac) => info!(%ip, successor = %mac, "released to a successor"),
+                    None => info!(%ip, "released, no successor seen"),
+                },
+            }
+            // Nobody listening is fine: the events are also logged and counted.
+            let _ = self.events.send(event);
+        }
+        if released {
+            for done in self.release_waiters.drain(..) {
+                let _ = done.send(());
+            }
+        }
+    }
+
+    /// Opens a port for every interface the machine uses and closes the others; tells each
+    /// what to answer and watch.
+    fn sync_ports(&mut self) {
+        let watched = self.machine.watched_on();
+        let mut answered = self.machine.answered_on();
+        let unused: Vec<String> = self
+            .ports
+            .keys()
+            .filter(|name| !watched.contains_key(*name))
+            .cloned()
+            .collect();
+        for name in unused {
+            debug!(interface = %name, "closing");
+            self.ports.remove(&name);
+        }
+        for (name, watch) in watched {
+            if !self.ports.contains_key(&name) && !self.unopenable.contains(&name) {
+                self.open(&name);
+            }
+            if let Some(port) = self.ports.get_mut(&name) {
+                port.set(answered.remove(&name).unwrap_or_default(), watch);
+            }
+        }
+    }
+
+    fn open(&mut self, name: &str) {
+        let Some(link) = self.links.iter().find(|l| l.name == name) else {
+            warn!(interface = %name, "no such interface");
+            self.unopenable.insert(name.to_string());
+            return;
+        };
+        let input = self.input.clone();
+        let report = Box::new(move |claim| {
+            let _ = input.send(Input::Claim(claim));
+        });
+        match Port::open(link, self.metrics.clone(), report) {
+            Ok(port) => {
+                debug!(interface = %name, index = link.index, mac = %link.mac, "opened");
+                self.ports.insert(name.to_string(), port);
+            }
+            Err(error) => {
+                warn!(interface = %name, %error, "cannot open a packet socket");
+                self.unopenable.insert(name.to_string());
+            }
+        }
+    }
+
+    fn send(&self, send: &Send) {
+        let Some(port) = self.ports.get(&send.interface) else {
+            return;
+        };
+        let mac = port.mac();
+        let (frames, protocol) = match (send.ip, send.packet) {
+            (IpAddr::V4(ip), Packet::Probe) => (vec![arp::build_probe(mac, ip)], None),
+            (IpAddr::V4(ip), Packet::Gratuitous) => (
+                vec![
+                    arp::build_gratuitous(mac, ip, ArpOp::Request),
+                    arp::build_gratuitous(mac, ip, ArpOp::Reply),
+                ],
+                Some(&ARP),
+            ),
+            (IpAddr::V6(ip), Packet::Probe) => (vec![ndp::build_dad_solicitation(mac, ip)], None),
+            (IpAddr::V6(ip), Packet::Gratuitous) => (
+                vec![ndp::build_unsolicited_advertisement(mac, ip)],
+                Some(&NDP),
+            ),
+        };
+        for frame in frames {
+            match port.send(&frame) {
+                Ok(()) => {
+                    if let Some(labels) = protocol {
+                        self.metrics.gratuitous_sent.get_or_create(labels).inc();
+                    }
+                    debug!(interface = %send.interface, ip = %send.ip, packet = ?send.packet, "sent");
+                }
+                Err(error) => {
+                    warn!(interface = %send.interface, ip = %send.ip, %error, "cannot send");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,426 @@
+//! The announcer's decisions without I/O: for each address, whether to probe, answer, defend or
+//! release it, and what to send when. The shell feeds it the desired set, the claims its sockets
+//! overhear and the time; it answers with packets to send and events to report, and says which
+//! addresses to answer for on which interface. Tests drive it with plain values and instants.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use speaker_core::MacAddr;
+
+use super::{Config, Desired, Event};
+
+/// Gap between the two probes sent before an address is first announced.
+pub(crate) const PROBE_INTERVAL: Duration = Duration::from_millis(50);
+const PROBES: u8 = 2;
+
+/// A frame the shell builds for one address with the interface's MAC, ARP or NDP by family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Packet {
+    /// RFC 5227 ARP probe or DAD Neighbor Solicitation.
+    Probe,
+    /// Gratuitous ARP in request and reply form, or an unsolicited Neighbor Advertisement.
+    Gratuitous,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Send {
+    pub interface: String,
+    pub ip: IpAddr,
+    pub packet: Packet,
+}
+
+/// How a host overheard on the link stated that `ip` is at its MAC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClaimKind {
+    /// An ARP request sent from `ip`: the sender uses the address.
+    ArpRequest,
+    ArpReply,
+    /// Gratuitous ARP, either form.
+    Gratuitous,
+    /// Neighbor Advertisement for `ip`, solicited or not.
+    Advertisement,
+}
+
+impl ClaimKind {
+    /// Whether this is an answer or an announcement, which a successor sends once it owns the
+    /// address; a request only shows that someone uses it as a source.
+    fn announces(self) -> bool {
+        !matches!(self, ClaimKind::ArpRequest)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Claim {
+    pub interface: String,
+    pub ip: IpAddr,
+    pub mac: MacAddr,
+    pub kind: ClaimKind,
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Output {
+    pub sends: Vec<Send>,
+    pub events: Vec<Event>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    interfaces: BTreeSet<String>,
+    phase: Phase,
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// Asking whether anyone holds the address; not answering yet.
+    Probing {
+        sent: u8,
+        next_probe: Instant,
+        until: Instant,
+    },
+    /// A foreign host answered the probe; asked again at `retry_at` while still desired.
+    Conflicted { retry_at: Instant },
+    Answering {
+        burst_start: Instant,
+        /// Index into the gratuitous schedule of the next step to send.
+        next_step: usize,
+        announced: bool,
+        next_refresh: Option<Instant>,
+        last_conflict: Option<Instant>,
+        /// A peer's last announcement of the address on each interface: a peer that announced
+        /// before this node lets go is its successor already (watches reach speakers at
+        /// slightly different times), so waiting for its next announcement would only leave
+        /// two nodes answering.
+        peer_announced: BTreeMap<String, (MacAddr, Instant)>,
+    },
+    /// No longer desired, still answered on `pending` until a successor announces there or
+    /// `until` passes.
+    Releasing {
+        until: Instant,
+        pending: BTreeSet<String>,
+        successor: Option<MacAddr>,
+    },
+}
+
+#[derive(Debug)]
+pub(crate) struct Machine {
+    config: Config,
+    /// MACs of this node's interfaces: what it hears of itself is never a claim.
+    own: BTreeSet<MacAddr>,
+    peers: BTreeSet<MacAddr>,
+    addrs: BTreeMap<IpAddr, Entry>,
+}
+
+impl Machine {
+    pub fn new(config: Config) -> Machine {
+        Machine {
+            config,
+            own: BTreeSet::new(),
+            peers: BTreeSet::new(),
+            addrs: BTreeMap::new(),
+        }
+    }
+
+    pub fn set_own_macs(&mut self, own: BTreeSet<MacAddr>) {
+        self.own = own;
+    }
+
+    pub fn set_peer_macs(&mut self, peers: BTreeSet<MacAddr>) {
+        self.peers = peers;
+    }
+
+    /// The complete set of addresses to own now. An address with no interface is as good as
+    /// absent: there is nowhere to announce it. An announced address whose interfaces change
+    /// is announced anew on its new set and stops being answered at once where it left: a
+    /// per-interface release would need a successor on a LAN we no longer serve.
+    pub fn set_desired(&mut self, now: Instant, desired: &BTreeMap<IpAddr, Desired>) -> Output {
+        let mut out = Output::default();
+        for (&ip, want) in desired {
+            let interfaces: BTreeSet<String> = want.interfaces.iter().cloned().collect();
+            if interfaces.is_empty() {
+                continue;
+            }
+            let Some(entry) = self.addrs.get_mut(&ip) else {
+                let phase = if want.probe {
+                    probing(now, self.config.probe_wait)
+                } else {
+                    answering(now)
+                };
+                self.addrs.insert(ip, Entry { interfaces, phase });
+                continue;
+            };
+            let moved = entry.interfaces != interfaces;
+            entry.interfaces = interfaces;
+            match entry.phase {
+                // Back before a successor took over: answer again and tell the LAN anew.
+                Phase::Releasing { .. } => entry.phase = answering(now),
+                Phase::Answering { .. } if moved => entry.phase = answering(now),
+                Phase::Probing { .. } if moved => {
+                    entry.phase = probing(now, self.config.probe_wait);
+                }
+                _ => {}
+            }
+        }
+        let grace = self.config.release_grace;
+        self.addrs.retain(|ip, entry| {
+            if desired.get(ip).is_some_and(|d| !d.interfaces.is_empty()) {
+                return true;
+            }
+            match entry.phase {
+                Phase::Probing { .. } | Phase::Conflicted { .. } => false,
+                Phase::Answering {
+                    ref peer_announced, ..
+                } => {
+                    let mut pending = entry.interfaces.clone();
+                    let mut successor = None;
+                    for (interface, (mac, at)) in peer_announced {
+                        if now.saturating_duration_since(*at) <= grace && pending.remove(interface)
+                        {
+                            successor = successor.or(Some(*mac));
+                        }
+                    }
+                    entry.phase = Phase::Releasing {
+                        until: now + grace,
+                        pending,
+                        successor,
+                    };
+                    true
+                }
+                Phase::Releasing { .. } => true,
+            }
+        });
+        self.advance(now, &mut out);
+        out
+    }
+
+    /// Someone stated on `claim.interface` that `claim.ip` is at `claim.mac`.
+    pub fn claim(&mut self, now: Instant, claim: &Claim) -> Output {
+        let mut out = Output::default();
+        if self.own.contains(&claim.mac) {
+            return out;
+        }
+        let foreign = !self.peers.contains(&claim.mac);
+        let Some(entry) = self.addrs.get_mut(&claim.ip) else {
+            return out;
+        };
+        if !entry.interfaces.contains(&claim.interface) {
+            return out;
+        }
+        let conflict = Event::Conflict {
+            ip: claim.ip,
+            interface: claim.interface.clone(),
+            mac: claim.mac,
+        };
+        match &mut entry.phase {
+            Phase::Probing { .. } if foreign => {
+                entry.phase = Phase::Conflicted {
+                    retry_at: now + self.config.conflict_retry,
+                };
+                out.events.push(conflict);
+            }
+            Phase::Answering { last_conflict, .. } if foreign => {
+                let quiet = last_conflict.is_none_or(|t| now >= t + self.config.conflict_retry);
+                if quiet {
+                    *last_conflict = Some(now);
+                    out.events.push(conflict);
+                    // RFC 5227 §2.4 (b): defend once, restoring the caches the claim poisoned.
+                    out.sends.push(Send {
+                        interface: claim.interface.clone(),
+                        ip: claim.ip,
+                        packet: Packet::Gratuitous,
+                    });
+                }
+            }
+            Phase::Answering { peer_announced, .. } if claim.kind.announces() => {
+                peer_announced.insert(claim.interface.clone(), (claim.mac, now));
+            }
+            Phase::Releasing {
+                pending, successor, ..
+            } if claim.kind.announces() => {
+                let first_here = pending.remove(&claim.interface);
+                *successor = successor.or(first_here.then_some(claim.mac));
+            }
+            _ => {}
+        }
+        self.advance(now, &mut out);
+        out
+    }
+
+    /// Does whatever is due at `now`.
+    pub fn tick(&mut self, now: Instant) -> Output {
+        let mut out = Output::default();
+        self.advance(now, &mut out);
+        out
+    }
+
+    /// When `tick` next has something to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let schedule = &self.config.garp_schedule;
+        self.addrs
+            .values()
+            .filter_map(|entry| match &entry.phase {
+                Phase::Probing {
+                    sent,
+                    next_probe,
+                    until,
+                } => Some(if *sent < PROBES { *next_probe } else { *until }),
+                Phase::Conflicted { retry_at } => Some(*retry_at),
+                Phase::Answering {
+                    burst_start,
+                    next_step,
+                    announced,
+                    next_refresh,
+                    ..
+                } => match schedule.get(*next_step) {
+                    Some(offset) => Some(*burst_start + *offset),
+                    None if !announced => Some(*burst_start),
+                    None => *next_refresh,
+                },
+                Phase::Releasing { until, .. } => Some(*until),
+            })
+            .min()
+    }
+
+    /// Addresses answered for now, including those being released.
+    pub fn answering(&self) -> BTreeSet<IpAddr> {
+        self.addrs
+            .iter()
+            .filter(|(_, e)| matches!(e.phase, Phase::Answering { .. } | Phase::Releasing { .. }))
+            .map(|(ip, _)| *ip)
+            .collect()
+    }
+
+    /// Per interface, the addresses to answer requests for there.
+    pub fn answered_on(&self) -> BTreeMap<String, BTreeSet<IpAddr>> {
+        let mut on: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
+        for (ip, entry) in &self.addrs {
+            let interfaces = match &entry.phase {
+                Phase::Answering { .. } => &entry.interfaces,
+                Phase::Releasing { pending, .. } => pending,
+                Phase::Probing { .. } | Phase::Conflicted { .. } => continue,
+            };
+            for interface in interfaces {
+                on.entry(interface.clone()).or_default().insert(*ip);
+            }
+        }
+        on
+    }
+
+    /// Per interface, the addresses whose claims matter there: every address in any phase.
+    /// Its keys are the interfaces that need a socket.
+    pub fn watched_on(&self) -> BTreeMap<String, BTreeSet<IpAddr>> {
+        let mut on: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
+        for (ip, entry) in &self.addrs {
+            for interface in &entry.interfaces {
+                on.entry(interface.clone()).or_default().insert(*ip);
+            }
+        }
+        on
+    }
+
+    fn advance(&mut self, now: Instant, out: &mut Output) {
+        let config = &self.config;
+        let mut finished = Vec::new();
+        for (&ip, entry) in &mut self.addrs {
+            let send_all = |out: &mut Output, packet| {
+                for interface in &entry.interfaces {
+                    out.sends.push(Send {
+                        interface: interface.clone(),
+                        ip,
+                        packet,
+                    });
+                }
+            };
+            // Phases in the order they follow each other, so that one step can go from a
+            // retry to a probe, or from a finished probe to the first announcement.
+            if let Phase::Conflicted { retry_at } = entry.phase
+                && now >= retry_at
+            {
+                entry.phase = probing(now, config.probe_wait);
+            }
+            if let Phase::Probing {
+                sent,
+                next_probe,
+                until,
+            } = &mut entry.phase
+            {
+                while *sent < PROBES && now >= *next_probe {
+                    send_all(out, Packet::Probe);
+                    *sent += 1;
+                    *next_probe += PROBE_INTERVAL;
+                }
+                if *sent >= PROBES && now >= *until {
+                    entry.phase = answering(now);
+                }
+            }
+            if let Phase::Releasing {
+                until,
+                pending,
+                successor,
+            } = &entry.phase
+                && (pending.is_empty() || now >= *until)
+            {
+                finished.push((ip, *successor));
+            }
+            if let Phase::Answering {
+                burst_start,
+                next_step,
+                announced,
+                next_refresh,
+                ..
+            } = &mut entry.phase
+            {
+                let schedule = &config.garp_schedule;
+                let mut due = false;
+                // Steps that came due together (a late tick) go out as one.
+                while *next_step < schedule.len() && now >= *burst_start + schedule[*next_step] {
+                    *next_step += 1;
+                    due = true;
+                }
+                if *next_step == schedule.len() && next_refresh.is_none() {
+                    let last = schedule.last().copied().unwrap_or_default();
+                    *next_refresh = config.refresh.map(|r| *burst_start + last + r);
+                } else if let Some(at) = next_refresh
+                    && now >= *at
+                {
+                    due = true;
+                    *at = now + config.refresh.unwrap_or_default();
+                }
+                if due {
+                    send_all(out, Packet::Gratuitous);
+                }
+                if !*announced && (due || schedule.is_empty()) {
+                    *announced = true;
+                    out.events.push(Event::Announced {
+                        ip,
+                        interfaces: entry.interfaces.iter().cloned().collect(),
+                    });
+                }
+            }
+        }
+        for (ip, successor) in finished {
+            self.addrs.remove(&ip);
+            out.events.push(Event::Released { ip, successor });
+        }
+    }
+}
+
+fn probing(now: Instant, wait: Duration) -> Phase {
+    Phase::Probing {
+        sent: 0,
+        next_probe: now,
+        until: now + PROBE_INTERVAL * u32::from(PROBES - 1) + wait,
+    }
+}
+
+fn answering(now: Instant) -> Phase {
+    Phase::Answering {
+        burst_start: now,
+        next_step: 0,
+        announced: false,
+        next_refresh: None,
+        last_conflict: None,
+        peer_announced: BTreeMap::new(),
+    }
+}

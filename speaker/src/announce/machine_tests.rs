@@ -1,0 +1,353 @@
+//! The announcer's decisions, driven with plain values and instants: no sockets, no sleeping.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use speaker_core::MacAddr;
+
+use super::machine::{Claim, ClaimKind, Machine, Output, Packet, Send};
+use super::{Config, Desired, Event};
+
+const OURS: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
+const PEER: MacAddr = MacAddr([2, 0, 0, 0, 0, 2]);
+const FOREIGN: MacAddr = MacAddr([2, 0, 0, 0, 0, 0x99]);
+
+fn vip() -> IpAddr {
+    "192.0.2.10".parse().unwrap()
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+struct Clock(Instant);
+
+impl Clock {
+    fn at(&self, millis: u64) -> Instant {
+        self.0 + ms(millis)
+    }
+}
+
+fn machine() -> (Machine, Clock) {
+    let mut m = Machine::new(Config::default());
+    m.set_own_macs([OURS].into());
+    m.set_peer_macs([PEER].into());
+    (m, Clock(Instant::now()))
+}
+
+fn desired(interfaces: &[&str], probe: bool) -> BTreeMap<IpAddr, Desired> {
+    let desired = Desired {
+        interfaces: interfaces.iter().map(|s| s.to_string()).collect(),
+        probe,
+    };
+    [(vip(), desired)].into()
+}
+
+fn sends(packet: Packet, interfaces: &[&str]) -> Vec<Send> {
+    interfaces
+        .iter()
+        .map(|i| Send {
+            interface: i.to_string(),
+            ip: vip(),
+            packet,
+        })
+        .collect()
+}
+
+fn announced(interfaces: &[&str]) -> Event {
+    Event::Announced {
+        ip: vip(),
+        interfaces: interfaces.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+fn claim(interface: &str, mac: MacAddr, kind: ClaimKind) -> Claim {
+    Claim {
+        interface: interface.to_string(),
+        ip: vip(),
+        mac,
+        kind,
+    }
+}
+
+fn nothing() -> Output {
+    Output::default()
+}
+
+fn answered_on(m: &Machine, interface: &str) -> bool {
+    m.answered_on()
+        .get(interface)
+        .is_some_and(|s| s.contains(&vip()))
+}
+
+#[test]
+fn probes_twice_then_answers_and_announces_on_the_schedule() {
+    let (mut m, t) = machine();
+    let out = m.set_desired(t.at(0), &desired(&["eth0"], true));
+    assert_eq!(out.sends, sends(Packet::Probe, &["eth0"]));
+    assert!(m.answering().is_empty() && !answered_on(&m, "eth0"));
+    assert!(
+        m.watched_on()["eth0"].contains(&vip()),
+        "probing needs a socket"
+    );
+    assert_eq!(m.next_deadline(), Some(t.at(50)));
+    assert_eq!(m.tick(t.at(50)).sends, sends(Packet::Probe, &["eth0"]));
+    assert_eq!(m.next_deadline(), Some(t.at(250)));
+    assert_eq!(m.tick(t.at(249)), nothing());
+
+    let out = m.tick(t.at(250));
+    assert_eq!(out.sends, sends(Packet::Gratuitous, &["eth0"]));
+    assert_eq!(out.events, vec![announced(&["eth0"])]);
+    assert!(answered_on(&m, "eth0"));
+    assert_eq!(m.answering(), BTreeSet::from([vip()]));
+
+    // The rest of the default schedule, 250 ms .. 4.4 s after the first, then silence.
+    for offset in [250, 1100, 2200, 4400] {
+        assert_eq!(m.next_deadline(), Some(t.at(250 + offset)));
+        let out = m.tick(t.at(250 + offset));
+        assert_eq!(out.sends, sends(Packet::Gratuitous, &["eth0"]));
+        assert!(out.events.is_empty(), "Announced is reported once");
+    }
+    assert_eq!(m.next_deadline(), None);
+}
+
+#[test]
+fn without_probing_the_burst_starts_at_once_on_every_interface() {
+    let (mut m, t) = machine();
+    let out = m.set_desired(t.at(0), &desired(&["eth1", "eth0"], false));
+    assert_eq!(out.sends, sends(Packet::Gratuitous, &["eth0", "eth1"]));
+    assert_eq!(out.events, vec![announced(&["eth0", "eth1"])]);
+    // Asking again changes nothing.
+    assert_eq!(
+        m.set_desired(t.at(10), &desired(&["eth0", "eth1"], false)),
+        nothing()
+    );
+}
+
+#[test]
+fn a_foreign_answer_to_the_probe_is_a_conflict_and_the_address_is_not_taken() {
+    let (mut m, t) = machine();
+    m.set_desired(t.at(0), &desired(&["eth0"], true));
+    let out = m.claim(t.at(20), &claim("eth0", FOREIGN, ClaimKind::ArpReply));
+    assert_eq!(
+        out.events,
+        vec![Event::Conflict {
+            ip: vip(),
+            interface: "eth0".into(),
+            mac: FOREIGN
+        }]
+    );
+    assert_eq!(m.tick(t.at(5000)), nothing(), "no probe, no announcement");
+    assert!(m.answering().is_empty());
+
+    // Probed again after conflict_retry; this time nobody answers.
+    assert_eq!(m.next_deadline(), Some(t.at(30_020)));
+    assert_eq!(m.tick(t.at(30_020)).sends, sends(Packet::Probe, &["eth0"]));
+    m.tick(t.at(30_070));
+    let out = m.tick(t.at(30_270));
+    assert_eq!(out.events, vec![announced(&["eth0"])]);
+}
+
+#[test]
+fn peers_ourselves_and_other_interfaces_are_not_conflicts_while_probing() {
+    let (mut m, t) = machine();
+    m.set_desired(t.at(0), &desired(&["eth0"], true));
+    for c in [
+        claim("eth0", PEER, ClaimKind::ArpReply),
+        claim("eth0", OURS, ClaimKind::Gratuitous),
+        claim("eth1", FOREIGN, ClaimKind::ArpReply),
+    ] {
+        assert_eq!(m.claim(t.at(20), &c), nothing(), "{c:?}");
+    }
+    m.tick(t.at(50));
+    assert_eq!(m.tick(t.at(250)).events, vec![announced(&["eth0"])]);
+}
+
+#[test]
+fn a_foreign_claim_on_an_announced_address_is_reported_and_defended_once_per_retry() {
+    let (mut m, t) = machine();
+    m.set_desired(t.at(0), &desired(&["eth0"], false));
+    let c = claim("eth0", FOREIGN, ClaimKind::Gratuitous);
+    let out = m.claim(t.at(100), &c);
+    assert_eq!(out.events.len(), 1);
+    assert!(matches!(
+        out.events[0],
+        Event::Conflict { mac: FOREIGN, .. }
+    ));
+    assert_eq!(out.sends, sends(Packet::Gratuitous, &["eth0"]));
+    assert!(answered_on(&m, "eth0"), "still answering");
+
+    m.tick(t.at(5000));
+    let quiet = m.claim(t.at(10_000), &c);
+    assert!(quiet.events.is_empty() && quiet.sends.is_empty());
+    assert_eq!(m.claim(t.at(30_100), &c).events.len(), 1);
+    // A peer announcing the same address (an election in flux) is not a conflict.
+    assert!(
+        m.claim(t.at(60_200), &claim("eth0", PEER, ClaimKind::Gratuitous))
+            .events
+            .is_empty()
+    );
+}
+
+#[test]
+fn a_released_address_is_answered_until_its_successor_announces() {
+    let (mut m, t) = machine();
+    m.set_desired(t.at(0), &desired(&["eth0"], false));
+    let out = m.set_desired(t.at(1000), &BTreeMap::new());
+    assert!(out.sends.is_empty(), "no announcement while releasing");
+    assert!(out.events.is_empty());
+    assert!(answered_on(&m, "eth0"));
+    assert_eq!(m.answering(), BTreeSet::from([vip()]));
+    assert_eq!(m.tick(t.at(1100)).sends, vec![], "the burst stopped");
+
+    // A request from the successor's address, or our own echo, is not an announcement.
+    assert_eq!(
+        m.claim(t.at(1200), &claim("eth0", PEER, ClaimKind::ArpRequest)),
+        nothing()
+    );
+    assert_eq!(
+        m.claim(t.at(1200), &claim("eth0", OURS, ClaimKind::Gratuitous)),
+        nothing()
+    );
+    let out = m.claim(t.at(1300), &claim("eth0", PEER, ClaimKind::Gratuitous));
+    assert_eq!(
+        out.events,
+        vec![Event::Released {
+            ip: vip(),
+            successor: Some(PEER)
+        }]
+    );
+    assert!(m.answering().is_empty() && m.watched_on().is_empty());
+}
+
+#[test]
+fn a_successor_that_announced_before_the_release_ends_it_at_once() {
+    let (mut m, t) = machine();
+    m.set_desired(t.at(0), &desired(&["eth0", "eth1"], false));
+    m.tick(t.at(4999));
+    // The successor saw the change first and announced on eth0 only, just before we let go.
+    assert_eq!(
+        m.claim(t.at(5000), &claim("eth0", PEER, ClaimKind::Gratuitous)),
+        nothing(),
+        "a peer's announcement is neither a conflict nor, yet, a release"
+    );
+    assert!(answered_on(&m, "eth0"));
+    let out = m.set_desired(t.at(5010), &BTreeMap::new());
+    assert!(out.events.is_empty(), "eth1 still waits for its successor");
+    assert!(!answered_on(&m, "eth0") && answered_on(&m, "eth1"));
+    let out = m.claim(t.at(5020), &claim("eth1", PEER, ClaimKind::Gratuitous));
+    assert_eq!(
+        out.events,
+        vec![Event::Released {
+            ip: vip(),
+            successor: Some(PEER)
+        }]
+    );
+
+    // An announcement older than the grace is history, not a successor.
+    m.set_desired(t.at(6000), &desired(&["eth0"], false));
+    m.tick(t.at(6050));
+    m.claim(t.at(6100), &claim("eth0", PEER, ClaimKind::Gratuitous));
+    m.set_desired(t.at(9200), &BTreeMap::new());
+    assert!(answered_on(&m, "eth0"));
+}
+
+#[test]
+fn without_a_successor_the_release_ends_after_the_grace() {
+    let (mut m, t) = machine();
+    m.set_desired(t.at(0), &desired(&["eth0"], false));
+    m.set_desired(t.at(1000), &BTreeMap::new());
+    assert_eq!(m.next_deadline(), Some(t.at(4000)));
+    assert_eq!(m.tick(t.at(3999)), nothing());
+    assert_eq!(
+        m.tick(t.at(4000)).events,
+        vec![Event::Released {
+            ip: vip(),
+            successor: None
+        }]
+    );
+    assert!(m.answering().is_empty());
+}
+
+#[test]
+fn each_interface_is_released_when_the_successor_announces_there() {
+    let (mut m, t) = machine();
+    m.set_desired(t.at(0), &desired(&["eth0", "eth1"], false));
+    m.set_desired(t.at(1000), &BTreeMap::new());
+    let out = m.claim(t.at(1100), &claim("eth0", PEER, ClaimKind::Advertisement));
+    assert!(out.events.is_empty());
+    assert!(!answered_on(&m, "eth0") && answered_on(&m, "eth1"));
+    let out = m.claim(t.at(1200), &claim("eth1", FOREIGN, ClaimKind::ArpReply));
+    assert_eq!(
+        out.events,
+        vec![Event::Released {
+            ip: vip(),
+            successor: Some(PEER)
+        }]
+    );
+}
+
+#[test]
+fn an_address_back_while_releasing_is_announced_anew() {
+    let (mut m, t) = machine();
+    m.set_desired(t.at(0), &desired(&["eth0"], true));
+    m.tick(t.at(50));
+    m.tick(t.at(250));
+    m.set_desired(t.at(1000), &BTreeMap::new());
+    // Back, even asking for a probe: it was answered all along, so it is announced at once.
+    let out = m.set_desired(t.at(1500), &desired(&["eth0"], true));
+    assert_eq!(out.sends, sends(Packet::Gratuitous, &["eth0"]));
+    assert_eq!(out.events, vec![announced(&["eth0"])]);
+    assert_eq!(m.next_deadline(), Some(t.at(1750)));
+}
+
+#[test]
+fn a_probing_address_leaves_at_once_and_empty_interfaces_mean_absent() {
+    let (mut m, t) = machine();
+    m.set_desired(t.at(0), &desired(&["eth0"], true));
+    assert_eq!(m.set_desired(t.at(10), &BTreeMap::new()), nothing());
+    assert!(m.watched_on().is_empty() && m.next_deadline().is_none());
+
+    assert_eq!(m.set_desired(t.at(20), &desired(&[], false)), nothing());
+    m.set_desired(t.at(30), &desired(&["eth0"], false));
+    m.set_desired(t.at(40), &desired(&[], false));
+    assert!(
+        answered_on(&m, "eth0"),
+        "released like any other leaving address"
+    );
+}
+
+#[test]
+fn moving_an_announced_address_restarts_its_burst_on_the_new_interfaces() {
+    let (mut m, t) = machine();
+    m.set_desired(t.at(0), &desired(&["eth0"], false));
+    let out = m.set_desired(t.at(500), &desired(&["eth1"], false));
+    assert_eq!(out.sends, sends(Packet::Gratuitous, &["eth1"]));
+    assert_eq!(out.events, vec![announced(&["eth1"])]);
+    assert!(!answered_on(&m, "eth0") && answered_on(&m, "eth1"));
+}
+
+#[test]
+fn a_late_tick_sends_overdue_steps_once_and_refresh_follows_the_burst() {
+    let mut m = Machine::new(Config {
+        refresh: Some(ms(10_000)),
+        ..Config::default()
+    });
+    let t = Clock(Instant::now());
+    m.set_desired(t.at(0), &desired(&["eth0"], false));
+    // 250 ms and 1.1 s both overdue at 1.5 s: one send.
+    assert_eq!(
+        m.tick(t.at(1500)).sends,
+        sends(Packet::Gratuitous, &["eth0"])
+    );
+    assert_eq!(m.next_deadline(), Some(t.at(2200)));
+    m.tick(t.at(2200));
+    m.tick(t.at(4400));
+    assert_eq!(m.next_deadline(), Some(t.at(14_400)));
+    assert_eq!(
+        m.tick(t.at(14_400)).sends,
+        sends(Packet::Gratuitous, &["eth0"])
+    );
+    assert_eq!(m.next_deadline(), Some(t.at(24_400)));
+}

@@ -1,0 +1,175 @@
+//! The announcer: answers ARP requests and Neighbor Solicitations for the addresses this node
+//! owns, on the interfaces chosen for each, and tells the LAN when ownership moves.
+//!
+//! - [`choose_interfaces`] (pure) picks where an address is announced, from [`scan_links`].
+//! - [`Announcer`] takes the complete desired set on every change. A new address is probed
+//!   (RFC 5227 ARP probe / DAD solicitation) unless told not to, then answered and announced
+//!   with a burst of gratuitous ARPs or unsolicited NAs. A foreign host answering for it is a
+//!   [`Event::Conflict`]; a released address is answered until its successor announces.
+//! - Inside: `machine` decides (no I/O, no clock of its own), `port` owns one interface's
+//!   packet socket and receive thread, `control` wires the two on a thread of its own.
+//!
+//! Every frame goes through raw `AF_PACKET` sockets (pnet datalink channels, not promiscuous,
+//! with a kernel filter that passes only ARP and Neighbor Discovery). Requests are answered on
+//! the interface's receive thread, straight from the frame, without a round trip through
+//! async code: this is the failover path.
+//!
+//! # Network namespaces
+//!
+//! Every socket is created on a thread spawned by [`Announcer::start`] (or by threads it
+//! spawns), never on a tokio worker. Threads inherit the network namespace of the thread that
+//! creates them, so a caller that entered a namespace (`setns`) before calling `start` gets
+//! every socket and every interface lookup in that namespace, whatever thread later calls the
+//! handle's methods.
+
+mod control;
+mod links;
+mod machine;
+mod metrics;
+mod port;
+
+#[cfg(test)]
+mod lab_tests;
+#[cfg(test)]
+mod machine_tests;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use speaker_core::MacAddr;
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use links::{Link, choose_interfaces, scan_links};
+pub use metrics::Metrics;
+
+use control::{Control, Input};
+
+/// Timing of probes, announcements and releases.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Offsets from the start of a takeover at which gratuitous ARPs / unsolicited NAs go out.
+    /// The later ones fall past Linux's 1 s ARP locktime, within which a neighbour ignores a
+    /// second change of an entry.
+    pub garp_schedule: Vec<Duration>,
+    /// Once the burst is over, announce again this often (`None`: never).
+    pub refresh: Option<Duration>,
+    /// How long to listen for an answer after the second probe.
+    pub probe_wait: Duration,
+    /// How long a released address is still answered when no successor announces it.
+    pub release_grace: Duration,
+    /// After a conflict: when to probe again, and how often a conflict on an announced
+    /// address is reported (and defended).
+    pub conflict_retry: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            garp_schedule: [0, 250, 1100, 2200, 4400]
+                .into_iter()
+                .map(Duration::from_millis)
+                .collect(),
+            refresh: None,
+            probe_wait: Duration::from_millis(200),
+            release_grace: Duration::from_secs(3),
+            conflict_retry: Duration::from_secs(30),
+        }
+    }
+}
+
+/// How one owned address is announced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desired {
+    /// Interfaces to answer and announce on (see [`choose_interfaces`]). Empty: the address is
+    /// treated as not desired, there being nowhere to announce it.
+    pub interfaces: Vec<String>,
+    /// Probe the LAN before announcing a new address, and refuse it if a foreign host answers.
+    pub probe: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The first gratuitous ARP / unsolicited NA of a takeover went out; the address is
+    /// answered on `interfaces`.
+    Announced { ip: IpAddr, interfaces: Vec<String> },
+    /// A host that is neither this node nor a peer speaker claims `ip`: while probing, the
+    /// address is not taken (and probed again later); while announcing, it is defended.
+    Conflict {
+        ip: IpAddr,
+        interface: String,
+        mac: MacAddr,
+    },
+    /// No longer answered. `successor`: the MAC whose announcement was seen, if any.
+    Released {
+        ip: IpAddr,
+        successor: Option<MacAddr>,
+    },
+}
+
+/// A cheap handle on the announcer's threads; when the last clone is dropped they stop
+/// answering and close their sockets.
+#[derive(Clone)]
+pub struct Announcer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    input: std::sync::mpsc::Sender<Input>,
+    answering: watch::Receiver<BTreeSet<IpAddr>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let _ = self.input.send(Input::Shutdown);
+    }
+}
+
+impl Announcer {
+    /// Starts the control thread, in the calling thread's network namespace (see the module
+    /// documentation). Needs no tokio runtime.
+    ///
+    /// # Panics
+    ///
+    /// If the operating system refuses a new thread.
+    pub fn start(config: Config, metrics: Metrics) -> (Announcer, mpsc::UnboundedReceiver<Event>) {
+        let (input, inputs) = std::sync::mpsc::channel();
+        let (events, events_rx) = mpsc::unbounded_channel();
+        let (answering_tx, answering) = watch::channel(BTreeSet::new());
+        let control = Control::new(config, metrics, input.clone(), events, answering_tx);
+        std::thread::Builder::new()
+            .name("announcer".to_string())
+            .spawn(move || control.run(inputs))
+            .expect("cannot start the announcer thread");
+        let inner = Arc::new(Inner { input, answering });
+        (Announcer { inner }, events_rx)
+    }
+
+    /// The complete set of addresses this node owns now, with their interfaces. Idempotent;
+    /// call it on every change (it also re-reads the interfaces).
+    pub fn set_desired(&self, desired: BTreeMap<IpAddr, Desired>) {
+        let _ = self.inner.input.send(Input::Desired(desired));
+    }
+
+    /// MACs of the other ferrolb speakers' interfaces: their answers to our probe, and their
+    /// announcements, are not conflicts.
+    pub fn set_peer_macs(&self, macs: BTreeSet<MacAddr>) {
+        let _ = self.inner.input.send(Input::Peers(macs));
+    }
+
+    /// Addresses answered for right now, including ones still being released.
+    pub fn answering(&self) -> BTreeSet<IpAddr> {
+        self.inner.answering.borrow().clone()
+    }
+
+    /// For shutdown: behaves as `set_desired(empty)` and waits until every address is
+    /// released (successor seen or grace expired), at most `max_wait`.
+    pub async fn release_all(&self, max_wait: Duration) {
+        let (done, released) = oneshot::channel();
+        if self.inner.input.send(Input::ReleaseAll(done)).is_err() {
+            return;
+        }
+        let _ = tokio::time::timeout(max_wait, released).await;
+    }
+}

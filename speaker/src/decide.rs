@@ -1,0 +1,422 @@
+//! Who announces each address: the speaker's election over the facts its watches and its
+//! membership provide. Pure: no client, no socket, no clock; every speaker that sees the same
+//! facts and the same live members decides the same owners.
+//!
+//! Eligible nodes for an address, narrowed stage by stage so that an address nobody announces
+//! says which stage emptied it:
+//! 1. live speakers (membership, not the API server);
+//! 2. selected by an L2Advertisement covering the address's pool (`nodeSelectors`);
+//! 3. not labelled `node.kubernetes.io/exclude-from-external-load-balancers`, `NetworkUnavailable`
+//!    not True;
+//! 4. for `externalTrafficPolicy: Local`, with a ready or serving endpoint of the Service;
+//! 5. cordoned nodes only if no other node is left: a drain hands the address over, but a cluster
+//!    whose every candidate is cordoned still serves.
+//!
+//! Addresses elected together (a dual-stack Service's two, see `speaker_core::election`) get the
+//! intersection of their eligible sets, so they land on one node.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use speaker_core::election::{self, ElectionKey, NodeName, ServiceAddresses};
+
+/// The label that keeps a node out of external load balancing (also honoured by kube-proxy and
+/// cloud providers).
+pub const EXCLUDE_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
+
+/// A Service, named for Events and status.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for ServiceRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// What the speaker needs to know of a Node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeFacts {
+    /// Labelled with [`EXCLUDE_LABEL`], or its `NetworkUnavailable` condition is True.
+    pub excluded: bool,
+    /// `spec.unschedulable`: cordoned, usually being drained.
+    pub cordoned: bool,
+}
+
+/// A LoadBalancer Service with ingress addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceFacts {
+    pub service: ServiceRef,
+    pub addresses: Vec<IpAddr>,
+    /// `externalTrafficPolicy: Local`: only nodes in `endpoint_nodes` may announce.
+    pub local: bool,
+    /// Nodes with a ready (or serving) endpoint of the Service.
+    pub endpoint_nodes: BTreeSet<NodeName>,
+    /// Its owner reported that a foreign host answers for one of its addresses: whoever owns
+    /// them next probes again instead of taking them over as a ferrolb node's.
+    pub conflict_reported: bool,
+}
+
+/// One L2Advertisement that covers an address's pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Advertisement {
+    pub name: String,
+    /// Nodes its `nodeSelectors` select; `None`: every node.
+    pub nodes: Option<BTreeSet<NodeName>>,
+    /// Its `interfaces`; `None`: the speaker chooses.
+    pub interfaces: Option<Vec<String>>,
+}
+
+/// Everything the election reads, as the watches last saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Facts {
+    pub nodes: BTreeMap<NodeName, NodeFacts>,
+    pub services: Vec<ServiceFacts>,
+    /// The advertisements covering each address's pool; an address in no pool, or in a pool no
+    /// advertisement covers, has none.
+    pub advertisements: BTreeMap<IpAddr, Vec<Advertisement>>,
+}
+
+/// Why nobody announces an address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum NoOwner {
+    /// No L2Advertisement covers the address's pool (the controller reports this one).
+    NotAdvertised,
+    /// No live speaker at all.
+    NoLiveSpeaker,
+    /// The advertisements' node selectors select no live speaker's node.
+    NoSelectedNode,
+    /// Every selected node is excluded by label or has `NetworkUnavailable`.
+    AllExcluded,
+    /// `externalTrafficPolicy: Local` and no live, selected node has a ready endpoint.
+    NoReadyEndpoint,
+}
+
+impl NoOwner {
+    /// The condition and Event reason.
+    pub fn reason(self) -> &'static str {
+        match self {
+            NoOwner::NotAdvertised => "NotAdvertised",
+            NoOwner::NoLiveSpeaker => "NoLiveSpeaker",
+            NoOwner::NoSelectedNode => "NoSelectedNode",
+            NoOwner::AllExcluded => "AllNodesExcluded",
+            NoOwner::NoReadyEndpoint => "NoReadyEndpoint",
+        }
+    }
+
+    pub fn explain(self) -> &'static str {
+        match self {
+            NoOwner::NotAdvertised => "no L2Advertisement covers its pool",
+            NoOwner::NoLiveSpeaker => "no speaker is running",
+            NoOwner::NoSelectedNode => {
+                "the L2Advertisements' nodeSelectors select no node with a running speaker"
+            }
+            NoOwner::AllExcluded => {
+                "every selected node is labelled node.kubernetes.io/exclude-from-external-load-balancers or has NetworkUnavailable"
+            }
+            NoOwner::NoReadyEndpoint => {
+                "externalTrafficPolicy is Local and no eligible node has a ready endpoint"
+            }
+        }
+    }
+}
+
+/// The election's result for one address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub key: ElectionKey,
+    pub owner: Result<NodeName, NoOwner>,
+    /// The interfaces the owner announces on: the union of the `interfaces` of the advertisements
+    /// that cover the address and select the owner; `None` when one of them leaves it open.
+    pub interfaces: Option<Vec<String>>,
+    /// The Services holding the address.
+    pub services: Vec<ServiceRef>,
+}
+
+/// Elects an owner for every address of every Service in `facts`.
+pub fn decide(facts: &Facts, live: &BTreeSet<NodeName>) -> BTreeMap<IpAddr, Decision> {
+    let addresses: Vec<ServiceAddresses> = facts
+        .services
+        .iter()
+        .map(|s| ServiceAddresses::new(s.addresses.iter().copied()))
+        .collect();
+    let keys = election::election_keys(&addresses);
+    let mut holders: BTreeMap<IpAddr, Vec<&ServiceFacts>> = BTreeMap::new();
+    for service in &facts.services {
+        for address in &service.addresses {
+            holders.entry(*address).or_default().push(service);
+        }
+    }
+
+    let mut decisions = BTreeMap::new();
+    for (key, group) in election::group_by_key(&keys) {
+        let owner = group_owner(facts, live, &key, &group, &holders);
+        for address in group {
+            let services = holders[&address]
+                .iter()
+                .map(|s| s.service.clone())
+                .collect();
+            let interfaces = match &owner {
+                Ok(node) => interfaces_for(facts, address, node),
+                Err(_) => None,
+            };
+            decisions.insert(
+                address,
+                Decision {
+                    key,
+                    owner: owner.clone(),
+                    interfaces,
+                    services,
+                },
+            );
+        }
+    }
+    decisions
+}
+
+fn group_owner(
+    facts: &Facts,
+    live: &BTreeSet<NodeName>,
+    key: &ElectionKey,
+    group: &BTreeSet<IpAddr>,
+    holders: &BTreeMap<IpAddr, Vec<&ServiceFacts>>,
+) -> Result<NodeName, NoOwner> {
+    let mut candidates: BTreeSet<NodeName> = live.clone();
+    for address in group {
+        let ads = facts
+            .advertisements
+            .get(address)
+            .filter(|ads| !ads.is_empty())
+            .ok_or(NoOwner::NotAdvertised)?;
+        if candidates.is_empty() {
+            return Err(NoOwner::NoLiveSpeaker);
+        }
+        // A node may announce when any covering advertisement selects it.
+        candidates.retain(|node| {
+            ads.iter()
+                .any(|ad| ad.nodes.as_ref().is_none_or(|n| n.contains(node)))
+        });
+        if candidates.is_empty() {
+            return Err(NoOwner::NoSelectedNode);
+        }
+        candidates.retain(|node| facts.nodes.get(node).is_none_or(|n| !n.excluded));
+        if candidates.is_empty() {
+            return Err(NoOwner::AllExcluded);
+        }
+        // Local Services: a node must have an endpoint of some Local Service on the address, or
+        // kube-proxy drops the traffic it attracts.
+        let local: Vec<&&ServiceFacts> = holders[address].iter().filter(|s| s.local).collect();
+        if !local.is_empty() {
+            candidates.retain(|node| local.iter().any(|s| s.endpoint_nodes.contains(node)));
+            if candidates.is_empty() {
+                return Err(NoOwner::NoReadyEndpoint);
+            }
+        }
+    }
+    let uncordoned: BTreeSet<&NodeName> = candidates
+        .iter()
+        .filter(|node| facts.nodes.get(*node).is_none_or(|n| !n.cordoned))
+        .collect();
+    let pick = if uncordoned.is_empty() {
+        election::owner(key, &candidates)
+    } else {
+        election::owner(key, uncordoned)
+    };
+    Ok(pick.expect("candidates is not empty").clone())
+}
+
+fn interfaces_for(facts: &Facts, address: IpAddr, owner: &NodeName) -> Option<Vec<String>> {
+    let mut union = BTreeSet::new();
+    for ad in facts.advertisements.get(&address)? {
+        if ad.nodes.as_ref().is_some_and(|n| !n.contains(owner)) {
+            continue;
+        }
+        union.extend(ad.interfaces.as_ref()?.iter().cloned());
+    }
+    Some(union.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> BTreeSet<NodeName> {
+        list.iter().map(|n| NodeName::from(*n)).collect()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn service(name: &str, addresses: &[&str]) -> ServiceFacts {
+        ServiceFacts {
+            service: ServiceRef {
+                namespace: "default".into(),
+                name: name.into(),
+            },
+            addresses: addresses.iter().map(|a| ip(a)).collect(),
+            local: false,
+            endpoint_nodes: BTreeSet::new(),
+            conflict_reported: false,
+        }
+    }
+
+    fn everywhere() -> Vec<Advertisement> {
+        vec![Advertisement {
+            name: "all".into(),
+            nodes: None,
+            interfaces: None,
+        }]
+    }
+
+    fn facts(services: Vec<ServiceFacts>) -> Facts {
+        let advertisements = services
+            .iter()
+            .flat_map(|s| s.addresses.iter().map(|a| (*a, everywhere())))
+            .collect();
+        Facts {
+            nodes: ["a", "b", "c"]
+                .iter()
+                .map(|n| (NodeName::from(*n), NodeFacts::default()))
+                .collect(),
+            services,
+            advertisements,
+        }
+    }
+
+    fn owner(decisions: &BTreeMap<IpAddr, Decision>, address: &str) -> Result<String, NoOwner> {
+        decisions[&ip(address)]
+            .owner
+            .clone()
+            .map(|n| n.as_str().to_string())
+    }
+
+    #[test]
+    fn every_address_gets_the_rendezvous_owner_among_live_nodes() {
+        let f = facts(vec![service("web", &["192.0.2.10"])]);
+        let live = names(&["a", "b", "c"]);
+        let d = decide(&f, &live);
+        let expected = election::owner(&ElectionKey::new(ip("192.0.2.10")), &live).unwrap();
+        assert_eq!(owner(&d, "192.0.2.10").unwrap(), expected.as_str());
+        // Without that node the next-ranked one owns it, and nobody owns it with no one alive.
+        let rest: BTreeSet<NodeName> = live.iter().filter(|n| *n != expected).cloned().collect();
+        let next = election::owner(&ElectionKey::new(ip("192.0.2.10")), &rest).unwrap();
+        assert_eq!(
+            owner(&decide(&f, &rest), "192.0.2.10").unwrap(),
+            next.as_str()
+        );
+        assert_eq!(
+            owner(&decide(&f, &BTreeSet::new()), "192.0.2.10"),
+            Err(NoOwner::NoLiveSpeaker)
+        );
+    }
+
+    #[test]
+    fn dual_stack_and_shared_addresses_stay_on_one_node() {
+        let f = facts(vec![
+            service("v4v6", &["2001:db8::10", "192.0.2.10"]),
+            service("shares-v4", &["192.0.2.10"]),
+            service("other", &["192.0.2.11", "2001:db8::11"]),
+        ]);
+        for live in [names(&["a", "b", "c"]), names(&["a", "b"]), names(&["c"])] {
+            let d = decide(&f, &live);
+            assert_eq!(owner(&d, "192.0.2.10"), owner(&d, "2001:db8::10"));
+            assert_eq!(owner(&d, "192.0.2.11"), owner(&d, "2001:db8::11"));
+            assert_eq!(d[&ip("192.0.2.10")].services.len(), 2);
+        }
+    }
+
+    #[test]
+    fn each_stage_that_empties_the_candidates_is_named() {
+        let mut f = facts(vec![service("web", &["192.0.2.10"])]);
+        let live = names(&["a", "b"]);
+        f.advertisements.clear();
+        assert_eq!(
+            owner(&decide(&f, &live), "192.0.2.10"),
+            Err(NoOwner::NotAdvertised)
+        );
+        f.advertisements.insert(
+            ip("192.0.2.10"),
+            vec![Advertisement {
+                name: "rack-c".into(),
+                nodes: Some(names(&["c"])),
+                interfaces: None,
+            }],
+        );
+        assert_eq!(
+            owner(&decide(&f, &live), "192.0.2.10"),
+            Err(NoOwner::NoSelectedNode)
+        );
+        f.advertisements.insert(ip("192.0.2.10"), everywhere());
+        for node in ["a", "b"] {
+            f.nodes.get_mut(&NodeName::from(node)).unwrap().excluded = true;
+        }
+        assert_eq!(
+            owner(&decide(&f, &live), "192.0.2.10"),
+            Err(NoOwner::AllExcluded)
+        );
+        f.nodes.get_mut(&NodeName::from("b")).unwrap().excluded = false;
+        assert_eq!(owner(&decide(&f, &live), "192.0.2.10").unwrap(), "b");
+        f.services[0].local = true;
+        assert_eq!(
+            owner(&decide(&f, &live), "192.0.2.10"),
+            Err(NoOwner::NoReadyEndpoint)
+        );
+    }
+
+    #[test]
+    fn local_services_follow_their_endpoints() {
+        let mut f = facts(vec![service("web", &["192.0.2.10"])]);
+        f.services[0].local = true;
+        let live = names(&["a", "b", "c"]);
+        for holder in ["a", "b", "c"] {
+            f.services[0].endpoint_nodes = names(&[holder]);
+            assert_eq!(owner(&decide(&f, &live), "192.0.2.10").unwrap(), holder);
+        }
+    }
+
+    #[test]
+    fn cordoned_nodes_announce_only_when_nobody_else_can() {
+        let mut f = facts(vec![service("web", &["192.0.2.10"])]);
+        let live = names(&["a", "b", "c"]);
+        let first = owner(&decide(&f, &live), "192.0.2.10").unwrap();
+        f.nodes
+            .get_mut(&NodeName::from(first.as_str()))
+            .unwrap()
+            .cordoned = true;
+        let second = owner(&decide(&f, &live), "192.0.2.10").unwrap();
+        assert_ne!(first, second);
+        for node in f.nodes.values_mut() {
+            node.cordoned = true;
+        }
+        assert_eq!(owner(&decide(&f, &live), "192.0.2.10").unwrap(), first);
+    }
+
+    #[test]
+    fn interfaces_are_those_of_the_advertisements_selecting_the_owner() {
+        let mut f = facts(vec![service("web", &["192.0.2.10"])]);
+        let ad = |name: &str, nodes: &[&str], ifs: Option<&[&str]>| Advertisement {
+            name: name.into(),
+            nodes: Some(names(nodes)),
+            interfaces: ifs.map(|i| i.iter().map(|s| s.to_string()).collect()),
+        };
+        f.advertisements.insert(
+            ip("192.0.2.10"),
+            vec![
+                ad("lan", &["a"], Some(&["eth0"])),
+                ad("storage", &["a", "b"], Some(&["eth1"])),
+                ad("open", &["b"], None),
+            ],
+        );
+        let d = decide(&f, &names(&["a"]));
+        assert_eq!(
+            d[&ip("192.0.2.10")].interfaces,
+            Some(vec!["eth0".to_string(), "eth1".to_string()])
+        );
+        let d = decide(&f, &names(&["b"]));
+        assert_eq!(d[&ip("192.0.2.10")].interfaces, None);
+    }
+}

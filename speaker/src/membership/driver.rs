@@ -1,0 +1,513 @@
+//! The membership task: it alone owns the foca instance, the UDP socket and the timer queue,
+//! and reacts to three things — datagrams, due timers, and commands from the handle — then
+//! publishes the resulting [`View`].
+
+use std::net::{SocketAddr, SocketAddrV6};
+use std::time::Duration;
+
+use foca::{AccumulatingRuntime, Foca, NoCustomBroadcast, OwnedNotification, PostcardCodec};
+use rand::rngs::StdRng;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{Instant, sleep_until};
+use tracing::{debug, info, warn};
+
+use super::envelope::{Envelope, MAX_DATAGRAM, Rejected};
+use super::identity::MemberId;
+use super::key::GossipKey;
+use super::metrics::{Change, Direction, Metrics};
+use super::timers::TimerQueue;
+use super::timing::Timing;
+use super::view::{Joining, View, members_by_node};
+
+type Swim = Foca<MemberId, PostcardCodec, StdRng, NoCustomBroadcast>;
+
+/// What the handle asks of the task.
+pub(crate) enum Command {
+    SetSeeds(Vec<SocketAddr>),
+    Leave(oneshot::Sender<()>),
+    Rejoin(oneshot::Sender<()>),
+}
+
+/// Room for more than any datagram we send: anything larger than `MAX_DATAGRAM` is dropped
+/// unread, whether or not the kernel had to cut it.
+const RECV_BUFFER: usize = 2048;
+
+/// While we know no live peer (starting, rejoining, isolated) seeds are tried this many
+/// times as often.
+const EAGER_ANNOUNCE_FACTOR: u32 = 4;
+
+/// Datagrams handled in a row before due timers get their turn.
+const DATAGRAM_BUDGET: u32 = 64;
+
+/// Quiet period between two debug lines about the same kind of trouble.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+pub(crate) struct Driver {
+    socket: UdpSocket,
+    local: SocketAddr,
+    envelope: Envelope,
+    timing: Timing,
+    foca_config: foca::Config,
+    foca: Swim,
+    runtime: AccumulatingRuntime<MemberId>,
+    timers: TimerQueue,
+    /// `None` until the first `set_seeds`.
+    seeds: Option<Vec<SocketAddr>>,
+    joining: Joining,
+    /// Between `leave()` and `rejoin()`: no timers, no announces, incoming gossip ignored.
+    left: bool,
+    /// foca has at least one live peer and runs its probe cycle.
+    connected: bool,
+    commands: mpsc::UnboundedReceiver<Command>,
+    view: watch::Sender<View>,
+    metrics: Metrics,
+    auth_log: LogLimit,
+    net_log: LogLimit,
+    swim_log: LogLimit,
+}
+
+impl Driver {
+    pub(crate) fn new(
+        me: MemberId,
+        socket: UdpSocket,
+        key: &GossipKey,
+        timing: Timing,
+        commands: mpsc::UnboundedReceiver<Command>,
+        view: watch::Sender<View>,
+        metrics: Metrics,
+    ) -> anyhow::Result<Driver> {
+        let foca_config = timing.foca_config()?;
+        let local = socket.local_addr()?;
+        let foca = new_swim(me, &foca_config);
+        let driver = Driver {
+            socket,
+            local,
+            envelope: Envelope::new(key),
+            timing,
+            foca_config,
+            foca,
+            runtime: AccumulatingRuntime::new(),
+            timers: TimerQueue::default(),
+            seeds: None,
+            joining: Joining::default(),
+            left: false,
+            connected: false,
+            commands,
+            view,
+            metrics,
+            auth_log: LogLimit::default(),
+            net_log: LogLimit::default(),
+            swim_log: LogLimit::default(),
+        };
+        driver.publish_view();
+        Ok(driver)
+    }
+
+    /// Runs until every handle is dropped; then stops at once, without leaving (as a crash
+    /// would).
+    pub(crate) async fn run(mut self) {
+        let mut buf = vec![0u8; RECV_BUFFER];
+        let mut next_announce = Instant::now() + self.announce_period();
+        let mut datagram_streak = 0;
+        loop {
+            let now = Instant::now();
+            // Datagrams go before due timers (below), so that after a stall the acks and
+            // refutations that did arrive in time are read before foca judges a probe or a
+            // suspicion; but a flood gets only so many in a row before due timers run.
+            let timer_due = self.timers.next_deadline();
+            let join_due = if self.left {
+                None
+            } else {
+                self.joining.deadline(now)
+            };
+            let announce_due = (!self.left && self.seeds.is_some()).then_some(next_announce);
+            if datagram_streak >= DATAGRAM_BUDGET {
+                datagram_streak = 0;
+                let due = |deadline: Option<Instant>| deadline.is_some_and(|t| t <= now);
+                if due(timer_due) {
+                    self.fire_timers().await;
+                }
+                if due(join_due) {
+                    self.publish_view();
+                }
+                if due(announce_due) {
+                    self.announce_to_seeds().await;
+                    next_announce = Instant::now() + self.announce_period();
+                }
+                continue;
+            }
+            tokio::select! {
+                biased;
+                // A leave must not wait behind anything.
+                command = self.commands.recv() => match command {
+                    Some(command) => {
+                        if self.handle_command(command).await {
+                            next_announce = Instant::now() + self.announce_period();
+                        }
+                    }
+                    None => break,
+                },
+                received = self.socket.recv_from(&mut buf) => {
+                    datagram_streak += 1;
+                    match received {
+                        Ok((len, from)) => self.handle_datagram(&buf[..len], from).await,
+                        Err(error) => {
+                            if let Some(suppressed) = self.net_log.allow() {
+                                debug!(%error, suppressed, "gossip receive failed");
+                            }
+                        }
+                    }
+                    continue;
+                }
+                () = sleep_until_some(timer_due) => self.fire_timers().await,
+                () = sleep_until_some(join_due) => self.publish_view(),
+                () = sleep_until_some(announce_due) => {
+                    self.announce_to_seeds().await;
+                    next_announce = Instant::now() + self.announce_period();
+                }
+            }
+            datagram_streak = 0;
+        }
+        debug!("membership handle dropped; gossip stopped");
+    }
+
+    /// Returns whether announces went out (so the periodic ones can wait a full period).
+    async fn handle_command(&mut self, command: Command) -> bool {
+        match command {
+            Command::SetSeeds(mut seeds) => {
+                seeds.sort_unstable();
+                seeds.dedup();
+                let me = self.foca.identity().addr;
+                let no_other_seeds = seeds.iter().all(|seed| *seed == me);
+                debug!(?seeds, "gossip seeds");
+                self.seeds = Some(seeds);
+                if self.left {
+                    return false;
+                }
+                self.joining
+                    .seeds_set(Instant::now(), no_other_seeds, self.timing.alone_after);
+                self.publish_view();
+                self.announce_to_seeds().await;
+                true
+            }
+            Command::Leave(done) => {
+                self.leave().await;
+                let _ = done.send(());
+                false
+            }
+            Command::Rejoin(done) => {
+                let announced = self.rejoin().await;
+                let _ = done.send(());
+                announced
+            }
+        }
+    }
+
+    async fn leave(&mut self) {
+        if self.left {
+            return;
+        }
+        info!(
+            generation = self.foca.identity().generation,
+            "leaving the gossip cluster"
+        );
+        self.left = true;
+        let result = self.foca.leave_cluster(&mut self.runtime);
+        self.after_swim(result).await;
+        // leave_cluster tells three random members; tell a few more so one lost datagram
+        // does not leave the others to detect our absence by probing.
+        for _ in 0..2 {
+            let result = self.foca.gossip(&mut self.runtime);
+            self.after_swim(result).await;
+        }
+        self.timers.clear();
+        self.connected = false;
+        self.publish_view();
+    }
+
+    /// Returns whether announces went out.
+    async fn rejoin(&mut self) -> bool {
+        if !self.left {
+            debug!("rejoin without leave: nothing to do");
+            return false;
+        }
+        let me = self.foca.identity().renew();
+        info!(generation = me.generation, "rejoining the gossip cluster");
+        self.foca = new_swim(me, &self.foca_config);
+        self.runtime = AccumulatingRuntime::new();
+        self.timers.clear();
+        self.left = false;
+        self.connected = false;
+        self.joining = Joining::default();
+        if let Some(seeds) = &self.seeds {
+            let me = self.foca.identity().addr;
+            let no_other_seeds = seeds.iter().all(|seed| *seed == me);
+            self.joining
+                .seeds_set(Instant::now(), no_other_seeds, self.timing.alone_after);
+        }
+        self.publish_view();
+        self.announce_to_seeds().await;
+        self.seeds.is_some()
+    }
+
+    async fn fire_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(event) = self.timers.pop_due(now) {
+            let result = self.foca.handle_timer(event, &mut self.runtime);
+            self.after_swim(result).await;
+        }
+    }
+
+    async fn handle_datagram(&mut self, datagram: &[u8], from: SocketAddr) {
+        self.metrics.packet(Direction::In);
+        let payload = match self.envelope.open(datagram) {
+            Ok(payload) => payload,
+            Err(reason) => {
+                self.metrics.auth_failures.inc();
+                if let Some(suppressed) = self.auth_log.allow() {
+                    let reason = match reason {
+                        Rejected::TooShort => "too short",
+                        Rejected::TooLong => "too long",
+                        Rejected::NotAuthentic => "not sealed with our gossip key",
+                    };
+                    debug!(%from, len = datagram.len(), reason, suppressed, "dropped gossip datagram");
+                }
+                return;
+            }
+        };
+        if self.left {
+            return;
+        }
+        let result = self.foca.handle_data(&payload, &mut self.runtime);
+        self.after_swim(result).await;
+    }
+
+    /// Announces us to every seed that is not a live member (all of them while we know no
+    /// live peer: foca may still list members from before it was declared down).
+    async fn announce_to_seeds(&mut self) {
+        if self.left {
+            return;
+        }
+        let Some(seeds) = &self.seeds else { return };
+        let me = self.foca.identity().addr;
+        let members: Vec<SocketAddr> = self.foca.iter_members().map(|m| m.id().addr).collect();
+        let targets: Vec<SocketAddr> = seeds
+            .iter()
+            .copied()
+            .filter(|seed| *seed != me && !(self.connected && members.contains(seed)))
+            .collect();
+        for seed in targets {
+            let result = self
+                .foca
+                .announce(MemberId::placeholder(seed), &mut self.runtime);
+            self.after_swim(result).await;
+        }
+    }
+
+    fn announce_period(&self) -> Duration {
+        if self.connected {
+            self.timing.announce_interval
+        } else {
+            self.timing.announce_interval / EAGER_ANNOUNCE_FACTOR
+        }
+    }
+
+    /// Carries out what foca asked for during one interaction: datagrams, timers,
+    /// notifications.
+    async fn after_swim(&mut self, result: Result<(), foca::Error>) {
+        if let Err(error) = result
+            && let Some(suppressed) = self.swim_log.allow()
+        {
+            // Routine for a gossip protocol (stale or misdirected messages, a probe cycle
+            // cut short by a busy machine); foca recovers by itself.
+            debug!(%error, suppressed, "gossip message not handled");
+        }
+        while let Some((to, payload)) = self.runtime.to_send() {
+            self.send(to.addr, &payload).await;
+        }
+        let now = Instant::now();
+        while let Some((after, event)) = self.runtime.to_schedule() {
+            if !self.left {
+                self.timers.schedule(now, after, event);
+            }
+        }
+        let mut changed = false;
+        while let Some(notification) = self.runtime.to_notify() {
+            changed |= self.notified(notification);
+        }
+        if changed {
+            self.publish_view();
+        }
+    }
+
+    async fn send(&mut self, to: SocketAddr, payload: &[u8]) {
+        let Some(datagram) = self.envelope.seal(payload) else {
+            return;
+        };
+        debug_assert!(datagram.len() <= MAX_DATAGRAM);
+        let Some(dest) = reachable_from(self.local, to) else {
+            if let Some(suppressed) = self.net_log.allow() {
+                debug!(%to, local = %self.local, suppressed, "gossip peer of another address family");
+            }
+            return;
+        };
+        match self.socket.send_to(&datagram, dest).await {
+            Ok(_) => self.metrics.packet(Direction::Out),
+            Err(error) => {
+                if let Some(suppressed) = self.net_log.allow() {
+                    debug!(%to, %error, suppressed, "gossip send failed");
+                }
+            }
+        }
+    }
+
+    /// Logs and counts one notification; returns whether the view may have changed.
+    fn notified(&mut self, notification: OwnedNotification<MemberId>) -> bool {
+        match notification {
+            OwnedNotification::MemberUp(id) => {
+                info!(peer = %id.node, addr = %id.addr, generation = id.generation, "gossip member up");
+                self.metrics.changed(Change::Up);
+                self.joining.peer_seen();
+                true
+            }
+            OwnedNotification::MemberDown(id) => {
+                info!(peer = %id.node, addr = %id.addr, generation = id.generation, "gossip member down");
+                self.metrics.changed(Change::Down);
+                true
+            }
+            OwnedNotification::Rename(old, new) => {
+                info!(
+                    peer = %new.node,
+                    addr = %new.addr,
+                    old_generation = old.generation,
+                    generation = new.generation,
+                    "gossip member restarted"
+                );
+                true
+            }
+            OwnedNotification::Active => {
+                debug!("gossip active: a peer knows us");
+                self.connected = true;
+                false
+            }
+            OwnedNotification::Idle => {
+                info!("no other gossip member is alive");
+                self.connected = false;
+                false
+            }
+            OwnedNotification::Defunct => {
+                self.connected = false;
+                if !self.left {
+                    warn!("the gossip cluster declared this speaker down");
+                }
+                false
+            }
+            OwnedNotification::Rejoin(id) => {
+                warn!(
+                    generation = id.generation,
+                    "the gossip cluster declared this speaker down; rejoined as a new generation"
+                );
+                // foca keeps its old roster but waits for a peer to talk to us again; seeds
+                // are announced to eagerly until then.
+                self.connected = false;
+                true
+            }
+        }
+    }
+
+    fn publish_view(&self) {
+        let view = if self.left {
+            View::default()
+        } else {
+            View {
+                members: members_by_node(
+                    self.foca.identity(),
+                    self.foca.iter_members().map(|m| m.id()),
+                ),
+                joined: self.joining.joined(Instant::now()),
+            }
+        };
+        self.metrics
+            .members
+            .set(i64::try_from(view.members.len()).unwrap_or(i64::MAX));
+        self.view.send_if_modified(|current| {
+            if *current == view {
+                false
+            } else {
+                *current = view;
+                true
+            }
+        });
+    }
+}
+
+fn new_swim(me: MemberId, config: &foca::Config) -> Swim {
+    Foca::new(me, config.clone(), rand::make_rng(), PostcardCodec)
+}
+
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// `to` as the socket bound to `local` can send to it: IPv4 peers through an IPv6 socket as
+/// v4-mapped addresses; `None` for an IPv6 peer of an IPv4 socket.
+fn reachable_from(local: SocketAddr, to: SocketAddr) -> Option<SocketAddr> {
+    match (local, to) {
+        (SocketAddr::V6(_), SocketAddr::V4(v4)) => Some(SocketAddr::V6(SocketAddrV6::new(
+            v4.ip().to_ipv6_mapped(),
+            v4.port(),
+            0,
+            0,
+        ))),
+        (SocketAddr::V4(_), SocketAddr::V6(v6)) => v6
+            .ip()
+            .to_ipv4_mapped()
+            .map(|ip| SocketAddr::from((ip, v6.port()))),
+        _ => Some(to),
+    }
+}
+
+/// At most one log line per [`LOG_EVERY`] for one kind of trouble, with a count of the
+/// ones left out.
+#[derive(Default)]
+struct LogLimit {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl LogLimit {
+    /// `Some(suppressed since the last line)` when a line may be logged now.
+    fn allow(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        if self.last.is_some_and(|last| now < last + LOG_EVERY) {
+            self.suppressed += 1;
+            None
+        } else {
+            self.last = Some(now);
+            Some(std::mem::take(&mut self.suppressed))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_families() {
+        let v4: SocketAddr = "10.0.0.1:9652".parse().unwrap();
+        let v6: SocketAddr = "[fd00::1]:9652".parse().unwrap();
+        let mapped: SocketAddr = "[::ffff:10.0.0.1]:9652".parse().unwrap();
+        let any4: SocketAddr = "0.0.0.0:9652".parse().unwrap();
+        let any6: SocketAddr = "[::]:9652".parse().unwrap();
+        assert_eq!(reachable_from(any4, v4), Some(v4));
+        assert_eq!(reachable_from(any6, v6), Some(v6));
+        assert_eq!(reachable_from(any6, v4), Some(mapped));
+        assert_eq!(reachable_from(any4, mapped), Some(v4));
+        assert_eq!(reachable_from(any4, v6), None);
+    }
+}

@@ -1,0 +1,161 @@
+//! The membership's Prometheus metrics, `ferrolb_speaker_*`.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Change {
+    Up,
+    Down,
+}
+
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Direction {
+    In,
+    Out,
+}
+
+impl EncodeLabelValue for Change {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(
+            encoder,
+            match self {
+                Change::Up => "up",
+                Change::Down => "down",
+            },
+        )
+    }
+}
+
+impl EncodeLabelValue for Direction {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(
+            encoder,
+            match self {
+                Direction::In => "in",
+                Direction::Out => "out",
+            },
+        )
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChangeLabels {
+    pub change: Change,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    pub direction: Direction,
+}
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// Live members by node name, ourselves included (0 after `leave()`).
+    pub members: Gauge,
+    /// Other members' identities coming up and being declared down (or leaving).
+    pub member_changes: Family<ChangeLabels, Counter>,
+    /// Datagrams dropped because they were not sealed with our key (or not gossip at all).
+    pub auth_failures: Counter,
+    /// Datagrams received (all of them, before authentication) and sent.
+    pub packets: Family<DirectionLabels, Counter>,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Metrics {
+        let m = Metrics::unregistered();
+        let r = registry.sub_registry_with_prefix("ferrolb");
+        r.register(
+            "speaker_members",
+            "Live gossip members (speakers) by node, this one included",
+            m.members.clone(),
+        );
+        r.register(
+            "speaker_member_changes",
+            "Gossip members that came up or went down",
+            m.member_changes.clone(),
+        );
+        r.register(
+            "speaker_gossip_auth_failures",
+            "Gossip datagrams dropped as not authentic under our key",
+            m.auth_failures.clone(),
+        );
+        r.register(
+            "speaker_gossip_packets",
+            "Gossip datagrams received and sent",
+            m.packets.clone(),
+        );
+        m
+    }
+
+    /// Metrics that no registry exports (tests, or a caller without /metrics).
+    pub fn unregistered() -> Metrics {
+        Metrics {
+            members: Gauge::default(),
+            member_changes: Family::default(),
+            auth_failures: Counter::default(),
+            packets: Family::default(),
+        }
+    }
+
+    pub(crate) fn changed(&self, change: Change) {
+        self.member_changes
+            .get_or_create(&ChangeLabels { change })
+            .inc();
+    }
+
+    pub(crate) fn packet(&self, direction: Direction) {
+        self.packets
+            .get_or_create(&DirectionLabels { direction })
+            .inc();
+    }
+
+    /// Datagrams counted in `direction` so far.
+    pub fn packets(&self, direction: Direction) -> u64 {
+        self.packets
+            .get_or_create(&DirectionLabels { direction })
+            .get()
+    }
+
+    /// Member changes of kind `change` counted so far.
+    pub fn changes(&self, change: Change) -> u64 {
+        self.member_changes
+            .get_or_create(&ChangeLabels { change })
+            .get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_labels() {
+        let mut registry = Registry::default();
+        let m = Metrics::register(&mut registry);
+        m.members.set(3);
+        m.changed(Change::Up);
+        m.changed(Change::Down);
+        m.auth_failures.inc();
+        m.packet(Direction::In);
+        m.packet(Direction::Out);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "ferrolb_speaker_members 3",
+            "ferrolb_speaker_member_changes_total{change=\"up\"} 1",
+            "ferrolb_speaker_member_changes_total{change=\"down\"} 1",
+            "ferrolb_speaker_gossip_auth_failures_total 1",
+            "ferrolb_speaker_gossip_packets_total{direction=\"in\"} 1",
+            "ferrolb_speaker_gossip_packets_total{direction=\"out\"} 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from\n{text}"
+            );
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! How fast the speakers probe each other, suspect, and give up on a member, and how that
+//! maps onto foca's [`foca::Config`].
+
+use std::num::{NonZeroU8, NonZeroUsize};
+use std::time::Duration;
+
+use anyhow::ensure;
+use foca::PeriodicParams;
+
+use super::envelope::{MAX_DATAGRAM, OVERHEAD};
+
+/// The SWIM timing. The defaults are tuned for a LAN (sub-millisecond round trips) so that
+/// a member that dies without a word is declared down in roughly 250-400 ms:
+///
+/// - a live member probes one other member every `probe_period` (100 ms). The dead one is
+///   probed within about one period by some peer (each of n-1 peers picks it with
+///   probability 1/(n-1) per round, round-robin), and the probe is judged failed at the end
+///   of that period: ~100-200 ms in;
+/// - it is then suspect for `suspect_to_down_after` (150 ms) before the prober declares it
+///   down, and the verdict reaches everyone within a `gossip_interval` (50 ms).
+///
+/// What keeps a busy machine from being declared down falsely: a probe fails only when
+/// neither the direct ping (`probe_rtt`, 40 ms, for what is a ~0.2 ms round trip) nor any of
+/// the `num_indirect_probes` (3) relayed pings are answered within the whole period, i.e.
+/// the member was unresponsive for 100 ms; and it then still has 150 ms to hear the
+/// suspicion (gossiped to it every 50 ms) and refute it. Missing both means a stall of a
+/// quarter of a second: past that, failing over is the right call. If it happens anyway,
+/// the member learns it was declared down and rejoins at once as a newer generation, so a
+/// false positive costs one flap, not an outage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Timing {
+    /// How often each member probes one other member. Must exceed `probe_rtt`.
+    pub probe_period: Duration,
+    /// How long a direct probe may take before peers are asked to relay it.
+    pub probe_rtt: Duration,
+    /// How many peers relay a probe that got no direct answer.
+    pub num_indirect_probes: NonZeroUsize,
+    /// How long a member that failed a probe stays suspect (and can refute it) before it is
+    /// declared down.
+    pub suspect_to_down_after: Duration,
+    /// How long an identity declared down is remembered, so stale gossip cannot revive it.
+    /// Restarted and rejoined speakers are newer identities and are admitted regardless, so
+    /// this only bounds memory of long-gone members: 1 h.
+    pub remove_down_after: Duration,
+    /// How many times each membership update is piggybacked; 8 covers clusters up to a
+    /// hundred-odd nodes (memberlist's 4 * log10(n + 1)).
+    pub max_transmissions: NonZeroU8,
+    /// How often pending membership updates are pushed to 3 random members, besides riding
+    /// on probes: the time a down verdict takes to spread.
+    pub gossip_interval: Duration,
+    /// How often we announce ourselves to seeds that are not members (late starters,
+    /// healed partitions); four times as often while we know no live peer.
+    pub announce_interval: Duration,
+    /// How long after the first `set_seeds` an unanswered speaker concludes it is alone
+    /// (`View::joined` becomes true).
+    pub alone_after: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Timing {
+        Timing {
+            probe_period: Duration::from_millis(100),
+            probe_rtt: Duration::from_millis(40),
+            num_indirect_probes: NonZeroUsize::new(3).expect("non-zero"),
+            suspect_to_down_after: Duration::from_millis(150),
+            remove_down_after: Duration::from_secs(3600),
+            max_transmissions: NonZeroU8::new(8).expect("non-zero"),
+            gossip_interval: Duration::from_millis(50),
+            announce_interval: Duration::from_secs(2),
+            alone_after: Duration::from_secs(3),
+        }
+    }
+}
+
+impl Timing {
+    /// The foca configuration for this timing, or what is inconsistent about it.
+    pub(crate) fn foca_config(&self) -> anyhow::Result<foca::Config> {
+        ensure!(
+            !self.probe_rtt.is_zero() && self.probe_rtt < self.probe_period,
+            "gossip timing: probe_rtt ({:?}) must be non-zero and below probe_period ({:?})",
+            self.probe_rtt,
+            self.probe_period
+        );
+        for (name, value) in [
+            ("suspect_to_down_after", self.suspect_to_down_after),
+            ("remove_down_after", self.remove_down_after),
+            ("gossip_interval", self.gossip_interval),
+            ("announce_interval", self.announce_interval),
+        ] {
+            ensure!(!value.is_zero(), "gossip timing: {name} must not be zero");
+        }
+        let one = NonZeroUsize::MIN;
+        Ok(foca::Config {
+            probe_period: self.probe_period,
+            probe_rtt: self.probe_rtt,
+            num_indirect_probes: self.num_indirect_probes,
+            max_transmissions: self.max_transmissions,
+            suspect_to_down_after: self.suspect_to_down_after,
+            remove_down_after: Some(self.remove_down_after),
+            max_packet_size: NonZeroUsize::new(MAX_DATAGRAM - OVERHEAD).expect("1400 > 28"),
+            // A member declared down hears so and rejoins as a new generation at once.
+            notify_down_members: true,
+            // Ask a random member for its roster now and then, so rosters converge even
+            // if one join's feed was lost.
+            periodic_announce: Some(PeriodicParams {
+                frequency: Duration::from_secs(10),
+                num_members: one,
+            }),
+            // Knock on members we consider down: heals partitions even without seeds.
+            periodic_announce_to_down_members: Some(PeriodicParams {
+                frequency: Duration::from_secs(30),
+                num_members: one,
+            }),
+            periodic_gossip: Some(PeriodicParams {
+                frequency: self.gossip_interval,
+                num_members: NonZeroUsize::new(3).expect("non-zero"),
+            }),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_a_valid_foca_config() {
+        let config = Timing::default().foca_config().unwrap();
+        assert_eq!(config.max_packet_size.get(), MAX_DATAGRAM - OVERHEAD);
+    }
+
+    #[test]
+    fn inconsistent_timing_is_refused() {
+        let slow_rtt = Timing {
+            probe_rtt: Duration::from_millis(100),
+            ..Timing::default()
+        };
+        assert!(
+            slow_rtt
+                .foca_config()
+                .unwrap_err()
+                .to_string()
+                .contains("probe_rtt")
+        );
+        let no_suspicion = Timing {
+            suspect_to_down_after: Duration::ZERO,
+            ..Timing::default()
+        };
+        let error = no_suspicion.foca_config().unwrap_err().to_string();
+        assert!(error.contains("suspect_to_down_after"), "{error}");
+    }
+}

@@ -1,0 +1,403 @@
+//! The speaker's loop: facts from the watches and live members from the gossip go into the
+//! election; what this node owns goes to the announcer; what users should know goes to the
+//! reports. One task owns all the state, so an election never races another.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use speaker_core::election::NodeName;
+use speaker_core::mac::MacAddr;
+use tokio::sync::Notify;
+
+use crate::announce::{self, Announcer, Desired, Link};
+use crate::decide::{self, Decision, NoOwner, ServiceRef};
+use crate::membership::{Membership, View};
+use crate::report::{Notice, Reports, Wanted};
+use crate::view::Stores;
+
+/// How often links are rescanned: a changed interface set is picked up within this, and a
+/// gossip interface that went down makes the speaker leave.
+const LINK_SCAN: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChangeLabels {
+    /// `acquired` or `released`.
+    pub change: String,
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    /// Addresses this node took over or gave up.
+    pub ownership_changes: Family<ChangeLabels, Counter>,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Metrics {
+        let m = Metrics {
+            ownership_changes: Family::default(),
+        };
+        registry.sub_registry_with_prefix("ferrolb").register(
+            "speaker_ownership_changes",
+            "Addresses this node became the owner of, or stopped owning",
+            m.ownership_changes.clone(),
+        );
+        m
+    }
+
+    fn count(&self, change: &str, n: usize) {
+        self.ownership_changes
+            .get_or_create(&ChangeLabels {
+                change: change.into(),
+            })
+            .inc_by(n as u64);
+    }
+}
+
+pub struct Speaker {
+    pub me: NodeName,
+    pub stores: Stores,
+    pub changed: Arc<Notify>,
+    pub membership: Membership,
+    pub members: tokio::sync::watch::Receiver<View>,
+    pub announcer: Announcer,
+    pub announcer_events: tokio::sync::mpsc::UnboundedReceiver<announce::Event>,
+    pub reports: Reports,
+    pub metrics: Metrics,
+    /// The `--interfaces` flag: interfaces the speaker may ever use (empty: any).
+    pub allowed_interfaces: Vec<String>,
+    /// The address other speakers reach this one at; the interface holding it is the one whose
+    /// loss makes this speaker leave.
+    pub gossip_addr: SocketAddr,
+    pub gossip_port: u16,
+}
+
+/// What the loop remembers between elections.
+#[derive(Default)]
+struct Memory {
+    links: Vec<Link>,
+    /// Left the membership because the gossip interface went down.
+    left_for_link: bool,
+    /// Addresses some speaker owned since this one joined: taking one of them over is a
+    /// failover or a handover, not a first announcement, so it skips the probe.
+    known: BTreeSet<IpAddr>,
+    /// The owner of every address at the last election.
+    owners: BTreeMap<IpAddr, Result<NodeName, NoOwner>>,
+    /// Addresses a foreign host answers for, with who.
+    conflicts: BTreeMap<IpAddr, (String, MacAddr)>,
+    /// Interfaces each owned address is announced on, from the announcer.
+    announced: BTreeMap<IpAddr, Vec<String>>,
+}
+
+impl Speaker {
+    /// Runs until `shutdown` resolves, then hands over: leaves the membership first, and keeps
+    /// answering until successors have announced (or a bound passes).
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        let mut memory = Memory {
+            links: announce::scan_links().unwrap_or_default(),
+            ..Memory::default()
+        };
+        self.membership
+            .set_seeds(self.stores.gossip_seeds(self.gossip_port));
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut link_scan = tokio::time::interval(LINK_SCAN);
+        link_scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                // The failover path: a member died or left.
+                Ok(()) = self.members.changed() => {}
+                Some(event) = self.announcer_events.recv() => self.on_announcer_event(&mut memory, event),
+                // New nodes become gossip seeds as they appear.
+                () = self.changed.notified() => {
+                    self.membership.set_seeds(self.stores.gossip_seeds(self.gossip_port));
+                }
+                _ = link_scan.tick() => self.scan_links(&mut memory).await,
+            }
+            self.elect(&mut memory);
+        }
+        tracing::info!("shutting down: leaving the membership and handing over");
+        self.membership.leave().await;
+        self.elect(&mut memory);
+        self.announcer.release_all(Duration::from_secs(5)).await;
+        tracing::info!("handed over");
+    }
+
+    async fn scan_links(&self, memory: &mut Memory) {
+        let Ok(links) = announce::scan_links() else {
+            return;
+        };
+        let gossip_up = links
+            .iter()
+            .find(|l| l.addrs.iter().any(|a| a.ip() == self.gossip_addr.ip()))
+            .is_some_and(|l| l.up);
+        if !gossip_up && !memory.left_for_link {
+            tracing::warn!(
+                "the interface of {} is down: leaving the membership",
+                self.gossip_addr.ip()
+            );
+            self.membership.leave().await;
+            memory.left_for_link = true;
+        } else if gossip_up && memory.left_for_link {
+            tracing::info!(
+                "the interface of {} is up: rejoining",
+                self.gossip_addr.ip()
+            );
+            self.membership.rejoin().await;
+            memory.left_for_link = false;
+        }
+        memory.links = links;
+    }
+
+    fn on_announcer_event(&self, memory: &mut Memory, event: announce::Event) {
+        let services = |ip: &IpAddr| -> Vec<ServiceRef> {
+            self.stores
+                .facts()
+                .services
+                .into_iter()
+                .filter(|s| s.addresses.contains(ip))
+                .map(|s| s.service)
+                .collect()
+        };
+        match event {
+            announce::Event::Announced { ip, interfaces } => {
+                memory.conflicts.remove(&ip);
+                let before = memory
+                    .owners
+                    .get(&ip)
+                    .and_then(|o| o.as_ref().ok())
+                    .filter(|o| **o != self.me);
+                let note = format!(
+                    "{ip} is announced from node {} on {}{}",
+                    self.me.as_str(),
+                    interfaces.join(", "),
+                    before.map_or(String::new(), |b| format!(
+                        ", taking over from {}",
+                        b.as_str()
+                    ))
+                );
+                for service in services(&ip) {
+                    self.reports.notice(Notice {
+                        service,
+                        warning: false,
+                        reason: "Announcing",
+                        note: note.clone(),
+                    });
+                }
+                memory.announced.insert(ip, interfaces);
+            }
+            announce::Event::Conflict { ip, interface, mac } => {
+                let note = format!(
+                    "{ip} is already answered on {interface} by {mac}, a host that is not a ferrolb speaker; node {} does not announce it and checks again later",
+                    self.me.as_str()
+                );
+                let new = memory.conflicts.insert(ip, (interface, mac)).is_none();
+                if new {
+                    for service in services(&ip) {
+                        self.reports.notice(Notice {
+                            service,
+                            warning: true,
+                            reason: crate::view::CONFLICT_REASON,
+                            note: note.clone(),
+                        });
+                    }
+                }
+            }
+            announce::Event::Released { ip, successor } => {
+                memory.announced.remove(&ip);
+                tracing::info!(%ip, ?successor, "released");
+            }
+        }
+    }
+
+    /// One election over the current facts and members.
+    fn elect(&self, memory: &mut Memory) {
+        let view = self.members.borrow().clone();
+        if !view.joined {
+            // Until the membership is known this speaker could think itself alone and answer
+            // for every address; it announces nothing instead.
+            self.announcer.set_desired(BTreeMap::new());
+            return;
+        }
+        let live: BTreeSet<NodeName> = view.members.keys().map(NodeName::new).collect();
+        let facts = self.stores.facts();
+        let decisions = decide::decide(&facts, &live);
+
+        let mut desired = BTreeMap::new();
+        for (ip, decision) in &decisions {
+            if decision.owner.as_ref().ok() != Some(&self.me) {
+                continue;
+            }
+            let interfaces = announce::choose_interfaces(
+                *ip,
+                decision.interfaces.as_deref(),
+                &self.allowed_interfaces,
+                &memory.links,
+            );
+            if interfaces.is_empty() {
+                tracing::warn!(%ip, "owned, but no interface to announce it on");
+                continue;
+            }
+            // A takeover from a ferrolb node skips the probe; a first announcement, or one
+            // after a reported conflict, does not.
+            let conflict_reported = facts
+                .services
+                .iter()
+                .any(|s| s.conflict_reported && s.addresses.contains(ip));
+            desired.insert(
+                *ip,
+                Desired {
+                    interfaces,
+                    probe: !memory.known.contains(ip) || conflict_reported,
+                },
+            );
+        }
+        self.announcer.set_desired(desired);
+        let peer_macs: BTreeSet<MacAddr> = view
+            .members
+            .values()
+            .filter(|m| m.node != self.me.as_str())
+            .flat_map(|m| m.macs.iter().map(|mac| MacAddr(*mac)))
+            .collect();
+        self.announcer.set_peer_macs(peer_macs);
+
+        self.count_changes(memory, &decisions);
+        self.report(memory, &decisions, &live);
+        memory.known.extend(
+            decisions
+                .iter()
+                .filter(|(_, d)| d.owner.is_ok())
+                .map(|(ip, _)| *ip),
+        );
+        memory.owners = decisions
+            .iter()
+            .map(|(ip, d)| (*ip, d.owner.clone()))
+            .collect();
+        memory.conflicts.retain(|ip, _| {
+            decisions
+                .get(ip)
+                .is_some_and(|d| d.owner.as_ref().ok() == Some(&self.me))
+        });
+    }
+
+    fn count_changes(&self, memory: &Memory, decisions: &BTreeMap<IpAddr, Decision>) {
+        let mine = |owner: Option<&Result<NodeName, NoOwner>>| {
+            owner.is_some_and(|o| o.as_ref().ok() == Some(&self.me))
+        };
+        let acquired = decisions
+            .iter()
+            .filter(|(ip, d)| mine(Some(&d.owner)) && !mine(memory.owners.get(*ip)))
+            .count();
+        let released = memory
+            .owners
+            .iter()
+            .filter(|(ip, o)| mine(Some(o)) && !mine(decisions.get(*ip).map(|d| &d.owner)))
+            .count();
+        if acquired > 0 {
+            self.metrics.count("acquired", acquired);
+        }
+        if released > 0 {
+            self.metrics.count("released", released);
+        }
+    }
+
+    /// The conditions of the Services this speaker reports on, and an Event when an address
+    /// becomes unannounced.
+    fn report(
+        &self,
+        memory: &Memory,
+        decisions: &BTreeMap<IpAddr, Decision>,
+        live: &BTreeSet<NodeName>,
+    ) {
+        let reporter_for_unowned = live.first() == Some(&self.me);
+        let mut per_service: BTreeMap<ServiceRef, Vec<(IpAddr, &Decision)>> = BTreeMap::new();
+        for (ip, d) in decisions {
+            for service in &d.services {
+                per_service
+                    .entry(service.clone())
+                    .or_default()
+                    .push((*ip, d));
+            }
+        }
+        let mut wanted = BTreeMap::new();
+        for (service, addresses) in per_service {
+            let owned_by_me = addresses
+                .iter()
+                .any(|(_, d)| d.owner.as_ref().ok() == Some(&self.me));
+            let unowned: Vec<(IpAddr, NoOwner)> = addresses
+                .iter()
+                .filter_map(|(ip, d)| d.owner.as_ref().err().map(|e| (*ip, *e)))
+                .collect();
+            if !(owned_by_me || (reporter_for_unowned && !unowned.is_empty())) {
+                continue;
+            }
+            let want = if let Some((ip, (interface, mac))) = addresses
+                .iter()
+                .find_map(|(ip, _)| memory.conflicts.get(ip).map(|c| (ip, c)))
+            {
+                Wanted {
+                    announced: false,
+                    reason: crate::view::CONFLICT_REASON.into(),
+                    message: format!(
+                        "{ip} is answered on {interface} by {mac}, a host that is not a ferrolb speaker"
+                    ),
+                }
+            } else if let Some((ip, why)) = unowned.first() {
+                if *why == NoOwner::NotAdvertised {
+                    // The controller reports this one, on the Service and the pool.
+                    continue;
+                }
+                let was_owned = memory.owners.get(ip).is_some_and(|o| o.is_ok());
+                if was_owned {
+                    self.reports.notice(Notice {
+                        service: service.clone(),
+                        warning: true,
+                        reason: "NotAnnounced",
+                        note: format!("{ip} is not announced: {}", why.explain()),
+                    });
+                }
+                Wanted {
+                    announced: false,
+                    reason: why.reason().into(),
+                    message: format!("{ip}: {}", why.explain()),
+                }
+            } else {
+                let text: Vec<String> = addresses
+                    .iter()
+                    .map(|(ip, _)| match memory.announced.get(ip) {
+                        Some(ifs) => format!("{ip} on {}", ifs.join(", ")),
+                        None => ip.to_string(),
+                    })
+                    .collect();
+                Wanted {
+                    announced: true,
+                    reason: "Announced".into(),
+                    message: format!(
+                        "{} announced from node {}",
+                        text.join(" and "),
+                        self.me.as_str()
+                    ),
+                }
+            };
+            wanted.insert(service, want);
+        }
+        self.reports.set_conditions(wanted);
+    }
+}
+
+/// The address peers gossip with this speaker at: its Node's InternalIP.
+pub fn gossip_addr(stores: &Stores, node: &str, port: u16) -> anyhow::Result<SocketAddr> {
+    let node_object = stores
+        .node(node)
+        .with_context(|| format!("no Node named {node:?}; --node-name must be this node's name"))?;
+    let ip = crate::view::internal_ip(&node_object)
+        .with_context(|| format!("Node {node} has no InternalIP address to gossip on"))?;
+    Ok(SocketAddr::new(ip, port))
+}
