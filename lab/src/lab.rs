@@ -538,6 +538,9 @@ impl Lab {
         // Routed like Calico: the node answers every ARP of the pod (proxy ARP), so the pod
         // needs only an on-link default route; IPv6 goes via the node's link-local address.
         host.sysctl(&format!("net.ipv4.conf.{link}.proxy_arp"), "1")?;
+        // And at once, as Calico sets it: the kernel's default delays each proxy ARP reply by
+        // up to 0.8 s, which stalls a pod's first reply to every new (masqueraded) peer.
+        host.sysctl(&format!("net.ipv4.neigh.{link}.proxy_delay"), "0")?;
         host.ip(&["route", "add", &format!("{ipv4}/32"), "dev", &link])?;
         host.ip(&["-6", "route", "add", &format!("{ipv6}/128"), "dev", &link])?;
         ns.ip(&["addr", "add", &format!("{ipv4}/32"), "dev", "eth0"])?;

@@ -389,6 +389,7 @@ async fn hard_death_trials(lab: &mut Lab, api_down: bool, trials: usize) -> Figu
         lab.set_ingress("default", "hello", &[vip]).await.unwrap();
         let victim = owner_of(lab, vip).await;
         get_eventually(lab, vip).await;
+        settle(lab, vip).await;
         if api_down {
             lab.stop_apiserver();
         }
@@ -429,6 +430,19 @@ async fn hard_death_trials(lab: &mut Lab, api_down: bool, trials: usize) -> Figu
     Figures { gaps_ms: gaps }
 }
 
+/// Probes `ip` for a second at a time until no connection fails (at most 20 s), so that a
+/// measurement starts from a quiet path rather than from kube-proxy still programming a new
+/// Service; returns how many probes that took.
+async fn settle(lab: &Lab, ip: IpAddr) -> usize {
+    for round in 1..=20 {
+        let report = lab.probe(probe(ip, Duration::from_secs(1))).await.unwrap();
+        if report.failures() == 0 {
+            return round;
+        }
+    }
+    panic!("{ip} never answered every connection for a whole second");
+}
+
 #[tokio::test]
 async fn hard_node_death_fails_over_with_and_without_the_api_server() {
     lab::require_lab!();
@@ -461,10 +475,11 @@ async fn sigterm_cordon_and_exclude_hand_over_without_losing_connections() {
 
     let mut lines = vec![];
     get_eventually(&lab, v4).await;
+    let rounds = settle(&lab, v4).await;
     // The instrument's own noise floor: the same probe with no fault at all.
     let baseline = lab.probe(probe(v4, Duration::from_secs(4))).await.unwrap();
     lines.push(format!(
-        "no fault (baseline): {} of {} new connections failed, longest gap {:?} ({})",
+        "no fault (baseline, after {rounds} s of settling): {} of {} new connections failed, longest gap {:?} ({})",
         baseline.failures(),
         baseline.samples.len(),
         baseline.longest_gap(),
@@ -474,6 +489,7 @@ async fn sigterm_cordon_and_exclude_hand_over_without_losing_connections() {
         let owner = owner_of(&lab, v4).await;
         assert_ne!(owner, 1, "node 1 is excluded");
         get_eventually(&lab, v4).await;
+        settle(&lab, v4).await;
         let probe = {
             let config = probe(v4, Duration::from_secs(4));
             let ns = lab.client_ns.clone();
