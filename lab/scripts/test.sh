@@ -9,4 +9,11 @@ cargo fmt --all -- --check
 echo "[test] cargo clippy" >&2
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "[test] cargo test" >&2
+# Tests that measure (failover, handover) append their figures here; shown at the end.
+figures=target/tmp/figures.txt
+rm -f "$figures"
 FERROLB_LAB=1 cargo test --workspace --locked -- --test-threads=1
+if [ -f "$figures" ]; then
+  echo "[test] figures measured by this run:" >&2
+  cat "$figures" >&2
+fi

@@ -349,6 +349,21 @@ fn four_nodes_pods_on_one() -> LabConfig {
     }
 }
 
+/// Prints figures and keeps them in `target/tmp/figures.txt`, which the test command shows at
+/// the end (test output is otherwise captured).
+fn report_figures(text: &str) {
+    use std::io::Write;
+    println!("{text}");
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("figures.txt");
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(file, "{text}");
+    }
+}
+
 struct Figures {
     gaps_ms: Vec<f64>,
 }
@@ -362,14 +377,14 @@ impl Figures {
     }
 
     fn print(&self, what: &str) {
-        println!(
+        report_figures(&format!(
             "FIGURES {what}: {} trials, gap p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; every gap (ms): {:?}",
             self.gaps_ms.len(),
             self.percentile(50.0),
             self.percentile(99.0),
             self.percentile(100.0),
             self.gaps_ms.iter().map(|g| g.round()).collect::<Vec<_>>()
-        );
+        ));
     }
 }
 
@@ -539,5 +554,5 @@ async fn sigterm_cordon_and_exclude_hand_over_without_losing_connections() {
             members_become(&lab, i, 4).await;
         }
     }
-    println!("FIGURES handover:\n{}", lines.join("\n"));
+    report_figures(&format!("FIGURES handover:\n{}", lines.join("\n")));
 }
