@@ -188,7 +188,15 @@ async fn schema_manifests_and_rbac_against_the_real_api_server() {
         &["get", "endpointslices", "-A"],
         &["get", "nodes"],
         &["get", "ipaddresspools"],
-        &["get", "pods", "-n", "ferrolb-system"],
+        &["get", "l2advertisements"],
+        &[
+            "auth",
+            "can-i",
+            "patch",
+            "services",
+            "--subresource=status",
+            "-A",
+        ],
     ] {
         as_user(&speaker, args)
             .await
@@ -209,6 +217,16 @@ async fn schema_manifests_and_rbac_against_the_real_api_server() {
         ),
         ("speaker", &speaker, &["delete", "ipaddresspool", "lan"]),
         ("speaker", &speaker, &["get", "pods", "-n", "default"]),
+        (
+            "speaker",
+            &speaker,
+            &["get", "pods", "-n", "ferrolb-system"],
+        ),
+        (
+            "speaker",
+            &speaker,
+            &["annotate", "service", "kubernetes", "x=y"],
+        ),
     ] {
         let err = as_user(kc, args)
             .await

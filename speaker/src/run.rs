@@ -354,8 +354,9 @@ impl Speaker {
                     // The controller reports this one, on the Service and the pool.
                     continue;
                 }
-                let was_owned = memory.owners.get(ip).is_some_and(|o| o.is_ok());
-                if was_owned {
+                // Once per cause: when the address loses its owner, or the reason changes.
+                let told = memory.owners.get(ip) == Some(&Err(*why));
+                if !told {
                     self.reports.notice(Notice {
                         service: service.clone(),
                         warning: true,

@@ -337,6 +337,25 @@ async fn local_policy_follows_the_ready_endpoints() {
         get_eventually(&lab, vip).await.pod,
         format!("hello-{second}")
     );
+
+    // No ready endpoint anywhere: nobody announces, and the Service says why.
+    lab.set_pod_ready(&format!("hello-{second}"), false)
+        .await
+        .unwrap();
+    let (status, reason, _) = condition_when(&lab, "local", |_, r, _| r == "NoReadyEndpoint").await;
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "NoReadyEndpoint")
+    );
+    let events = lab
+        .eventually_events("default", "local", "NotAnnounced")
+        .await
+        .unwrap();
+    assert!(
+        events.contains("no eligible node has a ready endpoint"),
+        "{events}"
+    );
+    assert_eq!(answering_nodes(&lab, vip), Vec::<usize>::new());
 }
 
 /// Four nodes; the pods live on node 1, which is excluded from announcing, so the node that
@@ -526,6 +545,7 @@ async fn sigterm_cordon_and_exclude_hand_over_without_losing_connections() {
             successor,
             "both families move together"
         );
+        get_eventually(&lab, v6).await;
         lines.push(format!(
             "{way}: node {owner} -> node {successor}, {} of {} new connections failed, longest gap {:?} ({})",
             report.failures(),
@@ -548,7 +568,12 @@ async fn sigterm_cordon_and_exclude_hand_over_without_losing_connections() {
             }
             "cordon" => lab.cordon(owner, false).await.unwrap(),
             "exclude label" => lab.label_node(owner, EXCLUDE, None).await.unwrap(),
-            _ => lab.set_link(owner, true).unwrap(),
+            _ => {
+                let log = std::fs::read_to_string(lab.log_path(&format!("speaker-node-{owner}")))
+                    .unwrap();
+                assert!(log.contains("is down: leaving the membership"), "{log}");
+                lab.set_link(owner, true).unwrap()
+            }
         }
         for i in 1..=4 {
             members_become(&lab, i, 4).await;
