@@ -79,17 +79,11 @@ impl L2AdvertisementSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::selector::labels;
     use serde_json::json;
 
     fn ad(v: serde_json::Value) -> L2AdvertisementSpec {
         serde_json::from_value(v).unwrap()
-    }
-
-    fn labels(pairs: &[(&str, &str)]) -> Labels {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
     }
 
     #[test]

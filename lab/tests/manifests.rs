@@ -122,7 +122,7 @@ fn helm_default_rendering_is_the_kustomize_base() {
     }
     assert_eq!(
         kustomize.len(),
-        15,
+        13,
         "{:?}",
         kustomize.keys().collect::<Vec<_>>()
     );

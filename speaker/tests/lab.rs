@@ -494,7 +494,7 @@ async fn hard_node_death_fails_over_with_and_without_the_api_server() {
     hard_death_trials(&mut lab, false, trials())
         .await
         .print("hard node death");
-    hard_death_trials(&mut lab, true, trials().div_ceil(3))
+    hard_death_trials(&mut lab, true, trials())
         .await
         .print("hard node death, kube-apiserver stopped");
 }
