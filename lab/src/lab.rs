@@ -958,6 +958,17 @@ impl Lab {
         }
     }
 
+    /// Whether node `i`'s kube-proxy has programmed rules for traffic to `ip` (its NAT table
+    /// matches the address): only then can that node serve it.
+    pub fn proxy_programs(&self, i: usize, ip: IpAddr) -> Result<bool> {
+        let (save, host) = match ip {
+            IpAddr::V4(_) => ("iptables-save", format!("-d {ip}/32 ")),
+            IpAddr::V6(_) => ("ip6tables-save", format!("-d {ip}/128 ")),
+        };
+        let rules = self.node(i).ns.exec(save, &["-t", "nat"])?;
+        Ok(rules.contains(&host))
+    }
+
     /// Node `i`'s speaker's `/metrics` (it listens on the node's address, port 9651).
     pub async fn speaker_metrics(&self, i: usize) -> Result<String> {
         let node = self.node(i);
@@ -1010,6 +1021,22 @@ impl Lab {
         }
         if heartbeat.is_some() {
             node.heartbeat = heartbeat;
+        }
+        Ok(())
+    }
+
+    /// Restarts every running kube-proxy. After an API server restart client-go's watches back
+    /// off for up to 30 s (resetting only after 2 quiet minutes); a fresh kube-proxy lists at
+    /// once, so tests that restart the API server repeatedly use this between measurements.
+    pub fn restart_kube_proxies(&mut self) -> Result<()> {
+        let kubeconfig = self.dir.join("kube-proxy.kubeconfig");
+        for i in 0..self.nodes.len() {
+            if let Some(mut old) = self.nodes[i].kube_proxy.take() {
+                old.kill();
+                let node = &self.nodes[i];
+                let fresh = self.start_kube_proxy(&node.ns, &node.name, &kubeconfig)?;
+                self.nodes[i].kube_proxy = Some(fresh);
+            }
         }
         Ok(())
     }

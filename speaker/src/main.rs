@@ -118,7 +118,19 @@ async fn main() -> anyhow::Result<()> {
         gossip_addr,
         gossip_port: args.gossip_port,
     };
-    ready.set(true);
+    // Ready once it knows the membership: a speaker that has not heard from its peers yet
+    // announces nothing.
+    tokio::spawn({
+        let mut members = speaker.members.clone();
+        async move {
+            loop {
+                ready.set(members.borrow_and_update().joined);
+                if members.changed().await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
     speaker.run(common::shutdown_signal()).await;
     Ok(())
 }

@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use speaker_core::election::NodeName;
 use speaker_core::mac::MacAddr;
@@ -32,21 +33,38 @@ pub struct ChangeLabels {
     pub change: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OwnerLabels {
+    pub address: String,
+    /// The owner's node name, or `none`.
+    pub owner: String,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     /// Addresses this node took over or gave up.
     pub ownership_changes: Family<ChangeLabels, Counter>,
+    /// This speaker's election: one series per address (comparing them across speakers shows
+    /// whether they agree).
+    pub address_owner: Family<OwnerLabels, Gauge>,
 }
 
 impl Metrics {
     pub fn register(registry: &mut Registry) -> Metrics {
         let m = Metrics {
             ownership_changes: Family::default(),
+            address_owner: Family::default(),
         };
-        registry.sub_registry_with_prefix("ferrolb").register(
+        let r = registry.sub_registry_with_prefix("ferrolb");
+        r.register(
             "speaker_ownership_changes",
             "Addresses this node became the owner of, or stopped owning",
             m.ownership_changes.clone(),
+        );
+        r.register(
+            "speaker_address_owner",
+            "The owner this speaker elects for each address (1 per address)",
+            m.address_owner.clone(),
         );
         m
     }
@@ -288,6 +306,17 @@ impl Speaker {
     }
 
     fn count_changes(&self, memory: &Memory, decisions: &BTreeMap<IpAddr, Decision>) {
+        self.metrics.address_owner.clear();
+        for (ip, d) in decisions {
+            let owner = d.owner.as_ref().map_or("none", |n| n.as_str());
+            self.metrics
+                .address_owner
+                .get_or_create(&OwnerLabels {
+                    address: ip.to_string(),
+                    owner: owner.to_string(),
+                })
+                .set(1);
+        }
         let mine = |owner: Option<&Result<NodeName, NoOwner>>| {
             owner.is_some_and(|o| o.as_ref().ok() == Some(&self.me))
         };
