@@ -49,8 +49,8 @@ pub async fn run() -> Result<()> {
     println!("{}", lab.kubectl(&["get", "ipaddresspools"]).await?);
     let owner = wait_for_owner(&lab, address, None).await?;
     println!(
-        "    the client's ARP for {address} is answered by node-{owner} alone: {}",
-        lab.client_neighbour(address)?
+        "    the client's ARP request for {address} is answered by node-{owner} ({}) alone",
+        lab.node(owner).mac()?
     );
     println!("    condition: {}", announced_condition(&lab).await?);
     println!("{}", lab.events("default", "hello").await?);

@@ -53,7 +53,9 @@ async fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,kube=warn".into()),
+                // kube's client logs every refused connection while the API server starts,
+                // which the lab waits for anyway.
+                .unwrap_or_else(|_| "info,kube=warn,kube_client=off".into()),
         )
         .with_writer(std::io::stderr)
         .init();
