@@ -457,6 +457,19 @@ async fn a_takeover_burst_moves_the_clients_entry_and_releases_the_predecessor()
     assert_eq!(b.metric("ferrolb_speaker_conflicts_total"), 0.0);
 }
 
+/// The addresses the speaker reports in conflict with the foreign host (MAC `mac(50)`) on
+/// eth0, once both VIPs are, sorted.
+async fn conflicts_with_host_50(speaker: &mut Speaker) -> Vec<IpAddr> {
+    let conflicts = speaker
+        .events_for(&[VIP4, VIP6], |e| {
+            matches!(e, Event::Conflict { interface, mac: m, .. } if interface == "eth0" && *m == mac(50))
+        })
+        .await;
+    let mut ips: Vec<IpAddr> = conflicts.iter().map(event_ip).collect();
+    ips.sort();
+    ips
+}
+
 /// (4) A foreign host already using the VIPs answers the probes: Conflict, and the speaker
 /// stays silent, leaving the foreign host the only one to answer.
 #[tokio::test]
@@ -481,14 +494,10 @@ async fn a_foreign_owner_is_a_conflict_and_is_not_answered_over() {
         .unwrap();
     let mut speaker = Speaker::start(&speaker_ns, Config::default());
     speaker.desire(&[VIP4, VIP6], true);
-    let conflicts = speaker
-        .events_for(&[VIP4, VIP6], |e| {
-            matches!(e, Event::Conflict { interface, mac: m, .. } if interface == "eth0" && *m == mac(50))
-        })
-        .await;
-    let mut ips: Vec<IpAddr> = conflicts.iter().map(event_ip).collect();
-    ips.sort();
-    assert_eq!(ips, [ip(VIP4), ip(VIP6)]);
+    assert_eq!(
+        conflicts_with_host_50(&mut speaker).await,
+        [ip(VIP4), ip(VIP6)]
+    );
     assert!(speaker.announcer.answering().is_empty());
     for vip in [VIP4, VIP6] {
         assert_eq!(
@@ -531,14 +540,10 @@ async fn a_foreign_announcement_is_a_conflict_and_the_address_is_defended() {
         &foreign,
         ndp::build_unsolicited_advertisement(mac(50), vip6),
     );
-    let conflicts = speaker
-        .events_for(&[VIP4, VIP6], |e| {
-            matches!(e, Event::Conflict { interface, mac: m, .. } if interface == "eth0" && *m == mac(50))
-        })
-        .await;
-    let mut ips: Vec<IpAddr> = conflicts.iter().map(event_ip).collect();
-    ips.sort();
-    assert_eq!(ips, [ip(VIP4), ip(VIP6)]);
+    assert_eq!(
+        conflicts_with_host_50(&mut speaker).await,
+        [ip(VIP4), ip(VIP6)]
+    );
     assert_eq!(speaker.announcer.answering(), [ip(VIP4), ip(VIP6)].into());
     for vip in [VIP4, VIP6] {
         assert_eq!(
