@@ -105,8 +105,10 @@ struct Memory {
     /// Addresses some speaker owned since this one joined: taking one of them over is a
     /// failover or a handover, not a first announcement, so it skips the probe.
     known: BTreeSet<IpAddr>,
-    /// The owner of every address at the last election.
-    owners: BTreeMap<IpAddr, Result<NodeName, NoOwner>>,
+    /// Every address's decision at the last election.
+    last: BTreeMap<IpAddr, Decision>,
+    /// The last owner other than this node each address had: whom a takeover is from.
+    other_owner: BTreeMap<IpAddr, NodeName>,
     /// Addresses a foreign host answers for, with who.
     conflicts: BTreeMap<IpAddr, (String, MacAddr)>,
     /// Interfaces each owned address is announced on, from the announcer.
@@ -176,22 +178,16 @@ impl Speaker {
 
     fn on_announcer_event(&self, memory: &mut Memory, event: announce::Event) {
         let services = |ip: &IpAddr| -> Vec<ServiceRef> {
-            self.stores
-                .facts()
-                .services
-                .into_iter()
-                .filter(|s| s.addresses.contains(ip))
-                .map(|s| s.service)
-                .collect()
+            memory
+                .last
+                .get(ip)
+                .map(|d| d.services.clone())
+                .unwrap_or_default()
         };
         match event {
             announce::Event::Announced { ip, interfaces } => {
                 memory.conflicts.remove(&ip);
-                let before = memory
-                    .owners
-                    .get(&ip)
-                    .and_then(|o| o.as_ref().ok())
-                    .filter(|o| **o != self.me);
+                let before = memory.other_owner.get(&ip);
                 let note = format!(
                     "{ip} is announced from node {} on {}{}",
                     self.me.as_str(),
@@ -294,15 +290,22 @@ impl Speaker {
                 .filter(|(_, d)| d.owner.is_ok())
                 .map(|(ip, _)| *ip),
         );
-        memory.owners = decisions
-            .iter()
-            .map(|(ip, d)| (*ip, d.owner.clone()))
-            .collect();
+        for (ip, d) in &decisions {
+            if let Ok(owner) = &d.owner
+                && *owner != self.me
+            {
+                memory.other_owner.insert(*ip, owner.clone());
+            }
+        }
+        memory
+            .other_owner
+            .retain(|ip, _| decisions.contains_key(ip));
         memory.conflicts.retain(|ip, _| {
             decisions
                 .get(ip)
                 .is_some_and(|d| d.owner.as_ref().ok() == Some(&self.me))
         });
+        memory.last = decisions;
     }
 
     fn count_changes(&self, memory: &Memory, decisions: &BTreeMap<IpAddr, Decision>) {
@@ -322,12 +325,12 @@ impl Speaker {
         };
         let acquired = decisions
             .iter()
-            .filter(|(ip, d)| mine(Some(&d.owner)) && !mine(memory.owners.get(*ip)))
+            .filter(|(ip, d)| mine(Some(&d.owner)) && !mine(memory.last.get(*ip).map(|d| &d.owner)))
             .count();
         let released = memory
-            .owners
+            .last
             .iter()
-            .filter(|(ip, o)| mine(Some(o)) && !mine(decisions.get(*ip).map(|d| &d.owner)))
+            .filter(|(ip, d)| mine(Some(&d.owner)) && !mine(decisions.get(*ip).map(|d| &d.owner)))
             .count();
         if acquired > 0 {
             self.metrics.count("acquired", acquired);
@@ -384,7 +387,7 @@ impl Speaker {
                     continue;
                 }
                 // Once per cause: when the address loses its owner, or the reason changes.
-                let told = memory.owners.get(ip) == Some(&Err(*why));
+                let told = memory.last.get(ip).map(|d| &d.owner) == Some(&Err(*why));
                 if !told {
                     self.reports.notice(Notice {
                         service: service.clone(),
