@@ -17,8 +17,7 @@ pub const ANNOTATION_POOL: &str = "ferrolb.io/address-pool";
 pub const ANNOTATION_SHARING: &str = "ferrolb.io/allow-shared-ip";
 pub const ANNOTATION_ALLOCATED_FROM: &str = "ferrolb.io/ip-allocated-from-pool";
 
-/// The class of Services that are always ferrolb's.
-pub const LOAD_BALANCER_CLASS: &str = "ferrolb.io/l2";
+pub use crds::LOAD_BALANCER_CLASS;
 
 /// A request annotation, under its ferrolb name and its MetalLB names.
 struct Equivalent {

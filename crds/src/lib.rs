@@ -24,6 +24,10 @@ use kube::CustomResourceExt;
 /// The API group of every ferrolb resource and the prefix of its annotations.
 pub const GROUP: &str = "ferrolb.io";
 
+/// The `spec.loadBalancerClass` of Services that are always ferrolb's (the controller also
+/// takes Services without a class unless told not to).
+pub const LOAD_BALANCER_CLASS: &str = "ferrolb.io/l2";
+
 /// Every CRD with the file name `crdgen` writes it to under `deploy/crds/`.
 pub fn crds() -> Vec<(&'static str, CustomResourceDefinition)> {
     vec![

@@ -24,9 +24,6 @@ use crate::decide::{Advertisement, EXCLUDE_LABEL, Facts, NodeFacts, ServiceFacts
 /// The condition reason of an address a foreign host answers for.
 pub const CONFLICT_REASON: &str = "AddressConflict";
 
-/// The class ferrolb answers for (Services without a class are ours too).
-pub const LOAD_BALANCER_CLASS: &str = "ferrolb.io/l2";
-
 /// The reflectors' stores.
 #[derive(Clone)]
 pub struct Stores {
@@ -266,7 +263,7 @@ fn service_facts(svc: &Service) -> Option<ServiceFacts> {
         || spec
             .load_balancer_class
             .as_deref()
-            .is_some_and(|c| c != LOAD_BALANCER_CLASS)
+            .is_some_and(|c| c != crds::LOAD_BALANCER_CLASS)
     {
         return None;
     }

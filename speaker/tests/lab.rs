@@ -434,16 +434,21 @@ fn speaker_logs(lab: &Lab) -> String {
         .join("\n")
 }
 
+/// The metric line of a speaker that elects node `owner` for `ip`.
+fn owner_series(lab: &Lab, ip: IpAddr, owner: usize) -> String {
+    format!(
+        "ferrolb_speaker_address_owner{{address=\"{ip}\",owner=\"{}\"}} 1",
+        lab.node(owner).name
+    )
+}
+
 /// The owner of `ip` once every speaker elects the same node and that node answers ARP (a
 /// restarted speaker may take its addresses back a moment after it rejoins).
 async fn settled_owner(lab: &Lab, ip: IpAddr) -> usize {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let owner = owner_of(lab, ip).await;
-        let series = format!(
-            "ferrolb_speaker_address_owner{{address=\"{ip}\",owner=\"{}\"}} 1",
-            lab.node(owner).name
-        );
+        let series = owner_series(lab, ip, owner);
         let mut agreed = true;
         for i in 1..=lab.nodes().len() {
             let metrics = lab.speaker_metrics(i).await.unwrap_or_default();
@@ -462,10 +467,7 @@ async fn settled_owner(lab: &Lab, ip: IpAddr) -> usize {
 
 /// Waits until node `i`'s speaker elects node `owner` for `ip` (its address-owner metric).
 async fn elects(lab: &Lab, i: usize, ip: IpAddr, owner: usize) {
-    let series = format!(
-        "ferrolb_speaker_address_owner{{address=\"{ip}\",owner=\"{}\"}} 1",
-        lab.node(owner).name
-    );
+    let series = owner_series(lab, ip, owner);
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let metrics = lab.speaker_metrics(i).await.unwrap_or_default();
