@@ -9,8 +9,8 @@ mod support;
 
 use std::time::Duration;
 
-use crds::address::Family;
 use criterion::{BatchSize, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use model::address::Family;
 use support::*;
 
 fn fill(c: &mut Criterion) {

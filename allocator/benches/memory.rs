@@ -9,7 +9,7 @@ mod support;
 use std::alloc::System;
 
 use allocator::{Allocator, ServiceRequest};
-use crds::address::Family;
+use model::address::Family;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use support::*;
 

@@ -8,17 +8,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crds::address::{AddressRange, Family, ip_value};
+use model::address::{AddressRange, Family, ip_value};
 
 use crate::error::{Error, Result};
 use crate::intervals::IntervalSet;
-use crate::pool::Pool;
 use crate::report::{Orphan, Overlap, PoolUsage};
-use crate::service::{
-    AssignedAddress, Assignment, ServiceKey, ServiceRequest, check_one_per_family,
-};
+use crate::service::{AssignedAddress, Assignment, check_one_per_family};
 use crate::sharing::{Holders, Refusal, SharingTerms, may_share};
 use crate::space::FamilySpace;
+use model::pool::Pool;
+use model::service::{ServiceKey, ServiceRequest};
 
 /// Hands out addresses of pools to Services. Pure and deterministic: the same calls in the same
 /// order give the same results.
@@ -197,7 +196,7 @@ impl Allocator {
                     .is_ok()
             })
             .collect();
-        let outcome = service.check().and_then(|()| {
+        let outcome = crate::service::check_request(service).and_then(|()| {
             let kept: Vec<(IpAddr, Option<usize>)> = shareable
                 .iter()
                 .copied()
@@ -365,7 +364,7 @@ impl Allocator {
                 Err(Refusal::Conflict(reason)) => {
                     return Err(Error::SharingRefused {
                         ip,
-                        with: (**holder).clone(),
+                        with: Box::new((**holder).clone()),
                         reason,
                     });
                 }

@@ -2,10 +2,10 @@
 
 use std::net::IpAddr;
 
-use crds::address::Family;
+use model::address::Family;
 
-use crate::service::{FamilyPolicy, ServiceKey};
 use crate::sharing::SharingConflict;
+use model::service::{FamilyPolicy, ServiceKey};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -39,7 +39,8 @@ pub enum Error {
     #[error("{ip} is used by Service {with} and cannot be shared with this Service: {reason}")]
     SharingRefused {
         ip: IpAddr,
-        with: ServiceKey,
+        /// Boxed: the variant would otherwise make every allocator result large.
+        with: Box<ServiceKey>,
         reason: SharingConflict,
     },
 
@@ -120,7 +121,7 @@ impl Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::Protocol;
+    use model::service::Protocol;
 
     fn ip(text: &str) -> IpAddr {
         text.parse().unwrap()
@@ -132,14 +133,14 @@ mod tests {
             (
                 Error::AddressTaken {
                     ip: ip("198.51.100.5"),
-                    by: ServiceKey::new("shop", "web"),
+                    by: ServiceKey::new("shop", "web", "uid"),
                 },
                 "198.51.100.5 is already used by Service shop/web; an address is shared only by Services that set the same allow-shared-ip key",
             ),
             (
                 Error::SharingRefused {
                     ip: ip("198.51.100.5"),
-                    with: ServiceKey::new("dns", "tcp"),
+                    with: Box::new(ServiceKey::new("dns", "tcp", "uid")),
                     reason: SharingConflict::PortClash {
                         protocol: Protocol::Tcp,
                         port: 53,

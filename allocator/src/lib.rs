@@ -12,7 +12,8 @@
 //! - `pick`: which address a Service gets.
 //! - [`space`]: one pool's addresses of one family, free and counted.
 //! - [`sharing`]: when two Services may hold one address.
-//! - [`pool`], [`selector`], [`service`]: the inputs.
+//! - [`service`]: the checks on a request and what a Service holds; the inputs (pools,
+//!   Services, selectors) are `model`'s.
 //! - [`report`]: overlaps, orphans and usage, for pool status.
 //! - [`error`]: every refusal, worded for Events.
 
@@ -20,20 +21,18 @@ pub mod allocator;
 pub mod error;
 pub mod intervals;
 mod pick;
-pub mod pool;
 pub mod report;
 pub mod service;
 pub mod sharing;
 pub mod space;
 
 pub use allocator::Allocator;
-/// Label selectors live in `crds`, shared with the controller and the speaker.
-pub use crds::selector::{self, LabelSelector, Labels, Operator, Requirement};
 pub use error::{Error, Result};
-pub use pool::{Pool, ServiceAllocation};
+/// The inputs are the model's, shared with the controller and the speaker.
+pub use model::pool::{self, Pool, ServiceAllocation};
+pub use model::selector::{self, LabelSelector, Labels, Operator, Requirement};
+pub use model::service::{FamilyPolicy, Protocol, ServiceKey, ServiceRequest};
 pub use report::{Orphan, Overlap, PoolUsage};
-pub use service::{
-    AssignedAddress, Assignment, FamilyPolicy, Protocol, ServiceKey, ServiceRequest,
-};
+pub use service::{AssignedAddress, Assignment, check_request};
 pub use sharing::SharingConflict;
 pub use space::Usage;

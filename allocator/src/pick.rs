@@ -3,12 +3,12 @@
 
 use std::net::IpAddr;
 
-use crds::address::{Family, ip_value};
+use model::address::{Family, ip_value};
 
 use crate::allocator::{Allocator, FAMILIES};
 use crate::error::{Error, Result};
-use crate::service::{FamilyPolicy, ServiceRequest};
 use crate::sharing::SharingTerms;
+use model::service::{FamilyPolicy, ServiceRequest};
 
 /// An address and the index of the pool it belongs to.
 pub(crate) type Choice = (IpAddr, Option<usize>);

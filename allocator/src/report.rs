@@ -4,10 +4,10 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use crds::address::AddressRange;
+use model::address::AddressRange;
 
-use crate::service::ServiceKey;
 use crate::space::Usage;
+use model::service::ServiceKey;
 
 /// Two pools that share addresses. Neither allocates from the shared part until it is fixed.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,7 +8,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::service::{Protocol, ServiceKey, ServiceRequest};
+use model::service::{Protocol, ServiceKey, ServiceRequest};
 
 /// What a Service that allows sharing agrees to; Services without a sharing key have none and
 /// hold their addresses alone.
@@ -186,12 +186,12 @@ fn keys_is_empty(holders: &Holders) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::{FamilyPolicy, Protocol::*};
-    use crds::address::Family;
+    use model::address::Family;
+    use model::service::{FamilyPolicy, Protocol::*};
 
     fn terms(key: &str, backend: Option<&str>, ports: &[(Protocol, u16)]) -> SharingTerms {
         let request = ServiceRequest::new(
-            ServiceKey::new("ns", "svc"),
+            ServiceKey::new("ns", "svc", "uid"),
             FamilyPolicy::SingleStack(Family::V4),
         )
         .sharing(key, backend, ports);
@@ -284,7 +284,7 @@ mod tests {
     #[test]
     fn an_empty_key_is_no_key() {
         let request = ServiceRequest::new(
-            ServiceKey::new("ns", "svc"),
+            ServiceKey::new("ns", "svc", "uid"),
             FamilyPolicy::SingleStack(Family::V4),
         )
         .sharing("", None, &[]);
@@ -309,16 +309,16 @@ mod tests {
 
     #[test]
     fn holders_stay_sorted_and_collapse() {
-        let key = |name: &str| Arc::new(ServiceKey::new("ns", name));
+        let key = |name: &str| Arc::new(ServiceKey::new("ns", name, "uid"));
         let mut holders = Holders::One(key("b"));
         holders.add(key("c"));
         holders.add(key("a"));
         holders.add(key("a"));
         let names: Vec<_> = holders.iter().map(|k| k.name.clone()).collect();
         assert_eq!(names, ["a", "b", "c"]);
-        assert!(!holders.remove(&ServiceKey::new("ns", "b")));
-        assert!(!holders.remove(&ServiceKey::new("ns", "a")));
+        assert!(!holders.remove(&ServiceKey::new("ns", "b", "uid")));
+        assert!(!holders.remove(&ServiceKey::new("ns", "a", "uid")));
         assert!(matches!(holders, Holders::One(ref k) if k.name == "c"));
-        assert!(holders.remove(&ServiceKey::new("ns", "c")));
+        assert!(holders.remove(&ServiceKey::new("ns", "c", "uid")));
     }
 }

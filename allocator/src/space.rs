@@ -2,10 +2,10 @@
 //! counts its status reports. Everything is kept as runs, so no operation looks at addresses one
 //! by one.
 
-use crds::address::Family;
+use model::address::Family;
 
 use crate::intervals::IntervalSet;
-use crate::pool::{buggy_count, is_buggy};
+use model::pool::{buggy_count, is_buggy};
 
 /// Address counts of one family of one pool, as `u128` (a `/64` has more than `i64` holds; the
 /// caller saturates).

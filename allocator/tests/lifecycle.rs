@@ -3,7 +3,7 @@
 mod support;
 
 use allocator::{Error, Orphan, Overlap, Protocol::*, Usage};
-use crds::address::parse_block;
+use model::address::parse_block;
 use support::*;
 
 #[test]
@@ -243,7 +243,7 @@ fn restore_names_the_holder_so_the_caller_can_move_the_younger() {
     assert_eq!(
         a.restore(&v4("d"), &[ip("198.51.100.6"), ip("198.51.100.7")]),
         Err(Error::TooManyAddresses {
-            family: crds::address::Family::V4,
+            family: model::address::Family::V4,
             ips: [ip("198.51.100.6"), ip("198.51.100.7")]
         })
     );

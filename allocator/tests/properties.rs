@@ -22,7 +22,7 @@ use allocator::{
     Allocator, Assignment, FamilyPolicy, LabelSelector, Pool, Protocol, ServiceAllocation,
     ServiceKey, ServiceRequest,
 };
-use crds::address::{AddressRange, Family, ip_value};
+use model::address::{AddressRange, Family, ip_value};
 use proptest::prelude::*;
 
 /// Addresses live in 24 values per family; the IPv4 ones cross a /24 boundary so that
@@ -47,7 +47,11 @@ fn universe(family: Family) -> impl Iterator<Item = IpAddr> {
 /// Fixed per Service, so that only pool changes can make a pool stop matching it.
 fn identity(index: usize) -> (ServiceKey, &'static str, &'static str) {
     (
-        ServiceKey::new(["a", "b"][index % 2], format!("s{index}")),
+        ServiceKey::new(
+            ["a", "b"][index % 2],
+            format!("s{index}"),
+            format!("uid{index}"),
+        ),
         ["a", "b"][index % 2],
         ["x", "y", "z"][index % 3],
     )
@@ -56,7 +60,7 @@ fn identity(index: usize) -> (ServiceKey, &'static str, &'static str) {
 #[derive(Debug, Clone)]
 enum Op {
     SetPools(Vec<Pool>),
-    Allocate(ServiceRequest),
+    Allocate(Box<ServiceRequest>),
     Release(usize),
     Restart,
 }
@@ -132,11 +136,10 @@ fn pools() -> impl Strategy<Value = Vec<Pool>> {
             .enumerate()
             .filter_map(|(i, slot)| {
                 slot.map(|(ranges, auto_assign, avoid_buggy_ips, allocation)| Pool {
-                    name: POOL_NAMES[i].to_string(),
-                    ranges,
                     auto_assign,
                     avoid_buggy_ips,
                     allocation,
+                    ..Pool::new(POOL_NAMES[i], ranges)
                 })
             })
             .collect()
@@ -217,7 +220,7 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
         proptest::collection::vec(
             prop_oneof![
                 1 => pools().prop_map(Op::SetPools),
-                8 => request().prop_map(Op::Allocate),
+                8 => request().prop_map(|r| Op::Allocate(Box::new(r))),
                 2 => (0..SERVICES).prop_map(Op::Release),
                 1 => Just(Op::Restart),
             ],
@@ -564,7 +567,9 @@ fn run(ops: &[Op]) -> Result<Vec<String>, TestCaseError> {
             Op::Allocate(request) => {
                 let before = allocator.clone();
                 let result = allocator.allocate(request);
-                model.requests.insert(request.key.clone(), request.clone());
+                model
+                    .requests
+                    .insert(request.key.clone(), (**request).clone());
                 check_allocation(&before, &model, request, &result, &allocator)?;
                 trace.push(format!("{result:?}"));
             }

@@ -6,7 +6,7 @@ mod support;
 use allocator::{
     Error, FamilyPolicy, LabelSelector, Pool, ServiceAllocation, ServiceRequest, Usage,
 };
-use crds::address::Family;
+use model::address::Family;
 use support::*;
 
 /// A named request and the addresses (or the error) it must get.

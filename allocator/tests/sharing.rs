@@ -90,7 +90,7 @@ fn requesting_a_held_address_says_why_it_cannot_be_shared() {
             sharer("x/b", "k", None, &[(Udp, 53)]),
             Err(Error::SharingRefused {
                 ip: held,
-                with: key("x/a"),
+                with: Box::new(key("x/a")),
                 reason: SharingConflict::PortClash {
                     protocol: Udp,
                     port: 53,
@@ -103,7 +103,7 @@ fn requesting_a_held_address_says_why_it_cannot_be_shared() {
             sharer("x/b", "k2", None, &[]),
             Err(Error::SharingRefused {
                 ip: held,
-                with: key("x/a"),
+                with: Box::new(key("x/a")),
                 reason: SharingConflict::KeyDiffers {
                     ours: "k2".into(),
                     theirs: "k1".into(),
@@ -116,7 +116,7 @@ fn requesting_a_held_address_says_why_it_cannot_be_shared() {
             sharer("x/b", "k", Some("app=web"), &[]),
             Err(Error::SharingRefused {
                 ip: held,
-                with: key("x/a"),
+                with: Box::new(key("x/a")),
                 reason: SharingConflict::BackendDiffers {
                     ours: Some("app=web".into()),
                     theirs: None,

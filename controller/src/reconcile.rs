@@ -22,12 +22,13 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
+use model::ClassPolicy;
+use model::service::ANNOTATION_ALLOCATED_FROM;
 use serde_json::json;
 use tokio::sync::{Mutex, Notify, mpsc};
 use tracing::Instrument;
 
 use crate::metrics::{Metrics, PoolLabels, ReasonLabels};
-use crate::service::{ANNOTATION_ALLOCATED_FROM, ServiceView};
 use crate::state::State;
 
 /// The field manager of everything the controller writes.
@@ -67,7 +68,7 @@ pub struct Context {
     services: Store<Service>,
     recorder: Recorder,
     metrics: Metrics,
-    handle_unclassed: bool,
+    classes: ClassPolicy,
     /// Services to reconcile again (pending ones after a release, those a pool change affects).
     requeue: mpsc::UnboundedSender<ObjectRef<Service>>,
     /// Pool statuses need rewriting.
@@ -122,10 +123,7 @@ pub async fn run(
     )
     .inspect(move |event| {
         if let Ok(watcher::Event::Delete(svc)) = event {
-            let _ = deleted_tx.send(ServiceKey::new(
-                svc.namespace().unwrap_or_default(),
-                svc.name_any(),
-            ));
+            let _ = deleted_tx.send(crds::read::service_key(svc));
         }
     })
     .applied_objects();
@@ -143,7 +141,9 @@ pub async fn run(
         services: controller.store(),
         recorder: Recorder::new(client.clone(), reporter),
         metrics,
-        handle_unclassed: config.handle_unclassed,
+        classes: ClassPolicy {
+            handle_unclassed: config.handle_unclassed,
+        },
         requeue,
         pools_changed: Notify::new(),
         told_about_metallb: Default::default(),
@@ -183,8 +183,7 @@ pub async fn run(
             async move {
                 let state = ctx.state.lock().await;
                 for svc in ctx.services.state() {
-                    let key = ServiceKey::new(svc.namespace().unwrap_or_default(), svc.name_any());
-                    if state.assignment(&key).is_some() {
+                    if state.assignment(&crds::read::service_key(&svc)).is_some() {
                         let _ = ctx.requeue.send(ObjectRef::from_obj(&*svc));
                     }
                 }
@@ -242,20 +241,20 @@ async fn restore(ctx: &Context, services: &Api<Service>) -> Result<(), Error> {
     });
     let (mut restored, mut disputed) = (0, 0);
     for svc in &all {
-        let view = ServiceView::read(svc, ctx.handle_unclassed);
-        if !view.wants_address || view.ingress.is_empty() {
+        let view = crds::read::service(svc);
+        if !view.is_ours(ctx.classes) || view.ingress.is_empty() {
             continue;
         }
-        let request = match view.request(namespace_labels(ctx, &view.namespace)) {
+        let request = match view.request(namespace_labels(ctx, &view.key.namespace)) {
             Ok(r) => r,
             // Keep what it holds under the plainest terms; its reconcile reports the problem.
-            Err(_) => allocator::ServiceRequest::new(view.key(), view.families),
+            Err(_) => allocator::ServiceRequest::new(view.key.clone(), view.families),
         };
         match state.restore(&request, &view.ingress) {
             Ok(_) => restored += 1,
             Err(e) => {
                 disputed += 1;
-                tracing::warn!(service = %view.key(), "at start-up: {e}");
+                tracing::warn!(service = %view.key.clone(), "at start-up: {e}");
             }
         }
     }
@@ -274,7 +273,7 @@ fn advertised(ctx: &Context, pool: &str) -> bool {
     ctx.advertisements
         .state()
         .iter()
-        .any(|ad| ad.spec.covers_pool(pool, &labels))
+        .any(|ad| crds::read::advertisement(ad).covers_pool(pool, &labels))
 }
 
 fn namespace_labels(ctx: &Context, namespace: &str) -> Labels {
@@ -291,10 +290,10 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error
 
 async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
-    let view = ServiceView::read(&svc, ctx.handle_unclassed);
-    let key = view.key();
+    let view = crds::read::service(&svc);
+    let key = view.key.clone();
     let reference = svc.object_ref(&());
-    let action = if view.wants_address {
+    let action = if view.is_ours(ctx.classes) {
         assign(&ctx, &svc, &view, &reference).await?
     } else {
         let released = ctx.state.lock().await.release(&key);
@@ -324,11 +323,11 @@ async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
 async fn assign(
     ctx: &Context,
     svc: &Service,
-    view: &ServiceView,
+    view: &model::Service,
     reference: &ObjectReference,
 ) -> Result<Action, Error> {
     tell_about_metallb(ctx, view, reference).await;
-    let request = match view.request(namespace_labels(ctx, &view.namespace)) {
+    let request = match view.request(namespace_labels(ctx, &view.key.namespace)) {
         Ok(r) => r,
         Err(e) => {
             fail(ctx, reference, "InvalidRequest", e.to_string()).await;
@@ -416,13 +415,13 @@ async fn fail(ctx: &Context, reference: &ObjectReference, reason: &str, message:
     .await;
 }
 
-async fn tell_about_metallb(ctx: &Context, view: &ServiceView, reference: &ObjectReference) {
+async fn tell_about_metallb(ctx: &Context, view: &model::Service, reference: &ObjectReference) {
     if view.foreign_annotations.is_empty()
         || !ctx
             .told_about_metallb
             .lock()
             .expect("not poisoned")
-            .insert(view.key())
+            .insert(view.key.clone())
     {
         return;
     }
@@ -471,19 +470,19 @@ fn join(ips: &[IpAddr]) -> String {
 }
 
 /// Writes `status.loadBalancer.ingress` (server-side apply; an empty list removes ours).
-async fn write_ingress(ctx: &Context, view: &ServiceView, ips: &[IpAddr]) -> Result<(), Error> {
+async fn write_ingress(ctx: &Context, view: &model::Service, ips: &[IpAddr]) -> Result<(), Error> {
     let ingress: Vec<_> = ips
         .iter()
         .map(|ip| json!({"ip": ip.to_string(), "ipMode": "VIP"}))
         .collect();
     let patch = json!({
         "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": view.name, "namespace": view.namespace},
+        "metadata": {"name": view.key.name, "namespace": view.key.namespace},
         "status": {"loadBalancer": {"ingress": ingress}},
     });
-    Api::<Service>::namespaced(ctx.client.clone(), &view.namespace)
+    Api::<Service>::namespaced(ctx.client.clone(), &view.key.namespace)
         .patch_status(
-            &view.name,
+            &view.key.name,
             &PatchParams::apply(MANAGER).force(),
             &Patch::Apply(&patch),
         )
@@ -493,7 +492,7 @@ async fn write_ingress(ctx: &Context, view: &ServiceView, ips: &[IpAddr]) -> Res
 
 async fn write_pool_annotation(
     ctx: &Context,
-    view: &ServiceView,
+    view: &model::Service,
     pool: Option<&str>,
 ) -> Result<(), Error> {
     let annotations = match pool {
@@ -502,11 +501,11 @@ async fn write_pool_annotation(
     };
     let patch = json!({
         "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": view.name, "namespace": view.namespace, "annotations": annotations},
+        "metadata": {"name": view.key.name, "namespace": view.key.namespace, "annotations": annotations},
     });
-    Api::<Service>::namespaced(ctx.client.clone(), &view.namespace)
+    Api::<Service>::namespaced(ctx.client.clone(), &view.key.namespace)
         .patch(
-            &view.name,
+            &view.key.name,
             &PatchParams::apply(MANAGER).force(),
             &Patch::Apply(&patch),
         )
@@ -538,7 +537,7 @@ async fn collect_vanished(ctx: Arc<Context>) {
             .services
             .state()
             .iter()
-            .map(|s| ServiceKey::new(s.namespace().unwrap_or_default(), s.name_any()))
+            .map(|s| crds::read::service_key(s))
             .collect();
         let vanished = ctx.state.lock().await.holders_not_in(&present);
         for key in vanished {
@@ -551,8 +550,8 @@ async fn collect_vanished(ctx: Arc<Context>) {
 async fn requeue_pending(ctx: &Context) {
     let state = ctx.state.lock().await;
     for svc in ctx.services.state() {
-        let view = ServiceView::read(&svc, ctx.handle_unclassed);
-        if view.wants_address && state.assignment(&view.key()).is_none() {
+        let view = crds::read::service(&svc);
+        if view.is_ours(ctx.classes) && state.assignment(&view.key.clone()).is_none() {
             let _ = ctx.requeue.send(ObjectRef::from_obj(&*svc));
         }
     }
@@ -564,6 +563,7 @@ async fn requeue_pending(ctx: &Context) {
 async fn pool_status_loop(ctx: Arc<Context>) {
     let mut last: BTreeMap<String, IPAddressPool> = BTreeMap::new();
     let mut reported: Vec<allocator::Overlap> = vec![];
+    let mut reported_problems: BTreeMap<String, Vec<String>> = BTreeMap::new();
     loop {
         ctx.pools_changed.notified().await;
         // Let a burst of changes settle into one pass.
@@ -597,6 +597,7 @@ async fn pool_status_loop(ctx: Arc<Context>) {
                 }
             }
             reported = overlaps;
+            reported_problems = report_problems(&ctx, &pools, reported_problems).await;
             requeue_affected(&ctx, &pools, &last).await;
         }
         for pool in &pools {
@@ -607,6 +608,39 @@ async fn pool_status_loop(ctx: Arc<Context>) {
         }
         last = pools.into_iter().map(|p| (p.name_any(), p)).collect();
     }
+}
+
+/// A Warning Event on each pool whose problems (entries or selectors left out) are new since
+/// the last report; returns what is reported now.
+async fn report_problems(
+    ctx: &Context,
+    pools: &[IPAddressPool],
+    before: BTreeMap<String, Vec<String>>,
+) -> BTreeMap<String, Vec<String>> {
+    let mut now = BTreeMap::new();
+    for pool in pools {
+        let problems = crds::read::pool(pool).problems();
+        if problems.is_empty() {
+            continue;
+        }
+        if before.get(&pool.name_any()) != Some(&problems) {
+            tracing::warn!(pool = %pool.name_any(), "{}", problems.join("; "));
+            let note = format!(
+                "{}; the pool's other entries go on working",
+                problems.join("; ")
+            );
+            publish(
+                ctx,
+                &pool.object_ref(&()),
+                EventType::Warning,
+                "InvalidPoolEntry",
+                note,
+            )
+            .await;
+        }
+        now.insert(pool.name_any(), problems);
+    }
+    now
 }
 
 /// Services a pool change can change: those without an address, those naming a pool, and those
@@ -630,11 +664,11 @@ async fn requeue_affected(
         .collect();
     let state = ctx.state.lock().await;
     for svc in ctx.services.state() {
-        let view = ServiceView::read(&svc, ctx.handle_unclassed);
-        if !view.wants_address {
+        let view = crds::read::service(&svc);
+        if !view.is_ours(ctx.classes) {
             continue;
         }
-        let affected = match state.assignment(&view.key()) {
+        let affected = match state.assignment(&view.key.clone()) {
             None => true,
             Some(a) => {
                 view.pool.is_some()
@@ -655,9 +689,7 @@ async fn write_pool(ctx: &Context, pool: &IPAddressPool) -> Result<(), Error> {
     let api: Api<IPAddressPool> = Api::all(ctx.client.clone());
     let (status, users) = {
         let state = ctx.state.lock().await;
-        let ranges = crds::address::parse_blocks(pool.spec.addresses.iter().map(|a| a.0.as_str()))
-            .unwrap_or_default();
-        let users = state.users_within(&ranges);
+        let users = state.users_within(&crds::read::pool(pool).ranges);
         let now = Time(k8s_openapi::jiff::Timestamp::now());
         (
             state.pool_status(&name, users, pool.status.as_ref(), now),

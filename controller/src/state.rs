@@ -7,15 +7,14 @@ use std::net::IpAddr;
 use allocator::{Allocator, Assignment, Overlap, ServiceKey, ServiceRequest, Usage};
 use crds::{FamilyUsage, IPAddressPool, IPAddressPoolStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::ResourceExt;
-
-use crate::pools::{self, PoolProblem};
+use model::Pool;
 
 /// One pool as last read.
 #[derive(Debug, Clone)]
 struct PoolEntry {
     generation: Option<i64>,
-    problem: Option<PoolProblem>,
+    /// The model's reading: its good entries allocate, its problems go on `Ready`.
+    read: Pool,
 }
 
 #[derive(Debug, Default)]
@@ -26,24 +25,24 @@ pub struct State {
 }
 
 impl State {
-    /// Replaces the pools. Pools that cannot allocate (bad addresses or selectors, being
-    /// deleted) are left out of the allocator; Services keep what they hold either way.
-    /// Returns the overlaps, which the caller reports.
+    /// Replaces the pools. A bad entry costs only itself: the pool allocates from its other
+    /// entries. Pools being deleted are left out of the allocator; Services keep what they hold
+    /// either way. Returns the overlaps, which the caller reports.
     pub fn set_pools(&mut self, pools: &[IPAddressPool]) -> Vec<Overlap> {
         let mut usable = vec![];
         self.pools.clear();
         for pool in pools {
-            let read = pools::read(pool);
+            let read = crds::read::pool(pool);
+            if !read.deleting {
+                usable.push(read.clone());
+            }
             self.pools.insert(
-                pool.name_any(),
+                read.name.clone(),
                 PoolEntry {
                     generation: pool.metadata.generation,
-                    problem: read.as_ref().err().cloned(),
+                    read,
                 },
             );
-            if let Ok(p) = read {
-                usable.push(p);
-            }
         }
         // Names are unique in the API, so this cannot fail on them.
         self.overlaps = self.allocator.set_pools(usable).unwrap_or_default();
@@ -101,7 +100,7 @@ impl State {
 
     /// How many Services hold an address inside `ranges` (a pool's addresses, whether or not
     /// the pool is still in the allocator).
-    pub fn users_within(&self, ranges: &[crds::AddressRange]) -> usize {
+    pub fn users_within(&self, ranges: &[model::AddressRange]) -> usize {
         self.allocator
             .assignments()
             .filter(|(_, a)| {
@@ -134,22 +133,41 @@ impl State {
         let entry = self.pools.get(name)?;
         let usage = self.allocator.usage(name).unwrap_or_default();
         let mut conditions = vec![];
-        let ready = match &entry.problem {
-            None => cond(
-                "Ready",
-                true,
-                "Allocating",
-                "the pool hands out addresses".into(),
-            ),
-            Some(PoolProblem::Deleting) => cond(
+        let pool = &entry.read;
+        let problems = pool.problems();
+        let ready = if pool.deleting {
+            cond(
                 "Ready",
                 false,
                 "Deleting",
                 format!(
                     "the pool is being deleted; it hands out nothing new and is kept until the {users} Service(s) holding its addresses are moved or deleted"
                 ),
-            ),
-            Some(p) => cond("Ready", false, p.reason(), p.to_string()),
+            )
+        } else if !problems.is_empty() {
+            let reason = if pool.invalid.is_empty() {
+                "InvalidSelector"
+            } else {
+                "InvalidAddresses"
+            };
+            let rest = if pool.ranges.is_empty() {
+                "the pool has no valid entry and hands out nothing"
+            } else {
+                "its other entries hand out addresses and stay announced"
+            };
+            cond(
+                "Ready",
+                false,
+                reason,
+                format!("{}; {rest}", problems.join("; ")),
+            )
+        } else {
+            cond(
+                "Ready",
+                true,
+                "Allocating",
+                "the pool hands out addresses".into(),
+            )
         };
         conditions.push(ready);
         let mine: Vec<&Overlap> = self
@@ -235,7 +253,7 @@ fn family_usage(u: Usage) -> FamilyUsage {
 mod tests {
     use super::*;
     use allocator::FamilyPolicy;
-    use crds::Family;
+    use model::Family;
     use serde_json::json;
 
     fn pool(name: &str, addresses: &[&str]) -> IPAddressPool {
@@ -263,7 +281,7 @@ mod tests {
         ]);
         assert_eq!(overlaps.len(), 1);
         let svc = ServiceRequest::new(
-            ServiceKey::new("ns", "web"),
+            ServiceKey::new("ns", "web", "uid"),
             FamilyPolicy::SingleStack(Family::V4),
         );
         let got = state.allocate(&svc).unwrap();
@@ -305,6 +323,38 @@ mod tests {
         );
         assert_eq!(condition(&b, "InUse").status, "False");
         assert!(state.pool_status("nope", 0, None, now()).is_none());
+    }
+
+    #[test]
+    fn a_bad_entry_is_named_and_the_rest_of_the_pool_allocates() {
+        let mut state = State::default();
+        state.set_pools(&[pool(
+            "lan",
+            &["198.51.100.200-198.51.100.201", "2001:db8::20-2001:db8::10"],
+        )]);
+        let svc = ServiceRequest::new(
+            ServiceKey::new("ns", "web", "uid"),
+            FamilyPolicy::SingleStack(Family::V4),
+        );
+        assert_eq!(
+            state.allocate(&svc).unwrap().ips(),
+            vec!["198.51.100.200".parse::<IpAddr>().unwrap()]
+        );
+        let status = state.pool_status("lan", 1, None, now()).unwrap();
+        let ready = condition(&status, "Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "InvalidAddresses")
+        );
+        assert!(
+            ready
+                .message
+                .contains("\"2001:db8::20-2001:db8::10\" is ignored")
+                && ready.message.contains("other entries hand out addresses"),
+            "{}",
+            ready.message
+        );
+        assert_eq!(status.ipv4.unwrap().capacity, 2);
     }
 
     #[test]

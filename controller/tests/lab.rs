@@ -829,3 +829,53 @@ async fn two_services_claiming_one_address_the_older_keeps_it() {
         "{ev}"
     );
 }
+
+/// Issue 9, bug 1: an IPv6 range written backwards (the one mistake CEL cannot catch) used to
+/// take the whole pool out of allocation. The good entries go on allocating; the bad one is
+/// named on the pool's Ready condition and in a Warning Event.
+#[tokio::test]
+async fn a_bad_pool_entry_is_named_and_the_rest_of_the_pool_allocates() {
+    lab::require_lab!();
+    let lab = lab_with_controller().await;
+    apply(
+        &lab,
+        &pool_yaml(
+            "mixed",
+            &["198.51.100.230-198.51.100.231", "2001:db8::20-2001:db8::10"],
+            "",
+        ),
+    )
+    .await;
+    apply(&lab, &svc_yaml("default", "web", &[], "")).await;
+    assert_eq!(
+        ingress_becomes(&lab, "default", "web", &["198.51.100.230"]).await,
+        ips(&["198.51.100.230"])
+    );
+    let status = pool_status_when(&lab, "mixed", |s| {
+        s.conditions.iter().any(|c| c.type_ == "Ready")
+    })
+    .await;
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "InvalidAddresses"),
+        "{ready:?}"
+    );
+    assert!(
+        ready
+            .message
+            .contains("\"2001:db8::20-2001:db8::10\" is ignored"),
+        "{}",
+        ready.message
+    );
+    assert_eq!(status.ipv4.map(|u| u.capacity), Some(2));
+    let events = eventually_events(&lab, "default", "mixed", "InvalidPoolEntry").await;
+    assert!(
+        events.contains("InvalidPoolEntry") && events.contains("2001:db8::20-2001:db8::10"),
+        "{events}"
+    );
+}

@@ -6,7 +6,6 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::schema::{InterfaceName, PoolName};
-use crate::selector::Labels;
 
 /// Announce the addresses of some pools with ARP and NDP. An address is announced only if at
 /// least one L2Advertisement covers its pool; several that cover one pool add up.
@@ -48,73 +47,4 @@ pub struct L2AdvertisementSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub interfaces: Vec<InterfaceName>,
-}
-
-impl L2AdvertisementSpec {
-    /// Whether this advertisement covers the pool: named in `ipAddressPools`, matched by one of
-    /// `ipAddressPoolSelectors`, or, with neither set, every pool. A selector that cannot be read
-    /// matches nothing.
-    pub fn covers_pool(&self, pool: &str, pool_labels: &Labels) -> bool {
-        if self.ip_address_pools.is_empty() && self.ip_address_pool_selectors.is_empty() {
-            return true;
-        }
-        self.ip_address_pools.iter().any(|p| p.0 == pool)
-            || self
-                .ip_address_pool_selectors
-                .iter()
-                .any(|s| crate::LabelSelector::read(s).is_ok_and(|s| s.matches(pool_labels)))
-    }
-
-    /// Whether a node with these labels may announce for this advertisement: it matches one of
-    /// `nodeSelectors`, or there are none. A selector that cannot be read matches nothing.
-    pub fn selects_node(&self, node_labels: &Labels) -> bool {
-        self.node_selectors.is_empty()
-            || self
-                .node_selectors
-                .iter()
-                .any(|s| crate::LabelSelector::read(s).is_ok_and(|s| s.matches(node_labels)))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::selector::labels;
-    use serde_json::json;
-
-    fn ad(v: serde_json::Value) -> L2AdvertisementSpec {
-        serde_json::from_value(v).unwrap()
-    }
-
-    #[test]
-    fn covers_pools_by_name_label_or_all() {
-        let zone_a = labels(&[("zone", "a")]);
-        let none = Labels::new();
-        assert!(ad(json!({})).covers_pool("lan", &none));
-        assert!(ad(json!({"ipAddressPools": ["lan"]})).covers_pool("lan", &none));
-        assert!(!ad(json!({"ipAddressPools": ["other"]})).covers_pool("lan", &none));
-        let by_label = ad(json!({"ipAddressPoolSelectors": [{"matchLabels": {"zone": "a"}}]}));
-        assert!(by_label.covers_pool("lan", &zone_a));
-        assert!(!by_label.covers_pool("lan", &none));
-        let unreadable = ad(json!({"ipAddressPoolSelectors":
-            [{"matchExpressions": [{"key": "zone", "operator": "Near"}]}]}));
-        assert!(!unreadable.covers_pool("lan", &zone_a));
-    }
-
-    #[test]
-    fn selects_nodes_by_any_selector_or_all() {
-        let rack1 = labels(&[("rack", "1")]);
-        let rack2 = labels(&[("rack", "2")]);
-        assert!(ad(json!({})).selects_node(&rack1));
-        let two = ad(json!({"nodeSelectors": [
-            {"matchLabels": {"rack": "1"}},
-            {"matchExpressions": [{"key": "rack", "operator": "In", "values": ["3"]}]},
-        ]}));
-        assert!(two.selects_node(&rack1));
-        assert!(!two.selects_node(&rack2));
-        let unreadable = ad(
-            json!({"nodeSelectors": [{"matchExpressions": [{"key": "rack", "operator": "Near"}]}]}),
-        );
-        assert!(!unreadable.selects_node(&rack1));
-    }
 }

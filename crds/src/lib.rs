@@ -1,22 +1,19 @@
-//! The `ferrolb.io/v1alpha1` API and the one parser of pool addresses.
+//! The `ferrolb.io/v1alpha1` API, and the one place API objects become `model` values.
 //!
 //! `IPAddressPool` and `L2Advertisement` are cluster-scoped. Syntax is validated by the CRD
 //! schema (CEL rules in [`schema`]); cross-object facts such as overlapping pools are reported
-//! by the controller in conditions and Events.
+//! by the controller in conditions and Events. [`read`] converts Services, pools and
+//! advertisements into the model both binaries decide from.
 
-pub mod address;
-pub mod address_cases;
 pub mod l2;
 pub mod pool;
+pub mod read;
 pub mod schema;
-pub mod selector;
 
-pub use address::{AddressError, AddressRange, Family};
 pub use l2::{L2Advertisement, L2AdvertisementSpec};
 pub use pool::{
     FamilyUsage, IPAddressPool, IPAddressPoolSpec, IPAddressPoolStatus, ServiceAllocation,
 };
-pub use selector::{LabelSelector, Labels, Operator, Requirement, SelectorError};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
@@ -24,9 +21,7 @@ use kube::CustomResourceExt;
 /// The API group of every ferrolb resource and the prefix of its annotations.
 pub const GROUP: &str = "ferrolb.io";
 
-/// The `spec.loadBalancerClass` of Services that are always ferrolb's (the controller also
-/// takes Services without a class unless told not to).
-pub const LOAD_BALANCER_CLASS: &str = "ferrolb.io/l2";
+pub use model::service::LOAD_BALANCER_CLASS;
 
 /// Every CRD with the file name `crdgen` writes it to under `deploy/crds/`.
 pub fn crds() -> Vec<(&'static str, CustomResourceDefinition)> {

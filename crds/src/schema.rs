@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
-use crate::address::{AddressError, AddressRange, parse_block};
+use model::address::{AddressError, AddressRange, parse_block};
 
 /// One entry of `IPAddressPool.spec.addresses`: a CIDR, a range or a single address.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

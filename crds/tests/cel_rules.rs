@@ -1,10 +1,10 @@
 //! The CRD's CEL rules, evaluated client-side, agree with the Rust parser on the shared table.
 //! (The lab repeats this against a real API server with `kubectl apply --dry-run=server`.)
 
-use crds::address_cases::{CASES, Expect};
 use crds::{IPAddressPool, L2Advertisement};
 use kube::CustomResourceExt;
 use kube::core::cel::Validator;
+use model::address_cases::{CASES, Expect};
 use serde_json::{Value, json};
 
 fn schema_of(

@@ -821,6 +821,16 @@ impl Lab {
     /// speaker's ServiceAccount, with the gossip key the lab keeps in the `ferrolb-gossip`
     /// Secret, as the DaemonSet in deploy/ runs it.
     pub async fn start_speaker(&mut self, binary: &Path, i: usize) -> Result<()> {
+        self.start_speaker_with(binary, i, &[]).await
+    }
+
+    /// [`Lab::start_speaker`] with extra flags, as a DaemonSet's `args` would add them.
+    pub async fn start_speaker_with(
+        &mut self,
+        binary: &Path,
+        i: usize,
+        extra: &[&str],
+    ) -> Result<()> {
         if !binary.is_file() {
             bail!(
                 "no speaker binary at {} (cargo build -p speaker)",
@@ -832,22 +842,28 @@ impl Lab {
             .service_account_kubeconfig("ferrolb-system", "ferrolb-speaker")
             .await?;
         let name = format!("speaker-node-{i}");
+        // A restart: the old speaker goes first, or the new one finds its ports taken.
+        if let Some(mut old) = self.nodes[i - 1].speaker.take() {
+            old.kill();
+        }
         let node = &self.nodes[i - 1];
+        let node_arg = format!("--node-name={}", node.name);
+        let key_arg = format!("--gossip-key-file={}", key.display());
+        let mut flags = vec![
+            node_arg.as_str(),
+            key_arg.as_str(),
+            "--log-level=info,kube=warn",
+        ];
+        flags.extend_from_slice(extra);
         let proc = Proc::spawn_with_env(
             &node.ns,
             &name,
             binary,
-            &args(&[
-                &format!("--node-name={}", node.name),
-                &format!("--gossip-key-file={}", key.display()),
-                "--log-level=info,kube=warn",
-            ]),
+            &args(&flags),
             &[("KUBECONFIG", &kubeconfig)],
             &self.log_path(&name),
         )?;
-        if let Some(mut old) = self.nodes[i - 1].speaker.replace(proc) {
-            old.kill();
-        }
+        self.nodes[i - 1].speaker = Some(proc);
         Ok(())
     }
 

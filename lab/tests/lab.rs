@@ -6,11 +6,11 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use crds::address_cases::{CASES, Expect};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 use lab::{Lab, LabConfig, ProbeConfig, ServiceSpec};
+use model::address_cases::{CASES, Expect};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()

@@ -18,24 +18,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+use model::ServiceKey;
 use speaker_core::election::{self, ElectionKey, NodeName, ServiceAddresses};
 
 /// The label that keeps a node out of external load balancing (also honoured by kube-proxy and
 /// cloud providers).
 pub const EXCLUDE_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
-
-/// A Service, named for Events and status.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ServiceRef {
-    pub namespace: String,
-    pub name: String,
-}
-
-impl std::fmt::Display for ServiceRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
 
 /// What the speaker needs to know of a Node.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -46,10 +34,10 @@ pub struct NodeFacts {
     pub cordoned: bool,
 }
 
-/// A LoadBalancer Service with ingress addresses.
+/// The election's projection of a `model::Service` that holds addresses of ferrolb's pools.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceFacts {
-    pub service: ServiceRef,
+    pub service: ServiceKey,
     pub addresses: Vec<IpAddr>,
     /// `externalTrafficPolicy: Local`: only nodes in `endpoint_nodes` may announce.
     pub local: bool,
@@ -133,7 +121,7 @@ pub struct Decision {
     /// that cover the address and select the owner; `None` when one of them leaves it open.
     pub interfaces: Option<Vec<String>>,
     /// The Services holding the address.
-    pub services: Vec<ServiceRef>,
+    pub services: Vec<ServiceKey>,
 }
 
 /// Elects an owner for every address of every Service in `facts`.
@@ -253,10 +241,7 @@ mod tests {
 
     fn service(name: &str, addresses: &[&str]) -> ServiceFacts {
         ServiceFacts {
-            service: ServiceRef {
-                namespace: "default".into(),
-                name: name.into(),
-            },
+            service: ServiceKey::new("default", name, name),
             addresses: addresses.iter().map(|a| ip(a)).collect(),
             local: false,
             endpoint_nodes: BTreeSet::new(),

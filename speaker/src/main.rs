@@ -36,6 +36,11 @@ struct Args {
     #[arg(long, default_value = "/etc/ferrolb/gossip/key")]
     gossip_key_file: std::path::PathBuf,
 
+    /// Also announce Services without spec.loadBalancerClass (Services of class ferrolb.io/l2
+    /// always are); set it as the controller's.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    handle_unclassed: bool,
+
     /// Interfaces this speaker may ever announce on (comma-separated); empty: chosen per
     /// address.
     #[arg(long, value_delimiter = ',')]
@@ -115,6 +120,9 @@ async fn main() -> anyhow::Result<()> {
         announcer_events,
         metrics,
         allowed_interfaces: args.interfaces,
+        classes: model::ClassPolicy {
+            handle_unclassed: args.handle_unclassed,
+        },
         gossip_addr,
         gossip_port: args.gossip_port,
     };

@@ -17,11 +17,11 @@ use kube::{Api, Client, Resource};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
-use crate::decide::ServiceRef;
 use crate::view::Stores;
+use model::ServiceKey;
 
 /// The Service condition the speaker keeps current.
-pub const CONDITION: &str = "ferrolb.io/Announced";
+pub const CONDITION: &str = model::service::ANNOUNCED_CONDITION;
 /// The server-side apply field manager of that condition.
 pub const MANAGER: &str = "ferrolb-speaker";
 
@@ -36,7 +36,7 @@ pub struct Wanted {
 /// An Event about a Service.
 #[derive(Debug, Clone)]
 pub struct Notice {
-    pub service: ServiceRef,
+    pub service: ServiceKey,
     pub warning: bool,
     pub reason: &'static str,
     pub note: String,
@@ -45,7 +45,7 @@ pub struct Notice {
 /// Handles to the reporting tasks.
 #[derive(Clone)]
 pub struct Reports {
-    conditions: watch::Sender<BTreeMap<ServiceRef, Wanted>>,
+    conditions: watch::Sender<BTreeMap<ServiceKey, Wanted>>,
     notices: mpsc::UnboundedSender<Notice>,
 }
 
@@ -70,7 +70,7 @@ impl Reports {
     }
 
     /// The conditions of every Service this speaker reports on (the others are left alone).
-    pub fn set_conditions(&self, wanted: BTreeMap<ServiceRef, Wanted>) {
+    pub fn set_conditions(&self, wanted: BTreeMap<ServiceKey, Wanted>) {
         self.conditions.send_if_modified(|current| {
             let changed = *current != wanted;
             *current = wanted;
@@ -90,7 +90,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 async fn write_conditions(
     client: Client,
     stores: Stores,
-    mut wanted: watch::Receiver<BTreeMap<ServiceRef, Wanted>>,
+    mut wanted: watch::Receiver<BTreeMap<ServiceKey, Wanted>>,
 ) {
     loop {
         let current = wanted.borrow_and_update().clone();

@@ -18,10 +18,11 @@ use speaker_core::mac::MacAddr;
 use tokio::sync::Notify;
 
 use crate::announce::{self, Announcer, Desired, Link};
-use crate::decide::{self, Decision, NoOwner, ServiceRef};
+use crate::decide::{self, Decision, NoOwner};
 use crate::membership::{Membership, View};
 use crate::report::{Notice, Reports, Wanted};
 use crate::view::Stores;
+use model::ServiceKey;
 
 /// How often links are rescanned: a changed interface set is picked up within this, and a
 /// gossip interface that went down makes the speaker leave.
@@ -90,6 +91,8 @@ pub struct Speaker {
     pub metrics: Metrics,
     /// The `--interfaces` flag: interfaces the speaker may ever use (empty: any).
     pub allowed_interfaces: Vec<String>,
+    /// Which Services are ferrolb's; the controller's `--handle-unclassed` must say the same.
+    pub classes: model::ClassPolicy,
     /// The address other speakers reach this one at; the interface holding it is the one whose
     /// loss makes this speaker leave.
     pub gossip_addr: SocketAddr,
@@ -177,7 +180,7 @@ impl Speaker {
     }
 
     fn on_announcer_event(&self, memory: &mut Memory, event: announce::Event) {
-        let services = |ip: &IpAddr| -> Vec<ServiceRef> {
+        let services = |ip: &IpAddr| -> Vec<ServiceKey> {
             memory
                 .last
                 .get(ip)
@@ -218,7 +221,7 @@ impl Speaker {
                         self.reports.notice(Notice {
                             service,
                             warning: true,
-                            reason: crate::view::CONFLICT_REASON,
+                            reason: model::service::CONFLICT_REASON,
                             note: note.clone(),
                         });
                     }
@@ -241,7 +244,7 @@ impl Speaker {
             return;
         }
         let live: BTreeSet<NodeName> = view.members.keys().map(NodeName::new).collect();
-        let facts = self.stores.facts();
+        let facts = self.stores.facts(self.classes);
         let decisions = decide::decide(&facts, &live);
 
         let mut desired = BTreeMap::new();
@@ -349,7 +352,7 @@ impl Speaker {
         live: &BTreeSet<NodeName>,
     ) {
         let reporter_for_unowned = live.first() == Some(&self.me);
-        let mut per_service: BTreeMap<ServiceRef, Vec<(IpAddr, &Decision)>> = BTreeMap::new();
+        let mut per_service: BTreeMap<ServiceKey, Vec<(IpAddr, &Decision)>> = BTreeMap::new();
         for (ip, d) in decisions {
             for service in &d.services {
                 per_service
@@ -376,7 +379,7 @@ impl Speaker {
             {
                 Wanted {
                     announced: false,
-                    reason: crate::view::CONFLICT_REASON.into(),
+                    reason: model::service::CONFLICT_REASON.into(),
                     message: format!(
                         "{ip} is answered on {interface} by {mac}, a host that is not a ferrolb speaker"
                     ),

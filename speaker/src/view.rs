@@ -9,20 +9,18 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crds::{AddressRange, IPAddressPool, L2Advertisement, Labels};
+use crds::{IPAddressPool, L2Advertisement};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
+use model::{ClassPolicy, Labels, Pool, ServiceKey, TrafficPolicy};
 use speaker_core::election::NodeName;
 use tokio::sync::Notify;
 
-use crate::decide::{Advertisement, EXCLUDE_LABEL, Facts, NodeFacts, ServiceFacts, ServiceRef};
-
-/// The condition reason of an address a foreign host answers for.
-pub const CONFLICT_REASON: &str = "AddressConflict";
+use crate::decide::{Advertisement, EXCLUDE_LABEL, Facts, NodeFacts, ServiceFacts};
 
 /// The reflectors' stores.
 #[derive(Clone)]
@@ -77,11 +75,22 @@ impl Stores {
         );
     }
 
-    /// The election's input as the stores hold it now.
-    pub fn facts(&self) -> Facts {
+    /// The election's input as the stores hold it now, read through the model: the same
+    /// Services, pools and advertisements the controller decides from.
+    pub fn facts(&self, classes: ClassPolicy) -> Facts {
         let nodes = self.nodes.state();
-        let pools: Vec<PoolFacts> = self.pools.state().iter().filter_map(|p| pool(p)).collect();
-        let advertisements = self.advertisements.state();
+        let pools: Vec<Pool> = self
+            .pools
+            .state()
+            .iter()
+            .map(|p| crds::read::pool(p))
+            .collect();
+        let advertisements: Vec<model::Advertisement> = self
+            .advertisements
+            .state()
+            .iter()
+            .map(|ad| crds::read::advertisement(ad))
+            .collect();
         let slices = self.slices.state();
 
         let mut facts = Facts {
@@ -92,29 +101,41 @@ impl Stores {
             ..Facts::default()
         };
         for svc in self.services.state().iter() {
-            let Some(mut service) = service_facts(svc) else {
-                continue;
-            };
-            // Only addresses of our pools are ours to announce.
-            service
-                .addresses
-                .retain(|ip| pools.iter().any(|p| p.contains(*ip)));
-            if service.addresses.is_empty() {
+            let service = crds::read::service(svc);
+            if !service.is_ours(classes) {
                 continue;
             }
-            if service.local {
-                service.endpoint_nodes = endpoint_nodes(&slices, &service.service);
-            }
-            for ip in &service.addresses {
-                let pool = pools.iter().find(|p| p.contains(*ip)).expect("kept above");
+            let mut addresses = BTreeSet::new();
+            for ip in &service.ingress {
+                // Only addresses of our pools are ours to announce; an address two pools share
+                // belongs where the controller recorded it, as it does for the controller.
+                let Some(pool) = model::home_pool(&pools, *ip, service.allocated_from.as_deref())
+                else {
+                    continue;
+                };
+                addresses.insert(*ip);
                 let covering = advertisements
                     .iter()
-                    .filter(|ad| ad.spec.covers_pool(&pool.name, &pool.labels))
+                    .filter(|ad| ad.covers_pool(&pool.name, &pool.labels))
                     .map(|ad| advertisement(ad, &nodes))
                     .collect();
                 facts.advertisements.insert(*ip, covering);
             }
-            facts.services.push(service);
+            if addresses.is_empty() {
+                continue;
+            }
+            let local = service.traffic_policy == TrafficPolicy::Local;
+            facts.services.push(ServiceFacts {
+                endpoint_nodes: if local {
+                    endpoint_nodes(&slices, &service.key)
+                } else {
+                    BTreeSet::new()
+                },
+                service: service.key,
+                addresses: addresses.into_iter().collect(),
+                local,
+                conflict_reported: service.conflict_reported,
+            });
         }
         facts
     }
@@ -137,10 +158,11 @@ impl Stores {
             .find(|n| n.name_any() == name)
     }
 
-    /// A Service by reference, from the store.
-    pub fn service(&self, service: &ServiceRef) -> Option<Arc<Service>> {
+    /// A Service by key, from the store; not a later Service of the same name.
+    pub fn service(&self, service: &ServiceKey) -> Option<Arc<Service>> {
         self.services
             .get(&reflector::ObjectRef::new(&service.name).within(&service.namespace))
+            .filter(|svc| svc.metadata.uid.as_deref().unwrap_or_default() == service.uid)
     }
 }
 
@@ -232,73 +254,9 @@ fn node_facts(node: &Node) -> NodeFacts {
     }
 }
 
-struct PoolFacts {
-    name: String,
-    labels: Labels,
-    ranges: Vec<AddressRange>,
-}
-
-impl PoolFacts {
-    fn contains(&self, ip: IpAddr) -> bool {
-        self.ranges.iter().any(|r| r.contains(ip))
-    }
-}
-
-/// A pool's addresses; a pool whose addresses cannot be read is left out (the controller says
-/// why on the pool). A pool being deleted still counts: Services keep its addresses until they
-/// let them go.
-fn pool(pool: &IPAddressPool) -> Option<PoolFacts> {
-    let ranges =
-        crds::address::parse_blocks(pool.spec.addresses.iter().map(|a| a.0.as_str())).ok()?;
-    Some(PoolFacts {
-        name: pool.name_any(),
-        labels: pool.labels().clone(),
-        ranges,
-    })
-}
-
-fn service_facts(svc: &Service) -> Option<ServiceFacts> {
-    let spec = svc.spec.as_ref()?;
-    if spec.type_.as_deref() != Some("LoadBalancer")
-        || spec
-            .load_balancer_class
-            .as_deref()
-            .is_some_and(|c| c != crds::LOAD_BALANCER_CLASS)
-    {
-        return None;
-    }
-    let addresses: BTreeSet<IpAddr> = svc
-        .status
-        .as_ref()?
-        .load_balancer
-        .as_ref()?
-        .ingress
-        .as_ref()?
-        .iter()
-        .filter_map(|i| i.ip.as_deref()?.parse().ok())
-        .collect();
-    Some(ServiceFacts {
-        service: ServiceRef {
-            namespace: svc.namespace().unwrap_or_default(),
-            name: svc.name_any(),
-        },
-        addresses: addresses.into_iter().collect(),
-        local: spec.external_traffic_policy.as_deref() == Some("Local"),
-        endpoint_nodes: BTreeSet::new(),
-        conflict_reported: svc
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|c| {
-                c.iter()
-                    .any(|c| c.type_ == crate::report::CONDITION && c.reason == CONFLICT_REASON)
-            }),
-    })
-}
-
 /// Nodes with an endpoint of the Service that is ready, or serving while terminating (its
 /// connections still work, and kube-proxy still uses it when nothing else is ready).
-fn endpoint_nodes(slices: &[Arc<EndpointSlice>], service: &ServiceRef) -> BTreeSet<NodeName> {
+fn endpoint_nodes(slices: &[Arc<EndpointSlice>], service: &ServiceKey) -> BTreeSet<NodeName> {
     slices
         .iter()
         .filter(|s| {
@@ -315,21 +273,21 @@ fn endpoint_nodes(slices: &[Arc<EndpointSlice>], service: &ServiceRef) -> BTreeS
         .collect()
 }
 
-fn advertisement(ad: &L2Advertisement, nodes: &[Arc<Node>]) -> Advertisement {
-    let selected = (!ad.spec.node_selectors.is_empty()).then(|| {
+/// The election's view of an advertisement: the nodes its selectors pick now.
+fn advertisement(ad: &model::Advertisement, nodes: &[Arc<Node>]) -> Advertisement {
+    let selected = ad.selects_some_nodes.then(|| {
         nodes
             .iter()
             .filter(|n| {
                 let labels: Labels = n.labels().clone();
-                ad.spec.selects_node(&labels)
+                ad.selects_node(&labels)
             })
             .map(|n| NodeName::new(n.name_any()))
             .collect()
     });
     Advertisement {
-        name: ad.name_any(),
+        name: ad.name.clone(),
         nodes: selected,
-        interfaces: (!ad.spec.interfaces.is_empty())
-            .then(|| ad.spec.interfaces.iter().map(|i| i.0.clone()).collect()),
+        interfaces: (!ad.interfaces.is_empty()).then(|| ad.interfaces.clone()),
     }
 }

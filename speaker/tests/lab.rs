@@ -52,7 +52,8 @@ async fn members_become(lab: &Lab, i: usize, n: usize) {
         }
         assert!(
             Instant::now() < deadline,
-            "speaker {i} never saw {n} members:\n{metrics}"
+            "speaker {i} never saw {n} members:\n{metrics}\n{}",
+            speaker_logs(lab)
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -679,4 +680,144 @@ async fn sigterm_cordon_and_exclude_hand_over_without_losing_connections() {
         }
     }
     report_figures(&format!("FIGURES handover:\n{}", lines.join("\n")));
+}
+
+/// Speakers on every node of a default lab, started with `flags`, once they see each other.
+async fn speakers_with(lab: &mut Lab, flags: &[&str]) {
+    let nodes = lab.nodes().len();
+    for i in 1..=nodes {
+        lab.start_speaker_with(Path::new(SPEAKER), i, flags)
+            .await
+            .unwrap();
+    }
+    for i in 1..=nodes {
+        members_become(lab, i, nodes).await;
+    }
+}
+
+/// Issue 9, bug 1: a pool entry CEL cannot refuse (an IPv6 range written backwards) used to
+/// make every speaker drop the whole pool, IPv4 included. The good entries must go on being
+/// announced, and a Service that arrives after the bad entry gets announced too.
+#[tokio::test]
+async fn one_bad_pool_entry_leaves_the_rest_of_the_pool_announced() {
+    lab::require_lab!();
+    let mut lab = lab_with_speakers(LabConfig::default()).await;
+    let (before, after) = (ip("198.51.100.200"), ip("198.51.100.201"));
+    expose(&mut lab, "before", "Cluster", "SingleStack", &[before]).await;
+    let owner = owner_of(&lab, before).await;
+
+    lab.apply(&format!(
+        "apiVersion: ferrolb.io/v1alpha1\nkind: IPAddressPool\nmetadata:\n  name: lan\nspec:\n  addresses: [{}, {}, 2001:db8::20-2001:db8::10]\n",
+        lab::plan::EXAMPLE_POOL_V4,
+        lab::plan::EXAMPLE_POOL_V6
+    ))
+    .await
+    .unwrap();
+    // Announced only by speakers that read the edited pool entry by entry.
+    expose(&mut lab, "after", "Cluster", "SingleStack", &[after]).await;
+    owner_of(&lab, after).await;
+    for _ in 0..3 {
+        assert_eq!(answering_nodes(&lab, before), vec![owner]);
+    }
+}
+
+/// Issue 9, bug 2: two pools overlap and their advertisements select different nodes. Every
+/// speaker places a shared address in the pool the controller recorded
+/// (`ferrolb.io/ip-allocated-from-pool`), else in the first pool by name, as the allocator does;
+/// exactly that pool's node answers, also after each speaker in turn restarts.
+#[tokio::test]
+async fn overlapping_pools_elect_one_owner_from_the_recorded_pool() {
+    lab::require_lab!();
+    let mut lab = Lab::start(LabConfig::default()).await.unwrap();
+    lab.label_node(1, "rack", Some("one")).await.unwrap();
+    lab.label_node(2, "rack", Some("two")).await.unwrap();
+    let ad = |name: &str, rack: &str| {
+        format!(
+            "apiVersion: ferrolb.io/v1alpha1\nkind: L2Advertisement\nmetadata:\n  name: {name}\nspec:\n  ipAddressPools: [{name}]\n  nodeSelectors: [{{matchLabels: {{rack: {rack}}}}}]\n"
+        )
+    };
+    lab.apply(&format!(
+        "apiVersion: ferrolb.io/v1alpha1\nkind: IPAddressPool\nmetadata:\n  name: wide\nspec:\n  addresses: [198.51.100.192/26]\n---\napiVersion: ferrolb.io/v1alpha1\nkind: IPAddressPool\nmetadata:\n  name: narrow\nspec:\n  addresses: [198.51.100.200-198.51.100.209]\n---\n{}---\n{}",
+        ad("wide", "one"),
+        ad("narrow", "two")
+    ))
+    .await
+    .unwrap();
+    speakers_with(&mut lab, &[]).await;
+
+    let (recorded, unrecorded) = (ip("198.51.100.205"), ip("198.51.100.206"));
+    let mut spec = ServiceSpec::new("default", "recorded");
+    spec.annotations
+        .insert("ferrolb.io/ip-allocated-from-pool".into(), "wide".into());
+    lab.expose(&spec).await.unwrap();
+    lab.set_ingress("default", "recorded", &[recorded])
+        .await
+        .unwrap();
+    expose(
+        &mut lab,
+        "unrecorded",
+        "Cluster",
+        "SingleStack",
+        &[unrecorded],
+    )
+    .await;
+
+    let nodes = lab.nodes().len();
+    for trial in 0..20 {
+        let restarted = trial % nodes + 1;
+        lab.start_speaker(Path::new(SPEAKER), restarted)
+            .await
+            .unwrap();
+        members_become(&lab, restarted, nodes).await;
+        // The pool wide (recorded) is advertised from rack one only: node 1.
+        assert_eq!(
+            owner_of(&lab, recorded).await,
+            1,
+            "trial {trial}:\n{}",
+            speaker_logs(&lab)
+        );
+        // No record: the first pool by name, narrow, advertised from rack two only: node 2.
+        assert_eq!(
+            owner_of(&lab, unrecorded).await,
+            2,
+            "trial {trial}:\n{}",
+            speaker_logs(&lab)
+        );
+        assert_eq!(answering_nodes(&lab, recorded), vec![1], "trial {trial}");
+    }
+}
+
+/// Issue 9, bug 5: with `--handle-unclassed=false` (set like the controller's), a Service
+/// without a class is not the speakers' to announce; one of class ferrolb.io/l2 is.
+#[tokio::test]
+async fn speakers_follow_handle_unclassed_as_the_controller_does() {
+    lab::require_lab!();
+    let mut lab = Lab::start(LabConfig::default()).await.unwrap();
+    lab.apply(&format!(
+        "apiVersion: ferrolb.io/v1alpha1\nkind: IPAddressPool\nmetadata:\n  name: lan\nspec:\n  addresses: [{}]\n---\napiVersion: ferrolb.io/v1alpha1\nkind: L2Advertisement\nmetadata:\n  name: lan\nspec: {{}}\n",
+        lab::plan::EXAMPLE_POOL_V4
+    ))
+    .await
+    .unwrap();
+    speakers_with(&mut lab, &["--handle-unclassed=false"]).await;
+    let (unclassed, classed) = (ip("198.51.100.220"), ip("198.51.100.221"));
+    expose(
+        &mut lab,
+        "unclassed",
+        "Cluster",
+        "SingleStack",
+        &[unclassed],
+    )
+    .await;
+    let mut spec = ServiceSpec::new("default", "classed");
+    spec.load_balancer_class = Some("ferrolb.io/l2".into());
+    lab.expose(&spec).await.unwrap();
+    lab.set_ingress("default", "classed", &[classed])
+        .await
+        .unwrap();
+    // Once the later, classed Service is answered, the speakers have seen the earlier one.
+    owner_of(&lab, classed).await;
+    for _ in 0..3 {
+        assert_eq!(answering_nodes(&lab, unclassed), Vec::<usize>::new());
+    }
 }

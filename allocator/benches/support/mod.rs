@@ -2,7 +2,7 @@
 #![allow(dead_code)] // Each benchmark uses a different part.
 
 use allocator::{Allocator, FamilyPolicy, Pool, Protocol, ServiceKey, ServiceRequest};
-use crds::address::{Family, parse_block};
+use model::address::{Family, parse_block};
 
 /// The benchmarking prefix (RFC 2544), 131072 addresses, with `avoidBuggyIPs` so that the skip
 /// of `.0`/`.255` is measured too: 130048 usable.
@@ -28,7 +28,11 @@ pub fn services(count: usize, family: Family) -> Vec<ServiceRequest> {
     (0..count)
         .map(|i| {
             ServiceRequest::new(
-                ServiceKey::new(format!("ns-{}", i % 50), format!("svc-{i}")),
+                ServiceKey::new(
+                    format!("ns-{}", i % 50),
+                    format!("svc-{i}"),
+                    format!("uid-{i}"),
+                ),
                 FamilyPolicy::SingleStack(family),
             )
             .with_labels([("app", "bench")])

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use allocator::{
     Allocator, Assignment, FamilyPolicy, Pool, ServiceAllocation, ServiceKey, ServiceRequest,
 };
-use crds::address::{Family, parse_block};
+use model::address::{Family, parse_block};
 
 pub fn ip(text: &str) -> IpAddr {
     text.parse().unwrap()
@@ -60,7 +60,7 @@ pub fn with_pools(pools: Vec<Pool>) -> Allocator {
 /// `ns/name` as a key.
 pub fn key(name: &str) -> ServiceKey {
     let (namespace, name) = name.split_once('/').unwrap_or(("default", name));
-    ServiceKey::new(namespace, name)
+    ServiceKey::new(namespace, name, "uid")
 }
 
 pub fn service(name: &str, families: FamilyPolicy) -> ServiceRequest {

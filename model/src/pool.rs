@@ -1,19 +1,28 @@
-//! Pools as the allocator sees them, and the rules deciding which Services may use a pool and in
-//! which order pools are tried.
+//! Pools: their addresses parsed entry by entry, the rules deciding which Services may use a
+//! pool and in which order pools are tried, and which pool an address belongs to.
 
 use std::cmp::Ordering;
+use std::net::IpAddr;
 
-use crds::address::{AddressRange, Family};
-
-use crate::selector::LabelSelector;
+use crate::address::{AddressError, AddressRange, Family, parse_block};
+use crate::selector::{LabelSelector, Labels, SelectorError};
 use crate::service::ServiceRequest;
 
-/// An `IPAddressPool` with its addresses already parsed.
+/// An `IPAddressPool` as every decision reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pool {
     pub name: String,
-    /// May overlap each other and mix families; the pool is their union.
+    pub labels: Labels,
+    /// The entries that parsed. May overlap each other and mix families; the pool is their
+    /// union.
     pub ranges: Vec<AddressRange>,
+    /// The entries that did not, with why. They are left out; the rest of the pool works.
+    pub invalid: Vec<InvalidEntry>,
+    /// `serviceAllocation` selectors that cannot be read; they match no Service.
+    pub invalid_selectors: Vec<SelectorError>,
+    /// Being deleted: nothing new is allocated from it, but Services keep what they hold and
+    /// speakers go on announcing it.
+    pub deleting: bool,
     /// When false, only Services naming the pool or requesting one of its addresses use it.
     pub auto_assign: bool,
     /// Never hand out IPv4 addresses ending in `.0` or `.255`.
@@ -39,7 +48,11 @@ impl Pool {
     pub fn new(name: &str, ranges: Vec<AddressRange>) -> Pool {
         Pool {
             name: name.to_string(),
+            labels: Labels::new(),
             ranges,
+            invalid: Vec::new(),
+            invalid_selectors: Vec::new(),
+            deleting: false,
             auto_assign: true,
             avoid_buggy_ips: false,
             allocation: None,
@@ -48,10 +61,41 @@ impl Pool {
 
     /// Whether the pool's `serviceAllocation` lets the Service use it. Says nothing about
     /// `autoAssign`, which only decides whether the pool is picked without being asked for.
+    /// A pool with a `serviceAllocation` selector that cannot be read admits no Service: the
+    /// typo narrows who may use it, never widens it.
     pub fn admits(&self, service: &ServiceRequest) -> bool {
-        self.allocation
-            .as_ref()
-            .is_none_or(|allocation| allocation.admits(service))
+        self.invalid_selectors.is_empty()
+            && self
+                .allocation
+                .as_ref()
+                .is_none_or(|allocation| allocation.admits(service))
+    }
+
+    /// A pool of `entries` as written in `spec.addresses`, each parsed on its own.
+    pub fn parse<'a>(name: &str, entries: impl IntoIterator<Item = &'a str>) -> Pool {
+        let (ranges, invalid) = parse_entries(entries);
+        Pool {
+            invalid,
+            ..Pool::new(name, ranges)
+        }
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.ranges.iter().any(|r| r.contains(ip))
+    }
+
+    /// What is wrong with the pool, one sentence per problem, for its `Ready` condition and
+    /// Events; empty when nothing is.
+    pub fn problems(&self) -> Vec<String> {
+        let entries = self
+            .invalid
+            .iter()
+            .map(|bad| format!("entry {:?} is ignored: {}", bad.entry, bad.error));
+        let selectors = self
+            .invalid_selectors
+            .iter()
+            .map(|e| format!("serviceAllocation: {e}; it matches no Service"));
+        entries.chain(selectors).collect()
     }
 
     /// Whether the pool skips `value` of `family` because of `avoidBuggyIPs`.
@@ -90,6 +134,46 @@ impl ServiceAllocation {
                     .iter()
                     .any(|s| s.matches(&service.labels)))
     }
+}
+
+/// An entry of `spec.addresses` that is left out of its pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidEntry {
+    pub entry: String,
+    pub error: AddressError,
+}
+
+/// Parses each entry on its own: one bad entry costs only itself.
+pub fn parse_entries<'a>(
+    entries: impl IntoIterator<Item = &'a str>,
+) -> (Vec<AddressRange>, Vec<InvalidEntry>) {
+    let mut ranges = Vec::new();
+    let mut invalid = Vec::new();
+    for entry in entries {
+        match parse_block(entry) {
+            Ok(range) => ranges.push(range),
+            Err(error) => invalid.push(InvalidEntry {
+                entry: entry.to_string(),
+                error,
+            }),
+        }
+    }
+    (ranges, invalid)
+}
+
+/// The pool an address belongs to, the same answer in the controller and every speaker: the
+/// pool the controller recorded for the Service (`ip-allocated-from-pool`) when it contains the
+/// address, else the first pool by name that contains it (the allocator's own rule for an
+/// address two pools share).
+pub fn home_pool<'a>(pools: &'a [Pool], ip: IpAddr, recorded: Option<&str>) -> Option<&'a Pool> {
+    recorded
+        .and_then(|name| pools.iter().find(|p| p.name == name && p.contains(ip)))
+        .or_else(|| {
+            pools
+                .iter()
+                .filter(|p| p.contains(ip))
+                .min_by(|a, b| a.name.cmp(&b.name))
+        })
 }
 
 /// IPv4 addresses some old firmware mistakes for network or broadcast addresses.
@@ -132,7 +216,7 @@ mod tests {
 
     fn request(namespace: &str, labels: &[(&str, &str)]) -> ServiceRequest {
         ServiceRequest::new(
-            ServiceKey::new(namespace, "svc"),
+            ServiceKey::new(namespace, "svc", "uid"),
             FamilyPolicy::SingleStack(Family::V4),
         )
         .with_labels(labels.iter().copied())
@@ -238,6 +322,61 @@ mod tests {
                 "a-plain"
             ]
         );
+    }
+
+    #[test]
+    fn one_bad_entry_costs_only_itself() {
+        let pool = Pool::parse(
+            "lan",
+            [
+                "198.51.100.200-198.51.100.210",
+                "2001:db8::20-2001:db8::10",
+                "2001:db8::5",
+            ],
+        );
+        assert_eq!(pool.ranges.len(), 2);
+        assert!(pool.contains("198.51.100.205".parse().unwrap()));
+        assert!(pool.contains("2001:db8::5".parse().unwrap()));
+        assert_eq!(pool.invalid.len(), 1);
+        assert_eq!(pool.invalid[0].entry, "2001:db8::20-2001:db8::10");
+        let problems = pool.problems();
+        assert_eq!(problems.len(), 1);
+        assert!(
+            problems[0].contains("\"2001:db8::20-2001:db8::10\" is ignored")
+                && problems[0].contains("reversed"),
+            "{problems:?}"
+        );
+        assert!(Pool::parse("ok", ["198.51.100.1"]).problems().is_empty());
+    }
+
+    #[test]
+    fn home_pool_is_the_recorded_one_else_the_first_by_name() {
+        let pools = [
+            Pool::parse("zeta", ["198.51.100.0/24"]),
+            Pool::parse("alpha", ["198.51.100.128/25"]),
+            Pool::parse("other", ["203.0.113.0/24"]),
+        ];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let name = |p: Option<&Pool>| p.map(|p| p.name.clone());
+        // Shared address: the recorded pool wins, else the first name, whatever the list order.
+        assert_eq!(
+            name(home_pool(&pools, ip("198.51.100.200"), Some("zeta"))),
+            Some("zeta".into())
+        );
+        assert_eq!(
+            name(home_pool(&pools, ip("198.51.100.200"), None)),
+            Some("alpha".into())
+        );
+        // A recorded pool that does not contain the address (edited since) does not count.
+        assert_eq!(
+            name(home_pool(&pools, ip("198.51.100.200"), Some("other"))),
+            Some("alpha".into())
+        );
+        assert_eq!(
+            name(home_pool(&pools, ip("198.51.100.1"), Some("alpha"))),
+            Some("zeta".into())
+        );
+        assert_eq!(name(home_pool(&pools, ip("192.0.2.1"), None)), None);
     }
 
     #[test]

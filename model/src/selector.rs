@@ -1,12 +1,11 @@
-//! Label selectors with Kubernetes' matching rules, read once from `metav1.LabelSelector`.
+//! Label selectors with Kubernetes' matching rules.
 //!
-//! [`LabelSelector::read`] is the edge (it rejects unknown operators); after it a selector only
-//! answers whether a set of labels matches. The allocator, the controller and the speaker all
-//! match with this one type.
+//! `crds` reads `metav1.LabelSelector` into this type once (refusing unknown operators); after
+//! that a selector only answers whether a set of labels matches. The allocator, the controller
+//! and the speaker all match with this one type, and a property test in `crds` checks it against
+//! kube's own `Selector` on generated cases.
 
 use std::collections::BTreeMap;
-
-use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
 
 /// Why a Kubernetes label selector cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -45,39 +44,20 @@ pub enum Operator {
     DoesNotExist,
 }
 
+impl Operator {
+    /// The operator of a `matchExpressions` entry, as Kubernetes spells it.
+    pub fn parse(text: &str) -> Result<Operator, SelectorError> {
+        match text {
+            "In" => Ok(Operator::In),
+            "NotIn" => Ok(Operator::NotIn),
+            "Exists" => Ok(Operator::Exists),
+            "DoesNotExist" => Ok(Operator::DoesNotExist),
+            other => Err(SelectorError(other.to_string())),
+        }
+    }
+}
+
 impl LabelSelector {
-    /// A Kubernetes label selector in our terms.
-    pub fn read(s: &meta::LabelSelector) -> Result<LabelSelector, SelectorError> {
-        let match_expressions = s
-            .match_expressions
-            .iter()
-            .flatten()
-            .map(|e| {
-                let operator = match e.operator.as_str() {
-                    "In" => Operator::In,
-                    "NotIn" => Operator::NotIn,
-                    "Exists" => Operator::Exists,
-                    "DoesNotExist" => Operator::DoesNotExist,
-                    other => return Err(SelectorError(other.to_string())),
-                };
-                Ok(Requirement {
-                    key: e.key.clone(),
-                    operator,
-                    values: e.values.clone().unwrap_or_default(),
-                })
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(LabelSelector {
-            match_labels: s.match_labels.clone().unwrap_or_default(),
-            match_expressions,
-        })
-    }
-
-    /// Every selector of a list, or the first that cannot be read.
-    pub fn read_all(list: &[meta::LabelSelector]) -> Result<Vec<LabelSelector>, SelectorError> {
-        list.iter().map(LabelSelector::read).collect()
-    }
-
     /// Whether `labels` satisfy every `matchLabels` pair and every expression.
     pub fn matches(&self, labels: &Labels) -> bool {
         self.match_labels
@@ -92,10 +72,7 @@ impl LabelSelector {
     /// A selector of `matchLabels` only.
     pub fn labels<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> LabelSelector {
         LabelSelector {
-            match_labels: pairs
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            match_labels: labels_of(pairs),
             match_expressions: Vec::new(),
         }
     }
@@ -122,11 +99,10 @@ impl Requirement {
     }
 }
 
-/// Labels from pairs, for tests.
-#[cfg(test)]
-pub(crate) fn labels(pairs: &[(&str, &str)]) -> Labels {
+/// Labels from pairs.
+pub fn labels_of<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Labels {
     pairs
-        .iter()
+        .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }
@@ -138,8 +114,8 @@ mod tests {
     #[test]
     fn kubernetes_semantics() {
         use Operator::*;
-        let web = labels(&[("app", "web"), ("tier", "front")]);
-        let none = labels(&[]);
+        let web = labels_of([("app", "web"), ("tier", "front")]);
+        let none = Labels::new();
         let expr = |key, op, values: &[&str]| LabelSelector {
             match_labels: Labels::new(),
             match_expressions: vec![Requirement::new(key, op, values)],
@@ -200,7 +176,7 @@ mod tests {
             (
                 "labels and expressions both apply",
                 LabelSelector {
-                    match_labels: labels(&[("app", "web")]),
+                    match_labels: labels_of([("app", "web")]),
                     match_expressions: vec![Requirement::new("tier", NotIn, &["front"])],
                 },
                 &web,

@@ -1,0 +1,509 @@
+//! The one place API objects become the model: Services, pools, advertisements and label
+//! selectors, each read once here and handed to the controller and the speaker as `model`
+//! values.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
+use model::service::{
+    ANNOTATION_ALLOCATED_FROM, ANNOTATION_IPS, ANNOTATION_POOL, ANNOTATION_SHARING,
+    ANNOUNCED_CONDITION, CONFLICT_REASON,
+};
+use model::{
+    Advertisement, Family, FamilyPolicy, ForeignAnnotation, LabelSelector, Operator, Pool,
+    Protocol, RequestError, Requirement, SelectorError, ServiceAllocation, ServiceKey,
+    TrafficPolicy,
+};
+
+use crate::{IPAddressPool, L2Advertisement};
+
+/// The MetalLB annotation prefixes, read as equivalents of ours.
+const METALLB_PREFIXES: [&str; 2] = ["metallb.io/", "metallb.universe.tf/"];
+
+/// A request annotation, under its ferrolb name and its MetalLB names.
+struct Equivalent {
+    ours: &'static str,
+    /// The MetalLB suffix (after the prefix).
+    metallb: &'static str,
+}
+
+const IPS: Equivalent = Equivalent {
+    ours: ANNOTATION_IPS,
+    metallb: "loadBalancerIPs",
+};
+const POOL: Equivalent = Equivalent {
+    ours: ANNOTATION_POOL,
+    metallb: "address-pool",
+};
+const SHARING: Equivalent = Equivalent {
+    ours: ANNOTATION_SHARING,
+    metallb: "allow-shared-ip",
+};
+
+/// A Service's identity: namespace, name and UID.
+pub fn service_key(svc: &Service) -> ServiceKey {
+    let meta = &svc.metadata;
+    ServiceKey::new(
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+        meta.uid.clone().unwrap_or_default(),
+    )
+}
+
+/// A Service in the model's terms.
+pub fn service(svc: &Service) -> model::Service {
+    let meta = &svc.metadata;
+    let spec = svc.spec.clone().unwrap_or_default();
+    let annotations = meta.annotations.clone().unwrap_or_default();
+    let mut foreign = vec![];
+    let mut lookup = |eq: &Equivalent| lookup(&annotations, eq, &mut foreign);
+
+    let first_family = spec
+        .ip_families
+        .as_ref()
+        .and_then(|f| f.first())
+        .map(|f| if f == "IPv6" { Family::V6 } else { Family::V4 })
+        .or_else(|| {
+            spec.cluster_ip
+                .as_deref()
+                .and_then(|ip| ip.parse::<IpAddr>().ok())
+                .map(Family::of)
+        })
+        .unwrap_or(Family::V4);
+    let families = match spec.ip_family_policy.as_deref() {
+        Some("RequireDualStack") => FamilyPolicy::RequireDualStack(first_family),
+        Some("PreferDualStack") => FamilyPolicy::PreferDualStack(first_family),
+        _ => FamilyPolicy::SingleStack(first_family),
+    };
+
+    let requested = requested_addresses(lookup(&IPS), spec.load_balancer_ip.as_deref());
+    let pool = lookup(&POOL)
+        .map(|(_, v)| v.trim().to_string())
+        .filter(|v| !v.is_empty());
+    let sharing_key = lookup(&SHARING)
+        .map(|(_, v)| v.trim().to_string())
+        .filter(|v| !v.is_empty());
+    let traffic_policy = match spec.external_traffic_policy.as_deref() {
+        Some("Local") => TrafficPolicy::Local,
+        _ => TrafficPolicy::Cluster,
+    };
+    let backend_key = (traffic_policy == TrafficPolicy::Local).then(|| {
+        // The selector, in a canonical order, stands for "the same pods".
+        spec.selector
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    });
+    let ports = spec
+        .ports
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| {
+            let protocol = match p.protocol.as_deref() {
+                Some("UDP") => Protocol::Udp,
+                Some("SCTP") => Protocol::Sctp,
+                _ => Protocol::Tcp,
+            };
+            (protocol, u16::try_from(p.port).unwrap_or(0))
+        })
+        .collect();
+    let status = svc.status.as_ref();
+    let ingress = status
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .map(|ing| {
+            ing.iter()
+                .filter_map(|i| i.ip.as_deref()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let conflict_reported = status.and_then(|s| s.conditions.as_ref()).is_some_and(|c| {
+        c.iter()
+            .any(|c| c.type_ == ANNOUNCED_CONDITION && c.reason == CONFLICT_REASON)
+    });
+    model::Service {
+        key: service_key(svc),
+        load_balancer: spec.type_.as_deref() == Some("LoadBalancer"),
+        class: spec.load_balancer_class.clone(),
+        labels: meta.labels.clone().unwrap_or_default(),
+        families,
+        requested,
+        pool,
+        allocated_from: annotations
+            .get(ANNOTATION_ALLOCATED_FROM)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty()),
+        sharing_key,
+        traffic_policy,
+        backend_key,
+        ports,
+        ingress,
+        created: meta
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.to_string())
+            .unwrap_or_default(),
+        foreign_annotations: foreign,
+        conflict_reported,
+    }
+}
+
+/// A pool in the model's terms: each address entry parsed on its own, unreadable selectors
+/// listed (and matching nothing).
+pub fn pool(pool: &IPAddressPool) -> Pool {
+    let spec = &pool.spec;
+    let name = pool.metadata.name.clone().unwrap_or_default();
+    let mut invalid_selectors = Vec::new();
+    let allocation = spec.service_allocation.as_ref().map(|a| ServiceAllocation {
+        priority: a.priority,
+        namespaces: a.namespaces.iter().map(|n| n.0.clone()).collect(),
+        namespace_selectors: selectors(&a.namespace_selectors, &mut invalid_selectors),
+        service_selectors: selectors(&a.service_selectors, &mut invalid_selectors),
+    });
+    let mut read = Pool::parse(&name, spec.addresses.iter().map(|a| a.0.as_str()));
+    read.labels = pool.metadata.labels.clone().unwrap_or_default();
+    read.auto_assign = spec.auto_assign;
+    read.avoid_buggy_ips = spec.avoid_buggy_ips;
+    read.allocation = allocation;
+    read.invalid_selectors = invalid_selectors;
+    read.deleting = pool.metadata.deletion_timestamp.is_some();
+    read
+}
+
+/// An advertisement in the model's terms.
+pub fn advertisement(ad: &L2Advertisement) -> Advertisement {
+    let spec = &ad.spec;
+    let mut invalid_selectors = Vec::new();
+    Advertisement {
+        name: ad.metadata.name.clone().unwrap_or_default(),
+        pools: spec.ip_address_pools.iter().map(|p| p.0.clone()).collect(),
+        pool_selectors: selectors(&spec.ip_address_pool_selectors, &mut invalid_selectors),
+        node_selectors: selectors(&spec.node_selectors, &mut invalid_selectors),
+        selects_some_pools: !spec.ip_address_pool_selectors.is_empty(),
+        selects_some_nodes: !spec.node_selectors.is_empty(),
+        interfaces: spec.interfaces.iter().map(|i| i.0.clone()).collect(),
+        invalid_selectors,
+    }
+}
+
+/// A Kubernetes label selector in the model's terms.
+pub fn selector(s: &meta::LabelSelector) -> Result<LabelSelector, SelectorError> {
+    let match_expressions = s
+        .match_expressions
+        .iter()
+        .flatten()
+        .map(|e| {
+            Ok(Requirement {
+                key: e.key.clone(),
+                operator: Operator::parse(&e.operator)?,
+                values: e.values.clone().unwrap_or_default(),
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(LabelSelector {
+        match_labels: s.match_labels.clone().unwrap_or_default(),
+        match_expressions,
+    })
+}
+
+/// The selectors of a list that can be read; the others go to `invalid`.
+fn selectors(list: &[meta::LabelSelector], invalid: &mut Vec<SelectorError>) -> Vec<LabelSelector> {
+    list.iter()
+        .filter_map(|s| selector(s).map_err(|e| invalid.push(e)).ok())
+        .collect()
+}
+
+/// The value of an annotation under its ferrolb name, else its MetalLB names (noted in
+/// `foreign`). Returns (the name found, the value).
+fn lookup(
+    annotations: &BTreeMap<String, String>,
+    eq: &Equivalent,
+    foreign: &mut Vec<ForeignAnnotation>,
+) -> Option<(String, String)> {
+    if let Some(v) = annotations.get(eq.ours) {
+        return Some((eq.ours.to_string(), v.clone()));
+    }
+    METALLB_PREFIXES.iter().find_map(|prefix| {
+        let name = format!("{prefix}{}", eq.metallb);
+        let value = annotations.get(&name)?.clone();
+        foreign.push(ForeignAnnotation {
+            found: name.clone(),
+            ours: eq.ours,
+        });
+        Some((name, value))
+    })
+}
+
+fn requested_addresses(
+    annotation: Option<(String, String)>,
+    spec_ip: Option<&str>,
+) -> Result<Vec<IpAddr>, RequestError> {
+    let spec_ip = spec_ip.map(str::trim).filter(|s| !s.is_empty());
+    match (annotation, spec_ip) {
+        (Some((annotation, _)), Some(_)) => Err(RequestError::BothRequestForms { annotation }),
+        (None, Some(value)) => {
+            value
+                .parse()
+                .map(|ip| vec![ip])
+                .map_err(|_| RequestError::BadLoadBalancerIp {
+                    value: value.into(),
+                })
+        }
+        (None, None) => Ok(vec![]),
+        // One address per family is the allocator's rule, checked (and worded) there.
+        (Some((annotation, value)), None) => value
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .map_err(|_| RequestError::BadAddressList {
+                annotation,
+                value: value.clone(),
+            }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn svc(spec: serde_json::Value, annotations: serde_json::Value) -> Service {
+        serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "shop", "annotations": annotations,
+                         "creationTimestamp": "2026-11-25T10:00:00Z"},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    fn lb(extra: serde_json::Value) -> serde_json::Value {
+        let mut spec = json!({"type": "LoadBalancer", "clusterIP": "192.0.2.7",
+                              "ports": [{"port": 80}, {"port": 53, "protocol": "UDP"}]});
+        spec.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        spec
+    }
+
+    #[test]
+    fn class_and_type_decide_whether_it_is_ours() {
+        let read = |spec, handle_unclassed| {
+            service(&svc(spec, json!({}))).is_ours(model::ClassPolicy { handle_unclassed })
+        };
+        assert!(read(lb(json!({})), true));
+        assert!(!read(lb(json!({})), false));
+        assert!(read(
+            lb(json!({"loadBalancerClass": "ferrolb.io/l2"})),
+            false
+        ));
+        assert!(!read(
+            lb(json!({"loadBalancerClass": "other.example/lb"})),
+            true
+        ));
+        assert!(!read(json!({"type": "ClusterIP"}), true));
+        assert!(!read(json!({"type": "NodePort"}), true));
+    }
+
+    #[test]
+    fn requested_addresses_in_every_form() {
+        let read = |spec, ann| service(&svc(spec, ann));
+        let v = read(
+            lb(json!({})),
+            json!({ANNOTATION_IPS: "198.51.100.5, 2001:db8::5"}),
+        );
+        assert_eq!(
+            v.requested,
+            Ok(vec![
+                "198.51.100.5".parse().unwrap(),
+                "2001:db8::5".parse().unwrap()
+            ])
+        );
+        let v = read(lb(json!({"loadBalancerIP": "198.51.100.6"})), json!({}));
+        assert_eq!(v.requested, Ok(vec!["198.51.100.6".parse().unwrap()]));
+        let v = read(
+            lb(json!({"loadBalancerIP": "198.51.100.6"})),
+            json!({ANNOTATION_IPS: "198.51.100.5"}),
+        );
+        assert!(matches!(
+            v.requested,
+            Err(RequestError::BothRequestForms { .. })
+        ));
+        let v = read(lb(json!({})), json!({ANNOTATION_IPS: "198.51.100.x"}));
+        assert!(matches!(
+            v.requested,
+            Err(RequestError::BadAddressList { .. })
+        ));
+        let v = read(lb(json!({"loadBalancerIP": "nope"})), json!({}));
+        assert!(matches!(
+            v.requested,
+            Err(RequestError::BadLoadBalancerIp { .. })
+        ));
+        assert_eq!(read(lb(json!({})), json!({})).requested, Ok(vec![]));
+    }
+
+    #[test]
+    fn metallb_annotations_are_read_as_equivalents_and_noted() {
+        let v = service(&svc(
+            lb(json!({})),
+            json!({
+                "metallb.io/loadBalancerIPs": "198.51.100.9",
+                "metallb.universe.tf/address-pool": "lan",
+                "metallb.io/allow-shared-ip": "dns",
+            }),
+        ));
+        assert_eq!(v.requested, Ok(vec!["198.51.100.9".parse().unwrap()]));
+        assert_eq!(v.pool.as_deref(), Some("lan"));
+        assert_eq!(v.sharing_key.as_deref(), Some("dns"));
+        let found: Vec<_> = v
+            .foreign_annotations
+            .iter()
+            .map(|f| (f.found.as_str(), f.ours))
+            .collect();
+        assert_eq!(
+            found,
+            vec![
+                ("metallb.io/loadBalancerIPs", ANNOTATION_IPS),
+                ("metallb.universe.tf/address-pool", ANNOTATION_POOL),
+                ("metallb.io/allow-shared-ip", ANNOTATION_SHARING),
+            ]
+        );
+        // Ours wins over MetalLB's, and then nothing foreign is noted.
+        let v = service(&svc(
+            lb(json!({})),
+            json!({ANNOTATION_POOL: "ours", "metallb.io/address-pool": "theirs"}),
+        ));
+        assert_eq!(v.pool.as_deref(), Some("ours"));
+        assert!(v.foreign_annotations.is_empty());
+    }
+
+    #[test]
+    fn families_ports_backend_and_ingress() {
+        let v = service(&svc(
+            lb(
+                json!({"ipFamilies": ["IPv6", "IPv4"], "ipFamilyPolicy": "PreferDualStack",
+                          "externalTrafficPolicy": "Local", "selector": {"b": "2", "a": "1"}}),
+            ),
+            json!({}),
+        ));
+        assert_eq!(v.families, FamilyPolicy::PreferDualStack(Family::V6));
+        assert_eq!(v.backend_key.as_deref(), Some("a=1,b=2"));
+        assert_eq!(v.ports, vec![(Protocol::Tcp, 80), (Protocol::Udp, 53)]);
+        let v = service(&svc(lb(json!({})), json!({})));
+        assert_eq!(v.families, FamilyPolicy::SingleStack(Family::V4));
+        assert_eq!(v.backend_key, None);
+
+        let mut with_status = svc(lb(json!({})), json!({}));
+        with_status.status = serde_json::from_value(
+            json!({"loadBalancer": {"ingress": [{"ip": "198.51.100.200"}, {"hostname": "x"}]}}),
+        )
+        .unwrap();
+        assert_eq!(
+            service(&with_status).ingress,
+            vec!["198.51.100.200".parse::<IpAddr>().unwrap()]
+        );
+    }
+    fn pool_object(spec: serde_json::Value) -> IPAddressPool {
+        serde_json::from_value(json!({
+            "apiVersion": "ferrolb.io/v1alpha1", "kind": "IPAddressPool",
+            "metadata": {"name": "lan", "labels": {"zone": "a"}}, "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn reads_a_pool_with_allocation_rules() {
+        let p = pool(&pool_object(json!({
+            "addresses": ["198.51.100.0/30", "2001:db8::1"],
+            "avoidBuggyIPs": true,
+            "serviceAllocation": {"priority": 5, "namespaces": ["shop"],
+                "serviceSelectors": [{"matchExpressions": [{"key": "tier", "operator": "In", "values": ["web"]}]}]},
+        })));
+        assert_eq!(p.name, "lan");
+        assert_eq!(p.labels.get("zone").map(String::as_str), Some("a"));
+        assert_eq!(p.ranges.len(), 2);
+        assert!(p.auto_assign && p.avoid_buggy_ips && !p.deleting);
+        assert!(p.problems().is_empty());
+        let a = p.allocation.unwrap();
+        assert_eq!(
+            (a.priority, a.namespaces),
+            (Some(5), vec!["shop".to_string()])
+        );
+        assert_eq!(
+            a.service_selectors[0].match_expressions[0].operator,
+            Operator::In
+        );
+    }
+
+    #[test]
+    fn a_pool_keeps_its_good_parts_and_names_the_bad() {
+        let p = pool(&pool_object(json!({
+            "addresses": ["198.51.100.200-198.51.100.210", "2001:db8::20-2001:db8::10"],
+            "serviceAllocation": {"serviceSelectors":
+                [{"matchExpressions": [{"key": "a", "operator": "Near"}]}]},
+        })));
+        assert!(p.contains("198.51.100.201".parse().unwrap()));
+        let problems = p.problems();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[0].contains("2001:db8::20-2001:db8::10"),
+            "{problems:?}"
+        );
+        assert!(problems[1].contains("\"Near\""), "{problems:?}");
+        // The unreadable selector admits no Service rather than every one.
+        let request = model::ServiceRequest::new(
+            ServiceKey::new("shop", "web", "u"),
+            FamilyPolicy::SingleStack(Family::V4),
+        );
+        assert!(!p.admits(&request));
+        let mut deleting = pool_object(json!({"addresses": ["198.51.100.1"]}));
+        deleting.metadata.deletion_timestamp =
+            Some(meta::Time(k8s_openapi::jiff::Timestamp::now()));
+        assert!(pool(&deleting).deleting);
+    }
+
+    #[test]
+    fn reads_an_advertisement() {
+        let ad: L2Advertisement = serde_json::from_value(json!({
+            "apiVersion": "ferrolb.io/v1alpha1", "kind": "L2Advertisement",
+            "metadata": {"name": "rack1"},
+            "spec": {"ipAddressPools": ["lan"], "interfaces": ["eth0"],
+                     "nodeSelectors": [{"matchLabels": {"rack": "1"}},
+                                       {"matchExpressions": [{"key": "rack", "operator": "Near"}]}]},
+        }))
+        .unwrap();
+        let ad = advertisement(&ad);
+        assert_eq!(ad.name, "rack1");
+        assert!(ad.covers_pool("lan", &model::Labels::new()));
+        assert!(!ad.covers_pool("other", &model::Labels::new()));
+        assert!(ad.selects_node(&model::labels_of([("rack", "1")])));
+        assert!(!ad.selects_node(&model::labels_of([("rack", "2")])));
+        assert_eq!(ad.interfaces, vec!["eth0".to_string()]);
+        assert_eq!(ad.invalid_selectors, vec![SelectorError("Near".into())]);
+    }
+
+    #[test]
+    fn identity_recorded_pool_and_reported_conflict() {
+        let mut s: Service = serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "shop", "uid": "1234",
+                         "annotations": {ANNOTATION_ALLOCATED_FROM: "lan"}},
+            "spec": {"type": "LoadBalancer"},
+            "status": {"conditions": [{"type": ANNOUNCED_CONDITION, "status": "False",
+                "reason": CONFLICT_REASON, "message": "", "lastTransitionTime": "2026-11-25T10:00:00Z"}]},
+        }))
+        .unwrap();
+        let read = service(&s);
+        assert_eq!(read.key, ServiceKey::new("shop", "web", "1234"));
+        assert_eq!(read.allocated_from.as_deref(), Some("lan"));
+        assert!(read.conflict_reported);
+        s.status = None;
+        assert!(!service(&s).conflict_reported);
+    }
+}
