@@ -77,6 +77,7 @@ async fn eventually_events(lab: &Lab, namespace: &str, name: &str, needle: &str)
 }
 
 #[tokio::test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
 async fn a_service_gets_an_address_that_answers_and_the_pool_says_so() {
     lab::require_lab!();
     let mut lab = lab_with_controller().await;
@@ -176,6 +177,7 @@ fn ips(list: &[&str]) -> Vec<IpAddr> {
 }
 
 #[tokio::test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
 async fn every_allocation_rule_against_the_real_api_server() {
     lab::require_lab!();
     let mut lab = Lab::start(LabConfig::with_nodes(1)).await.unwrap();
@@ -666,6 +668,7 @@ impl Lcg {
 }
 
 #[tokio::test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
 async fn restarts_never_move_or_duplicate_an_address() {
     lab::require_lab!();
     let mut lab = Lab::start(LabConfig::with_nodes(1)).await.unwrap();
@@ -724,6 +727,7 @@ async fn restarts_never_move_or_duplicate_an_address() {
 }
 
 #[tokio::test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
 async fn two_replicas_one_writer_and_the_standby_takes_over() {
     lab::require_lab!();
     let mut lab = Lab::start(LabConfig::with_nodes(1)).await.unwrap();
@@ -793,6 +797,7 @@ async fn two_replicas_one_writer_and_the_standby_takes_over() {
 }
 
 #[tokio::test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
 async fn two_services_claiming_one_address_the_older_keeps_it() {
     lab::require_lab!();
     let mut lab = Lab::start(LabConfig::with_nodes(1)).await.unwrap();
@@ -834,6 +839,7 @@ async fn two_services_claiming_one_address_the_older_keeps_it() {
 /// take the whole pool out of allocation. The good entries go on allocating; the bad one is
 /// named on the pool's Ready condition and in a Warning Event.
 #[tokio::test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
 async fn a_bad_pool_entry_is_named_and_the_rest_of_the_pool_allocates() {
     lab::require_lab!();
     let lab = lab_with_controller().await;

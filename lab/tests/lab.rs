@@ -57,6 +57,7 @@ fn set(items: &[&str]) -> BTreeSet<String> {
 }
 
 #[tokio::test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
 async fn schema_manifests_and_rbac_against_the_real_api_server() {
     lab::require_lab!();
     let lab = Lab::start(LabConfig {
@@ -263,6 +264,7 @@ async fn helm_template(lab: &Lab, extra: &[&str]) -> String {
 }
 
 #[tokio::test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
 async fn a_load_balancer_address_reaches_the_pods_through_kube_proxy_on_every_node() {
     lab::require_lab!();
     let mut lab = Lab::start(LabConfig::default()).await.unwrap();
@@ -369,6 +371,7 @@ async fn a_load_balancer_address_reaches_the_pods_through_kube_proxy_on_every_no
 }
 
 #[tokio::test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
 async fn every_fault_works_and_teardown_leaves_nothing() {
     lab::require_lab!();
     let mut lab = Lab::start(LabConfig {

@@ -176,6 +176,7 @@ fn probe(ip: IpAddr, duration: Duration) -> ProbeConfig {
 }
 
 #[tokio::test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
 async fn the_classic_example_through_real_arp_and_ndp_one_answer_per_address() {
     lab::require_lab!();
     let mut lab = lab_with_speakers(LabConfig::default()).await;
@@ -238,6 +239,7 @@ async fn the_classic_example_through_real_arp_and_ndp_one_answer_per_address() {
 }
 
 #[tokio::test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
 async fn a_foreign_host_keeps_its_address_and_gossip_without_the_key_is_dropped() {
     lab::require_lab!();
     let mut lab = lab_with_speakers(LabConfig::default()).await;
@@ -309,6 +311,7 @@ async fn a_foreign_host_keeps_its_address_and_gossip_without_the_key_is_dropped(
 }
 
 #[tokio::test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
 async fn local_policy_follows_the_ready_endpoints() {
     lab::require_lab!();
     // Pods on nodes 1 and 2; node 3 has none.
@@ -564,6 +567,7 @@ async fn settle(lab: &Lab, ip: IpAddr) -> usize {
 }
 
 #[tokio::test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
 async fn hard_node_death_fails_over_with_and_without_the_api_server() {
     lab::require_lab!();
     let mut lab = lab_with_speakers(four_nodes_pods_on_one()).await;
@@ -586,6 +590,7 @@ async fn hard_node_death_fails_over_with_and_without_the_api_server() {
 }
 
 #[tokio::test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
 async fn sigterm_cordon_and_exclude_hand_over_without_losing_connections() {
     lab::require_lab!();
     let mut lab = lab_with_speakers(four_nodes_pods_on_one()).await;
@@ -699,6 +704,7 @@ async fn speakers_with(lab: &mut Lab, flags: &[&str]) {
 /// make every speaker drop the whole pool, IPv4 included. The good entries must go on being
 /// announced, and a Service that arrives after the bad entry gets announced too.
 #[tokio::test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
 async fn one_bad_pool_entry_leaves_the_rest_of_the_pool_announced() {
     lab::require_lab!();
     let mut lab = lab_with_speakers(LabConfig::default()).await;
@@ -726,6 +732,7 @@ async fn one_bad_pool_entry_leaves_the_rest_of_the_pool_announced() {
 /// (`ferrolb.io/ip-allocated-from-pool`), else in the first pool by name, as the allocator does;
 /// exactly that pool's node answers, also after each speaker in turn restarts.
 #[tokio::test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
 async fn overlapping_pools_elect_one_owner_from_the_recorded_pool() {
     lab::require_lab!();
     let mut lab = Lab::start(LabConfig::default()).await.unwrap();
@@ -790,6 +797,7 @@ async fn overlapping_pools_elect_one_owner_from_the_recorded_pool() {
 /// Issue 9, bug 5: with `--handle-unclassed=false` (set like the controller's), a Service
 /// without a class is not the speakers' to announce; one of class ferrolb.io/l2 is.
 #[tokio::test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
 async fn speakers_follow_handle_unclassed_as_the_controller_does() {
     lab::require_lab!();
     let mut lab = Lab::start(LabConfig::default()).await.unwrap();

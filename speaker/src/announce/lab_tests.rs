@@ -323,6 +323,7 @@ fn send_raw(ns: &NetNs, frame: Vec<u8>) {
 /// (1) The client's kernel resolves both VIPs to the speaker; (2) a question gets exactly one
 /// answer; (5) addresses not desired are never answered, and no longer after a release.
 #[tokio::test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
 async fn answers_for_its_addresses_and_no_others() {
     lab::require_lab!();
     let mut net = Net::new("ans");
@@ -412,6 +413,7 @@ async fn answers_for_its_addresses_and_no_others() {
 /// (3) Handover: A stops owning the VIPs, B takes them. A answers until B's announcements,
 /// which move the client's existing entries from A's MAC to B's without the client asking.
 #[tokio::test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
 async fn a_takeover_burst_moves_the_clients_entry_and_releases_the_predecessor() {
     lab::require_lab!();
     let mut net = Net::new("ho");
@@ -473,6 +475,7 @@ async fn conflicts_with_host_50(speaker: &mut Speaker) -> Vec<IpAddr> {
 /// (4) A foreign host already using the VIPs answers the probes: Conflict, and the speaker
 /// stays silent, leaving the foreign host the only one to answer.
 #[tokio::test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
 async fn a_foreign_owner_is_a_conflict_and_is_not_answered_over() {
     lab::require_lab!();
     let mut net = Net::new("cf");
@@ -513,6 +516,7 @@ async fn a_foreign_owner_is_a_conflict_and_is_not_answered_over() {
 /// (4, continued) A foreign host announcing addresses the speaker already answers for: a
 /// Conflict each, and the speaker defends them with one announcement and keeps answering.
 #[tokio::test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
 async fn a_foreign_announcement_is_a_conflict_and_the_address_is_defended() {
     lab::require_lab!();
     let mut net = Net::new("df");
