@@ -885,3 +885,70 @@ async fn a_bad_pool_entry_is_named_and_the_rest_of_the_pool_allocates() {
         "{events}"
     );
 }
+
+/// Issue 9, bug 7: a pool of `0.0.0.0/0` used to be accepted, and the controller handed out
+/// unspecified, loopback, link-local or multicast addresses that a speaker would then claim on
+/// the LAN. `kubectl apply` refuses what CEL can see; an IPv6 range CEL can only check by its
+/// ends (here one that runs into fe80::/10) is refused by the controller, and no Service ever
+/// gets such an address.
+#[tokio::test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
+async fn never_announced_addresses_are_never_handed_out() {
+    lab::require_lab!();
+    let lab = lab_with_controller().await;
+    let refused = lab
+        .apply(&pool_yaml("everything", &["0.0.0.0/0"], ""))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("never handed out or announced"),
+        "{refused}"
+    );
+
+    apply(
+        &lab,
+        &pool_yaml(
+            "v6",
+            &[
+                "fe7f:ffff:ffff:ffff:ffff:ffff:ffff:ffff-fec0::",
+                "2001:db8::5",
+            ],
+            "",
+        ),
+    )
+    .await;
+    let v6 = "  ipFamilies: [IPv6]\n  ipFamilyPolicy: SingleStack\n";
+    apply(&lab, &svc_yaml("default", "first", &[], v6)).await;
+    assert_eq!(
+        ingress_becomes(&lab, "default", "first", &["2001:db8::5"]).await,
+        ips(&["2001:db8::5"])
+    );
+    // The pool has nothing else to give: the next Service waits with a reason rather than
+    // getting an address of the refused entry.
+    apply(&lab, &svc_yaml("default", "second", &[], v6)).await;
+    let events = eventually_events(&lab, "default", "second", "AllocationFailed").await;
+    assert!(events.contains("AllocationFailed"), "{events}");
+    assert_eq!(
+        ingress_becomes(&lab, "default", "second", &[]).await,
+        Vec::<IpAddr>::new()
+    );
+    let status = pool_status_when(&lab, "v6", |s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.message.contains("fe80::/10"))
+    })
+    .await;
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert!(
+        ready
+            .message
+            .contains("includes fe80::/10, link-local addresses"),
+        "{}",
+        ready.message
+    );
+}

@@ -9,7 +9,9 @@ use std::borrow::Cow;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
-use model::address::{AddressError, AddressRange, parse_block};
+use model::address::{
+    AddressError, AddressRange, Family, NEVER_ANNOUNCED, never_announced_ranges, parse_block,
+};
 
 /// One entry of `IPAddressPool.spec.addresses`: a CIDR, a range or a single address.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -38,6 +40,58 @@ fn cel_ipv4_value(ip: &str) -> String {
         .map(|i| format!("int({ip}.split('.')[{i}]) * {}", 1u64 << (8 * (3 - i))))
         .collect::<Vec<_>>()
         .join(" + ")
+}
+
+/// The never-announced blocks as CEL string literals, of one family.
+fn never_announced_blocks(v4: bool) -> Vec<String> {
+    NEVER_ANNOUNCED
+        .iter()
+        .filter(|(block, _)| block.contains(':') != v4)
+        .map(|(block, _)| format!("'{block}'"))
+        .collect()
+}
+
+/// What the never-announced blocks are, for the message.
+fn never_announced_list() -> String {
+    NEVER_ANNOUNCED
+        .iter()
+        .map(|(block, what)| format!("{block} {what}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The entry shares no address with a never-announced block. CIDRs are nested or disjoint, so a
+/// CIDR entry overlaps a block when one contains the other; an IPv4 range is compared as
+/// integers; an IPv6 range only by its ends (CEL has no IPv6 arithmetic; the parser catches a
+/// range that spans a block and the controller reports it).
+fn never_announced_rule(is_range: &str, is_v4_range: &str) -> String {
+    let all: Vec<String> = [true, false]
+        .into_iter()
+        .flat_map(never_announced_blocks)
+        .collect();
+    let all = all.join(", ");
+    let v4_bounds: Vec<String> = never_announced_ranges()
+        .filter(|(range, _, _)| range.family() == Family::V4)
+        .map(|(range, _, _)| format!("[{}, {}]", range.first(), range.last()))
+        .collect();
+    let v6 = never_announced_blocks(false).join(", ");
+    let (first, last) = ("self.split('-')[0]", "self.split('-')[1]");
+    let cidr = format!(
+        "!(!self.contains('-') && self.contains('/') && isCIDR(self)) || [{all}].all(b, !cidr(self).containsCIDR(cidr(b)) && !cidr(b).containsCIDR(cidr(self)))"
+    );
+    let single = format!(
+        "!(!self.contains('-') && !self.contains('/') && isIP(self)) || [{all}].all(b, !cidr(b).containsIP(ip(self)))"
+    );
+    let v4_range = format!(
+        "!({is_v4_range}) || [{}].all(r, {} > r[1] || {} < r[0])",
+        v4_bounds.join(", "),
+        cel_ipv4_value(first),
+        cel_ipv4_value(last)
+    );
+    let v6_range = format!(
+        "!({is_range} && ip({first}).family() == 6 && ip({last}).family() == 6) || [{v6}].all(b, !cidr(b).containsIP(ip({first})) && !cidr(b).containsIP(ip({last})))"
+    );
+    format!("({cidr}) && ({single}) && ({v4_range}) && ({v6_range})")
 }
 
 impl JsonSchema for AddressBlock {
@@ -79,6 +133,10 @@ impl JsonSchema for AddressBlock {
                 {
                     "rule": format!("!({is_v4_range}) || {} <= {}", cel_ipv4_value(first), cel_ipv4_value(last)),
                     "messageExpression": "\"'\" + self + \"' is reversed: its first address is above its last\"",
+                },
+                {
+                    "rule": never_announced_rule(&is_range, &is_v4_range),
+                    "messageExpression": format!("\"'\" + self + \"' includes addresses that are never handed out or announced ({})\"", never_announced_list()),
                 },
             ],
         })

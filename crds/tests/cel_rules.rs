@@ -82,6 +82,14 @@ fn cel_messages_are_readable() {
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(errors[0].contains("is reversed"), "{errors:?}");
 
+    let errors = cel_errors(&schema, &pool(&["0.0.0.0/0"]));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("'0.0.0.0/0' includes addresses that are never handed out or announced")
+            && errors[0].contains("127.0.0.0/8 loopback"),
+        "{errors:?}"
+    );
+
     let errors = cel_errors(&schema, &pool(&["garbage"]));
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(

@@ -179,10 +179,64 @@ pub enum AddressError {
         "{input:?} is reversed: its first address is above its last; did you mean {suggestion}?"
     )]
     Reversed { input: String, suggestion: String },
+    #[error(
+        "{input:?} includes {block}, {what} addresses, which are never handed out or announced"
+    )]
+    NeverAnnounced {
+        input: String,
+        block: &'static str,
+        what: &'static str,
+    },
 }
 
-/// Parses one entry of `IPAddressPool.spec.addresses`.
+/// Parses one entry of `IPAddressPool.spec.addresses`, refusing one that includes an address
+/// that must never be handed out or answered for on a LAN ([`NEVER_ANNOUNCED`]).
 pub fn parse_block(input: &str) -> Result<AddressRange, AddressError> {
+    let range = parse_syntax(input)?;
+    match never_announced_in(&range) {
+        None => Ok(range),
+        Some((block, what)) => Err(AddressError::NeverAnnounced {
+            input: input.to_string(),
+            block,
+            what,
+        }),
+    }
+}
+
+/// Blocks no pool may hand out, so no speaker ever claims them on a LAN: a client that asks
+/// for one of these is not asking a host of the segment. Kept to what the kernel and every
+/// stack treat as special; the documentation prefixes and private ranges stay allowed. The CRD's
+/// CEL rules are built from this list.
+pub const NEVER_ANNOUNCED: &[(&str, &str)] = &[
+    ("0.0.0.0/8", "unspecified (this-network)"),
+    ("127.0.0.0/8", "loopback"),
+    ("169.254.0.0/16", "link-local"),
+    ("224.0.0.0/4", "multicast"),
+    ("255.255.255.255/32", "broadcast"),
+    ("::/128", "unspecified"),
+    ("::1/128", "loopback"),
+    ("fe80::/10", "link-local"),
+    ("ff00::/8", "multicast"),
+];
+
+/// The never-announced blocks as ranges, with their CIDR and what they are.
+pub fn never_announced_ranges() -> impl Iterator<Item = (AddressRange, &'static str, &'static str)>
+{
+    NEVER_ANNOUNCED.iter().map(|(block, what)| {
+        let range = parse_syntax(block).expect("the never-announced blocks are valid CIDRs");
+        (range, *block, *what)
+    })
+}
+
+/// The first never-announced block `range` shares an address with, and what it is.
+pub fn never_announced_in(range: &AddressRange) -> Option<(&'static str, &'static str)> {
+    never_announced_ranges()
+        .find(|(block, _, _)| block.overlaps(range))
+        .map(|(_, block, what)| (block, what))
+}
+
+/// The syntax of one entry, without the never-announced check.
+fn parse_syntax(input: &str) -> Result<AddressRange, AddressError> {
     let owned = || input.to_string();
     if input.is_empty() {
         return Err(AddressError::Empty);
@@ -314,11 +368,48 @@ mod tests {
     }
 
     #[test]
+    fn never_announced_addresses_are_refused_with_what_they_are() {
+        let err = parse_block("0.0.0.0/0").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "\"0.0.0.0/0\" includes 0.0.0.0/8, unspecified (this-network) addresses, which are never handed out or announced"
+        );
+        for (input, block) in [
+            ("127.0.0.1", "127.0.0.0/8"),
+            ("169.254.0.0/24", "169.254.0.0/16"),
+            ("198.51.100.0-224.0.0.0", "224.0.0.0/4"),
+            ("255.255.255.255", "255.255.255.255/32"),
+            ("::1", "::1/128"),
+            ("fe00::-fec0::", "fe80::/10"),
+            ("ff02::1", "ff00::/8"),
+            ("::/0", "::/128"),
+        ] {
+            match parse_block(input) {
+                Err(AddressError::NeverAnnounced { block: b, .. }) => {
+                    assert_eq!(b, block, "{input}")
+                }
+                other => panic!("{input}: {other:?}"),
+            }
+        }
+        // Right next to them is fine.
+        for input in [
+            "1.0.0.0",
+            "126.255.255.255",
+            "128.0.0.0/8",
+            "223.255.255.255",
+            "fe7f::1",
+            "fec0::1",
+        ] {
+            assert!(parse_block(input).is_ok(), "{input}");
+        }
+    }
+
+    #[test]
     fn sizes_do_not_depend_on_enumeration() {
         assert_eq!(parse_block("198.51.100.0/28").unwrap().len(), 16);
         assert_eq!(parse_block("2001:db8::/64").unwrap().len(), 1 << 64);
-        assert_eq!(parse_block("::/0").unwrap().len(), u128::MAX);
-        assert_eq!(parse_block("0.0.0.0/0").unwrap().len(), 1 << 32);
+        assert_eq!(parse_syntax("::/0").unwrap().len(), u128::MAX);
+        assert_eq!(parse_syntax("0.0.0.0/0").unwrap().len(), 1 << 32);
         assert_eq!(parse_block("198.51.100.7").unwrap().len(), 1);
     }
 
@@ -356,16 +447,29 @@ mod tests {
         fn any_cidr_parses_to_its_block(value: u32, prefix in 0u32..=32) {
             let network = if prefix == 0 { 0 } else { value & (u32::MAX << (32 - prefix)) };
             let text = format!("{}/{prefix}", Ipv4Addr::from(network));
-            let range = parse_block(&text).unwrap();
+            let range = parse_syntax(&text).unwrap();
             proptest::prop_assert_eq!(range.first(), u128::from(network));
             proptest::prop_assert_eq!(range.len(), 1u128 << (32 - prefix));
+            // The entry is refused exactly when it shares an address with a never-announced
+            // block, checked here address by address at the range's ends and inside.
+            let special = |ip: Ipv4Addr| {
+                ip.is_unspecified() || ip.octets()[0] == 0 || ip.is_loopback()
+                    || ip.is_link_local() || ip.is_multicast() || ip.is_broadcast()
+            };
+            let last = Ipv4Addr::from(u32::try_from(range.last()).unwrap());
+            let touches = special(Ipv4Addr::from(network)) || special(last)
+                || NEVER_ANNOUNCED.iter().any(|(b, _)| {
+                    let b = parse_syntax(b).unwrap();
+                    b.family() == Family::V4 && range.first() <= b.first() && b.first() <= range.last()
+                });
+            proptest::prop_assert_eq!(parse_block(&text).is_err(), touches, "{}", text);
         }
 
         #[test]
         fn any_v6_range_parses_in_order(a: u128, b: u128) {
             let (lo, hi) = (a.min(b), a.max(b));
             let text = format!("{}-{}", Ipv6Addr::from(lo), Ipv6Addr::from(hi));
-            let parsed = parse_block(&text);
+            let parsed = parse_syntax(&text);
             // IPv4-mapped ends are refused on purpose; everything else parses exactly.
             let mapped = [lo, hi].iter().any(|v| Ipv6Addr::from(*v).to_ipv4_mapped().is_some());
             proptest::prop_assert_eq!(parsed.is_err(), mapped);

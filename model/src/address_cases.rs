@@ -10,8 +10,9 @@ pub enum Expect {
         last: &'static str,
     },
     /// The parser refuses it. `schema` says whether the CRD's CEL rules refuse it as well; the
-    /// only gap is an IPv6 range written backwards, which CEL cannot order (it has no IPv6
-    /// arithmetic). The controller reports that one on the pool's `Ready` condition.
+    /// gaps are IPv6 ranges CEL cannot order (it has no IPv6 arithmetic): one written backwards,
+    /// and one whose ends are ordinary but which spans a never-announced block. The controller
+    /// reports those on the pool's `Ready` condition, and they cost only themselves.
     Reject { schema: bool },
 }
 
@@ -40,7 +41,7 @@ pub const CASES: &[Case] = &[
     accept("198.51.100.0/28", "198.51.100.0", "198.51.100.15"),
     accept("198.51.100.7/32", "198.51.100.7", "198.51.100.7"),
     accept("203.0.113.0/24", "203.0.113.0", "203.0.113.255"),
-    accept("0.0.0.0/0", "0.0.0.0", "255.255.255.255"),
+    accept("1.0.0.0/8", "1.0.0.0", "1.255.255.255"),
     accept("2001:db8::/120", "2001:db8::", "2001:db8::ff"),
     accept(
         "2001:db8:1::/64",
@@ -103,4 +104,32 @@ pub const CASES: &[Case] = &[
         input: "2001:db8::20-2001:db8::10",
         expect: Expect::Reject { schema: false },
     },
+    // Addresses that are never handed out or announced, whole or in part.
+    reject("0.0.0.0/0"),
+    reject("0.0.0.0"),
+    reject("0.1.2.3"),
+    reject("127.0.0.1"),
+    reject("127.0.0.0/8"),
+    reject("169.254.10.0/24"),
+    reject("224.0.0.1"),
+    reject("239.0.0.0/8"),
+    reject("255.255.255.255"),
+    reject("198.51.100.0-224.0.0.0"),
+    reject("126.0.0.0-128.0.0.0"),
+    reject("::"),
+    reject("::1"),
+    reject("::/0"),
+    reject("fe80::1"),
+    reject("fe80::/64"),
+    reject("ff02::1"),
+    reject("2001:db8::1-ff00::1"),
+    Case {
+        input: "fe00::-fec0::",
+        expect: Expect::Reject { schema: false },
+    },
+    // Next to them is fine.
+    accept("126.255.255.255", "126.255.255.255", "126.255.255.255"),
+    accept("128.0.0.0/8", "128.0.0.0", "128.255.255.255"),
+    accept("223.255.255.0/24", "223.255.255.0", "223.255.255.255"),
+    accept("fec0::1", "fec0::1", "fec0::1"),
 ];
