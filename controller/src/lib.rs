@@ -1,6 +1,7 @@
 //! ferrolb-controller: allocates external addresses from IPAddressPools to LoadBalancer
 //! Services. The binary (`main.rs`) only wires flags, the client and the lease to this.
 
+pub mod lease;
 pub mod metrics;
 pub mod reconcile;
 pub mod state;

@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use clap::Parser;
 use common::http::Readiness;
+use controller::lease::{Elector, Fence, Timing};
 use controller::metrics::Metrics;
 use controller::reconcile::{self, Config};
-use kube_lease_manager::LeaseManagerBuilder;
 use prometheus_client::registry::Registry;
 
 #[derive(Debug, Parser)]
@@ -29,7 +29,8 @@ struct Args {
     #[arg(long, env = "POD_NAMESPACE", default_value = "ferrolb-system")]
     lease_namespace: String,
 
-    /// How long a Lease is held without renewal before another replica may take it.
+    /// How long a Lease is held without renewal before another replica may take it (3 to
+    /// 3600). The leader stops writing, and exits, after 2/3 of it without a renewal.
     #[arg(long, default_value_t = 15)]
     lease_duration_seconds: u64,
 
@@ -62,44 +63,44 @@ async fn main() -> anyhow::Result<()> {
     let ready = Readiness::default();
     let _http = common::http::serve(args.metrics_addr, Arc::new(registry), ready.clone()).await?;
 
-    let config = Config {
+    let timing =
+        Timing::from_duration_seconds(args.lease_duration_seconds).map_err(anyhow::Error::msg)?;
+    let config = |fence| Config {
         handle_unclassed: args.handle_unclassed,
         identity: args.identity.clone(),
+        fence,
     };
     if !args.leader_elect {
-        return Ok(reconcile::run(client, config, metrics, || ready.set(true)).await?);
+        return Ok(
+            reconcile::run(client, config(Fence::open()), metrics, || ready.set(true)).await?,
+        );
     }
 
-    // Only the leader writes. A standby is ready (it is healthy and waiting); a leader that
-    // loses the Lease exits, so that it never writes from a stale view and restarts clean.
+    // Only the leader writes, and only until its renew deadline passes without a renewal;
+    // then it exits, so that it never writes from a stale view and restarts clean. A standby
+    // is ready (it is healthy and waiting).
     let identity = args
         .identity
         .clone()
         .unwrap_or_else(|| format!("ferrolb-controller-{}", std::process::id()));
-    let manager = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
-        .with_namespace(&args.lease_namespace)
-        .with_identity(&identity)
-        .with_duration(args.lease_duration_seconds)
-        .with_grace((args.lease_duration_seconds / 3).max(1))
-        .with_field_manager(reconcile::MANAGER)
-        .build()
-        .await?;
-    let (mut leader, _lease_task) = manager.watch().await;
+    // The Lease has a client of its own (its own connections), so that its renewals never wait
+    // behind the reconciles' requests.
+    let mut elector = Elector::new(
+        common::connect().await?,
+        &args.lease_namespace,
+        &args.lease_name,
+        &identity,
+        timing,
+    );
     ready.set(true);
     tracing::info!(%identity, lease = %args.lease_name, "waiting to lead");
-    while !*leader.borrow_and_update() {
-        leader.changed().await?;
-    }
+    let fence = elector.acquire().await;
     tracing::info!(%identity, "leading");
     metrics.is_leader.set(1);
     tokio::select! {
-        result = reconcile::run(client, config, metrics, || {}) => Ok(result?),
-        _ = async {
-            while *leader.borrow_and_update() {
-                if leader.changed().await.is_err() {
-                    break;
-                }
-            }
-        } => anyhow::bail!("lost the leader Lease; exiting so that a fresh start rebuilds the state"),
+        result = reconcile::run(client, config(fence.clone()), metrics, || {}) => Ok(result?),
+        () = elector.keep(&fence) => anyhow::bail!(
+            "the Lease's renew deadline passed without a renewal: stopped writing; exiting so that a fresh start rebuilds the state"
+        ),
     }
 }

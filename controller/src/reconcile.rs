@@ -28,11 +28,15 @@ use serde_json::json;
 use tokio::sync::{Mutex, Notify, mpsc};
 use tracing::Instrument;
 
+use crate::lease::{Fence, Fenced};
 use crate::metrics::{Metrics, PoolLabels, ReasonLabels};
 use crate::state::State;
 
 /// The field manager of everything the controller writes.
 pub const MANAGER: &str = "ferrolb-controller";
+/// Services reconciled at once.
+const RECONCILE_CONCURRENCY: u16 = 16;
+
 /// Keeps a pool whose addresses Services still hold.
 pub const POOL_FINALIZER: &str = "ferrolb.io/pool-protection";
 
@@ -42,6 +46,8 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("watch: {0}")]
     Watch(#[from] watcher::Error),
+    #[error(transparent)]
+    Fenced(#[from] Fenced),
 }
 
 impl Error {
@@ -49,6 +55,7 @@ impl Error {
         match self {
             Error::Kube(_) => "kube",
             Error::Watch(_) => "watch",
+            Error::Fenced(_) => "fenced",
         }
     }
 }
@@ -56,6 +63,8 @@ impl Error {
 pub struct Config {
     pub handle_unclassed: bool,
     pub identity: Option<String>,
+    /// The right to write: every write checks it first.
+    pub fence: Fence,
 }
 
 /// What every reconcile sees.
@@ -69,6 +78,7 @@ pub struct Context {
     recorder: Recorder,
     metrics: Metrics,
     classes: ClassPolicy,
+    fence: Fence,
     /// Services to reconcile again (pending ones after a release, those a pool change affects).
     requeue: mpsc::UnboundedSender<ObjectRef<Service>>,
     /// Pool statuses need rewriting.
@@ -127,7 +137,11 @@ pub async fn run(
         }
     })
     .applied_objects();
-    let controller = Controller::for_stream(svc_watch, svc_store);
+    // A bounded number of reconciles at once, as client-go controllers run a fixed set of
+    // workers: a burst of Services must not queue the Lease renewal behind hundreds of writes.
+    let controller = Controller::for_stream(svc_watch, svc_store).with_config(
+        kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY),
+    );
     let reporter = Reporter {
         controller: MANAGER.into(),
         instance: config.identity.clone(),
@@ -144,6 +158,7 @@ pub async fn run(
         classes: ClassPolicy {
             handle_unclassed: config.handle_unclassed,
         },
+        fence: config.fence.clone(),
         requeue,
         pools_changed: Notify::new(),
         told_about_metallb: Default::default(),
@@ -336,6 +351,15 @@ async fn assign(
     };
     let outcome = {
         let mut state = ctx.state.lock().await;
+        // A Service met for the first time that already shows addresses (created while no
+        // controller ran, or missed by a restart) keeps them when no one else holds them: adopt
+        // before allocating anything new. A refusal leaves it to allocate, which names the holder.
+        if state.assignment(&request.key).is_none()
+            && !view.ingress.is_empty()
+            && let Err(e) = state.restore(&request, &view.ingress)
+        {
+            tracing::info!("cannot adopt {}: {e}", join(&view.ingress));
+        }
         let outcome = state.allocate(&request);
         // On a dispute at start-up the older Service kept the address; name it.
         let taken_from = view
@@ -457,6 +481,9 @@ async fn publish(
         action: "Allocate".into(),
         secondary: None,
     };
+    if ctx.fence.check().is_err() {
+        return;
+    }
     if let Err(e) = ctx.recorder.publish(&event, reference).await {
         tracing::warn!("cannot publish event {reason}: {e}");
     }
@@ -471,6 +498,7 @@ fn join(ips: &[IpAddr]) -> String {
 
 /// Writes `status.loadBalancer.ingress` (server-side apply; an empty list removes ours).
 async fn write_ingress(ctx: &Context, view: &model::Service, ips: &[IpAddr]) -> Result<(), Error> {
+    ctx.fence.check()?;
     let ingress: Vec<_> = ips
         .iter()
         .map(|ip| json!({"ip": ip.to_string(), "ipMode": "VIP"}))
@@ -495,6 +523,7 @@ async fn write_pool_annotation(
     view: &model::Service,
     pool: Option<&str>,
 ) -> Result<(), Error> {
+    ctx.fence.check()?;
     let annotations = match pool {
         Some(p) => json!({ANNOTATION_ALLOCATED_FROM: p}),
         None => json!({}),
@@ -529,8 +558,13 @@ async fn release_deleted(ctx: &Context, key: &ServiceKey) {
 }
 
 /// A watch that had to start over does not report what was deleted meanwhile: now and then,
-/// free what Services that are no longer there held.
+/// free what Services that are no longer there held. Only once the Service store has had its
+/// first complete list: an empty store before that would look like every Service gone. (A
+/// re-list swaps the store whole, so it never looks empty later.)
 async fn collect_vanished(ctx: Arc<Context>) {
+    if ctx.services.wait_until_ready().await.is_err() {
+        return;
+    }
     loop {
         tokio::time::sleep(Duration::from_secs(60)).await;
         let present: HashSet<ServiceKey> = ctx
@@ -713,6 +747,7 @@ async fn write_pool(ctx: &Context, pool: &IPAddressPool) -> Result<(), Error> {
             .set(u.assigned);
     }
     if pool.status.as_ref() != Some(&status) {
+        ctx.fence.check()?;
         let patch = json!({"apiVersion": "ferrolb.io/v1alpha1", "kind": "IPAddressPool", "metadata": {"name": name}, "status": status});
         api.patch_status(
             &name,
@@ -725,6 +760,7 @@ async fn write_pool(ctx: &Context, pool: &IPAddressPool) -> Result<(), Error> {
     let has = pool.finalizers().iter().any(|f| f == POOL_FINALIZER);
     let want = !deleting || users > 0;
     if has != want {
+        ctx.fence.check()?;
         let finalizers: Vec<&str> = if want { vec![POOL_FINALIZER] } else { vec![] };
         let patch = json!({"apiVersion": "ferrolb.io/v1alpha1", "kind": "IPAddressPool", "metadata": {"name": name, "finalizers": finalizers}});
         api.patch(

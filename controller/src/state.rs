@@ -325,6 +325,37 @@ mod tests {
         assert!(state.pool_status("nope", 0, None, now()).is_none());
     }
 
+    /// The interleaving that name keys got wrong: the re-created Service is reconciled before
+    /// its predecessor's deletion is processed. It must neither inherit the predecessor's
+    /// address nor lose its own when the late deletion is released.
+    #[test]
+    fn a_recreated_service_is_another_service() {
+        let mut state = State::default();
+        state.set_pools(&[pool("lan", &["198.51.100.0/30"])]);
+        let v4 = FamilyPolicy::SingleStack(Family::V4);
+        let old = ServiceRequest::new(ServiceKey::new("ns", "web", "uid-1"), v4);
+        let new = ServiceRequest::new(ServiceKey::new("ns", "web", "uid-2"), v4);
+        let other = ServiceRequest::new(ServiceKey::new("ns", "other", "uid-3"), v4);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            state.allocate(&old).unwrap().ips(),
+            vec![ip("198.51.100.0")]
+        );
+        assert_eq!(
+            state.allocate(&new).unwrap().ips(),
+            vec![ip("198.51.100.1")]
+        );
+        assert_eq!(state.release(&old.key), vec![ip("198.51.100.0")]);
+        assert_eq!(
+            state.assignment(&new.key).unwrap().ips(),
+            vec![ip("198.51.100.1")]
+        );
+        assert_eq!(
+            state.allocate(&other).unwrap().ips(),
+            vec![ip("198.51.100.0")]
+        );
+    }
+
     #[test]
     fn a_bad_entry_is_named_and_the_rest_of_the_pool_allocates() {
         let mut state = State::default();

@@ -551,7 +551,8 @@ async fn every_allocation_rule_against_the_real_api_server() {
     );
 }
 
-/// Every Service's ingress addresses, by name.
+/// Every Service's ingress addresses, by `name@uid`: a Service re-created under the same name is
+/// another Service.
 async fn snapshot(lab: &Lab, namespace: &str) -> std::collections::BTreeMap<String, Vec<IpAddr>> {
     Api::<Service>::namespaced(lab.client(), namespace)
         .list(&Default::default())
@@ -568,7 +569,11 @@ async fn snapshot(lab: &Lab, namespace: &str) -> std::collections::BTreeMap<Stri
                 .iter()
                 .filter_map(|i| i.ip.as_deref()?.parse().ok())
                 .collect();
-            (s.metadata.name.unwrap_or_default(), ips)
+            let name = s.metadata.name.unwrap_or_default();
+            (
+                format!("{name}@{}", s.metadata.uid.unwrap_or_default()),
+                ips,
+            )
         })
         .collect()
 }
@@ -616,6 +621,22 @@ impl History {
         }
     }
 
+    /// Waits until every Service in `namespace` has an address, checks that no two hold one,
+    /// and records the snapshot.
+    async fn settled(&mut self, lab: &Lab, namespace: &str) {
+        let snap = all_allocated(lab, namespace, Duration::from_secs(60)).await;
+        assert_no_duplicates(&snap);
+        self.record(&snap);
+    }
+
+    fn assert_none_moved(&self) {
+        assert!(
+            self.moved().is_empty(),
+            "Services whose address changed: {:?}",
+            self.moved()
+        );
+    }
+
     /// Services seen with more than one address.
     fn moved(&self) -> Vec<(&String, &std::collections::BTreeSet<IpAddr>)> {
         self.0.iter().filter(|(_, ips)| ips.len() > 1).collect()
@@ -634,13 +655,30 @@ async fn all_allocated(
         let pending = snap.values().filter(|ips| ips.is_empty()).count();
         if pending == 0 || Instant::now() > deadline {
             assert_eq!(
-                pending, 0,
-                "Services still pending with a /112 of free addresses"
+                pending,
+                0,
+                "Services still pending with a /112 of free addresses\n{}",
+                controller_logs(lab)
             );
             return snap;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// The last lines of every controller replica's log, for failure messages.
+fn controller_logs(lab: &Lab) -> String {
+    (1..=2)
+        .filter_map(|r| {
+            let log = std::fs::read_to_string(lab.log_path(&format!("controller-{r}"))).ok()?;
+            let lines: Vec<&str> = log.lines().collect();
+            Some(format!(
+                "--- controller-{r}\n{}",
+                lines[lines.len().saturating_sub(15)..].join("\n")
+            ))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn assert_no_duplicates(snap: &std::collections::BTreeMap<String, Vec<IpAddr>>) {
@@ -667,21 +705,30 @@ impl Lcg {
     }
 }
 
-#[tokio::test]
-#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
-async fn restarts_never_move_or_duplicate_an_address() {
-    lab::require_lab!();
+/// A one-node lab with pool `big` of `pool`, `n` IPv6 Services `s0…` in `namespace` and one
+/// controller replica, once every Service has an address; the history holds that snapshot.
+async fn controller_with_services(pool: &str, namespace: &str, n: usize) -> (Lab, History) {
     let mut lab = Lab::start(LabConfig::with_nodes(1)).await.unwrap();
-    apply(&lab, &pool_yaml("big", &["2001:db8:5::/112"], "")).await;
-    lab.kubectl(&["create", "namespace", "many"]).await.unwrap();
-    create_services(&lab, "many", (0..500).map(|i| format!("s{i}"))).await;
+    apply(&lab, &pool_yaml("big", &[pool], "")).await;
+    lab.kubectl(&["create", "namespace", namespace])
+        .await
+        .unwrap();
+    create_services(&lab, namespace, (0..n).map(|i| format!("s{i}"))).await;
     lab.start_controller(Path::new(CONTROLLER), 1)
         .await
         .unwrap();
     let mut history = History::default();
-    let snap = all_allocated(&lab, "many", Duration::from_secs(120)).await;
+    let snap = all_allocated(&lab, namespace, Duration::from_secs(120)).await;
     assert_no_duplicates(&snap);
     history.record(&snap);
+    (lab, history)
+}
+
+#[tokio::test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
+async fn restarts_never_move_or_duplicate_an_address() {
+    lab::require_lab!();
+    let (mut lab, mut history) = controller_with_services("2001:db8:5::/112", "many", 500).await;
 
     let mut rng = Lcg(0x5eed);
     let mut next = 500;
@@ -710,20 +757,14 @@ async fn restarts_never_move_or_duplicate_an_address() {
         lab.start_controller(Path::new(CONTROLLER), 1)
             .await
             .unwrap();
-        let snap = all_allocated(&lab, "many", Duration::from_secs(60)).await;
-        assert_no_duplicates(&snap);
-        history.record(&snap);
+        if let Some(log) = lab.controller_exited(1) {
+            panic!("round {round}: the controller exited:\n{log}");
+        }
+        history.settled(&lab, "many").await;
         alive.extend((next - 20)..next);
-        eprintln!(
-            "round {round}: killed after {kill_after:?}; {} Services",
-            snap.len()
-        );
+        eprintln!("round {round}: killed after {kill_after:?}");
     }
-    assert!(
-        history.moved().is_empty(),
-        "Services whose address changed: {:?}",
-        history.moved()
-    );
+    history.assert_none_moved();
 }
 
 #[tokio::test]
@@ -779,14 +820,8 @@ async fn two_replicas_one_writer_and_the_standby_takes_over() {
     history.record(&snapshot(&lab, "many").await);
     delete_services(&lab, "many", (0..100).step_by(3).map(|i| format!("s{i}"))).await;
     create_services(&lab, "many", (200..220).map(|i| format!("s{i}"))).await;
-    let snap = all_allocated(&lab, "many", Duration::from_secs(60)).await;
-    assert_no_duplicates(&snap);
-    history.record(&snap);
-    assert!(
-        history.moved().is_empty(),
-        "Services whose address changed: {:?}",
-        history.moved()
-    );
+    history.settled(&lab, "many").await;
+    history.assert_none_moved();
     assert!(
         lab.controller_metrics(standby)
             .await
@@ -951,4 +986,118 @@ async fn never_announced_addresses_are_never_handed_out() {
         "{}",
         ready.message
     );
+}
+
+/// Issue 9, bug 4: deletions were released by name, so a Service deleted and re-created under
+/// the same name could keep its predecessor's address in status while the late deletion freed
+/// it for another Service. Keyed by UID, and adopting what a Service already shows before
+/// allocating, no address is ever held by two Services and no surviving Service's address
+/// moves, through same-name churn and a controller restart in the middle of it.
+#[tokio::test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
+async fn recreated_services_of_the_same_name_never_share_an_address() {
+    lab::require_lab!();
+    let (mut lab, mut history) = controller_with_services("2001:db8:6::/112", "same", 60).await;
+
+    for round in 0..6 {
+        let names: Vec<String> = (0..30)
+            .map(|i| format!("s{}", (round * 11 + i) % 60))
+            .collect();
+        let newcomers: Vec<String> = (0..10).map(|i| format!("t{round}-{i}")).collect();
+        delete_services(&lab, "same", names.clone().into_iter()).await;
+        let recreate = async {
+            create_services(&lab, "same", names.clone().into_iter()).await;
+            create_services(&lab, "same", newcomers.clone().into_iter()).await;
+        };
+        if round == 3 {
+            // A restart in the middle of the churn.
+            let ((), ()) = tokio::join!(recreate, async {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                lab.signal_controller(1, nix::sys::signal::Signal::SIGKILL)
+                    .unwrap();
+            });
+            lab.kill_controller(1);
+            lab.start_controller(Path::new(CONTROLLER), 1)
+                .await
+                .unwrap();
+        } else {
+            recreate.await;
+        }
+        history.settled(&lab, "same").await;
+    }
+    history.assert_none_moved();
+}
+
+/// The replica whose metrics say it leads, once exactly one of `replicas` does.
+async fn the_leader(lab: &Lab, replicas: &[usize]) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut leading = vec![];
+        for &r in replicas {
+            if lab
+                .controller_metrics(r)
+                .await
+                .is_ok_and(|m| m.contains("ferrolb_controller_leader 1"))
+            {
+                leading.push(r);
+            }
+        }
+        if leading.len() == 1 {
+            return leading[0];
+        }
+        assert!(Instant::now() < deadline, "replicas leading: {leading:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Issue 9, bug 3: a leader cut off from the API server (not killed) for longer than the Lease
+/// must stop writing and exit by its own clock, at the renew deadline (2/3 of the 4 s Lease),
+/// before the standby may take over; it used to go on running and, once the path came back,
+/// write from its stale view. Services are created and deleted during the cut; when the path
+/// returns, no address is held by two Services and none moved.
+#[tokio::test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
+async fn a_leader_cut_off_from_the_api_server_stops_writing_and_exits() {
+    lab::require_lab!();
+    let mut lab = Lab::start(LabConfig::with_nodes(1)).await.unwrap();
+    apply(&lab, &pool_yaml("big", &["2001:db8:7::/112"], "")).await;
+    lab.kubectl(&["create", "namespace", "cut"]).await.unwrap();
+    // Replica 1 on node 1, whose path can be cut; it leads before replica 2 starts.
+    lab.start_controller_on(Path::new(CONTROLLER), 1, Some(1))
+        .await
+        .unwrap();
+    assert_eq!(the_leader(&lab, &[1]).await, 1);
+    lab.start_controller(Path::new(CONTROLLER), 2)
+        .await
+        .unwrap();
+    create_services(&lab, "cut", (0..40).map(|i| format!("s{i}"))).await;
+    let mut history = History::default();
+    history.record(&all_allocated(&lab, "cut", Duration::from_secs(60)).await);
+
+    lab.cut_api_path(1, true).unwrap();
+    let cut_at = Instant::now();
+    delete_services(&lab, "cut", (0..40).step_by(4).map(|i| format!("s{i}"))).await;
+    create_services(&lab, "cut", (40..80).map(|i| format!("s{i}"))).await;
+    // The standby takes over and allocates what was created during the cut.
+    history.settled(&lab, "cut").await;
+    assert_eq!(the_leader(&lab, &[2]).await, 2);
+
+    // The cut-off leader has exited by its own clock while still cut off.
+    let exited = loop {
+        if let Some(log) = lab.controller_exited(1) {
+            break log;
+        }
+        assert!(
+            cut_at.elapsed() < Duration::from_secs(20),
+            "the cut-off leader is still running {:?} after the cut",
+            cut_at.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(exited.contains("renew deadline passed"), "{exited}");
+
+    lab.cut_api_path(1, false).unwrap();
+    create_services(&lab, "cut", (80..90).map(|i| format!("s{i}"))).await;
+    history.settled(&lab, "cut").await;
+    history.assert_none_moved();
 }

@@ -184,6 +184,8 @@ pub struct Lab {
     services: Vec<(String, String)>,
     foreign: usize,
     controllers: std::collections::BTreeMap<usize, Proc>,
+    /// Where each controller replica runs.
+    controller_ns: std::collections::BTreeMap<usize, NetNs>,
     ca: Ca,
     /// Admin kubeconfig reaching the API server through the forwarder (for this process).
     pub kubeconfig: PathBuf,
@@ -361,6 +363,7 @@ impl Lab {
             services: vec![],
             foreign: 0,
             controllers: Default::default(),
+            controller_ns: Default::default(),
             ca,
             kubeconfig,
             lan_kubeconfig,
@@ -784,6 +787,18 @@ impl Lab {
     /// control-plane namespace, as its ServiceAccount (a TokenRequest token), with leader
     /// election, as the Deployment in deploy/ runs it.
     pub async fn start_controller(&mut self, binary: &Path, replica: usize) -> Result<()> {
+        self.start_controller_on(binary, replica, None).await
+    }
+
+    /// [`Lab::start_controller`] in node `node`'s namespace instead (`None`: the control
+    /// plane's), so that its path to the API server can be cut on its own
+    /// ([`Lab::cut_api_path`]).
+    pub async fn start_controller_on(
+        &mut self,
+        binary: &Path,
+        replica: usize,
+        node: Option<usize>,
+    ) -> Result<()> {
         if !binary.is_file() {
             bail!(
                 "no controller binary at {} (cargo build -p controller)",
@@ -794,8 +809,15 @@ impl Lab {
             .service_account_kubeconfig("ferrolb-system", "ferrolb-controller")
             .await?;
         let name = format!("controller-{replica}");
+        let ns = match node {
+            None => self.cp.clone(),
+            Some(i) => self.node(i).ns.clone(),
+        };
+        if let Some(mut old) = self.controllers.remove(&replica) {
+            old.kill();
+        }
         let proc = Proc::spawn_with_env(
-            &self.cp,
+            &ns,
             &name,
             binary,
             &args(&[
@@ -806,13 +828,29 @@ impl Lab {
                 "--lease-duration-seconds=4",
                 &format!("--identity={name}"),
                 &format!("--metrics-addr=127.0.0.1:{}", 9650 + replica),
-                "--log-level=info,kube=warn,kube_lease_manager=warn",
+                "--log-level=info,kube=warn",
             ]),
             &[("KUBECONFIG", &kubeconfig)],
             &self.log_path(&name),
         )?;
-        if let Some(mut old) = self.controllers.insert(replica, proc) {
-            old.kill();
+        self.controllers.insert(replica, proc);
+        self.controller_ns.insert(replica, ns);
+        Ok(())
+    }
+
+    /// Cuts (or restores) node `i`'s path to the API server, both ways, without touching its
+    /// link: a partition, not a death. Everything in the node's namespace is cut off.
+    pub fn cut_api_path(&self, i: usize, cut: bool) -> Result<()> {
+        let op = if cut { "-I" } else { "-D" };
+        let ns = &self.node(i).ns;
+        let server = plan::apiserver_v4().to_string();
+        for (chain, peer, port) in [("OUTPUT", "-d", "--dport"), ("INPUT", "-s", "--sport")] {
+            ns.exec(
+                "iptables",
+                &[
+                    "-w", op, chain, peer, &server, "-p", "tcp", port, "6443", "-j", "DROP",
+                ],
+            )?;
         }
         Ok(())
     }
@@ -929,7 +967,11 @@ impl Lab {
 
     /// The `/metrics` text of controller replica `replica`.
     pub async fn controller_metrics(&self, replica: usize) -> Result<String> {
-        let ns = self.cp.clone();
+        let ns = self
+            .controller_ns
+            .get(&replica)
+            .cloned()
+            .unwrap_or_else(|| self.cp.clone());
         let target = SocketAddr::new("127.0.0.1".parse()?, 9650 + replica as u16);
         tokio::task::spawn_blocking(move || ns.enter(|| http_get(target, "/metrics"))).await??
     }
