@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::intervals::IntervalSet;
 use crate::report::{Orphan, Overlap, PoolUsage};
 use crate::service::{AssignedAddress, Assignment, check_one_per_family};
-use crate::sharing::{Holders, Refusal, SharingTerms, may_share};
+use crate::sharing::{Holders, Refusal, SharingConflict, SharingTerms, may_share};
 use crate::space::FamilySpace;
 use model::pool::Pool;
 use model::service::{ServiceKey, ServiceRequest};
@@ -189,6 +189,27 @@ impl Allocator {
                     .collect()
             })
             .unwrap_or_default();
+        // New sharing terms that another holder of a held address cannot accept are refused
+        // while the Service asks for nothing else: it keeps what it holds under its previous
+        // terms (as MetalLB does) rather than moving or losing its address over a typo.
+        if held.iter().all(|(ip, _)| self.fits_request(service, *ip)) {
+            for (ip, _) in &held {
+                match self.check_holders(*ip, &service.key, terms.as_ref()) {
+                    Ok(()) => {}
+                    Err(Error::SharingRefused { ip, with, reason }) => {
+                        return Err(Error::SharingChangeRefused { ip, with, reason });
+                    }
+                    Err(Error::AddressTaken { ip, by }) => {
+                        return Err(Error::SharingChangeRefused {
+                            ip,
+                            with: Box::new(by),
+                            reason: SharingConflict::NoLongerShared,
+                        });
+                    }
+                    Err(other) => return Err(other),
+                }
+            }
+        }
         let shareable: Vec<(IpAddr, Option<usize>)> = held
             .into_iter()
             .filter(|(ip, _)| {

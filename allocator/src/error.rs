@@ -17,6 +17,35 @@ pub enum Error {
     PoolExhausted { pool: String, family: Family },
 
     #[error(
+        "every {family} address of pool {pool} is also in pool(s) {}, and no address of an overlap is handed out; make the pools disjoint",
+        others.join(", ")
+    )]
+    PoolOverlapped {
+        pool: String,
+        family: Family,
+        others: Vec<String>,
+    },
+
+    #[error(
+        "the requested {} and {} are in two pools, {} and {}; a dual-stack Service's addresses are announced together by one node, so request both from one pool",
+        ips[0], ips[1], pools[0], pools[1]
+    )]
+    RequestedFromTwoPools {
+        ips: [IpAddr; 2],
+        pools: [String; 2],
+    },
+
+    #[error(
+        "the Service's new sharing terms cannot be honoured: {ip} is also held by Service {with}, and {reason}; it keeps {ip} under its previous terms until the conflict is resolved"
+    )]
+    SharingChangeRefused {
+        ip: IpAddr,
+        /// Boxed: the variant would otherwise make every allocator result large.
+        with: Box<ServiceKey>,
+        reason: SharingConflict,
+    },
+
+    #[error(
         "no free {family} address is left in any pool this Service may use ({})",
         pools.join(", ")
     )]
@@ -98,6 +127,9 @@ impl Error {
     pub fn reason(&self) -> &'static str {
         match self {
             Error::PoolExhausted { .. } => "PoolExhausted",
+            Error::PoolOverlapped { .. } => "PoolOverlapped",
+            Error::RequestedFromTwoPools { .. } => "RequestedFromTwoPools",
+            Error::SharingChangeRefused { .. } => "SharingChangeRefused",
             Error::PoolsExhausted { .. } => "PoolsExhausted",
             Error::NoPoolAvailable { .. } => "NoPoolAvailable",
             Error::FamilyNotInPool { .. } => "FamilyNotInPool",

@@ -179,9 +179,16 @@ impl Allocator {
                 family,
             },
             ([], None) => Error::NoPoolAvailable { family },
-            ([pool], _) => Error::PoolExhausted {
-                pool: pool.clone(),
-                family,
+            ([pool], _) => match self.overlapped_by(pool, family) {
+                Some(others) => Error::PoolOverlapped {
+                    pool: pool.clone(),
+                    family,
+                    others,
+                },
+                None => Error::PoolExhausted {
+                    pool: pool.clone(),
+                    family,
+                },
             },
             _ => Error::PoolsExhausted {
                 pools: with_family,
@@ -260,6 +267,19 @@ impl Allocator {
             self.check_holders(ip, &service.key, terms)?;
             choices.push((ip, Some(p)));
         }
+        // Both addresses of a dual-stack Service are announced by one node, chosen among the
+        // nodes both pools' advertisements select; from two pools that set could be empty.
+        if let [(a, Some(pa)), (b, Some(pb))] = choices[..]
+            && pa != pb
+        {
+            return Err(Error::RequestedFromTwoPools {
+                ips: [a, b],
+                pools: [
+                    self.pools[pa].pool.name.clone(),
+                    self.pools[pb].pool.name.clone(),
+                ],
+            });
+        }
         Ok(in_family_order(service.families, choices))
     }
 
@@ -304,6 +324,26 @@ impl Allocator {
                 space.usable(ip_value(ip))
                     && self.check_holders(ip, &service.key, Some(terms)).is_ok()
             })
+    }
+
+    /// When every `family` address of the pool lies in an overlap (so it has none to give at
+    /// all), the pools it overlaps, by name.
+    fn overlapped_by(&self, pool: &str, family: Family) -> Option<Vec<String>> {
+        let p = self.pool_index(pool)?;
+        if self.pools[p].space(family).usage().capacity > 0 {
+            return None;
+        }
+        let others: Vec<String> = self
+            .overlaps()
+            .iter()
+            .filter(|o| o.ranges.iter().any(|r| r.family() == family))
+            .filter_map(|o| match &o.pools {
+                [a, b] if a == pool => Some(b.clone()),
+                [a, b] if b == pool => Some(a.clone()),
+                _ => None,
+            })
+            .collect();
+        (!others.is_empty()).then_some(others)
     }
 
     fn has_family(&self, p: usize, family: Family) -> bool {

@@ -47,6 +47,8 @@ pub enum SharingConflict {
     },
     /// Both use this port.
     PortClash { protocol: Protocol, port: u16 },
+    /// This Service no longer sets `allow-shared-ip`.
+    NoLongerShared,
 }
 
 impl fmt::Display for SharingConflict {
@@ -76,6 +78,9 @@ impl fmt::Display for SharingConflict {
             ),
             SharingConflict::PortClash { protocol, port } => {
                 write!(f, "both use port {port}/{protocol}")
+            }
+            SharingConflict::NoLongerShared => {
+                f.write_str("this Service no longer sets allow-shared-ip")
             }
         }
     }

@@ -567,9 +567,19 @@ fn run(ops: &[Op]) -> Result<Vec<String>, TestCaseError> {
             Op::Allocate(request) => {
                 let before = allocator.clone();
                 let result = allocator.allocate(request);
-                model
-                    .requests
-                    .insert(request.key.clone(), (**request).clone());
+                if matches!(result, Err(allocator::Error::SharingChangeRefused { .. })) {
+                    // A refused change of sharing terms leaves the Service exactly as it was,
+                    // previous terms included.
+                    prop_assert!(before.assignment(&request.key).is_some());
+                    prop_assert_eq!(
+                        before.assignment(&request.key),
+                        allocator.assignment(&request.key)
+                    );
+                } else {
+                    model
+                        .requests
+                        .insert(request.key.clone(), (**request).clone());
+                }
                 check_allocation(&before, &model, request, &result, &allocator)?;
                 trace.push(format!("{result:?}"));
             }

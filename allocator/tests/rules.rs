@@ -652,3 +652,66 @@ fn huge_pools_cost_nothing_special() {
         })
     );
 }
+
+/// A pool whose every address lies in another pool has nothing to give because of the overlap,
+/// and says so, rather than "exhausted" (which MetalLB's users would read as "too small").
+#[test]
+fn a_pool_entirely_inside_another_names_the_overlap() {
+    let mut a = with_pools(vec![
+        pool("wide", &["198.51.100.0/24"]),
+        pool("inner", &["198.51.100.8/30"]),
+    ]);
+    let err = a.allocate(&v4("s").with_pool("inner")).unwrap_err();
+    assert_eq!(
+        err,
+        Error::PoolOverlapped {
+            pool: "inner".into(),
+            family: Family::V4,
+            others: vec!["wide".into()],
+        }
+    );
+    assert_eq!(err.reason(), "PoolOverlapped");
+    assert!(err.to_string().contains("make the pools disjoint"), "{err}");
+    // A pool that is merely full is still exhausted.
+    let mut a = with_pools(vec![pool("one", &["198.51.100.1"])]);
+    take(&mut a, &v4("first"));
+    assert!(matches!(
+        a.allocate(&v4("second").with_pool("one")),
+        Err(Error::PoolExhausted { .. })
+    ));
+}
+
+/// A dual-stack Service's two addresses are announced together by one node; requested from two
+/// pools, whose advertisements may select different nodes, they are refused with both named.
+#[test]
+fn requested_dual_stack_addresses_must_come_from_one_pool() {
+    let mut a = with_pools(vec![
+        pool("v4", &["198.51.100.0/30"]),
+        pool("v6", &["2001:db8::/126"]),
+        pool("both", &["198.51.100.8/30", "2001:db8::10/126"]),
+    ]);
+    let err = a
+        .allocate(
+            &require_dual("s")
+                .requesting(ip("198.51.100.1"))
+                .requesting(ip("2001:db8::1")),
+        )
+        .unwrap_err();
+    assert_eq!(
+        err,
+        Error::RequestedFromTwoPools {
+            ips: [ip("198.51.100.1"), ip("2001:db8::1")],
+            pools: ["v4".into(), "v6".into()],
+        }
+    );
+    assert!(a.assignment(&key("s")).is_none());
+    assert_eq!(
+        take(
+            &mut a,
+            &require_dual("s")
+                .requesting(ip("198.51.100.9"))
+                .requesting(ip("2001:db8::11"))
+        ),
+        ["198.51.100.9", "2001:db8::11"]
+    );
+}

@@ -232,28 +232,60 @@ fn releasing_one_sharer_leaves_the_address_with_the_other() {
     assert_eq!(take(&mut a, &v4("d")), ["198.51.100.0"]);
 }
 
+/// A change of sharing terms the other holder cannot accept is refused, as MetalLB refuses it:
+/// the Service keeps its address under its previous terms and the error says why, instead of
+/// the address moving (or vanishing) over one edited annotation.
 #[test]
-fn a_sharer_whose_ports_start_to_clash_moves_and_the_other_stays() {
+fn a_refused_change_of_sharing_terms_keeps_the_address_and_says_why() {
     let mut a = with_pools(vec![pool("p", &["198.51.100.0/30"])]);
+    let shared = ip("198.51.100.0");
     take(&mut a, &sharer("a", "k", None, &[(Tcp, 80)]));
     take(&mut a, &sharer("b", "k", None, &[(Tcp, 443)]));
-    assert_eq!(
-        take(&mut a, &sharer("b", "k", None, &[(Tcp, 80)])),
-        ["198.51.100.1"]
+    let refused = |reason| {
+        Err(Error::SharingChangeRefused {
+            ip: shared,
+            with: Box::new(key("a")),
+            reason,
+        })
+    };
+    let cases = [
+        (
+            sharer("b", "k", None, &[(Tcp, 80)]),
+            SharingConflict::PortClash {
+                protocol: Tcp,
+                port: 80,
+            },
+        ),
+        (
+            sharer("b", "k2", None, &[(Tcp, 443)]),
+            SharingConflict::KeyDiffers {
+                ours: "k2".into(),
+                theirs: "k".into(),
+            },
+        ),
+        (v4("b"), SharingConflict::NoLongerShared),
+    ];
+    for (change, reason) in cases {
+        assert_eq!(a.allocate(&change), refused(reason));
+        assert_eq!(ips(&a.assignment(&key("b")).unwrap()), ["198.51.100.0"]);
+        assert_eq!(a.holders(shared), [&key("a"), &key("b")]);
+    }
+    let text = a.allocate(&v4("b")).unwrap_err().to_string();
+    assert!(
+        text.contains("keeps 198.51.100.0 under its previous terms"),
+        "{text}"
     );
-    assert_eq!(ips(&a.assignment(&key("a")).unwrap()), ["198.51.100.0"]);
-    // A sharer that stops sharing moves too.
-    take(&mut a, &sharer("c", "k", None, &[(Tcp, 443)]));
-    assert_eq!(take(&mut a, &v4("c")), ["198.51.100.2"]);
-    // Even when no other address is left, it does not stay on the shared one.
-    take(&mut a, &sharer("d", "k", None, &[(Tcp, 443)]));
-    take(&mut a, &v4("e"));
-    assert!(matches!(
-        a.allocate(&v4("d")),
-        Err(Error::PoolExhausted { .. })
-    ));
-    assert!(a.assignment(&key("d")).is_none());
-    assert_eq!(a.holders(ip("198.51.100.0")), [&key("a")]);
+    // Under its previous terms it still shares, so a third sharer joins it.
+    assert_eq!(
+        take(&mut a, &sharer("c", "k", None, &[(Udp, 53)])),
+        ["198.51.100.0"]
+    );
+    // Asking for another address is a move, not a refused change.
+    assert_eq!(
+        take(&mut a, &v4("b").requesting(ip("198.51.100.2"))),
+        ["198.51.100.2"]
+    );
+    assert_eq!(a.holders(shared), [&key("a"), &key("c")]);
 }
 
 #[test]

@@ -1101,3 +1101,89 @@ async fn a_leader_cut_off_from_the_api_server_stops_writing_and_exits() {
     history.settled(&lab, "cut").await;
     history.assert_none_moved();
 }
+
+/// Issue 9, bug 6: three places where ferrolb surprised a user coming from MetalLB.
+/// - A change of `allow-shared-ip` the other holder cannot accept is refused: the Service keeps
+///   its address and an Event says why (it used to move to a new address).
+/// - A pool whose every address is in another pool says it is overlapped, not exhausted.
+/// - A dual-stack Service requesting addresses of two pools is refused with both named (the
+///   pair could end up with no node allowed to announce both).
+#[tokio::test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
+async fn metallb_users_keep_their_address_and_read_the_real_reason() {
+    lab::require_lab!();
+    let lab = lab_with_controller().await;
+    apply(
+        &lab,
+        &pool_yaml("lan", &["198.51.100.200-198.51.100.209"], ""),
+    )
+    .await;
+    let share = "ferrolb.io/allow-shared-ip";
+    let port = |p: u16| format!("  ports: [{{name: p, port: {p}, targetPort: 8080}}]\n");
+    let sharer = |name: &str, key: &str, p: u16| {
+        svc_yaml("default", name, &[(share, key)], "").replace(
+            "  ports: [{name: http, port: 80, targetPort: 8080}]\n",
+            &port(p),
+        )
+    };
+    apply(&lab, &sharer("dns-tcp", "dns", 53)).await;
+    apply(&lab, &sharer("dns-web", "dns", 80)).await;
+    for name in ["dns-tcp", "dns-web"] {
+        assert_eq!(
+            ingress_becomes(&lab, "default", name, &["198.51.100.200"]).await,
+            ips(&["198.51.100.200"])
+        );
+    }
+    apply(&lab, &sharer("dns-web", "typo", 80)).await;
+    let events = eventually_events(&lab, "default", "dns-web", "SharingChangeRefused").await;
+    assert!(
+        events.contains("SharingChangeRefused") && events.contains("keeps 198.51.100.200"),
+        "{events}"
+    );
+    assert_eq!(
+        ingress_becomes(&lab, "default", "dns-web", &["198.51.100.200"]).await,
+        ips(&["198.51.100.200"])
+    );
+
+    apply(
+        &lab,
+        &pool_yaml("inner", &["198.51.100.205-198.51.100.206"], ""),
+    )
+    .await;
+    apply(
+        &lab,
+        &svc_yaml(
+            "default",
+            "in-inner",
+            &[("ferrolb.io/address-pool", "inner")],
+            "",
+        ),
+    )
+    .await;
+    let events = eventually_events(&lab, "default", "in-inner", "PoolOverlapped").await;
+    assert!(
+        events.contains("PoolOverlapped") && events.contains("also in pool(s) lan"),
+        "{events}"
+    );
+
+    apply(&lab, &pool_yaml("v6", &["2001:db8::c8-2001:db8::c9"], "")).await;
+    apply(
+        &lab,
+        &svc_yaml(
+            "default",
+            "two-pools",
+            &[(
+                "ferrolb.io/load-balancer-ips",
+                "198.51.100.208,2001:db8::c8",
+            )],
+            "  ipFamilyPolicy: RequireDualStack\n",
+        ),
+    )
+    .await;
+    let events = eventually_events(&lab, "default", "two-pools", "RequestedFromTwoPools").await;
+    assert!(events.contains("in two pools, lan and v6"), "{events}");
+    assert_eq!(
+        ingress_becomes(&lab, "default", "two-pools", &[]).await,
+        Vec::<IpAddr>::new()
+    );
+}
