@@ -33,19 +33,10 @@ fn pool_yaml(name: &str, addresses: &[&str], extra: &str) -> String {
 
 /// The Service's ingress addresses once they are `want` (or what they are after 20 s).
 async fn ingress_becomes(lab: &Lab, namespace: &str, name: &str, want: &[&str]) -> Vec<IpAddr> {
-    let api: Api<Service> = Api::namespaced(lab.client(), namespace);
     let want: Vec<IpAddr> = want.iter().map(|s| s.parse().unwrap()).collect();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let svc = api.get(name).await.unwrap();
-        let got: Vec<IpAddr> = svc
-            .status
-            .and_then(|s| s.load_balancer)
-            .and_then(|lb| lb.ingress)
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|i| i.ip.as_deref()?.parse().ok())
-            .collect();
+        let got = lab.ingress(namespace, name).await.unwrap();
         if got == want || Instant::now() > deadline {
             return got;
         }
@@ -561,19 +552,8 @@ async fn snapshot(lab: &Lab, namespace: &str) -> std::collections::BTreeMap<Stri
         .items
         .into_iter()
         .map(|s| {
-            let ips = s
-                .status
-                .and_then(|s| s.load_balancer)
-                .and_then(|lb| lb.ingress)
-                .unwrap_or_default()
-                .iter()
-                .filter_map(|i| i.ip.as_deref()?.parse().ok())
-                .collect();
-            let name = s.metadata.name.unwrap_or_default();
-            (
-                format!("{name}@{}", s.metadata.uid.unwrap_or_default()),
-                ips,
-            )
+            let read = crds::read::service(&s);
+            (format!("{}@{}", read.key.name, read.key.uid), read.ingress)
         })
         .collect()
 }

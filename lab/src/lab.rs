@@ -706,6 +706,17 @@ impl Lab {
         Ok(())
     }
 
+    /// The addresses in a Service's `status.loadBalancer.ingress`, in order.
+    pub async fn ingress(&self, namespace: &str, name: &str) -> Result<Vec<IpAddr>> {
+        let svc = kube::Api::<k8s_openapi::api::core::v1::Service>::namespaced(
+            self.client.clone(),
+            namespace,
+        )
+        .get(name)
+        .await?;
+        Ok(crds::read::service(&svc).ingress)
+    }
+
     /// Writes `status.loadBalancer.ingress` by hand, as the controller would.
     pub async fn set_ingress(&self, namespace: &str, name: &str, ips: &[IpAddr]) -> Result<()> {
         cluster::set_ingress(&self.client, namespace, name, ips).await

@@ -829,3 +829,156 @@ async fn speakers_follow_handle_unclassed_as_the_controller_does() {
         assert_eq!(answering_nodes(&lab, unclassed), Vec::<usize>::new());
     }
 }
+
+/// The controller's binary, built beside the speaker's by the workspace's `cargo test` (a
+/// `cargo test -p speaker` alone may find a stale one: build the workspace first).
+fn controller_binary() -> std::path::PathBuf {
+    let path = Path::new(SPEAKER).with_file_name("ferrolb-controller");
+    assert!(
+        path.is_file(),
+        "no {} (cargo build -p controller)",
+        path.display()
+    );
+    path
+}
+
+/// The addresses the controller wrote for a Service, once it has written `n`.
+async fn assigned(lab: &Lab, name: &str, n: usize) -> Vec<IpAddr> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ips = lab.ingress("default", name).await.unwrap();
+        if ips.len() == n {
+            return ips;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} holds {ips:?}, not {n} addresses"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until nobody answers for `ip` (a released address; bounded by the release grace).
+async fn unanswered(lab: &Lab, ip: IpAddr) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let nodes = answering_nodes(lab, ip);
+        if nodes.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{ip} is still answered by {nodes:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Issue 9, bug 8: the real controller allocates and the real speakers announce, through pool
+/// edits, sharing, Local policy, a Service type change, restarts of either, an advertisement
+/// removed and a pool deleted: every address is answered by exactly one node, or by none with
+/// a reason on the Service.
+#[tokio::test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
+async fn controller_and_speakers_together_one_answer_per_address() {
+    lab::require_lab!();
+    let mut lab = lab_with_speakers(LabConfig::default()).await;
+    lab.start_controller(&controller_binary(), 1).await.unwrap();
+
+    // An address from the controller, answered by one node, reaching the pods.
+    lab.expose(&ServiceSpec::new("default", "web"))
+        .await
+        .unwrap();
+    let web = assigned(&lab, "web", 1).await[0];
+    owner_of(&lab, web).await;
+    get_eventually(&lab, web).await;
+
+    // Sharing: two Services, one address, one answering node.
+    for (name, port) in [("dns-tcp", 53), ("dns-web", 8053)] {
+        lab.apply(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\n  annotations: {{ferrolb.io/allow-shared-ip: dns}}\nspec:\n  type: LoadBalancer\n  selector: {{app: hello}}\n  ports: [{{name: p, port: {port}, targetPort: 8080}}]\n"
+        ))
+        .await
+        .unwrap();
+    }
+    let shared = assigned(&lab, "dns-tcp", 1).await[0];
+    assert_eq!(assigned(&lab, "dns-web", 1).await, vec![shared]);
+    owner_of(&lab, shared).await;
+
+    // Local: only a node with a ready endpoint (pods on nodes 1 and 2) answers.
+    let mut local = ServiceSpec::new("default", "local");
+    local.external_traffic_policy = "Local".into();
+    lab.expose(&local).await.unwrap();
+    let local_ip = assigned(&lab, "local", 1).await[0];
+    let local_owner = owner_of(&lab, local_ip).await;
+    assert!(
+        local_owner == 1 || local_owner == 2,
+        "node {local_owner} has no endpoint"
+    );
+
+    // A pool edit: an IPv6 range added; a dual-stack Service gets both, on one node.
+    lab.apply(&format!(
+        "apiVersion: ferrolb.io/v1alpha1\nkind: IPAddressPool\nmetadata:\n  name: lan\nspec:\n  addresses: [{}, {}]\n",
+        lab::plan::EXAMPLE_POOL_V4,
+        lab::plan::EXAMPLE_POOL_V6
+    ))
+    .await
+    .unwrap();
+    let mut dual = ServiceSpec::new("default", "dual");
+    dual.ip_family_policy = "RequireDualStack".into();
+    lab.expose(&dual).await.unwrap();
+    let pair = assigned(&lab, "dual", 2).await;
+    let dual_owner = owner_of(&lab, pair[0]).await;
+    assert_eq!(owner_of(&lab, pair[1]).await, dual_owner);
+
+    // Restarts of either keep every address where it is, answered by one node.
+    lab.kill_controller(1);
+    lab.start_controller(&controller_binary(), 1).await.unwrap();
+    let owner = owner_of(&lab, shared).await;
+    lab.start_speaker(Path::new(SPEAKER), owner).await.unwrap();
+    members_become(&lab, owner, 3).await;
+    for ip in [web, shared, local_ip, pair[0], pair[1]] {
+        owner_of(&lab, ip).await;
+    }
+    assert_eq!(assigned(&lab, "dns-web", 1).await, vec![shared]);
+    assert_eq!(assigned(&lab, "web", 1).await, vec![web]);
+
+    // A type change: the controller releases the address and nobody answers it any more.
+    lab.apply(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: default\nspec:\n  type: ClusterIP\n  selector: {app: hello}\n  ports: [{name: http, port: 80, targetPort: 8080}]\n",
+    )
+    .await
+    .unwrap();
+    unanswered(&lab, web).await;
+
+    // No advertisement: nobody answers, and the Service hears why.
+    lab.kubectl(&["delete", "l2advertisement", "lan"])
+        .await
+        .unwrap();
+    unanswered(&lab, local_ip).await;
+    let events = lab
+        .eventually_events("default", "local", "NotAdvertised")
+        .await
+        .unwrap();
+    assert!(events.contains("no L2Advertisement"), "{events}");
+
+    // Advertised again; then the pool is deleted while Services hold its addresses: the
+    // finalizer keeps it, and so do the announcements.
+    lab.apply("apiVersion: ferrolb.io/v1alpha1\nkind: L2Advertisement\nmetadata:\n  name: lan\nspec: {}\n")
+        .await
+        .unwrap();
+    owner_of(&lab, local_ip).await;
+    lab.kubectl(&["delete", "ipaddresspool", "lan", "--wait=false"])
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        for ip in [shared, local_ip, pair[0]] {
+            assert_eq!(
+                answering_nodes(&lab, ip).len(),
+                1,
+                "{ip} after the pool's deletion"
+            );
+        }
+    }
+    assert_eq!(assigned(&lab, "dns-tcp", 1).await, vec![shared]);
+}
