@@ -528,10 +528,20 @@ async fn a_foreign_announcement_is_a_conflict_and_the_address_is_defended() {
     speaker
         .events_for(&[VIP4, VIP6], |e| matches!(e, Event::Announced { .. }))
         .await;
-    // Let the burst finish, so that any later announcement is the defence.
-    tokio::time::sleep(Duration::from_millis(4600)).await;
     let arp_sent = "ferrolb_speaker_gratuitous_sent_total{protocol=\"arp\"}";
     let ndp_sent = "ferrolb_speaker_gratuitous_sent_total{protocol=\"ndp\"}";
+    // Wait for the whole takeover burst (an ARP request and reply, and an NA, per round), so
+    // that any later announcement is the defence.
+    let rounds = Config::default().garp_schedule.len() as f64;
+    let deadline = Instant::now() + WAIT;
+    while (speaker.metric(arp_sent), speaker.metric(ndp_sent)) != (2.0 * rounds, rounds) {
+        assert!(
+            Instant::now() < deadline,
+            "the burst did not finish:\n{}",
+            speaker.metrics_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let before = (speaker.metric(arp_sent), speaker.metric(ndp_sent));
     let (IpAddr::V4(vip4), IpAddr::V6(vip6)) = (ip(VIP4), ip(VIP6)) else {
         unreachable!()
