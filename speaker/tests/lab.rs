@@ -104,7 +104,8 @@ async fn owner_of(lab: &Lab, ip: IpAddr) -> usize {
         }
         assert!(
             Instant::now() < deadline,
-            "{ip} is answered by {nodes:?}, not by exactly one node"
+            "{ip} is answered by {nodes:?}, not by exactly one node\n{}",
+            speaker_logs(lab)
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
