@@ -2,18 +2,22 @@
 //! writes to do so. No I/O, no clock, no randomness: the `speaker` binary wires sockets,
 //! membership and timers to these functions, and tests drive them with plain values.
 //!
+//! - [`decide`]: the election rules: which node owns each address, stage by stage.
 //! - [`election`]: rendezvous hashing of addresses over eligible nodes.
+//! - [`announce`]: the announcer's state machine (probe, answer, defend, release).
 //! - [`arp`], [`ndp`]: parsing and building ARP and IPv6 Neighbor Discovery frames.
 //! - [`frame`]: one parser for everything an announce socket receives.
 //! - [`ethernet`], [`mac`]: the link-layer pieces both codecs share.
 
+pub mod announce;
 pub mod arp;
+pub mod decide;
 pub mod election;
 pub mod ethernet;
 pub mod frame;
 pub mod mac;
 pub mod ndp;
 
-pub use election::{ElectionKey, Eligibility, NodeName, ServiceAddresses};
+pub use election::{ElectionKey, NodeName, ServiceAddresses};
 pub use frame::{Frame, FrameDrop, parse_frame};
 pub use mac::MacAddr;

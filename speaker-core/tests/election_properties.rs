@@ -5,9 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use proptest::prelude::*;
-use speaker_core::election::{
-    ElectionKey, NodeName, ServiceAddresses, election_keys, owner, ranked, successor,
-};
+use speaker_core::election::{ElectionKey, NodeName, ServiceAddresses, election_keys, owner};
 
 fn node_names() -> impl Strategy<Value = Vec<NodeName>> {
     prop::collection::btree_set("[a-z][a-z0-9-]{0,12}", 1..12)
@@ -51,21 +49,6 @@ proptest! {
         let mut scrambled: Vec<&NodeName> = nodes.iter().chain(nodes.iter()).collect();
         shuffle(&mut scrambled, seed);
         prop_assert_eq!(owner(&key, &nodes), owner(&key, scrambled.iter().copied()));
-        prop_assert_eq!(ranked(&key, &nodes), ranked(&key, scrambled.iter().copied()));
-    }
-
-    #[test]
-    fn ranking_starts_with_the_owner_and_lists_each_node_once(
-        nodes in node_names(),
-        key in any_key(),
-    ) {
-        let order = ranked(&key, &nodes);
-        prop_assert_eq!(order.first().copied(), owner(&key, &nodes));
-        let distinct: BTreeSet<&NodeName> = order.iter().copied().collect();
-        prop_assert_eq!(distinct.len(), nodes.len());
-        if order.len() > 1 {
-            prop_assert_eq!(successor(&key, &nodes, order[0]), Some(order[1]));
-        }
     }
 
     #[test]

@@ -2,13 +2,12 @@
 //!
 //! - [`view`]: the watches, and the facts the election reads from them;
 //! - [`membership`]: the speakers' SWIM gossip, authenticated with the cluster's key;
-//! - [`decide`]: the election (pure);
-//! - [`announce`]: ARP and NDP on raw sockets;
+//! - [`announce`]: ARP and NDP on raw sockets (the election and the announcer's state machine
+//!   are pure and live in `speaker-core`);
 //! - [`report`]: the Service condition and Events;
 //! - [`run`]: the loop that ties them together.
 
 pub mod announce;
-pub mod decide;
 pub mod membership;
 pub mod report;
 pub mod run;

@@ -18,11 +18,11 @@ use speaker_core::mac::MacAddr;
 use tokio::sync::Notify;
 
 use crate::announce::{self, Announcer, Desired, Link};
-use crate::decide::{self, Decision, NoOwner};
 use crate::membership::{Membership, View};
 use crate::report::{Notice, Reports, Wanted};
 use crate::view::Stores;
 use model::ServiceKey;
+use speaker_core::decide::{self, Decision, NoOwner};
 
 /// How often links are rescanned: a changed interface set is picked up within this, and a
 /// gossip interface that went down makes the speaker leave.

@@ -20,7 +20,7 @@ use model::{ClassPolicy, Labels, Pool, ServiceKey, TrafficPolicy};
 use speaker_core::election::NodeName;
 use tokio::sync::Notify;
 
-use crate::decide::{Advertisement, EXCLUDE_LABEL, Facts, NodeFacts, ServiceFacts};
+use speaker_core::decide::{Advertisement, EXCLUDE_LABEL, Facts, NodeFacts, ServiceFacts};
 
 /// The reflectors' stores.
 #[derive(Clone)]

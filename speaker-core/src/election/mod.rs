@@ -5,19 +5,16 @@
 //!
 //! 1. [`election_keys`] maps each address to the [`ElectionKey`] it is elected by. Addresses that
 //!    must live together (the IPv4 and IPv6 address of a dual-stack Service) share one key.
-//! 2. [`Eligibility`] intersects the caller's sets into the nodes allowed to announce.
-//! 3. [`owner`] picks the eligible node with the highest [`weight`]; [`ranked`] gives the whole
-//!    preference order, whose second entry is the successor a graceful handover hands to.
+//! 2. [`owner`] picks the eligible node with the highest [`weight`]; which nodes are eligible is
+//!    `crate::decide`'s business.
 //!
 //! Election is per address, never per Service: one address has one key, so one owner, however
 //! many Services share it.
 
-mod eligibility;
 mod keys;
 mod node;
 mod rank;
 
-pub use eligibility::Eligibility;
 pub use keys::{ElectionKey, ServiceAddresses, election_keys, group_by_key};
 pub use node::NodeName;
-pub use rank::{owner, ranked, successor, weight};
+pub use rank::{owner, weight};

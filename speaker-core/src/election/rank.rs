@@ -44,27 +44,6 @@ pub fn owner<'a>(
         .min_by_key(|node| preference(key, node))
 }
 
-/// Every eligible node once, most preferred first: `ranked(..)[0]` is the [`owner`], `[1]` the
-/// node that takes over when the owner leaves.
-pub fn ranked<'a>(
-    key: &ElectionKey,
-    eligible: impl IntoIterator<Item = &'a NodeName>,
-) -> Vec<&'a NodeName> {
-    let mut nodes: Vec<&NodeName> = eligible.into_iter().collect();
-    nodes.sort_by_cached_key(|node| preference(key, node));
-    nodes.dedup();
-    nodes
-}
-
-/// The owner once `leaving` is gone: whom a node hands `key` over to on a graceful exit.
-pub fn successor<'a>(
-    key: &ElectionKey,
-    eligible: impl IntoIterator<Item = &'a NodeName>,
-    leaving: &NodeName,
-) -> Option<&'a NodeName> {
-    owner(key, eligible.into_iter().filter(|node| *node != leaving))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,25 +101,14 @@ mod tests {
     }
 
     #[test]
-    fn a_node_listed_twice_is_ranked_once() {
+    fn a_node_listed_twice_counts_once() {
         let (a, b) = (NodeName::from("node-a"), NodeName::from("node-b"));
         let k = key("192.0.2.10");
-        assert_eq!(ranked(&k, [&b, &a, &b, &a]), vec![&a, &b]);
         assert_eq!(owner(&k, [&b, &a, &b]), Some(&a));
     }
 
     #[test]
     fn no_eligible_node_means_no_owner() {
         assert_eq!(owner(&key("192.0.2.10"), []), None);
-        assert!(ranked(&key("192.0.2.10"), []).is_empty());
-    }
-
-    #[test]
-    fn successor_is_the_second_ranked() {
-        let nodes: Vec<NodeName> = (0..7).map(|i| NodeName::new(format!("n{i}"))).collect();
-        let k = key("2001:db8::7");
-        let order = ranked(&k, &nodes);
-        assert_eq!(successor(&k, &nodes, order[0]), Some(order[1]));
-        assert_eq!(successor(&k, &nodes, order[3]), Some(order[0]));
     }
 }

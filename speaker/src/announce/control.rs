@@ -14,10 +14,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use super::links::{Link, scan_links};
-use super::machine::{Claim, Machine, Output, Packet, Send};
 use super::metrics::{ARP, NDP};
 use super::port::Port;
 use super::{Config, Desired, Event, Metrics};
+use speaker_core::announce::machine::{Claim, Machine, Output, Packet, Send};
 
 pub(crate) enum Input {
     Desired(BTreeMap<IpAddr, Desired>),

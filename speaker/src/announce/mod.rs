@@ -24,14 +24,11 @@
 
 mod control;
 mod links;
-mod machine;
 mod metrics;
 mod port;
 
 #[cfg(test)]
 mod lab_tests;
-#[cfg(test)]
-mod machine_tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -43,70 +40,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use links::{Link, choose_interfaces, scan_links};
 pub use metrics::Metrics;
+pub use speaker_core::announce::{Config, Desired, Event};
 
 use control::{Control, Input};
-
-/// Timing of probes, announcements and releases.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Config {
-    /// Offsets from the start of a takeover at which gratuitous ARPs / unsolicited NAs go out.
-    /// The later ones fall past Linux's 1 s ARP locktime, within which a neighbour ignores a
-    /// second change of an entry.
-    pub garp_schedule: Vec<Duration>,
-    /// Once the burst is over, announce again this often (`None`: never).
-    pub refresh: Option<Duration>,
-    /// How long to listen for an answer after the second probe.
-    pub probe_wait: Duration,
-    /// How long a released address is still answered when no successor announces it.
-    pub release_grace: Duration,
-    /// After a conflict: when to probe again, and how often a conflict on an announced
-    /// address is reported (and defended).
-    pub conflict_retry: Duration,
-}
-
-impl Default for Config {
-    fn default() -> Config {
-        Config {
-            garp_schedule: [0, 250, 1100, 2200, 4400]
-                .into_iter()
-                .map(Duration::from_millis)
-                .collect(),
-            refresh: None,
-            probe_wait: Duration::from_millis(200),
-            release_grace: Duration::from_secs(3),
-            conflict_retry: Duration::from_secs(30),
-        }
-    }
-}
-
-/// How one owned address is announced.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Desired {
-    /// Interfaces to answer and announce on (see [`choose_interfaces`]). Empty: the address is
-    /// treated as not desired, there being nowhere to announce it.
-    pub interfaces: Vec<String>,
-    /// Probe the LAN before announcing a new address, and refuse it if a foreign host answers.
-    pub probe: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
-    /// The first gratuitous ARP / unsolicited NA of a takeover went out; the address is
-    /// answered on `interfaces`.
-    Announced { ip: IpAddr, interfaces: Vec<String> },
-    /// A host that is neither this node nor a peer speaker claims `ip`: while probing, the
-    /// address is not taken (and probed again later); while announcing, it is defended.
-    Conflict {
-        ip: IpAddr,
-        interface: String,
-        mac: MacAddr,
-    },
-    /// No longer answered. `successor`: the MAC whose announcement was seen, if any.
-    Released {
-        ip: IpAddr,
-        successor: Option<MacAddr>,
-    },
-}
 
 /// A cheap handle on the announcer's threads; when the last clone is dropped they stop
 /// answering and close their sockets.

@@ -23,8 +23,8 @@ use speaker_core::{Frame, MacAddr, parse_frame};
 use tracing::{debug, warn};
 
 use super::links::Link;
-use super::machine::{Claim, ClaimKind};
 use super::metrics::{ARP, Metrics, NDP, ReasonLabels};
+use speaker_core::announce::machine::{Claim, ClaimKind};
 
 /// How long a receive thread blocks before looking at its stop flag: the delay of closing a
 /// port, not of answering (a frame wakes it at once).

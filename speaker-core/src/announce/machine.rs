@@ -7,17 +7,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use speaker_core::MacAddr;
+use crate::MacAddr;
 
 use super::{Config, Desired, Event};
 
 /// Gap between the two probes sent before an address is first announced.
-pub(crate) const PROBE_INTERVAL: Duration = Duration::from_millis(50);
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(50);
 const PROBES: u8 = 2;
 
 /// A frame the shell builds for one address with the interface's MAC, ARP or NDP by family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Packet {
+pub enum Packet {
     /// RFC 5227 ARP probe or DAD Neighbor Solicitation.
     Probe,
     /// Gratuitous ARP in request and reply form, or an unsolicited Neighbor Advertisement.
@@ -25,7 +25,7 @@ pub(crate) enum Packet {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Send {
+pub struct Send {
     pub interface: String,
     pub ip: IpAddr,
     pub packet: Packet,
@@ -33,7 +33,7 @@ pub(crate) struct Send {
 
 /// How a host overheard on the link stated that `ip` is at its MAC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ClaimKind {
+pub enum ClaimKind {
     /// An ARP request sent from `ip`: the sender uses the address.
     ArpRequest,
     ArpReply,
@@ -52,7 +52,7 @@ impl ClaimKind {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Claim {
+pub struct Claim {
     pub interface: String,
     pub ip: IpAddr,
     pub mac: MacAddr,
@@ -60,7 +60,7 @@ pub(crate) struct Claim {
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct Output {
+pub struct Output {
     pub sends: Vec<Send>,
     pub events: Vec<Event>,
 }
@@ -104,7 +104,7 @@ enum Phase {
 }
 
 #[derive(Debug)]
-pub(crate) struct Machine {
+pub struct Machine {
     config: Config,
     /// MACs of this node's interfaces: what it hears of itself is never a claim.
     own: BTreeSet<MacAddr>,

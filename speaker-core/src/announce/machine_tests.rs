@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use speaker_core::MacAddr;
+use crate::MacAddr;
 
 use super::machine::{Claim, ClaimKind, Machine, Output, Packet, Send};
 use super::{Config, Desired, Event};

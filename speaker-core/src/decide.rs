@@ -18,8 +18,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+use crate::election::{self, ElectionKey, NodeName, ServiceAddresses};
 use model::ServiceKey;
-use speaker_core::election::{self, ElectionKey, NodeName, ServiceAddresses};
 
 /// The label that keeps a node out of external load balancing (also honoured by kube-proxy and
 /// cloud providers).
