@@ -79,8 +79,9 @@ enum Phase {
         next_probe: Instant,
         until: Instant,
     },
-    /// A foreign host answered the probe; asked again at `retry_at` while still desired.
-    Conflicted { retry_at: Instant },
+    /// A host this node does not know as a peer (`by`) answered the probe; asked again at
+    /// `retry_at` while still desired.
+    Conflicted { retry_at: Instant, by: MacAddr },
     Answering {
         burst_start: Instant,
         /// Index into the gratuitous schedule of the next step to send.
@@ -126,8 +127,23 @@ impl Machine {
         self.own = own;
     }
 
-    pub fn set_peer_macs(&mut self, peers: BTreeSet<MacAddr>) {
+    /// The MACs of the other speakers. A probe answered by a MAC that turns out to be a peer's
+    /// (a restarted speaker probes before gossip has told it every peer) was the previous
+    /// owner answering, not a foreign host: the address is taken over at once, as a takeover
+    /// from a ferrolb node is, instead of waiting out the conflict retry while that owner
+    /// releases it and nobody answers.
+    pub fn set_peer_macs(&mut self, now: Instant, peers: BTreeSet<MacAddr>) -> Output {
+        let mut out = Output::default();
+        for entry in self.addrs.values_mut() {
+            if let Phase::Conflicted { by, .. } = entry.phase
+                && peers.contains(&by)
+            {
+                entry.phase = answering(now);
+            }
+        }
         self.peers = peers;
+        self.advance(now, &mut out);
+        out
     }
 
     /// The complete set of addresses to own now. An address with no interface is as good as
@@ -216,6 +232,7 @@ impl Machine {
             Phase::Probing { .. } if foreign => {
                 entry.phase = Phase::Conflicted {
                     retry_at: now + self.config.conflict_retry,
+                    by: claim.mac,
                 };
                 out.events.push(conflict);
             }
@@ -265,7 +282,7 @@ impl Machine {
                     next_probe,
                     until,
                 } => Some(if *sent < PROBES { *next_probe } else { *until }),
-                Phase::Conflicted { retry_at } => Some(*retry_at),
+                Phase::Conflicted { retry_at, .. } => Some(*retry_at),
                 Phase::Answering {
                     burst_start,
                     next_step,
@@ -334,7 +351,7 @@ impl Machine {
             };
             // Phases in the order they follow each other, so that one step can go from a
             // retry to a probe, or from a finished probe to the first announcement.
-            if let Phase::Conflicted { retry_at } = entry.phase
+            if let Phase::Conflicted { retry_at, .. } = entry.phase
                 && now >= retry_at
             {
                 entry.phase = probing(now, config.probe_wait);

@@ -32,8 +32,9 @@ impl Clock {
 fn machine() -> (Machine, Clock) {
     let mut m = Machine::new(Config::default());
     m.set_own_macs([OURS].into());
-    m.set_peer_macs([PEER].into());
-    (m, Clock(Instant::now()))
+    let clock = Clock(Instant::now());
+    m.set_peer_macs(clock.at(0), [PEER].into());
+    (m, clock)
 }
 
 fn desired(interfaces: &[&str], probe: bool) -> BTreeMap<IpAddr, Desired> {
@@ -147,6 +148,29 @@ fn a_foreign_answer_to_the_probe_is_a_conflict_and_the_address_is_not_taken() {
     m.tick(t.at(30_070));
     let out = m.tick(t.at(30_270));
     assert_eq!(out.events, vec![announced(&["eth0"])]);
+}
+
+/// A restarted speaker probes before gossip has told it every peer: the previous owner's answer
+/// looks foreign. Once that MAC turns out to be a peer's, the address is taken over at once
+/// (the old owner then releases it on hearing the announcement) instead of nobody answering
+/// until the conflict retry.
+#[test]
+fn a_probe_answered_by_a_peer_learned_late_is_taken_over_at_once() {
+    let (mut m, t) = machine();
+    let late = MacAddr([2, 0, 0, 0, 0, 3]);
+    m.set_desired(t.at(0), &desired(&["eth0"], true));
+    let out = m.claim(t.at(20), &claim("eth0", late, ClaimKind::ArpReply));
+    assert!(
+        matches!(out.events[..], [Event::Conflict { .. }]),
+        "{out:?}"
+    );
+    assert!(m.answering().is_empty());
+    // An unrelated peer set leaves the conflict alone.
+    assert_eq!(m.set_peer_macs(t.at(100), [PEER].into()), nothing());
+    let out = m.set_peer_macs(t.at(200), [PEER, late].into());
+    assert_eq!(out.events, vec![announced(&["eth0"])]);
+    assert_eq!(out.sends, sends(Packet::Gratuitous, &["eth0"]));
+    assert_eq!(m.answering(), [vip()].into());
 }
 
 #[test]

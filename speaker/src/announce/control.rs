@@ -77,10 +77,7 @@ impl Control {
                     self.rescan();
                     self.machine.set_desired(now, &desired)
                 }
-                Ok(Input::Peers(peers)) => {
-                    self.machine.set_peer_macs(peers);
-                    Output::default()
-                }
+                Ok(Input::Peers(peers)) => self.machine.set_peer_macs(now, peers),
                 Ok(Input::Claim(claim)) => self.machine.claim(now, &claim),
                 Ok(Input::ReleaseAll(done)) => {
                     self.release_waiters.push(done);
