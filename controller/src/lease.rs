@@ -75,6 +75,11 @@ impl Fence {
         }
     }
 
+    /// Closes the fence now: nothing is written after this.
+    pub fn close(&self) {
+        *self.0.lock().expect("not poisoned") = Some(Instant::now());
+    }
+
     fn extend(&self, deadline: Instant) {
         let mut current = self.0.lock().expect("not poisoned");
         if current.is_none_or(|c| c < deadline) {
@@ -166,6 +171,35 @@ impl Elector {
                 Ok(Err(e)) => tracing::warn!("cannot renew the Lease: {e}"),
                 Err(_) => tracing::warn!("renewing the Lease did not finish before the deadline"),
             }
+        }
+    }
+
+    /// Gives the Lease up (client-go's `ReleaseOnCancel`): on a graceful stop the standby takes
+    /// over at once instead of after the whole duration. Only a Lease still ours is touched.
+    pub async fn release(&mut self) {
+        let result = async {
+            let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+                return Ok(());
+            };
+            let mut spec = lease.spec.clone().unwrap_or_default();
+            if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+                return Ok(());
+            }
+            let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
+            spec.holder_identity = None;
+            spec.lease_duration_seconds = Some(1);
+            spec.renew_time = Some(now.clone());
+            spec.acquire_time = Some(now);
+            lease.spec = Some(spec);
+            self.api
+                .replace(&lease.name_any(), &PostParams::default(), &lease)
+                .await
+                .map(|_| ())
+        }
+        .await;
+        match result {
+            Ok(()) => tracing::info!("released the Lease"),
+            Err(e) => tracing::warn!("cannot release the Lease: {e}"),
         }
     }
 

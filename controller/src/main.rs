@@ -97,10 +97,14 @@ async fn main() -> anyhow::Result<()> {
     let fence = elector.acquire().await;
     tracing::info!(%identity, "leading");
     metrics.is_leader.set(1);
-    tokio::select! {
-        result = reconcile::run(client, config(fence.clone()), metrics, || {}) => Ok(result?),
+    let stopped = tokio::select! {
+        result = reconcile::run(client, config(fence.clone()), metrics, || {}) => result,
         () = elector.keep(&fence) => anyhow::bail!(
             "the Lease's renew deadline passed without a renewal: stopped writing; exiting so that a fresh start rebuilds the state"
         ),
-    }
+    };
+    // Stopped by a signal: write nothing more, and hand the Lease over at once.
+    fence.close();
+    elector.release().await;
+    Ok(stopped?)
 }

@@ -1168,3 +1168,40 @@ async fn metallb_users_keep_their_address_and_read_the_real_reason() {
         Vec::<IpAddr>::new()
     );
 }
+
+/// A leader stopped by SIGTERM (a rolling update) gives the Lease up on its way out, so the
+/// standby takes over at once rather than after the Lease's whole duration.
+#[tokio::test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
+async fn a_leader_stopped_gracefully_releases_the_lease() {
+    lab::require_lab!();
+    let mut lab = Lab::start(LabConfig::with_nodes(1)).await.unwrap();
+    lab.start_controller(Path::new(CONTROLLER), 1)
+        .await
+        .unwrap();
+    assert_eq!(the_leader(&lab, &[1]).await, 1);
+    lab.start_controller(Path::new(CONTROLLER), 2)
+        .await
+        .unwrap();
+    lab.signal_controller(1, nix::sys::signal::Signal::SIGTERM)
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lab.controller_exited(1).is_none() {
+        assert!(Instant::now() < deadline, "the leader did not stop");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(lab.client(), "ferrolb-system");
+    let holder = leases
+        .get("ferrolb-controller")
+        .await
+        .unwrap()
+        .spec
+        .and_then(|s| s.holder_identity);
+    assert_ne!(
+        holder.as_deref(),
+        Some("controller-1"),
+        "the stopped leader still holds the Lease"
+    );
+    assert_eq!(the_leader(&lab, &[2]).await, 2);
+}
