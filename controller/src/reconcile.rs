@@ -429,11 +429,12 @@ async fn fail(ctx: &Context, reference: &ObjectReference, reason: &str, message:
             reason: reason.into(),
         })
         .inc();
-    publish(
+    publish_as(
         ctx,
         reference,
         EventType::Warning,
         "AllocationFailed",
+        reason,
         format!("{reason}: {message}"),
     )
     .await;
@@ -474,11 +475,25 @@ async fn publish(
     reason: &str,
     note: String,
 ) {
+    publish_as(ctx, reference, type_, reason, "Allocate", note).await;
+}
+
+/// [`publish`] under an `action` of the caller's. kube's recorder folds Events of one object,
+/// reason and action into one series and keeps the first note, so failures of different kinds
+/// need different actions, or the operator reads a stale reason.
+async fn publish_as(
+    ctx: &Context,
+    reference: &ObjectReference,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
     let event = Event {
         type_,
         reason: reason.into(),
         note: Some(note),
-        action: "Allocate".into(),
+        action: action.into(),
         secondary: None,
     };
     if ctx.fence.check().is_err() {
