@@ -133,12 +133,10 @@ impl Allocator {
         // first pool that does, else becomes an orphan.
         let mut tags = Vec::with_capacity(self.addresses.len());
         for (&ip, state) in &self.addresses {
-            let (family, value) = (Family::of(ip), ip_value(ip));
-            let previous = state
-                .pool
-                .and_then(|p| self.pool_index(&old_pools[p].pool.name))
-                .filter(|&p| self.pools[p].space(family).ranges().contains(value));
-            tags.push((ip, previous.or_else(|| self.home_pool(ip))));
+            let previous = state.pool.map(|p| old_pools[p].pool.name.as_str());
+            let home = model::home_pool(&self.pools, ip, previous)
+                .and_then(|home| self.pool_index(&home.pool.name));
+            tags.push((ip, home));
         }
         for (ip, tag) in tags {
             self.addresses.get_mut(&ip).expect("held").pool = tag;
@@ -256,7 +254,8 @@ impl Allocator {
             self.check_holders(ip, &service.key, terms.as_ref())?;
             let pool = match self.addresses.get(&ip) {
                 Some(state) => state.pool,
-                None => self.home_pool(ip),
+                None => model::home_pool(&self.pools, ip, None)
+                    .and_then(|home| self.pool_index(&home.pool.name)),
             };
             addresses.push((ip, pool));
         }
@@ -329,14 +328,6 @@ impl Allocator {
         self.pools
             .binary_search_by(|state| state.pool.name.as_str().cmp(name))
             .ok()
-    }
-
-    /// The first pool, by name, whose ranges contain `ip`.
-    fn home_pool(&self, ip: IpAddr) -> Option<usize> {
-        let (family, value) = (Family::of(ip), ip_value(ip));
-        self.pools
-            .iter()
-            .position(|state| state.space(family).ranges().contains(value))
     }
 
     fn held_by(&self, key: &ServiceKey) -> Vec<IpAddr> {
@@ -516,4 +507,11 @@ fn family_ranges(pool: &Pool, family: Family) -> IntervalSet {
 
 fn range_of(family: Family, first: u128, last: u128) -> AddressRange {
     AddressRange::new(family.addr(first), family.addr(last)).expect("first <= last, one family")
+}
+
+/// The model's rule for an address's pool reads the pool inside its state.
+impl std::borrow::Borrow<Pool> for PoolState {
+    fn borrow(&self) -> &Pool {
+        &self.pool
+    }
 }

@@ -269,7 +269,7 @@ async fn restore(ctx: &Context, services: &Api<Service>) -> Result<(), Error> {
             Ok(_) => restored += 1,
             Err(e) => {
                 disputed += 1;
-                tracing::warn!(service = %view.key.clone(), "at start-up: {e}");
+                tracing::warn!(service = %view.key, "at start-up: {e}");
             }
         }
     }
@@ -600,7 +600,7 @@ async fn requeue_pending(ctx: &Context) {
     let state = ctx.state.lock().await;
     for svc in ctx.services.state() {
         let view = crds::read::service(&svc);
-        if view.is_ours(ctx.classes) && state.assignment(&view.key.clone()).is_none() {
+        if view.is_ours(ctx.classes) && state.assignment(&view.key).is_none() {
             let _ = ctx.requeue.send(ObjectRef::from_obj(&*svc));
         }
     }
@@ -717,7 +717,7 @@ async fn requeue_affected(
         if !view.is_ours(ctx.classes) {
             continue;
         }
-        let affected = match state.assignment(&view.key.clone()) {
+        let affected = match state.assignment(&view.key) {
             None => true,
             Some(a) => {
                 view.pool.is_some()

@@ -1,6 +1,7 @@
 //! Pools: their addresses parsed entry by entry, the rules deciding which Services may use a
 //! pool and in which order pools are tried, and which pool an address belongs to.
 
+use std::borrow::Borrow;
 use std::cmp::Ordering;
 use std::net::IpAddr;
 
@@ -165,14 +166,24 @@ pub fn parse_entries<'a>(
 /// pool the controller recorded for the Service (`ip-allocated-from-pool`) when it contains the
 /// address, else the first pool by name that contains it (the allocator's own rule for an
 /// address two pools share).
-pub fn home_pool<'a>(pools: &'a [Pool], ip: IpAddr, recorded: Option<&str>) -> Option<&'a Pool> {
+pub fn home_pool<'a, P: Borrow<Pool> + 'a>(
+    pools: impl IntoIterator<Item = &'a P> + Clone,
+    ip: IpAddr,
+    recorded: Option<&str>,
+) -> Option<&'a P> {
+    let pool = |p: &'a P| -> &'a Pool { p.borrow() };
     recorded
-        .and_then(|name| pools.iter().find(|p| p.name == name && p.contains(ip)))
+        .and_then(|name| {
+            pools
+                .clone()
+                .into_iter()
+                .find(|&p| pool(p).name == name && pool(p).contains(ip))
+        })
         .or_else(|| {
             pools
-                .iter()
-                .filter(|p| p.contains(ip))
-                .min_by(|a, b| a.name.cmp(&b.name))
+                .into_iter()
+                .filter(|&p| pool(p).contains(ip))
+                .min_by(|&a, &b| pool(a).name.cmp(&pool(b).name))
         })
 }
 
