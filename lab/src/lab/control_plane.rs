@@ -1,0 +1,205 @@
+//! The control plane: kube-apiserver's readiness, stop and restart; kubectl as the admin or a
+//! ServiceAccount; manifests, Events and clients.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use kube::Client;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+use super::Lab;
+use crate::pki::{self, Credentials};
+use crate::plan;
+use crate::process::Proc;
+
+impl Lab {
+    pub(super) async fn wait_for_apiserver(&mut self, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            let ready = self
+                .client
+                .request_text(http::Request::get("/readyz").body(vec![])?)
+                .await;
+            if matches!(&ready, Ok(body) if body.trim() == "ok") {
+                return Ok(());
+            }
+            let running = self.apiserver.as_mut().is_some_and(Proc::running);
+            if !running || Instant::now() > deadline {
+                let log = self
+                    .apiserver
+                    .as_ref()
+                    .map(|p| p.log_tail(15))
+                    .unwrap_or_default();
+                bail!("kube-apiserver did not become ready ({ready:?}); its log ends with:\n{log}");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Applies deploy/ exactly as an operator would (`kubectl apply -k deploy`) and waits for
+    /// the CRDs to be served.
+    pub(super) async fn apply_deploy(&self) -> Result<()> {
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        let deploy = deploy.canonicalize()?.display().to_string();
+        self.kubectl(&["apply", "--server-side", "-k", &deploy])
+            .await?;
+        self.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=30s",
+            "crd/ipaddresspools.ferrolb.io",
+            "crd/l2advertisements.ferrolb.io",
+        ])
+        .await?;
+        Ok(())
+    }
+
+    /// `kubectl ARGS…` as the lab admin, from inside the control-plane namespace.
+    pub async fn kubectl(&self, args: &[&str]) -> Result<String> {
+        self.kubectl_as(&self.lan_kubeconfig, args, None).await
+    }
+
+    /// `kubectl ARGS…` with `stdin`, as the user of `kubeconfig`.
+    pub async fn kubectl_as(
+        &self,
+        kubeconfig: &Path,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> Result<String> {
+        let mut cmd = self.cp.command(&self.bins.kubectl);
+        cmd.arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .args(args);
+        let input = stdin.map(str::to_string);
+        let out = tokio::task::spawn_blocking(move || -> Result<std::process::Output> {
+            use std::io::Write;
+            cmd.stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            let mut child = cmd.spawn()?;
+            if let Some(input) = input {
+                child
+                    .stdin
+                    .take()
+                    .expect("piped")
+                    .write_all(input.as_bytes())?;
+            }
+            drop(child.stdin.take());
+            Ok(child.wait_with_output()?)
+        })
+        .await??;
+        if !out.status.success() {
+            bail!(
+                "kubectl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// A kubeconfig for ServiceAccount `namespace/name`, with a token from the TokenRequest
+    /// API: how the lab runs ferrolb under its own RBAC.
+    pub async fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> Result<PathBuf> {
+        let token = self
+            .kubectl(&["create", "token", name, "-n", namespace, "--duration=24h"])
+            .await?;
+        let path = self.dir.join(format!("sa-{namespace}-{name}.kubeconfig"));
+        let user = format!("system:serviceaccount:{namespace}:{name}");
+        pki::write_kubeconfig(
+            &path,
+            &lan_apiserver_url(),
+            &self.ca.cert,
+            &user,
+            Credentials::Token(token.trim()),
+        )?;
+        Ok(path)
+    }
+
+    /// `kubectl apply` of `yaml` as the lab's admin.
+    pub async fn apply(&self, yaml: &str) -> Result<()> {
+        self.kubectl_as(&self.lan_kubeconfig, &["apply", "-f", "-"], Some(yaml))
+            .await?;
+        Ok(())
+    }
+
+    /// The reasons and notes of an object's Events (events.k8s.io), one per line.
+    pub async fn events(&self, namespace: &str, name: &str) -> Result<String> {
+        self.kubectl(&[
+            "get",
+            "events.events.k8s.io",
+            "-n",
+            namespace,
+            "--field-selector",
+            &format!("regarding.name={name}"),
+            "-o",
+            "custom-columns=REASON:.reason,NOTE:.note",
+            "--no-headers",
+        ])
+        .await
+    }
+
+    /// [`Lab::events`] once they contain `needle`, or as they are after 15 s.
+    pub async fn eventually_events(
+        &self,
+        namespace: &str,
+        name: &str,
+        needle: &str,
+    ) -> Result<String> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let text = self.events(namespace, name).await?;
+            if text.contains(needle) || Instant::now() > deadline {
+                return Ok(text);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Stops kube-apiserver (etcd keeps running).
+    pub fn stop_apiserver(&mut self) {
+        if let Some(mut p) = self.apiserver.take() {
+            p.stop(Duration::from_secs(5));
+        }
+    }
+
+    /// Starts kube-apiserver again with the same flags and waits until it is ready.
+    pub async fn start_apiserver(&mut self) -> Result<()> {
+        if self.apiserver.is_none() {
+            self.apiserver = Some(Proc::spawn(
+                &self.cp,
+                "kube-apiserver",
+                &self.bins.kube_apiserver,
+                &self.apiserver_args,
+                &self.log_path("kube-apiserver"),
+            )?);
+        }
+        self.wait_for_apiserver(Duration::from_secs(90)).await
+    }
+
+    /// Whether etcd is still running (for tests of the teardown).
+    pub fn etcd_pid(&self) -> Option<u32> {
+        self.etcd.pid()
+    }
+
+    /// The forwarder's address: `https://` this reaches the API server from the host.
+    pub fn apiserver_local_addr(&self) -> SocketAddr {
+        self.forwarder.local_addr()
+    }
+}
+
+pub(super) fn lan_apiserver_url() -> String {
+    format!("https://{}:6443", plan::apiserver_v4())
+}
+
+/// A client for a kubeconfig file.
+pub async fn client_for(kubeconfig: &Path) -> Result<Client> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = kube::Config::from_custom_kubeconfig(
+        Kubeconfig::read_from(kubeconfig)?,
+        &KubeConfigOptions::default(),
+    )
+    .await?;
+    Ok(Client::try_from(config)?)
+}

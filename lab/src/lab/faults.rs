@@ -1,0 +1,196 @@
+//! Faults: dead and revived nodes, stopped heartbeats, link flaps, partitions and slow paths to
+//! the API server, cordons and labels, and foreign hosts that claim an address.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+use super::Lab;
+use super::network::{attach, pod_routes};
+use crate::cluster;
+use crate::netns::NetNs;
+use crate::plan;
+
+impl Lab {
+    /// Node `i` dies as a machine would: its speaker and kube-proxy killed, heartbeat stopped,
+    /// LAN link down.
+    pub fn kill_node(&mut self, i: usize) -> Result<()> {
+        let node = &mut self.nodes[i - 1];
+        for mut p in [node.speaker.take(), node.kube_proxy.take()]
+            .into_iter()
+            .flatten()
+        {
+            p.kill();
+        }
+        if let Some(h) = node.heartbeat.take() {
+            h.abort();
+        }
+        self.lan
+            .ip(&["link", "set", &format!("{}-n{i}", self.prefix), "down"])?;
+        Ok(())
+    }
+
+    /// Brings node `i` back after [`Lab::kill_node`], as a rebooted machine: LAN link up,
+    /// kube-proxy and the heartbeat running again. Its speaker is the caller's to start.
+    pub async fn revive_node(&mut self, i: usize) -> Result<()> {
+        self.lan
+            .ip(&["link", "set", &format!("{}-n{i}", self.prefix), "up"])?;
+        let node = &self.nodes[i - 1];
+        let kube_proxy = if node.kube_proxy.is_none() {
+            Some(self.start_kube_proxy(
+                &node.ns,
+                &node.name,
+                &self.dir.join("kube-proxy.kubeconfig"),
+            )?)
+        } else {
+            None
+        };
+        let heartbeat = node
+            .heartbeat
+            .is_none()
+            .then(|| cluster::heartbeat(&self.client, &node.name, self.heartbeat));
+        let node = &mut self.nodes[i - 1];
+        if kube_proxy.is_some() {
+            node.kube_proxy = kube_proxy;
+        }
+        if heartbeat.is_some() {
+            node.heartbeat = heartbeat;
+        }
+        Ok(())
+    }
+
+    /// Stops node `i`'s Lease heartbeat, as a dead kubelet would.
+    pub fn stop_heartbeat(&mut self, i: usize) {
+        if let Some(h) = self.nodes[i - 1].heartbeat.take() {
+            h.abort();
+        }
+    }
+
+    /// Sets node `i`'s LAN interface (`eth0` inside the node) down or up.
+    /// Routes through a link go with it; coming back up, the node's routes to the other
+    /// nodes' pods are restored, as a host's network configuration would.
+    pub fn set_link(&self, i: usize, up: bool) -> Result<()> {
+        let ns = &self.node(i).ns;
+        ns.ip(&["link", "set", "eth0", if up { "up" } else { "down" }])?;
+        if up {
+            // The connected routes come back a moment after the link does.
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while let Err(e) = pod_routes(ns, i, self.nodes.len()) {
+                if Instant::now() > deadline {
+                    return Err(e);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(())
+    }
+
+    /// Cuts (or restores) node `i`'s path to the API server, both ways, without touching its
+    /// link: a partition, not a death. Everything in the node's namespace is cut off.
+    pub fn cut_api_path(&self, i: usize, cut: bool) -> Result<()> {
+        let op = if cut { "-I" } else { "-D" };
+        let ns = &self.node(i).ns;
+        let server = plan::apiserver_v4().to_string();
+        for (chain, peer, port) in [("OUTPUT", "-d", "--dport"), ("INPUT", "-s", "--sport")] {
+            ns.exec(
+                "iptables",
+                &[
+                    "-w", op, chain, peer, &server, "-p", "tcp", port, "6443", "-j", "DROP",
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// An API server that answers slowly, as seen from this node: node `i`'s LAN link is
+    /// limited to `rate_kbit` both ways, by a token bucket on each of its ends (`eth0` in the
+    /// node for what it sends, the bridge's end for what it receives); `None` removes both.
+    /// The link carries all of the node's traffic, not only its API calls: gossip, ARP/NDP
+    /// answers and Service traffic through the node are slowed as well.
+    pub fn slow_api_path(&self, i: usize, rate_kbit: Option<u32>) -> Result<()> {
+        let ends = [
+            (&self.node(i).ns, "eth0".to_string()),
+            (&self.lan, format!("{}-n{i}", self.prefix)),
+        ];
+        for (ns, link) in ends {
+            match rate_kbit {
+                Some(rate) => {
+                    // A burst of one full frame, or tbf drops every full-sized packet; a
+                    // latency of 30 s queues rather than drops, so the path is slow, not lossy.
+                    ns.exec(
+                        "tc",
+                        &[
+                            "qdisc",
+                            "replace",
+                            "dev",
+                            &link,
+                            "root",
+                            "tbf",
+                            "rate",
+                            &format!("{rate}kbit"),
+                            "burst",
+                            "1600",
+                            "latency",
+                            "30s",
+                        ],
+                    )?;
+                }
+                None => {
+                    // Only a tbf of ours: deleting the kernel's default root qdisc fails.
+                    let root = ns.exec("tc", &["qdisc", "show", "dev", &link, "root"])?;
+                    if root.contains("qdisc tbf") {
+                        ns.exec("tc", &["qdisc", "del", "dev", &link, "root"])?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets (`Some`) or removes (`None`) a label on node `i`'s Node object.
+    pub async fn label_node(&self, i: usize, key: &str, value: Option<&str>) -> Result<()> {
+        let label = match value {
+            Some(v) => format!("{key}={v}"),
+            None => format!("{key}-"),
+        };
+        self.kubectl(&["label", "--overwrite", "node", &self.node(i).name, &label])
+            .await?;
+        Ok(())
+    }
+
+    /// Marks node `i` unschedulable, or schedulable again.
+    pub async fn cordon(&self, i: usize, cordoned: bool) -> Result<()> {
+        let verb = if cordoned { "cordon" } else { "uncordon" };
+        self.kubectl(&[verb, &self.node(i).name]).await?;
+        Ok(())
+    }
+
+    /// A host on the LAN that is not a node and owns `ips` (the kernel answers ARP/NDP for
+    /// them): a foreign claim on an address.
+    pub fn add_foreign_host(&mut self, ips: &[IpAddr]) -> Result<NetNs> {
+        self.foreign += 1;
+        let k = self.foreign;
+        let ns = NetNs::create(&format!("{}-f{k}", self.prefix))?;
+        attach(
+            &self.lan,
+            &self.prefix,
+            &format!("f{k}"),
+            &ns,
+            plan::foreign_v4(k).into(),
+            plan::foreign_v6(k).into(),
+        )?;
+        for ip in ips {
+            let len = if ip.is_ipv4() { 32 } else { 128 };
+            ns.ip(&[
+                "addr",
+                "add",
+                &format!("{ip}/{len}"),
+                "dev",
+                "eth0",
+                "nodad",
+            ])?;
+        }
+        Ok(ns)
+    }
+}

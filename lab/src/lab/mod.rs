@@ -1,0 +1,445 @@
+//! `Lab`: a running test bed. `Lab::start` builds it; dropping it tears everything down.
+//!
+//! This file holds the lab's shape (its config, nodes, pods, the build and the teardown); each
+//! submodule adds one kind of `Lab` method: the network, the control plane, the nodes, the
+//! workloads, ferrolb's own components, faults, and what tests observe.
+
+mod components;
+mod control_plane;
+mod faults;
+mod network;
+mod nodes;
+mod observe;
+mod workloads;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use kube::Client;
+use tokio::task::JoinHandle;
+
+use crate::binaries::{self, Binaries};
+use crate::forward::Forwarder;
+use crate::hello::HelloServer;
+use crate::netns::{self, NetNs};
+use crate::pki::{self, Ca, Credentials};
+use crate::plan;
+use crate::process::Proc;
+
+pub use components::ControllerOptions;
+pub use control_plane::client_for;
+pub use network::Capture;
+
+use control_plane::lan_apiserver_url;
+use network::{attach, link_mac};
+
+/// Every lab namespace starts with this, then 4 hex digits, then `-`.
+pub const PREFIX_STEM: &str = "flb";
+
+#[derive(Debug, Clone)]
+pub struct LabConfig {
+    /// Number of nodes (1 to 15).
+    pub nodes: usize,
+    /// The node (1-based) of each hello pod, in pod order: pod `hello-k` is the k-th entry.
+    pub pods: Vec<usize>,
+    /// The namespace and link prefix; a fresh one when `None`.
+    pub prefix: Option<String>,
+    /// How often each node renews its Lease, like a kubelet (10 s).
+    pub heartbeat: Duration,
+}
+
+impl LabConfig {
+    /// `nodes` nodes; two pods, on nodes 1 and 2 (both on node 1 when it is alone).
+    pub fn with_nodes(nodes: usize) -> LabConfig {
+        LabConfig {
+            nodes,
+            pods: vec![1, nodes.clamp(1, 2)],
+            ..Default::default()
+        }
+    }
+}
+
+impl Default for LabConfig {
+    /// Three nodes; two pods, on nodes 1 and 2, so node 3 has no local endpoint.
+    fn default() -> Self {
+        LabConfig {
+            nodes: 3,
+            pods: vec![1, 2],
+            prefix: None,
+            heartbeat: Duration::from_secs(10),
+        }
+    }
+}
+
+pub struct LabNode {
+    pub index: usize,
+    pub name: String,
+    pub ns: NetNs,
+    pub ipv4: IpAddr,
+    pub ipv6: IpAddr,
+    kube_proxy: Option<Proc>,
+    speaker: Option<Proc>,
+    heartbeat: Option<JoinHandle<()>>,
+}
+
+impl LabNode {
+    /// The MAC address of the node's LAN interface.
+    pub fn mac(&self) -> Result<String> {
+        link_mac(&self.ns, "eth0")
+    }
+}
+
+pub struct LabPod {
+    pub name: String,
+    pub node: usize,
+    pub ns: NetNs,
+    pub ipv4: IpAddr,
+    pub ipv6: IpAddr,
+    pub ready: bool,
+    _server: HelloServer,
+}
+
+/// Removes every namespace of the lab and its directory when dropped: the last thing to go.
+struct Teardown {
+    prefix: String,
+    dir: PathBuf,
+}
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        if let Err(e) = down(&self.prefix) {
+            eprintln!("lab {}: teardown: {e:#}", self.prefix);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Tears down the lab with this prefix: processes, namespaces (and so their links).
+pub fn down(prefix: &str) -> Result<()> {
+    let dash = format!("{prefix}-");
+    for ns in netns::list(|n| n.starts_with(&dash))? {
+        netns::destroy(&ns)?;
+    }
+    let _ = std::fs::remove_dir_all(lab_dir(prefix));
+    Ok(())
+}
+
+/// Tears down every lab on this machine, including those of killed runs.
+pub fn down_all() -> Result<Vec<String>> {
+    let prefixes = running_prefixes()?;
+    for p in &prefixes {
+        down(p)?;
+    }
+    // Directories of labs whose namespaces are already gone.
+    if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.strip_prefix("ferrolb-lab-").is_some_and(is_prefix) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    Ok(prefixes)
+}
+
+/// Prefixes of the labs that have namespaces on this machine.
+pub fn running_prefixes() -> Result<Vec<String>> {
+    let mut prefixes: Vec<String> =
+        netns::list(|n| n.split_once('-').is_some_and(|(p, _)| is_prefix(p)))?
+            .into_iter()
+            .filter_map(|n| n.split_once('-').map(|(p, _)| p.to_string()))
+            .collect();
+    prefixes.sort();
+    prefixes.dedup();
+    Ok(prefixes)
+}
+
+fn is_prefix(s: &str) -> bool {
+    s.strip_prefix(PREFIX_STEM)
+        .is_some_and(|hex| hex.len() == 4 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+fn lab_dir(prefix: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("ferrolb-lab-{prefix}"))
+}
+
+fn fresh_prefix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let mixed = nanos ^ (std::process::id().rotate_left(16)) ^ (nanos >> 16);
+    format!("{PREFIX_STEM}{:04x}", mixed & 0xffff)
+}
+
+pub struct Lab {
+    // Field order is drop order: pods and processes go before the namespaces.
+    pods: Vec<LabPod>,
+    nodes: Vec<LabNode>,
+    apiserver: Option<Proc>,
+    etcd: Proc,
+    forwarder: Forwarder,
+    client: Client,
+    pub prefix: String,
+    pub dir: PathBuf,
+    pub bins: Binaries,
+    pub lan: NetNs,
+    pub cp: NetNs,
+    pub client_ns: NetNs,
+    services: Vec<(String, String)>,
+    foreign: usize,
+    controllers: std::collections::BTreeMap<usize, Proc>,
+    /// Where each controller replica runs.
+    controller_ns: std::collections::BTreeMap<usize, NetNs>,
+    ca: Ca,
+    /// Admin kubeconfig reaching the API server through the forwarder (for this process).
+    pub kubeconfig: PathBuf,
+    /// Admin kubeconfig reaching the API server on the LAN (for processes inside the lab).
+    pub lan_kubeconfig: PathBuf,
+    apiserver_args: Vec<String>,
+    heartbeat: Duration,
+    _teardown: Teardown,
+}
+
+impl Lab {
+    pub async fn start(config: LabConfig) -> Result<Lab> {
+        if !nix::unistd::geteuid().is_root() {
+            bail!("the lab needs root: it creates network namespaces, links and iptables rules");
+        }
+        if config.nodes == 0 || config.nodes > plan::MAX_NODES {
+            bail!(
+                "a lab has 1 to {} nodes, not {}",
+                plan::MAX_NODES,
+                config.nodes
+            );
+        }
+        if let Some(bad) = config.pods.iter().find(|n| **n == 0 || **n > config.nodes) {
+            bail!(
+                "pod on node {bad}, but the lab has nodes 1 to {}",
+                config.nodes
+            );
+        }
+        let bins = tokio::task::spawn_blocking(binaries::ensure).await??;
+        let prefix = config.prefix.clone().unwrap_or_else(fresh_prefix);
+        if !is_prefix(&prefix) {
+            bail!("a lab prefix is {PREFIX_STEM} and 4 hex digits, not {prefix:?}");
+        }
+        let dir = lab_dir(&prefix);
+        let teardown = Teardown {
+            prefix: prefix.clone(),
+            dir: dir.clone(),
+        };
+        if !netns::list(|n| n.starts_with(&format!("{prefix}-")))?.is_empty() {
+            bail!("a lab with prefix {prefix} is already running");
+        }
+        std::fs::create_dir_all(&dir)?;
+        tracing::info!(%prefix, dir = %dir.display(), "starting lab");
+
+        // The LAN: a bridge in its own namespace, so no node's iptables sees bridged frames.
+        let lan = NetNs::create(&format!("{prefix}-lan"))?;
+        lan.ip(&[
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ])?;
+        lan.ip(&["link", "set", "br0", "up"])?;
+        let cp = NetNs::create(&format!("{prefix}-cp"))?;
+        attach(
+            &lan,
+            &prefix,
+            "cp",
+            &cp,
+            plan::apiserver_v4().into(),
+            plan::apiserver_v6().into(),
+        )?;
+        let client_ns = NetNs::create(&format!("{prefix}-client"))?;
+        attach(
+            &lan,
+            &prefix,
+            "client",
+            &client_ns,
+            plan::client_v4().into(),
+            plan::client_v6().into(),
+        )?;
+
+        // PKI and the control plane.
+        let pki_dir = dir.join("pki");
+        std::fs::create_dir_all(&pki_dir)?;
+        let ca = Ca::create(&pki_dir)?;
+        let serving = ca.server(
+            "apiserver",
+            &[
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "localhost",
+            ],
+            &[
+                plan::apiserver_v4().into(),
+                plan::apiserver_v6().into(),
+                "127.0.0.1".parse()?,
+                "192.0.2.1".parse()?,
+            ],
+        )?;
+        let admin = ca.client("admin", "lab-admin", &["system:masters"])?;
+        let (sa_key, sa_pub) = pki::service_account_key(&pki_dir)?;
+
+        let etcd = Proc::spawn(
+            &cp,
+            "etcd",
+            &bins.etcd,
+            &args(&[
+                "--name=lab",
+                &format!("--data-dir={}", dir.join("etcd").display()),
+                "--listen-client-urls=http://127.0.0.1:2379",
+                "--advertise-client-urls=http://127.0.0.1:2379",
+                "--listen-peer-urls=http://127.0.0.1:2380",
+                "--initial-advertise-peer-urls=http://127.0.0.1:2380",
+                "--initial-cluster=lab=http://127.0.0.1:2380",
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+            ]),
+            &dir.join("etcd.log"),
+        )?;
+        let apiserver_args = args(&[
+            "--etcd-servers=http://127.0.0.1:2379",
+            "--bind-address=0.0.0.0",
+            "--secure-port=6443",
+            &format!("--advertise-address={}", plan::apiserver_v4()),
+            &format!("--service-cluster-ip-range={}", plan::SERVICE_CIDRS),
+            &format!("--tls-cert-file={}", serving.cert.display()),
+            &format!("--tls-private-key-file={}", serving.key.display()),
+            &format!("--client-ca-file={}", ca.cert.display()),
+            &format!("--cert-dir={}", pki_dir.display()),
+            "--authorization-mode=RBAC",
+            "--allow-privileged=true",
+            "--disable-admission-plugins=ServiceAccount",
+            "--service-account-issuer=https://kubernetes.default.svc",
+            &format!("--service-account-key-file={}", sa_pub.display()),
+            &format!("--service-account-signing-key-file={}", sa_key.display()),
+            "--endpoint-reconciler-type=none",
+            "--profiling=false",
+            "--v=1",
+        ]);
+        let apiserver = Proc::spawn(
+            &cp,
+            "kube-apiserver",
+            &bins.kube_apiserver,
+            &apiserver_args,
+            &dir.join("kube-apiserver.log"),
+        )?;
+
+        let forwarder = Forwarder::start(&cp, SocketAddr::new("127.0.0.1".parse()?, 6443)).await?;
+        let kubeconfig = dir.join("admin.kubeconfig");
+        pki::write_kubeconfig(
+            &kubeconfig,
+            &format!("https://{}", forwarder.local_addr()),
+            &ca.cert,
+            "lab-admin",
+            Credentials::Cert(&admin),
+        )?;
+        let lan_kubeconfig = dir.join("admin-lan.kubeconfig");
+        pki::write_kubeconfig(
+            &lan_kubeconfig,
+            &lan_apiserver_url(),
+            &ca.cert,
+            "lab-admin",
+            Credentials::Cert(&admin),
+        )?;
+        let client = client_for(&kubeconfig).await?;
+
+        let mut lab = Lab {
+            pods: vec![],
+            nodes: vec![],
+            apiserver: Some(apiserver),
+            etcd,
+            forwarder,
+            client,
+            prefix: prefix.clone(),
+            dir: dir.clone(),
+            bins,
+            lan,
+            cp,
+            client_ns,
+            services: vec![],
+            foreign: 0,
+            controllers: Default::default(),
+            controller_ns: Default::default(),
+            ca,
+            kubeconfig,
+            lan_kubeconfig,
+            apiserver_args,
+            heartbeat: config.heartbeat,
+            _teardown: teardown,
+        };
+        lab.wait_for_apiserver(Duration::from_secs(90)).await?;
+        lab.apply_deploy().await?;
+
+        // Nodes: a namespace on the LAN, a Node object with its heartbeat, kube-proxy.
+        let proxy_creds = lab.ca.client("kube-proxy", "system:kube-proxy", &[])?;
+        let proxy_kubeconfig = dir.join("kube-proxy.kubeconfig");
+        pki::write_kubeconfig(
+            &proxy_kubeconfig,
+            &lan_apiserver_url(),
+            &lab.ca.cert,
+            "system:kube-proxy",
+            Credentials::Cert(&proxy_creds),
+        )?;
+        for i in 1..=config.nodes {
+            let node = lab.add_node(i, &config, &proxy_kubeconfig).await?;
+            lab.nodes.push(node);
+        }
+        // Pods behind their nodes.
+        let mut per_node = vec![0usize; config.nodes + 1];
+        for (k, &node) in config.pods.iter().enumerate() {
+            per_node[node] += 1;
+            let pod = lab.add_pod(&format!("hello-{}", k + 1), node, per_node[node])?;
+            lab.pods.push(pod);
+        }
+        lab.wait_for_kube_proxies(Duration::from_secs(60)).await?;
+        tracing::info!(%prefix, "lab is up");
+        Ok(lab)
+    }
+
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    pub fn nodes(&self) -> &[LabNode] {
+        &self.nodes
+    }
+
+    /// Node `i`, 1-based.
+    pub fn node(&self, i: usize) -> &LabNode {
+        &self.nodes[i - 1]
+    }
+
+    pub fn pods(&self) -> &[LabPod] {
+        &self.pods
+    }
+
+    /// The log file of a lab process, for error messages and the curious.
+    pub fn log_path(&self, process: &str) -> PathBuf {
+        self.dir.join(format!("{process}.log"))
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(h) = node.heartbeat.take() {
+                h.abort();
+            }
+        }
+    }
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}

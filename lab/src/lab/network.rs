@@ -1,0 +1,181 @@
+//! The lab's wiring: veths onto the LAN bridge, host-gw routes between nodes, the client's
+//! neighbour table, and packet captures on the bridge.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use super::{Lab, args};
+use crate::netns::NetNs;
+use crate::plan;
+use crate::process::Proc;
+
+impl Lab {
+    /// Points the client's neighbour entry for `ip` at node `i`, as if that node had answered
+    /// ARP/NDP for it (until the speaker does it for real).
+    pub fn point_client_at(&self, ip: IpAddr, i: usize) -> Result<()> {
+        let mac = self.node(i).mac()?;
+        self.client_ns.ip(&[
+            "neigh",
+            "replace",
+            &ip.to_string(),
+            "lladdr",
+            &mac,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ])?;
+        Ok(())
+    }
+
+    /// The client's neighbour entry for `ip` (`ip neigh show`), for evidence.
+    pub fn client_neighbour(&self, ip: IpAddr) -> Result<String> {
+        Ok(self
+            .client_ns
+            .ip(&["neigh", "show", &ip.to_string()])?
+            .trim()
+            .to_string())
+    }
+
+    /// Starts capturing ARP and NDP on the LAN bridge (tcpdump, with link-level headers and
+    /// timestamps); stop it with [`Capture::finish`].
+    pub fn capture_neighbour_traffic(&self, name: &str) -> Result<Capture> {
+        let log = self.dir.join(format!("capture-{name}.txt"));
+        let proc = Proc::spawn(
+            &self.lan,
+            &format!("tcpdump-{name}"),
+            Path::new("tcpdump"),
+            &args(&[
+                "-i",
+                "br0",
+                "-tt",
+                "-e",
+                "-n",
+                "-l",
+                "arp or (icmp6 and (ip6[40] == 135 or ip6[40] == 136))",
+            ]),
+            &log,
+        )?;
+        // tcpdump needs a moment before it sees packets.
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(Capture { proc, log })
+    }
+}
+
+/// A running packet capture.
+pub struct Capture {
+    proc: Proc,
+    log: PathBuf,
+}
+
+impl Capture {
+    /// Stops the capture; the captured lines (tcpdump's own messages left out).
+    pub fn finish(mut self) -> String {
+        std::thread::sleep(Duration::from_millis(200));
+        self.proc.stop(Duration::from_secs(2));
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.chars().next().is_some_and(|c| c.is_ascii_digit()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// host-gw routing in node `i`: every other node's pods through that node (`replace`, so that
+/// it can run again after a link flap).
+pub(super) fn pod_routes(ns: &NetNs, i: usize, nodes: usize) -> Result<()> {
+    for j in (1..=nodes).filter(|j| *j != i) {
+        ns.ip(&[
+            "route",
+            "replace",
+            &plan::pod_cidr_v4(j),
+            "via",
+            &plan::node_v4(j).to_string(),
+        ])?;
+        ns.ip(&[
+            "-6",
+            "route",
+            "replace",
+            &plan::pod_cidr_v6(j),
+            "via",
+            &plan::node_v6(j).to_string(),
+        ])?;
+    }
+    Ok(())
+}
+
+/// A veth pair: `outer_name` in `outer`, `eth0` in `inner`.
+pub(super) fn veth(outer: &NetNs, outer_name: &str, inner: &NetNs) -> Result<()> {
+    let args = [
+        "link",
+        "add",
+        outer_name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        inner.name(),
+    ];
+    outer.ip(&args)?;
+    Ok(())
+}
+
+/// Connects `ns` to the LAN bridge with a veth (`<prefix>-<tag>` on the bridge, `eth0` inside).
+pub(super) fn attach(
+    lan: &NetNs,
+    prefix: &str,
+    tag: &str,
+    ns: &NetNs,
+    v4: IpAddr,
+    v6: IpAddr,
+) -> Result<()> {
+    let outer = format!("{prefix}-{tag}");
+    veth(lan, &outer, ns)?;
+    lan.ip(&["link", "set", &outer, "master", "br0", "up"])?;
+    ns.ip(&[
+        "addr",
+        "add",
+        &format!("{v4}/{}", plan::LAN_PREFIX_V4),
+        "dev",
+        "eth0",
+    ])?;
+    ns.ip(&[
+        "addr",
+        "add",
+        &format!("{v6}/{}", plan::LAN_PREFIX_V6),
+        "dev",
+        "eth0",
+        "nodad",
+    ])?;
+    ns.ip(&["link", "set", "eth0", "up"])?;
+    Ok(())
+}
+
+/// The link-local address of `link` in `ns`, once the kernel has made it.
+pub(super) fn link_local(ns: &NetNs, link: &str) -> Result<String> {
+    for _ in 0..100 {
+        let out = ns.ip(&["-6", "addr", "show", "dev", link, "scope", "link"])?;
+        if let Some(addr) = out.split_whitespace().skip_while(|w| *w != "inet6").nth(1)
+            && !out.contains("tentative")
+        {
+            return Ok(addr.split('/').next().unwrap_or(addr).to_string());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("no link-local address on {link} in {}", ns.name())
+}
+
+pub(super) fn link_mac(ns: &NetNs, link: &str) -> Result<String> {
+    let out = ns.ip(&["link", "show", link])?;
+    out.split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .map(str::to_string)
+        .with_context(|| format!("no MAC on {link} in {}", ns.name()))
+}

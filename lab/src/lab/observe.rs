@@ -1,0 +1,93 @@
+//! What tests observe: Service ingress, requests and failover probes from the client,
+//! kube-proxy's rules, and the speakers' and controllers' metrics.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use super::Lab;
+use crate::probe::{self, Answer, ProbeConfig, ProbeReport};
+
+impl Lab {
+    /// The addresses in a Service's `status.loadBalancer.ingress`, in order.
+    pub async fn ingress(&self, namespace: &str, name: &str) -> Result<Vec<IpAddr>> {
+        let svc = kube::Api::<k8s_openapi::api::core::v1::Service>::namespaced(
+            self.client.clone(),
+            namespace,
+        )
+        .get(name)
+        .await?;
+        Ok(crds::read::service(&svc).ingress)
+    }
+
+    /// One HTTP GET from the client to `ip:port` on a new connection: who answered, and
+    /// which client address it saw.
+    pub async fn get(&self, ip: IpAddr, port: u16) -> Result<Answer> {
+        self.get_within(ip, port, Duration::from_secs(2)).await
+    }
+
+    /// [`Lab::get`] with its own time limit.
+    pub async fn get_within(&self, ip: IpAddr, port: u16, timeout: Duration) -> Result<Answer> {
+        let ns = self.client_ns.clone();
+        let target = SocketAddr::new(ip, port);
+        tokio::task::spawn_blocking(move || ns.enter(|| probe::request(target, timeout)))
+            .await??
+            .map_err(|e| anyhow::anyhow!("GET http://{target}/ from the client: {e}"))
+    }
+
+    /// Runs the failover probe from the client namespace.
+    pub async fn probe(&self, config: ProbeConfig) -> Result<ProbeReport> {
+        let ns = self.client_ns.clone();
+        tokio::task::spawn_blocking(move || probe::run(&ns, &config)).await?
+    }
+
+    /// Whether node `i`'s kube-proxy has programmed rules for traffic to `ip` (its NAT table
+    /// matches the address): only then can that node serve it.
+    pub fn proxy_programs(&self, i: usize, ip: IpAddr) -> Result<bool> {
+        let (save, host) = match ip {
+            IpAddr::V4(_) => ("iptables-save", format!("-d {ip}/32 ")),
+            IpAddr::V6(_) => ("ip6tables-save", format!("-d {ip}/128 ")),
+        };
+        let rules = self.node(i).ns.exec(save, &["-t", "nat"])?;
+        Ok(rules.contains(&host))
+    }
+
+    /// Node `i`'s speaker's `/metrics` (it listens on the node's address, port 9651).
+    pub async fn speaker_metrics(&self, i: usize) -> Result<String> {
+        let node = self.node(i);
+        let (ns, target) = (node.ns.clone(), SocketAddr::new(node.ipv4, 9651));
+        tokio::task::spawn_blocking(move || ns.enter(|| http_get(target, "/metrics"))).await??
+    }
+
+    /// The `/metrics` text of controller replica `replica`.
+    pub async fn controller_metrics(&self, replica: usize) -> Result<String> {
+        let ns = self
+            .controller_ns
+            .get(&replica)
+            .cloned()
+            .unwrap_or_else(|| self.cp.clone());
+        let target = SocketAddr::new("127.0.0.1".parse()?, 9650 + replica as u16);
+        tokio::task::spawn_blocking(move || ns.enter(|| http_get(target, "/metrics"))).await??
+    }
+}
+
+/// The whole reply to `GET path` at `target` (plain HTTP).
+fn http_get(target: SocketAddr, path: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect_timeout(&target, Duration::from_millis(500))?;
+    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+    conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: {target}\r\n\r\n").as_bytes())?;
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply)?;
+    Ok(reply)
+}
+
+/// The status code of `GET path` at `target` (plain HTTP).
+pub(super) fn http_status(target: SocketAddr, path: &str) -> Result<u16> {
+    http_get(target, path)?
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("no HTTP status from {target}"))
+}
