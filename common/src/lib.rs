@@ -1,6 +1,7 @@
 //! Plumbing the ferrolb binaries share: logging flags and set-up, the API client, signals,
 //! the metrics and health endpoint.
 
+pub mod events;
 pub mod http;
 
 use clap::{Args, ValueEnum};
@@ -92,4 +93,22 @@ pub async fn shutdown_signal() {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
+}
+
+/// Retries a failing watch every 100 ms to 2 s. kube's default climbs to 30 s and resets only
+/// after 2 quiet minutes, so after an API server flap a watcher could miss changes for half a
+/// minute and go into the next outage with a stale view; a few cheap retries per second are
+/// worth that.
+pub fn watch_backoff() -> impl kube::runtime::utils::Backoff {
+    kube::runtime::utils::ResetTimerBackoff::new(
+        kube::runtime::watcher::ExponentialBackoff::from(
+            backon::ExponentialBuilder::default()
+                .with_min_delay(std::time::Duration::from_millis(100))
+                .with_max_delay(std::time::Duration::from_secs(2))
+                .with_factor(2.0)
+                .without_max_times()
+                .with_jitter(),
+        ),
+        std::time::Duration::from_secs(10),
+    )
 }

@@ -9,10 +9,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use common::events::{EventType, Note, Recorder};
 use k8s_openapi::api::core::v1::{ObjectReference, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
@@ -54,12 +54,8 @@ impl Reports {
         let (conditions, wanted) = watch::channel(BTreeMap::new());
         let (notices, notice_rx) = mpsc::unbounded_channel();
         tokio::spawn(write_conditions(client.clone(), stores.clone(), wanted));
-        let reporter = Reporter {
-            controller: "ferrolb-speaker".into(),
-            instance: Some(node.to_string()),
-        };
         tokio::spawn(publish_notices(
-            Recorder::new(client, reporter),
+            Recorder::new(client, MANAGER, node),
             stores,
             notice_rx,
         ));
@@ -170,18 +166,17 @@ async fn publish_notices(
                 ..ObjectReference::default()
             },
         };
-        let event = Event {
+        let note = Note {
             type_: if notice.warning {
                 EventType::Warning
             } else {
                 EventType::Normal
             },
             reason: notice.reason.into(),
-            note: Some(notice.note),
             action: "Announce".into(),
-            secondary: None,
+            note: notice.note,
         };
-        match tokio::time::timeout(WRITE_TIMEOUT, recorder.publish(&event, &reference)).await {
+        match tokio::time::timeout(WRITE_TIMEOUT, recorder.publish(&note, &reference)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!("cannot publish event {}: {e}", notice.reason),
             Err(_) => tracing::warn!("cannot publish event {}: timed out", notice.reason),

@@ -7,7 +7,6 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
 use crds::{IPAddressPool, L2Advertisement};
 use futures::StreamExt;
@@ -177,7 +176,7 @@ where
     let stream = reflector::reflector(
         writer,
         watcher(api, config)
-            .backoff(watch_backoff())
+            .backoff(common::watch_backoff())
             .modify(|o| o.managed_fields_mut().clear()),
     );
     tokio::spawn(async move {
@@ -201,24 +200,6 @@ where
         }
     });
     store
-}
-
-/// Retries a failing watch every 100 ms to 2 s. kube's default climbs to 30 s and resets only
-/// after 2 quiet minutes, so after an API server flap a speaker could miss changes for half a
-/// minute and go into the next outage with a stale view; a few cheap retries per second are
-/// worth that.
-fn watch_backoff() -> impl kube::runtime::utils::Backoff {
-    kube::runtime::utils::ResetTimerBackoff::new(
-        kube::runtime::watcher::ExponentialBackoff::from(
-            backon::ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(100))
-                .with_max_delay(Duration::from_secs(2))
-                .with_factor(2.0)
-                .without_max_times()
-                .with_jitter(),
-        ),
-        Duration::from_secs(10),
-    )
 }
 
 /// The internal address of a Node the speakers gossip on.
