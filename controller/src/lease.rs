@@ -20,12 +20,17 @@ use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
 
 /// Timing of the election, derived from the Lease duration as client-go's defaults are
-/// (15 s / 10 s / 2 s): renew deadline 2/3 of the duration, a try every 1/5 of it.
+/// (15 s / 10 s / 2 s): renew deadline 2/3 of the duration, a try every 1/5 of it but at least
+/// every 2 s, each try given at most half the renew deadline and never more than 10 s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timing {
     pub duration: Duration,
     pub renew_deadline: Duration,
     pub retry: Duration,
+    /// How long one try may take. A request sent into a partition hangs until TCP gives up;
+    /// without a bound, a leader whose path came back would still wait on it past its
+    /// deadline instead of renewing over a fresh connection.
+    pub attempt_timeout: Duration,
 }
 
 /// The shortest Lease duration accepted: below it the renewals crowd the API server and a
@@ -40,10 +45,12 @@ impl Timing {
             ));
         }
         let duration = Duration::from_secs(seconds);
+        let renew_deadline = duration * 2 / 3;
         Ok(Timing {
             duration,
-            renew_deadline: duration * 2 / 3,
-            retry: duration / 5,
+            renew_deadline,
+            retry: (duration / 5).min(Duration::from_secs(2)),
+            attempt_timeout: (renew_deadline / 2).min(Duration::from_secs(10)),
         })
     }
 }
@@ -92,6 +99,18 @@ impl Fence {
     }
 }
 
+/// The outcome of one round of acquiring or renewing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Round {
+    /// This replica holds the Lease.
+    Held,
+    /// Another replica holds it, and its hold has not run out.
+    HeldByOther,
+    /// Someone wrote the Lease between this round's read and write: nothing is known, try
+    /// again (client-go retries until the renew deadline too).
+    Conflict,
+}
+
 /// What this replica last saw of the Lease, and when (by its own clock).
 #[derive(Debug, Clone, PartialEq)]
 struct Observed {
@@ -136,9 +155,12 @@ impl Elector {
     pub async fn acquire(&mut self) -> Fence {
         loop {
             let sent = Instant::now();
-            match self.try_acquire_or_renew().await {
-                Ok(true) => return Fence::until(sent + self.timing.renew_deadline),
-                Ok(false) => {}
+            let attempt =
+                tokio::time::timeout(self.timing.attempt_timeout, self.try_acquire_or_renew());
+            // A try that ran out of time decides nothing, like a conflict.
+            match attempt.await.unwrap_or(Ok(Round::Conflict)) {
+                Ok(Round::Held) => return Fence::until(sent + self.timing.renew_deadline),
+                Ok(Round::HeldByOther | Round::Conflict) => {}
                 Err(e) => tracing::warn!("leader election: {e}"),
             }
             tokio::time::sleep(self.timing.retry).await;
@@ -161,15 +183,19 @@ impl Elector {
             if sent >= deadline {
                 return;
             }
-            let attempt = tokio::time::timeout(deadline - sent, self.try_acquire_or_renew()).await;
+            let limit = self.timing.attempt_timeout.min(deadline - sent);
+            let attempt = tokio::time::timeout(limit, self.try_acquire_or_renew()).await;
             match attempt {
-                Ok(Ok(true)) => fence.extend(sent + self.timing.renew_deadline),
-                Ok(Ok(false)) => {
+                Ok(Ok(Round::Held)) => fence.extend(sent + self.timing.renew_deadline),
+                Ok(Ok(Round::HeldByOther)) => {
                     tracing::warn!("the Lease is held by another replica");
                     return;
                 }
+                Ok(Ok(Round::Conflict)) => {
+                    tracing::info!("the Lease changed while being renewed; trying again");
+                }
                 Ok(Err(e)) => tracing::warn!("cannot renew the Lease: {e}"),
-                Err(_) => tracing::warn!("renewing the Lease did not finish before the deadline"),
+                Err(_) => tracing::warn!(?limit, "renewing the Lease did not finish in time"),
             }
         }
     }
@@ -203,9 +229,8 @@ impl Elector {
         }
     }
 
-    /// One round of client-go's `tryAcquireOrRenew`: true when this replica holds the Lease
-    /// afterwards.
-    async fn try_acquire_or_renew(&mut self) -> Result<bool, kube::Error> {
+    /// One round of client-go's `tryAcquireOrRenew`.
+    async fn try_acquire_or_renew(&mut self) -> Result<Round, kube::Error> {
         let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
         let seconds = i32::try_from(self.timing.duration.as_secs()).unwrap_or(i32::MAX);
         let Some(mut lease) = self.api.get_opt(&self.name).await? else {
@@ -224,8 +249,8 @@ impl Elector {
                 }),
             };
             return match self.api.create(&PostParams::default(), &lease).await {
-                Ok(_) => Ok(true),
-                Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+                Ok(_) => Ok(Round::Held),
+                Err(kube::Error::Api(e)) if e.code == 409 => Ok(Round::Conflict),
                 Err(e) => Err(e),
             };
         };
@@ -246,7 +271,7 @@ impl Elector {
         let observed = self.observed.as_ref().expect("set above");
         let mine = spec.holder_identity.as_deref() == Some(self.identity.as_str());
         if !mine && !expired(observed, Instant::now(), self.timing.duration) {
-            return Ok(false);
+            return Ok(Round::HeldByOther);
         }
         let mut new = spec.clone();
         new.holder_identity = Some(self.identity.clone());
@@ -258,14 +283,16 @@ impl Elector {
         }
         lease.spec = Some(new);
         // `replace` carries the resourceVersion read above: if anyone wrote the Lease since,
-        // the API server refuses (409) and this round is lost, never both replicas winning.
+        // the API server refuses (409) and this round decides nothing, never both replicas
+        // winning. A leader's renewal that conflicts is not a lost Lease: the next round reads
+        // who holds it.
         match self
             .api
             .replace(&lease.name_any(), &PostParams::default(), &lease)
             .await
         {
-            Ok(_) => Ok(true),
-            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+            Ok(_) => Ok(Round::Held),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(Round::Conflict),
             Err(e) => Err(e),
         }
     }
@@ -279,8 +306,16 @@ mod tests {
     fn timing_follows_client_go_and_refuses_what_would_spin() {
         let t = Timing::from_duration_seconds(15).unwrap();
         assert_eq!(t.renew_deadline, Duration::from_secs(10));
-        assert_eq!(t.retry, Duration::from_secs(3));
-        assert!(t.retry < t.renew_deadline && t.renew_deadline < t.duration);
+        assert_eq!(t.retry, Duration::from_secs(2));
+        assert_eq!(t.attempt_timeout, Duration::from_secs(5));
+        for seconds in [3, 4, 15, 60, 300, 3600] {
+            let t = Timing::from_duration_seconds(seconds).unwrap();
+            assert!(t.retry < t.renew_deadline && t.renew_deadline < t.duration);
+            // A renewal that hangs leaves time for another before the deadline.
+            assert!(t.attempt_timeout + t.retry < t.renew_deadline, "{t:?}");
+        }
+        let short = Timing::from_duration_seconds(4).unwrap();
+        assert_eq!(short.retry, Duration::from_millis(800));
         for bad in [0, 1, 2, 3601] {
             let err = Timing::from_duration_seconds(bad).unwrap_err();
             assert!(err.contains("between 3 and 3600"), "{err}");

@@ -3,5 +3,9 @@
 
 pub mod lease;
 pub mod metrics;
-pub mod reconcile;
+pub mod pools;
+pub mod restore;
+pub mod run;
+pub mod services;
 pub mod state;
+pub mod write;

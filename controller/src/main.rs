@@ -10,7 +10,7 @@ use clap::Parser;
 use common::http::Readiness;
 use controller::lease::{Elector, Fence, Timing};
 use controller::metrics::Metrics;
-use controller::reconcile::{self, Config};
+use controller::run::{self, Config};
 use prometheus_client::registry::Registry;
 
 #[derive(Debug, Parser)]
@@ -71,9 +71,7 @@ async fn main() -> anyhow::Result<()> {
         fence,
     };
     if !args.leader_elect {
-        return Ok(
-            reconcile::run(client, config(Fence::open()), metrics, || ready.set(true)).await?,
-        );
+        return Ok(run::run(client, config(Fence::open()), metrics, || ready.set(true)).await?);
     }
 
     // Only the leader writes, and only until its renew deadline passes without a renewal;
@@ -98,7 +96,7 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(%identity, "leading");
     metrics.is_leader.set(1);
     let stopped = tokio::select! {
-        result = reconcile::run(client, config(fence.clone()), metrics, || {}) => result,
+        result = run::run(client, config(fence.clone()), metrics, || {}) => result,
         () = elector.keep(&fence) => anyhow::bail!(
             "the Lease's renew deadline passed without a renewal: stopped writing; exiting so that a fresh start rebuilds the state"
         ),

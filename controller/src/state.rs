@@ -1,8 +1,9 @@
 //! The controller's memory: the allocator, the pools as last read, and what each pool's status
 //! should say. No I/O: the runtime feeds it objects and writes what it answers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use allocator::{Allocator, Assignment, Overlap, ServiceKey, ServiceRequest, Usage};
 use crds::{FamilyUsage, IPAddressPool, IPAddressPoolStatus};
@@ -22,9 +23,41 @@ pub struct State {
     allocator: Allocator,
     pools: BTreeMap<String, PoolEntry>,
     overlaps: Vec<Overlap>,
+    /// Services whose last allocation failed: a release or a pool change may serve them now.
+    pending: BTreeSet<ServiceKey>,
 }
 
 impl State {
+    /// Re-reads the pools when they changed since the last reading: a spec (generation), a
+    /// deletion or labels. A status write changes none of them. Returns the new overlaps when
+    /// the pools were re-read.
+    pub fn sync_pools(&mut self, pools: &[Arc<IPAddressPool>]) -> Option<Vec<Overlap>> {
+        let unchanged = pools.len() == self.pools.len()
+            && pools.iter().all(|p| {
+                self.pools
+                    .get(p.metadata.name.as_deref().unwrap_or_default())
+                    .is_some_and(|e| {
+                        e.generation == p.metadata.generation
+                            && e.read.deleting == p.metadata.deletion_timestamp.is_some()
+                            && e.read.labels == p.metadata.labels.clone().unwrap_or_default()
+                    })
+            });
+        if unchanged {
+            return None;
+        }
+        let pools: Vec<IPAddressPool> = pools.iter().map(|p| (**p).clone()).collect();
+        Some(self.set_pools(&pools))
+    }
+
+    /// The pool as last read.
+    pub fn pool(&self, name: &str) -> Option<&Pool> {
+        self.pools.get(name).map(|e| &e.read)
+    }
+
+    pub fn overlaps(&self) -> &[Overlap] {
+        &self.overlaps
+    }
+
     /// Replaces the pools. A bad entry costs only itself: the pool allocates from its other
     /// entries. Pools being deleted are left out of the allocator; Services keep what they hold
     /// either way. Returns the overlaps, which the caller reports.
@@ -60,13 +93,27 @@ impl State {
         self.allocator.restore(request, ips)
     }
 
+    /// Allocates, and remembers a Service left without an address as pending.
     #[allow(clippy::result_large_err)]
     pub fn allocate(&mut self, request: &ServiceRequest) -> allocator::Result<Assignment> {
-        self.allocator.allocate(request)
+        let outcome = self.allocator.allocate(request);
+        if outcome.is_ok() {
+            self.pending.remove(&request.key);
+        } else {
+            self.pending.insert(request.key.clone());
+        }
+        outcome
     }
 
+    /// Frees what the Service holds; it is no longer pending either.
     pub fn release(&mut self, key: &ServiceKey) -> Vec<IpAddr> {
+        self.pending.remove(key);
         self.allocator.release(key)
+    }
+
+    /// Services whose last allocation failed.
+    pub fn pending(&self) -> impl Iterator<Item = &ServiceKey> {
+        self.pending.iter()
     }
 
     pub fn assignment(&self, key: &ServiceKey) -> Option<Assignment> {
@@ -77,15 +124,16 @@ impl State {
         self.allocator.holders(ip).into_iter().cloned().collect()
     }
 
-    /// Services holding addresses that are not in `present`.
-    pub fn holders_not_in(
-        &self,
-        present: &std::collections::HashSet<ServiceKey>,
-    ) -> Vec<ServiceKey> {
+    /// Services holding addresses, or pending, that are not in `present`.
+    pub fn known_not_in(&self, present: &HashSet<ServiceKey>) -> Vec<ServiceKey> {
         self.allocator
             .assignments()
-            .map(|(k, _)| k.clone())
-            .filter(|k| !present.contains(k))
+            .map(|(k, _)| k)
+            .chain(self.pending.iter())
+            .filter(|k| !present.contains(*k))
+            .cloned()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
             .collect()
     }
 
@@ -407,5 +455,60 @@ mod tests {
             condition(&second, "Ready").last_transition_time,
             ready.last_transition_time
         );
+    }
+
+    /// The pools are re-read when what allocates changed (spec, deletion, labels), not when
+    /// only their status did, which the controller writes itself on every allocation.
+    #[test]
+    fn pools_are_read_again_only_when_they_change() {
+        let mut state = State::default();
+        let mut lan = pool("lan", &["198.51.100.0/30"]);
+        assert!(state.sync_pools(&[Arc::new(lan.clone())]).is_some());
+        lan.status = Some(IPAddressPoolStatus::default());
+        lan.metadata.resource_version = Some("2".into());
+        assert!(state.sync_pools(&[Arc::new(lan.clone())]).is_none());
+
+        lan.spec.addresses = vec!["198.51.100.0/29".into()];
+        lan.metadata.generation = Some(2);
+        assert!(state.sync_pools(&[Arc::new(lan.clone())]).is_some());
+        assert_eq!(state.pool("lan").unwrap().ranges.len(), 1);
+        assert!(state.usage("lan").unwrap().ipv4.unwrap().capacity == 8);
+
+        lan.metadata.labels = Some([("tier".into(), "web".into())].into());
+        assert!(state.sync_pools(&[Arc::new(lan.clone())]).is_some());
+        lan.metadata.deletion_timestamp = Some(now());
+        assert!(state.sync_pools(&[Arc::new(lan.clone())]).is_some());
+        assert!(state.pool("lan").unwrap().deleting);
+        let other = pool("other", &["203.0.113.0/30"]);
+        let overlaps = state.sync_pools(&[Arc::new(lan), Arc::new(other)]);
+        assert_eq!(overlaps, Some(vec![]));
+        assert!(state.sync_pools(&[]).is_some());
+        assert!(state.pool("lan").is_none());
+    }
+
+    /// A failed allocation leaves the Service pending until it gets an address or goes; the
+    /// sweep forgets pending Services that are gone like holders that are gone.
+    #[test]
+    fn pending_services_are_remembered_until_served_or_gone() {
+        let mut state = State::default();
+        state.set_pools(&[pool("lan", &["198.51.100.0/32"])]);
+        let v4 = FamilyPolicy::SingleStack(Family::V4);
+        let first = ServiceRequest::new(ServiceKey::new("ns", "a", "uid-a"), v4);
+        let second = ServiceRequest::new(ServiceKey::new("ns", "b", "uid-b"), v4);
+        state.allocate(&first).unwrap();
+        assert!(state.allocate(&second).is_err());
+        assert_eq!(state.pending().collect::<Vec<_>>(), vec![&second.key]);
+
+        let present: HashSet<ServiceKey> = [first.key.clone()].into();
+        assert_eq!(state.known_not_in(&present), vec![second.key.clone()]);
+        let present: HashSet<ServiceKey> = [second.key.clone()].into();
+        assert_eq!(state.known_not_in(&present), vec![first.key.clone()]);
+
+        state.release(&first.key);
+        state.allocate(&second).unwrap();
+        assert_eq!(state.pending().count(), 0);
+        assert!(state.allocate(&first).is_err());
+        state.release(&first.key);
+        assert_eq!(state.pending().count(), 0);
     }
 }

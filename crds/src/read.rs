@@ -173,6 +173,12 @@ pub fn pool(pool: &IPAddressPool) -> Pool {
     read.allocation = allocation;
     read.invalid_selectors = invalid_selectors;
     read.deleting = pool.metadata.deletion_timestamp.is_some();
+    read.from_metallb = [&pool.metadata.labels, &pool.metadata.annotations]
+        .into_iter()
+        .flatten()
+        .flat_map(|map| map.keys())
+        .find(|key| key.starts_with(model::pool::METALLB_PREFIX))
+        .cloned();
     read
 }
 

@@ -30,7 +30,13 @@ pub struct Pool {
     pub avoid_buggy_ips: bool,
     /// Which Services may use the pool; `None`: every Service.
     pub allocation: Option<ServiceAllocation>,
+    /// A label or annotation key of MetalLB's (`metallb.io/…`) the pool carries: it was
+    /// moved from MetalLB, and its owner should hear once what reads differently here.
+    pub from_metallb: Option<String>,
 }
+
+/// The key prefix of MetalLB's labels and annotations.
+pub const METALLB_PREFIX: &str = "metallb.io/";
 
 /// `spec.serviceAllocation`: a Service may use the pool only when it passes every non-empty list
 /// (its namespace is listed, its namespace matches one of the namespace selectors, it matches one
@@ -57,7 +63,23 @@ impl Pool {
             auto_assign: true,
             avoid_buggy_ips: false,
             allocation: None,
+            from_metallb: None,
         }
+    }
+
+    /// For a pool moved from MetalLB, what ferrolb reads differently in it (one Event's note);
+    /// `None` for other pools.
+    pub fn metallb_differences(&self) -> Option<String> {
+        let key = self.from_metallb.as_ref()?;
+        let priority = self.allocation.as_ref().and_then(|a| a.priority);
+        let consequence = match priority {
+            Some(0) => "this pool sets priority 0, so ferrolb tries it before every pool with a higher number; MetalLB tried it after them. Give it its number in order, or drop the field".to_string(),
+            Some(p) => format!("this pool's priority {p} keeps its place, as pools without a priority come after it in both"),
+            None => "this pool sets no priority, which reads the same in both".to_string(),
+        };
+        Some(format!(
+            "The pool carries MetalLB's {key}: ferrolb reads serviceAllocation.priority 0 as the highest priority, MetalLB as no priority; {consequence}"
+        ))
     }
 
     /// Whether the pool's `serviceAllocation` lets the Service use it. Says nothing about
@@ -401,5 +423,36 @@ mod tests {
         assert!(!pool.avoids(Family::V4, 0xc633_6401));
         assert!(!pool.avoids(Family::V6, 0x2001_0db8 << 96));
         assert!(!Pool::new("p", Vec::new()).avoids(Family::V4, 0xc633_6400));
+    }
+
+    #[test]
+    fn a_pool_from_metallb_hears_what_reads_differently() {
+        let mut pool = Pool::new("lan", vec![]);
+        assert_eq!(pool.metallb_differences(), None);
+        pool.from_metallb = Some("metallb.io/address-pool".into());
+        let plain = pool.metallb_differences().unwrap();
+        assert!(
+            plain.contains("MetalLB's metallb.io/address-pool"),
+            "{plain}"
+        );
+        assert!(plain.contains("sets no priority"), "{plain}");
+        pool.allocation = Some(ServiceAllocation {
+            priority: Some(0),
+            ..ServiceAllocation::default()
+        });
+        let zero = pool.metallb_differences().unwrap();
+        assert!(
+            zero.contains("before every pool with a higher number"),
+            "{zero}"
+        );
+        pool.allocation = Some(ServiceAllocation {
+            priority: Some(5),
+            ..ServiceAllocation::default()
+        });
+        assert!(
+            pool.metallb_differences()
+                .unwrap()
+                .contains("priority 5 keeps its place")
+        );
     }
 }

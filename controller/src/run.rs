@@ -1,0 +1,248 @@
+//! The controller at work: the watches, start-up, and the two kube-runtime controllers.
+//!
+//! Start-up ([`crate::restore`]) reads every pool and every Service's current addresses into
+//! the allocator before anything new is assigned, so a restart never moves or duplicates an
+//! address. Then one `Controller` reconciles Services ([`crate::services`]), requeued by the
+//! runtime when a namespace, an advertisement or a pool they depend on changes, and another
+//! reconciles pools ([`crate::pools`]): their status, metrics and finalizer.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+use allocator::ServiceKey;
+use common::events::Recorder;
+use crds::{IPAddressPool, L2Advertisement};
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Service};
+use kube::api::Api;
+use kube::runtime::controller::{self, Controller};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource};
+use model::ClassPolicy;
+use serde::de::DeserializeOwned;
+use tokio::sync::{Mutex, MutexGuard, mpsc};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use crate::lease::{Fence, Fenced};
+use crate::metrics::Metrics;
+use crate::pools::{self, Reported};
+use crate::services;
+use crate::state::State;
+
+/// The field manager of everything the controller writes.
+pub const MANAGER: &str = "ferrolb-controller";
+/// Services reconciled at once.
+const RECONCILE_CONCURRENCY: u16 = 16;
+/// A burst of allocations rewrites a pool's status once.
+const POOL_DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// Keeps a pool whose addresses Services still hold.
+pub const POOL_FINALIZER: &str = "ferrolb.io/pool-protection";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("watch: {0}")]
+    Watch(#[from] watcher::Error),
+    #[error(transparent)]
+    Fenced(#[from] Fenced),
+}
+
+impl Error {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Watch(_) => "watch",
+            Error::Fenced(_) => "fenced",
+        }
+    }
+}
+
+pub struct Config {
+    pub handle_unclassed: bool,
+    pub identity: Option<String>,
+    /// The right to write: every write checks it first.
+    pub fence: Fence,
+}
+
+/// What every reconcile sees.
+pub struct Context {
+    pub(crate) client: Client,
+    state: Mutex<State>,
+    pub(crate) namespaces: Store<Namespace>,
+    pub(crate) pools: Store<IPAddressPool>,
+    pub(crate) advertisements: Store<L2Advertisement>,
+    pub(crate) services: Store<Service>,
+    pub(crate) recorder: Recorder,
+    pub(crate) metrics: Metrics,
+    pub(crate) classes: ClassPolicy,
+    pub(crate) fence: Fence,
+    /// Services to reconcile again: pending ones after a release.
+    requeue_services: mpsc::UnboundedSender<ObjectRef<Service>>,
+    /// Pools whose status may have changed: usage after an allocation, overlaps after an edit.
+    requeue_pools: mpsc::UnboundedSender<ObjectRef<IPAddressPool>>,
+    /// Services already told about their MetalLB annotations.
+    pub(crate) told_about_metallb: std::sync::Mutex<HashSet<ServiceKey>>,
+    /// What each pool's Events last said, so an unchanged problem is not repeated.
+    pub(crate) reported: std::sync::Mutex<BTreeMap<String, Reported>>,
+}
+
+impl Context {
+    /// The controller's memory, with the pools as the watch has them now: whoever locks it
+    /// first after a pool edit re-reads the pools, so a Service is never allocated from a pool
+    /// the allocator has not seen yet. A re-reading requeues every pool (overlaps are
+    /// between pools).
+    pub(crate) async fn state(&self) -> MutexGuard<'_, State> {
+        let mut state = self.state.lock().await;
+        if state.sync_pools(&self.pools.state()).is_some() {
+            self.pools_changed();
+        }
+        state
+    }
+
+    /// Every pool's status is rewritten if it changed (usage after an allocation or release).
+    pub(crate) fn pools_changed(&self) {
+        for pool in self.pools.state() {
+            let _ = self.requeue_pools.send(ObjectRef::from_obj(&*pool));
+        }
+    }
+
+    /// Reconciles the pending Services again: something was freed.
+    pub(crate) fn requeue_pending(&self, state: &State) {
+        for key in state.pending() {
+            let _ = self
+                .requeue_services
+                .send(ObjectRef::new(&key.name).within(&key.namespace));
+        }
+    }
+}
+
+/// Watches `api` into a store that is kept current from now on, and passes every applied
+/// object on to `subscribers` streams (for the controllers' triggers, which start later).
+fn reflect<K>(
+    api: Api<K>,
+    subscribers: usize,
+) -> (
+    Store<K>,
+    tokio::task::JoinHandle<()>,
+    Vec<impl Stream<Item = Result<K, watcher::Error>> + Send + 'static>,
+)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store::<K>();
+    let (senders, receivers): (Vec<_>, Vec<_>) =
+        (0..subscribers).map(|_| mpsc::unbounded_channel()).unzip();
+    let task = tokio::spawn(
+        reflector::reflector(
+            writer,
+            watcher(api, watcher::Config::default()).backoff(common::watch_backoff()),
+        )
+        .applied_objects()
+        .for_each(move |object| {
+            if let Ok(object) = object {
+                for tx in &senders {
+                    let _ = tx.send(object.clone());
+                }
+            }
+            async {}
+        }),
+    );
+    let streams = receivers
+        .into_iter()
+        .map(|rx| UnboundedReceiverStream::new(rx).map(Ok))
+        .collect();
+    (store, task, streams)
+}
+
+/// Runs the controller until an error it cannot recover from. `ready` is called once the
+/// start-up is done.
+pub async fn run(
+    client: Client,
+    config: Config,
+    metrics: Metrics,
+    ready: impl FnOnce(),
+) -> Result<(), Error> {
+    let (ns_store, ns_task, mut ns_events) = reflect(Api::<Namespace>::all(client.clone()), 1);
+    let (pool_store, pool_task, mut pool_events) =
+        reflect(Api::<IPAddressPool>::all(client.clone()), 2);
+    let (ad_store, ad_task, mut ad_events) =
+        reflect(Api::<L2Advertisement>::all(client.clone()), 1);
+
+    let services: Api<Service> = Api::all(client.clone());
+    // The Controller reconciles applied Services only; deletions are taken from the same watch
+    // before it, to free what the deleted Service held.
+    let (svc_store, svc_writer) = reflector::store::<Service>();
+    let (deleted_tx, deleted_rx) = mpsc::unbounded_channel::<ServiceKey>();
+    let svc_watch = reflector::reflector(
+        svc_writer,
+        watcher(services.clone(), watcher::Config::default()).backoff(common::watch_backoff()),
+    )
+    .inspect(move |event| {
+        if let Ok(watcher::Event::Delete(svc)) = event {
+            let _ = deleted_tx.send(crds::read::service_key(svc));
+        }
+    })
+    .applied_objects();
+    let (requeue_services, requeue_services_rx) = mpsc::unbounded_channel();
+    let (requeue_pools, requeue_pools_rx) = mpsc::unbounded_channel();
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        state: Mutex::new(State::default()),
+        namespaces: ns_store.clone(),
+        pools: pool_store.clone(),
+        advertisements: ad_store.clone(),
+        services: svc_store.clone(),
+        recorder: Recorder::new(
+            client.clone(),
+            MANAGER,
+            config.identity.as_deref().unwrap_or(MANAGER),
+        ),
+        metrics,
+        classes: ClassPolicy {
+            handle_unclassed: config.handle_unclassed,
+        },
+        fence: config.fence.clone(),
+        requeue_services,
+        requeue_pools,
+        told_about_metallb: Default::default(),
+        reported: Default::default(),
+    });
+    // A bounded number of reconciles at once, as client-go controllers run a fixed set of
+    // workers: a burst of Services must not queue the Lease renewal behind hundreds of writes.
+    let service_controller = Controller::for_stream(svc_watch, svc_store)
+        .with_config(controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
+        .watches_stream(ns_events.remove(0), services::namespace_mapper(&ctx))
+        .watches_stream(ad_events.remove(0), services::advertisement_mapper(&ctx))
+        .watches_stream(pool_events.remove(0), services::pool_mapper(&ctx))
+        .reconcile_on(UnboundedReceiverStream::new(requeue_services_rx));
+    let pool_controller = Controller::for_stream(pool_events.remove(0), pool_store.clone())
+        .with_config(controller::Config::default().debounce(POOL_DEBOUNCE))
+        .reconcile_on(UnboundedReceiverStream::new(requeue_pools_rx));
+
+    ns_store.wait_until_ready().await.ok();
+    ad_store.wait_until_ready().await.ok();
+    pool_store.wait_until_ready().await.ok();
+    crate::restore::restore(&ctx, &services).await?;
+    ready();
+
+    let release_task = tokio::spawn(services::release_deleted(ctx.clone(), deleted_rx));
+    let sweep_task = tokio::spawn(services::collect_vanished(ctx.clone()));
+    let pools_run = pool_controller
+        .shutdown_on_signal()
+        .run(pools::reconcile, pools::error_policy, ctx.clone())
+        .for_each(|_| async {});
+    let services_run = service_controller
+        .shutdown_on_signal()
+        .run(services::reconcile, services::error_policy, ctx.clone())
+        .for_each(|_| async {});
+    futures::future::join(services_run, pools_run).await;
+    for task in [ns_task, pool_task, ad_task, release_task, sweep_task] {
+        task.abort();
+    }
+    Ok(())
+}

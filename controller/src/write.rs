@@ -1,0 +1,109 @@
+//! Everything the controller writes to the API server, each write behind the Lease's fence:
+//! Services' addresses and recorded pool, pools' status and finalizer, and Events.
+
+use std::net::IpAddr;
+
+use common::events::{EventType, Note};
+use crds::{IPAddressPool, IPAddressPoolStatus};
+use k8s_openapi::api::core::v1::{ObjectReference, Service};
+use kube::api::{Api, Patch, PatchParams};
+use model::service::ANNOTATION_ALLOCATED_FROM;
+use serde_json::json;
+
+use crate::run::{Context, Error, MANAGER, POOL_FINALIZER};
+
+/// Writes `status.loadBalancer.ingress` (server-side apply; an empty list removes ours).
+pub async fn ingress(ctx: &Context, key: &model::ServiceKey, ips: &[IpAddr]) -> Result<(), Error> {
+    ctx.fence.check()?;
+    let ingress: Vec<_> = ips
+        .iter()
+        .map(|ip| json!({"ip": ip.to_string(), "ipMode": "VIP"}))
+        .collect();
+    let patch = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": key.name, "namespace": key.namespace},
+        "status": {"loadBalancer": {"ingress": ingress}},
+    });
+    Api::<Service>::namespaced(ctx.client.clone(), &key.namespace)
+        .patch_status(&key.name, &apply(), &Patch::Apply(&patch))
+        .await?;
+    Ok(())
+}
+
+/// Records the pool a Service's addresses came from (`None` removes ours).
+pub async fn pool_annotation(
+    ctx: &Context,
+    key: &model::ServiceKey,
+    pool: Option<&str>,
+) -> Result<(), Error> {
+    ctx.fence.check()?;
+    let annotations = match pool {
+        Some(p) => json!({ANNOTATION_ALLOCATED_FROM: p}),
+        None => json!({}),
+    };
+    let patch = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": key.name, "namespace": key.namespace, "annotations": annotations},
+    });
+    Api::<Service>::namespaced(ctx.client.clone(), &key.namespace)
+        .patch(&key.name, &apply(), &Patch::Apply(&patch))
+        .await?;
+    Ok(())
+}
+
+pub async fn pool_status(
+    ctx: &Context,
+    name: &str,
+    status: &IPAddressPoolStatus,
+) -> Result<(), Error> {
+    ctx.fence.check()?;
+    let patch = json!({"apiVersion": "ferrolb.io/v1alpha1", "kind": "IPAddressPool", "metadata": {"name": name}, "status": status});
+    Api::<IPAddressPool>::all(ctx.client.clone())
+        .patch_status(name, &apply(), &Patch::Apply(&patch))
+        .await?;
+    Ok(())
+}
+
+/// Sets or removes the pool's protection finalizer.
+pub async fn pool_finalizer(ctx: &Context, name: &str, keep: bool) -> Result<(), Error> {
+    ctx.fence.check()?;
+    let finalizers: Vec<&str> = if keep { vec![POOL_FINALIZER] } else { vec![] };
+    let patch = json!({"apiVersion": "ferrolb.io/v1alpha1", "kind": "IPAddressPool", "metadata": {"name": name, "finalizers": finalizers}});
+    Api::<IPAddressPool>::all(ctx.client.clone())
+        .patch(name, &apply(), &Patch::Apply(&patch))
+        .await?;
+    Ok(())
+}
+
+fn apply() -> PatchParams {
+    PatchParams::apply(MANAGER).force()
+}
+
+/// An Event about an allocation, unless the fence is closed.
+pub async fn publish(
+    ctx: &Context,
+    reference: &ObjectReference,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    if ctx.fence.check().is_err() {
+        return;
+    }
+    let note = Note {
+        type_,
+        reason: reason.into(),
+        action: "Allocate".into(),
+        note,
+    };
+    if let Err(e) = ctx.recorder.publish(&note, reference).await {
+        tracing::warn!("cannot publish event {reason}: {e}");
+    }
+}
+
+pub fn join(ips: &[IpAddr]) -> String {
+    ips.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
