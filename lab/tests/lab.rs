@@ -127,6 +127,8 @@ async fn schema_manifests_and_rbac_against_the_real_api_server() {
             "speaker.interfaces={eth0,eth1}",
             "--set",
             "controller.replicas=3",
+            "--set",
+            "handleUnclassed=false",
         ],
     )
     .await;
@@ -134,6 +136,13 @@ async fn schema_manifests_and_rbac_against_the_real_api_server() {
         custom.contains("--interfaces=eth0,eth1") && custom.contains("replicas: 3"),
         "{custom}"
     );
+    // Both components read the class the same way: the value reaches both, or neither.
+    assert_eq!(
+        custom.matches("- --handle-unclassed=false").count(),
+        2,
+        "{custom}"
+    );
+    assert!(!rendered.contains("--handle-unclassed"), "{rendered}");
     lab.kubectl_as(
         &lab.lan_kubeconfig,
         &["apply", "--dry-run=server", "-f", "-"],
