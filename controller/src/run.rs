@@ -121,8 +121,9 @@ impl Context {
     }
 }
 
-/// Watches `api` into a store that is kept current from now on, and passes every applied
-/// object on to `subscribers` streams (for the controllers' triggers, which start later).
+/// Watches `api` into a store that is kept current from now on, and passes every object
+/// applied or deleted on to `subscribers` streams (for the controllers' triggers, which start
+/// later).
 fn reflect<K>(
     api: Api<K>,
     subscribers: usize,
@@ -142,7 +143,8 @@ where
             writer,
             watcher(api, watcher::Config::default()).backoff(common::watch_backoff()),
         )
-        .applied_objects()
+        // Deletions too: an advertisement deleted changes what is announced.
+        .touched_objects()
         .for_each(move |object| {
             if let Ok(object) = object {
                 for tx in &senders {

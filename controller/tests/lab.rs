@@ -146,6 +146,26 @@ async fn a_service_gets_an_address_that_answers_and_the_pool_says_so() {
         ingress_becomes(&lab, "default", "second", &["198.51.100.200"]).await,
         vec![ip]
     );
+
+    // An advertisement deleted is a change too: the Service hears its address is no longer
+    // announced (a deletion used to requeue nobody).
+    apply(
+        &lab,
+        "apiVersion: ferrolb.io/v1alpha1\nkind: L2Advertisement\nmetadata:\n  name: lan\nspec: {}\n",
+    )
+    .await;
+    lab.expose(&ServiceSpec::new("default", "third"))
+        .await
+        .unwrap();
+    ingress_becomes(&lab, "default", "third", &["198.51.100.201"]).await;
+    eventually_events(&lab, "default", "third", "IPAllocated").await;
+    let before = lab.events("default", "third").await.unwrap();
+    assert!(!before.contains("NotAdvertised"), "{before}");
+    lab.kubectl(&["delete", "l2advertisement", "lan"])
+        .await
+        .unwrap();
+    let after = eventually_events(&lab, "default", "third", "NotAdvertised").await;
+    assert!(after.contains("no L2Advertisement"), "{after}");
     assert!(lab.controller_exited(1).is_none());
 }
 
