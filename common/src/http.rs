@@ -1,11 +1,14 @@
 //! The small HTTP endpoint every ferrolb binary serves: `/metrics` (Prometheus text),
-//! `/healthz` (the process runs) and `/readyz` (it is ready for its job).
+//! `/healthz` (every loop that must turn does: [`crate::health`]) and `/readyz` (it is ready
+//! for its job).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use prometheus_client::registry::Registry;
+
+use crate::health::Liveness;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -28,12 +31,13 @@ pub async fn serve(
     addr: SocketAddr,
     registry: Arc<Registry>,
     ready: Readiness,
+    live: Liveness,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await?;
     tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
     Ok(tokio::spawn(async move {
         while let Ok((mut conn, _)) = listener.accept().await {
-            let (registry, ready) = (registry.clone(), ready.clone());
+            let (registry, ready, live) = (registry.clone(), ready.clone(), live.clone());
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 2048];
                 let n = match tokio::time::timeout(
@@ -47,7 +51,7 @@ pub async fn serve(
                 };
                 let request = String::from_utf8_lossy(&buf[..n]);
                 let path = request.split_whitespace().nth(1).unwrap_or("/");
-                let (status, content_type, body) = respond(path, &registry, &ready);
+                let (status, content_type, body) = respond(path, &registry, &ready, &live);
                 let head = format!(
                     "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                     body.len()
@@ -63,6 +67,7 @@ fn respond(
     path: &str,
     registry: &Registry,
     ready: &Readiness,
+    live: &Liveness,
 ) -> (&'static str, &'static str, String) {
     match path {
         "/metrics" => {
@@ -76,7 +81,17 @@ fn respond(
                 Err(e) => ("500 Internal Server Error", "text/plain", format!("{e}\n")),
             }
         }
-        "/healthz" => ("200 OK", "text/plain", "ok\n".into()),
+        "/healthz" => match live.stale().as_slice() {
+            [] => ("200 OK", "text/plain", "ok\n".into()),
+            stale => (
+                "503 Service Unavailable",
+                "text/plain",
+                stale
+                    .iter()
+                    .map(|(name, age)| format!("{name}: no progress for {age:.1?}\n"))
+                    .collect(),
+            ),
+        },
         "/readyz" if ready.get() => ("200 OK", "text/plain", "ok\n".into()),
         "/readyz" => (
             "503 Service Unavailable",
@@ -102,7 +117,9 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
-        let _server = serve(addr, Arc::new(registry), ready.clone())
+        let live = Liveness::default();
+        let heart = live.register("loop", std::time::Duration::from_millis(50));
+        let _server = serve(addr, Arc::new(registry), ready.clone(), live)
             .await
             .unwrap();
 
@@ -125,5 +142,13 @@ mod tests {
         ready.set(true);
         assert!(get("/readyz").await.starts_with("HTTP/1.1 200"));
         assert!(get("/nope").await.starts_with("HTTP/1.1 404"));
+        tokio::time::sleep(std::time::Duration::from_millis(80)).await;
+        let stuck = get("/healthz").await;
+        assert!(
+            stuck.starts_with("HTTP/1.1 503") && stuck.contains("loop: no progress for"),
+            "{stuck}"
+        );
+        heart.beat();
+        assert!(get("/healthz").await.starts_with("HTTP/1.1 200"));
     }
 }

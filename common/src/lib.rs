@@ -2,6 +2,7 @@
 //! the metrics and health endpoint.
 
 pub mod events;
+pub mod health;
 pub mod http;
 
 use clap::{Args, ValueEnum};

@@ -55,13 +55,20 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     args.log.init()?;
+    common::health::abort_on_panic();
     tracing::debug!(?args, "starting");
     let client = common::connect().await?;
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let ready = Readiness::default();
-    let _http = common::http::serve(args.metrics_addr, Arc::new(registry), ready.clone()).await?;
+    let _http = common::http::serve(
+        args.metrics_addr,
+        Arc::new(registry),
+        ready.clone(),
+        common::health::Liveness::default(),
+    )
+    .await?;
 
     let timing =
         Timing::from_duration_seconds(args.lease_duration_seconds).map_err(anyhow::Error::msg)?;

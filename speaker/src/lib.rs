@@ -5,9 +5,11 @@
 //! - [`announce`]: ARP and NDP on raw sockets (the election and the announcer's state machine
 //!   are pure and live in `speaker-core`);
 //! - [`report`]: the Service condition and Events;
-//! - [`run`]: the loop that ties them together.
+//! - [`run`]: the loop that ties them together;
+//! - [`fault`]: a test-only hook that makes one loop panic or stall.
 
 pub mod announce;
+pub mod fault;
 pub mod membership;
 pub mod report;
 pub mod run;

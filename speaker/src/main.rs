@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use common::health::Liveness;
 use common::http::Readiness;
 use prometheus_client::registry::Registry;
 use speaker::announce::{self, Announcer};
@@ -51,6 +52,10 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     refresh_seconds: u64,
 
+    /// Tests only: on SIGUSR2, make the loop this file names panic or stall.
+    #[arg(long, hide = true)]
+    test_fault_file: Option<std::path::PathBuf>,
+
     #[command(flatten)]
     log: common::LogArgs,
 }
@@ -59,6 +64,8 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     args.log.init()?;
+    common::health::abort_on_panic();
+    speaker::fault::install(args.test_fault_file.clone());
     tracing::debug!(?args, "starting");
     let key = GossipKey::from_file(&args.gossip_key_file)?;
     let client = common::connect().await?;
@@ -68,7 +75,13 @@ async fn main() -> anyhow::Result<()> {
     let announcer_metrics = announce::Metrics::register(&mut registry);
     let metrics = run::Metrics::register(&mut registry);
     let ready = Readiness::default();
-    let _http = common::http::serve(args.metrics_addr, Arc::new(registry), ready.clone()).await?;
+    let live = Liveness::default();
+    // Generous against the 100 ms beats: a busy machine is not a dead loop.
+    let membership_heartbeat = live.register("membership", Duration::from_secs(3));
+    let announcer_heartbeat = live.register("announcer", Duration::from_secs(3));
+    let heartbeat = live.register("election", Duration::from_secs(10));
+    let _http =
+        common::http::serve(args.metrics_addr, Arc::new(registry), ready.clone(), live).await?;
 
     let changed = Arc::new(Notify::new());
     let stores = Stores::start(&client, changed.clone());
@@ -76,28 +89,20 @@ async fn main() -> anyhow::Result<()> {
     let gossip_addr = run::gossip_addr(&stores, &args.node_name, args.gossip_port)?;
 
     let links = announce::scan_links()?;
-    let me = MemberId {
-        node: args.node_name.clone(),
-        addr: gossip_addr,
-        macs: links
-            .iter()
-            .filter(|l| !l.loopback)
-            .map(|l| l.mac.0)
-            .collect(),
-        // A restarted speaker is a new member, not the ghost of the old one.
-        generation: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_nanos() as u64,
-    };
+    // A restarted speaker is a new member (a newer generation), not the ghost of the old one.
+    let me = MemberId::new(args.node_name.clone(), gossip_addr);
+    let macs = announce::announce_macs(&links, &args.interfaces)
+        .into_iter()
+        .map(|mac| mac.0)
+        .collect();
     let (membership, members) = Membership::start(
         MembershipConfig {
             me,
-            bind: std::net::SocketAddr::new(
-                std::net::Ipv4Addr::UNSPECIFIED.into(),
-                args.gossip_port,
-            ),
+            macs,
+            bind: speaker::membership::bind_addr(gossip_addr),
             key,
             timing: Timing::default(),
+            heartbeat: membership_heartbeat.clone(),
         },
         membership_metrics,
     )
@@ -108,6 +113,7 @@ async fn main() -> anyhow::Result<()> {
             ..announce::Config::default()
         },
         announcer_metrics,
+        announcer_heartbeat.clone(),
     );
     let speaker = Speaker {
         me: NodeName::new(args.node_name.clone()),
@@ -125,6 +131,9 @@ async fn main() -> anyhow::Result<()> {
         },
         gossip_addr,
         gossip_port: args.gossip_port,
+        heartbeat,
+        membership_heartbeat,
+        announcer_heartbeat,
     };
     // Ready once it knows the membership: a speaker that has not heard from its peers yet
     // announces nothing.

@@ -25,8 +25,20 @@ use model::ServiceKey;
 use speaker_core::decide::{self, Decision, NoOwner};
 
 /// How often links are rescanned: a changed interface set is picked up within this, and a
-/// gossip interface that went down makes the speaker leave.
+/// gossip interface that went down makes the speaker leave. The loops' heartbeats are checked
+/// as often.
 const LINK_SCAN: Duration = Duration::from_millis(500);
+
+/// A peer still answering for an address this node still owns this long after it was first
+/// heard is a second owner, not a handover in progress.
+const CONTEST_GRACE: Duration = Duration::from_secs(1);
+/// How often an address with a second owner is audited (probed), and how long without an
+/// answer from the other owner ends the contest.
+const CONTEST_AUDIT: Duration = Duration::from_secs(5);
+
+/// A loop that has not beaten for this long is stuck: the speaker steps aside (its heartbeat
+/// comes every 100 ms; peers declare a silent member down in well under a second).
+const STUCK_AFTER: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ChangeLabels {
@@ -45,6 +57,10 @@ pub struct OwnerLabels {
 pub struct Metrics {
     /// Addresses this node took over or gave up.
     pub ownership_changes: Family<ChangeLabels, Counter>,
+    /// Addresses this node answers for that another speaker answers for too.
+    pub contested_addresses: Gauge,
+    /// Times another speaker was found answering for an address this node owns.
+    pub contests: Counter,
     /// This speaker's election: one series per address (comparing them across speakers shows
     /// whether they agree).
     pub address_owner: Family<OwnerLabels, Gauge>,
@@ -54,6 +70,8 @@ impl Metrics {
     pub fn register(registry: &mut Registry) -> Metrics {
         let m = Metrics {
             ownership_changes: Family::default(),
+            contested_addresses: Gauge::default(),
+            contests: Counter::default(),
             address_owner: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("ferrolb");
@@ -61,6 +79,16 @@ impl Metrics {
             "speaker_ownership_changes",
             "Addresses this node became the owner of, or stopped owning",
             m.ownership_changes.clone(),
+        );
+        r.register(
+            "speaker_contested_addresses",
+            "Addresses this node answers for that another speaker answers for too (two owners: their gossip does not reach each other)",
+            m.contested_addresses.clone(),
+        );
+        r.register(
+            "speaker_contests",
+            "Times another speaker was found answering for an address this node owns",
+            m.contests.clone(),
         );
         r.register(
             "speaker_address_owner",
@@ -97,6 +125,10 @@ pub struct Speaker {
     /// loss makes this speaker leave.
     pub gossip_addr: SocketAddr,
     pub gossip_port: u16,
+    /// This loop's heartbeat, and the two loops it watches.
+    pub heartbeat: common::health::Heartbeat,
+    pub membership_heartbeat: common::health::Heartbeat,
+    pub announcer_heartbeat: common::health::Heartbeat,
 }
 
 /// What the loop remembers between elections.
@@ -105,6 +137,12 @@ struct Memory {
     links: Vec<Link>,
     /// Left the membership because the gossip interface went down.
     left_for_link: bool,
+    /// The membership task stopped beating: the peers will declare this node down, so it
+    /// owns nothing until the task turns again.
+    membership_stuck: bool,
+    /// The announcer stopped beating: it is muted and this node has left the membership, so
+    /// the peers take its addresses over.
+    announcer_stuck: bool,
     /// Addresses some speaker owned since this one joined: taking one of them over is a
     /// failover or a handover, not a first announcement, so it skips the probe.
     known: BTreeSet<IpAddr>,
@@ -116,6 +154,21 @@ struct Memory {
     conflicts: BTreeMap<IpAddr, (String, MacAddr)>,
     /// Interfaces each owned address is announced on, from the announcer.
     announced: BTreeMap<IpAddr, Vec<String>>,
+    /// Owned addresses another speaker answers for too.
+    contests: BTreeMap<IpAddr, Contest>,
+    /// When the contested addresses were last audited.
+    last_audit: Option<tokio::time::Instant>,
+}
+
+/// Another speaker answering for an address this node owns.
+struct Contest {
+    mac: MacAddr,
+    /// Its node, from the speakers' MAC records.
+    node: Option<String>,
+    first: tokio::time::Instant,
+    last: tokio::time::Instant,
+    /// Past the grace, and told.
+    reported: bool,
 }
 
 impl Speaker {
@@ -142,8 +195,13 @@ impl Speaker {
                 () = self.changed.notified() => {
                     self.membership.set_seeds(self.stores.gossip_seeds(self.gossip_port));
                 }
-                _ = link_scan.tick() => self.scan_links(&mut memory).await,
+                _ = link_scan.tick() => {
+                    self.check_loops(&mut memory).await;
+                    self.scan_links(&mut memory).await;
+                    self.check_contests(&mut memory);
+                }
             }
+            self.heartbeat.beat();
             self.elect(&mut memory);
         }
         tracing::info!("shutting down: leaving the membership and handing over");
@@ -151,6 +209,101 @@ impl Speaker {
         self.elect(&mut memory);
         self.announcer.release_all(Duration::from_secs(5)).await;
         tracing::info!("handed over");
+    }
+
+    /// Steps aside while a loop the node cannot work without is stuck (a panic ends the
+    /// process instead), and comes back when it turns again. Its `/healthz` fails meanwhile,
+    /// so the kubelet restarts it.
+    async fn check_loops(&self, memory: &mut Memory) {
+        let membership_stuck = self.membership_heartbeat.age() > STUCK_AFTER;
+        if membership_stuck != memory.membership_stuck {
+            if membership_stuck {
+                tracing::error!(age = ?self.membership_heartbeat.age(), "the membership task is stuck: owning nothing until it turns again");
+            } else {
+                tracing::warn!("the membership task turns again");
+            }
+            memory.membership_stuck = membership_stuck;
+        }
+        let announcer_stuck = self.announcer_heartbeat.age() > STUCK_AFTER;
+        if announcer_stuck != memory.announcer_stuck {
+            memory.announcer_stuck = announcer_stuck;
+            self.announcer.mute(announcer_stuck);
+            if announcer_stuck {
+                tracing::error!(age = ?self.announcer_heartbeat.age(), "the announcer is stuck: muted, and leaving the membership so that peers take over");
+                self.membership.leave().await;
+            } else {
+                tracing::warn!("the announcer turns again: rejoining");
+                if !memory.left_for_link {
+                    self.membership.rejoin().await;
+                }
+            }
+        }
+    }
+
+    /// Tells two owners from a handover, reports them, and audits the contested addresses
+    /// until the other owner stops answering. Two nodes answering for one address (their
+    /// gossip cannot reach each other) are reported within [`CONTEST_GRACE`] of this node
+    /// hearing the other's announcement.
+    fn check_contests(&self, memory: &mut Memory) {
+        let now = tokio::time::Instant::now();
+        let me = &self.me;
+        let owned = |ip: &IpAddr| {
+            memory
+                .last
+                .get(ip)
+                .is_some_and(|d| d.owner.as_ref().ok() == Some(me))
+        };
+        let mut over = vec![];
+        for (ip, contest) in &mut memory.contests {
+            let gone = now.duration_since(contest.last) > 2 * CONTEST_AUDIT;
+            if !owned(ip) || gone {
+                over.push(*ip);
+                continue;
+            }
+            if !contest.reported && now.duration_since(contest.first) >= CONTEST_GRACE {
+                contest.reported = true;
+                self.metrics.contests.inc();
+                let other = contest.node.as_deref().unwrap_or("an unknown speaker");
+                let note = format!(
+                    "{ip} is answered by node {} and also by node {other} ({}): the two speakers' gossip does not reach each other, so both own it; check the gossip port between them",
+                    me.as_str(),
+                    contest.mac
+                );
+                tracing::error!(%ip, other, mac = %contest.mac, "two owners");
+                for service in memory
+                    .last
+                    .get(ip)
+                    .map(|d| d.services.clone())
+                    .unwrap_or_default()
+                {
+                    self.reports.notice(Notice {
+                        service,
+                        warning: true,
+                        reason: "TwoOwners",
+                        note: note.clone(),
+                    });
+                }
+            }
+        }
+        for ip in over {
+            if let Some(contest) = memory.contests.remove(&ip)
+                && contest.reported
+            {
+                tracing::warn!(%ip, "no longer answered by two nodes");
+            }
+        }
+        self.metrics.contested_addresses.set(
+            i64::try_from(memory.contests.values().filter(|c| c.reported).count())
+                .unwrap_or(i64::MAX),
+        );
+        let audit_due = memory
+            .last_audit
+            .is_none_or(|at| now.duration_since(at) >= CONTEST_AUDIT);
+        if audit_due && !memory.contests.is_empty() {
+            memory.last_audit = Some(now);
+            self.announcer
+                .audit(memory.contests.keys().copied().collect());
+        }
     }
 
     async fn scan_links(&self, memory: &mut Memory) {
@@ -168,7 +321,7 @@ impl Speaker {
             );
             self.membership.leave().await;
             memory.left_for_link = true;
-        } else if gossip_up && memory.left_for_link {
+        } else if gossip_up && memory.left_for_link && !memory.announcer_stuck {
             tracing::info!(
                 "the interface of {} is up: rejoining",
                 self.gossip_addr.ip()
@@ -229,7 +382,22 @@ impl Speaker {
             }
             announce::Event::Released { ip, successor } => {
                 memory.announced.remove(&ip);
+                memory.contests.remove(&ip);
                 tracing::info!(%ip, ?successor, "released");
+            }
+            announce::Event::PeerAnswers { ip, mac, .. } => {
+                let now = tokio::time::Instant::now();
+                let node = self.members.borrow().peer_macs.get(&mac.0).cloned();
+                let contest = memory.contests.entry(ip).or_insert(Contest {
+                    mac,
+                    node: None,
+                    first: now,
+                    last: now,
+                    reported: false,
+                });
+                contest.mac = mac;
+                contest.node = node.or(contest.node.take());
+                contest.last = now;
             }
         }
     }
@@ -237,9 +405,10 @@ impl Speaker {
     /// One election over the current facts and members.
     fn elect(&self, memory: &mut Memory) {
         let view = self.members.borrow().clone();
-        if !view.joined {
+        if !view.joined || memory.membership_stuck {
             // Until the membership is known this speaker could think itself alone and answer
-            // for every address; it announces nothing instead.
+            // for every address; it announces nothing instead. A stuck membership task is as
+            // good as unknown: the peers are declaring this node down.
             self.announcer.set_desired(BTreeMap::new());
             return;
         }
@@ -277,12 +446,7 @@ impl Speaker {
             );
         }
         self.announcer.set_desired(desired);
-        let peer_macs: BTreeSet<MacAddr> = view
-            .members
-            .values()
-            .filter(|m| m.node != self.me.as_str())
-            .flat_map(|m| m.macs.iter().map(|mac| MacAddr(*mac)))
-            .collect();
+        let peer_macs: BTreeSet<MacAddr> = view.peer_macs.keys().map(|mac| MacAddr(*mac)).collect();
         self.announcer.set_peer_macs(peer_macs);
 
         self.count_changes(memory, &decisions);
@@ -382,6 +546,23 @@ impl Speaker {
                     reason: model::service::CONFLICT_REASON.into(),
                     message: format!(
                         "{ip} is answered on {interface} by {mac}, a host that is not a ferrolb speaker"
+                    ),
+                }
+            } else if let Some((ip, contest)) = addresses.iter().find_map(|(ip, _)| {
+                memory
+                    .contests
+                    .get(ip)
+                    .filter(|c| c.reported)
+                    .map(|c| (ip, c))
+            }) {
+                Wanted {
+                    announced: true,
+                    reason: "TwoOwners".into(),
+                    message: format!(
+                        "{ip} is announced from node {} and also answered by node {} ({}): their gossip does not reach each other",
+                        self.me.as_str(),
+                        contest.node.as_deref().unwrap_or("unknown"),
+                        contest.mac
                     ),
                 }
             } else if let Some((ip, why)) = unowned.first() {

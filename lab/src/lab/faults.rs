@@ -103,6 +103,27 @@ impl Lab {
         Ok(())
     }
 
+    /// Cuts (or restores) the speakers' gossip between nodes `i` and `j` (UDP 9652, both
+    /// families, both ways, in node `i`'s namespace) and nothing else: a gossip partition
+    /// between two live nodes, whose ARP, NDP and API server stay reachable.
+    pub fn cut_gossip(&self, i: usize, j: usize, cut: bool) -> Result<()> {
+        let op = if cut { "-I" } else { "-D" };
+        let ns = &self.node(i).ns;
+        let other = self.node(j);
+        for (tool, peer) in [("iptables", other.ipv4), ("ip6tables", other.ipv6)] {
+            let peer = peer.to_string();
+            for (chain, side, port) in [("OUTPUT", "-d", "--dport"), ("INPUT", "-s", "--sport")] {
+                ns.exec(
+                    tool,
+                    &[
+                        "-w", op, chain, side, &peer, "-p", "udp", port, "9652", "-j", "DROP",
+                    ],
+                )?;
+            }
+        }
+        Ok(())
+    }
+
     /// An API server that answers slowly, as seen from this node: node `i`'s LAN link is
     /// limited to `rate_kbit` both ways, by a token bucket on each of its ends (`eth0` in the
     /// node for what it sends, the bridge's end for what it receives); `None` removes both.

@@ -60,6 +60,25 @@ impl Lab {
         tokio::task::spawn_blocking(move || ns.enter(|| http_get(target, "/metrics"))).await??
     }
 
+    /// The status and body of node `i`'s speaker's `/healthz`.
+    pub async fn speaker_health(&self, i: usize) -> Result<(u16, String)> {
+        let node = self.node(i);
+        let (ns, target) = (node.ns.clone(), SocketAddr::new(node.ipv4, 9651));
+        let reply = tokio::task::spawn_blocking(move || ns.enter(|| http_get(target, "/healthz")))
+            .await???;
+        let status = reply
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .with_context(|| format!("no HTTP status from {target}"))?;
+        let body = reply
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default()
+            .to_string();
+        Ok((status, body))
+    }
+
     /// The `/metrics` text of controller replica `replica`.
     pub async fn controller_metrics(&self, replica: usize) -> Result<String> {
         let ns = self

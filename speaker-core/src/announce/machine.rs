@@ -251,6 +251,11 @@ impl Machine {
             }
             Phase::Answering { peer_announced, .. } if claim.kind.announces() => {
                 peer_announced.insert(claim.interface.clone(), (claim.mac, now));
+                out.events.push(Event::PeerAnswers {
+                    ip: claim.ip,
+                    interface: claim.interface.clone(),
+                    mac: claim.mac,
+                });
             }
             Phase::Releasing {
                 pending, successor, ..
@@ -261,6 +266,25 @@ impl Machine {
             _ => {}
         }
         self.advance(now, &mut out);
+        out
+    }
+
+    /// Asks the LAN who answers for `ip` (a probe on each of its interfaces), if this node
+    /// answers for it: every other answer comes back as a claim. How the shell checks whether
+    /// a second owner is still there.
+    pub fn audit(&mut self, ip: IpAddr) -> Output {
+        let mut out = Output::default();
+        if let Some(entry) = self.addrs.get(&ip)
+            && matches!(entry.phase, Phase::Answering { .. })
+        {
+            for interface in &entry.interfaces {
+                out.sends.push(Send {
+                    interface: interface.clone(),
+                    ip,
+                    packet: Packet::Probe,
+                });
+            }
+        }
         out
     }
 

@@ -206,12 +206,47 @@ fn a_foreign_claim_on_an_announced_address_is_reported_and_defended_once_per_ret
     let quiet = m.claim(t.at(10_000), &c);
     assert!(quiet.events.is_empty() && quiet.sends.is_empty());
     assert_eq!(m.claim(t.at(30_100), &c).events.len(), 1);
-    // A peer announcing the same address (an election in flux) is not a conflict.
-    assert!(
-        m.claim(t.at(60_200), &claim("eth0", PEER, ClaimKind::Gratuitous))
-            .events
-            .is_empty()
+    // A peer announcing the same address (an election in flux) is not a conflict, nor
+    // defended against: the shell decides, by its election, whether two nodes answer.
+    let out = m.claim(t.at(60_200), &claim("eth0", PEER, ClaimKind::Gratuitous));
+    assert_eq!(out.sends, vec![]);
+    assert_eq!(out.events, vec![peer_answers("eth0")]);
+}
+
+fn peer_answers(interface: &str) -> Event {
+    Event::PeerAnswers {
+        ip: vip(),
+        interface: interface.to_string(),
+        mac: PEER,
+    }
+}
+
+/// While answering, a peer's announcement or answer is reported (the shell tells a handover
+/// from two owners), and an audit asks the LAN who else answers; a request only uses the
+/// address and says nothing.
+#[test]
+fn a_peer_answering_too_is_reported_and_an_audit_asks_who_else_answers() {
+    let (mut m, t) = machine();
+    assert_eq!(m.audit(vip()), nothing(), "not ours: nothing to ask");
+    m.set_desired(t.at(0), &desired(&["eth0", "eth1"], false));
+    assert_eq!(
+        m.claim(t.at(100), &claim("eth0", PEER, ClaimKind::ArpRequest)),
+        nothing()
     );
+    for kind in [
+        ClaimKind::ArpReply,
+        ClaimKind::Gratuitous,
+        ClaimKind::Advertisement,
+    ] {
+        let out = m.claim(t.at(200), &claim("eth1", PEER, kind));
+        assert_eq!(out.events, vec![peer_answers("eth1")], "{kind:?}");
+    }
+    assert_eq!(
+        m.audit(vip()).sends,
+        sends(Packet::Probe, &["eth0", "eth1"])
+    );
+    m.set_desired(t.at(300), &BTreeMap::new());
+    assert_eq!(m.audit(vip()), nothing(), "released: nothing to ask");
 }
 
 #[test]
@@ -251,9 +286,10 @@ fn a_successor_that_announced_before_the_release_ends_it_at_once() {
     m.set_desired(t.at(0), &desired(&["eth0", "eth1"], false));
     m.tick(t.at(4999));
     // The successor saw the change first and announced on eth0 only, just before we let go.
+    let out = m.claim(t.at(5000), &claim("eth0", PEER, ClaimKind::Gratuitous));
     assert_eq!(
-        m.claim(t.at(5000), &claim("eth0", PEER, ClaimKind::Gratuitous)),
-        nothing(),
+        out.events,
+        vec![peer_answers("eth0")],
         "a peer's announcement is neither a conflict nor, yet, a release"
     );
     assert!(answered_on(&m, "eth0"));

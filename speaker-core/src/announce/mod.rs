@@ -71,4 +71,12 @@ pub enum Event {
         ip: IpAddr,
         successor: Option<MacAddr>,
     },
+    /// A peer speaker (`mac`) announced or answered for `ip` while this node answers for it
+    /// too. Part of every handover (the successor may announce a moment before this node lets
+    /// go); when this node still owns the address a moment later, two nodes answer for it.
+    PeerAnswers {
+        ip: IpAddr,
+        interface: String,
+        mac: MacAddr,
+    },
 }

@@ -4,6 +4,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::Instant;
 
@@ -23,6 +25,8 @@ pub(crate) enum Input {
     Desired(BTreeMap<IpAddr, Desired>),
     Peers(BTreeSet<MacAddr>),
     Claim(Claim),
+    /// Ask the LAN who else answers for these owned addresses.
+    Audit(Vec<IpAddr>),
     /// Desire nothing, and say when nothing is answered any more.
     ReleaseAll(oneshot::Sender<()>),
     /// Every handle is gone: stop answering and close everything.
@@ -42,6 +46,9 @@ pub(crate) struct Control {
     /// not on every tick.
     unopenable: BTreeSet<String>,
     release_waiters: Vec<oneshot::Sender<()>>,
+    /// Shared with every port: when set, they answer nothing.
+    muted: Arc<AtomicBool>,
+    heartbeat: common::health::Heartbeat,
 }
 
 impl Control {
@@ -51,6 +58,8 @@ impl Control {
         input: Sender<Input>,
         events: mpsc::UnboundedSender<Event>,
         answering: watch::Sender<BTreeSet<IpAddr>>,
+        muted: Arc<AtomicBool>,
+        heartbeat: common::health::Heartbeat,
     ) -> Control {
         Control {
             machine: Machine::new(config),
@@ -62,15 +71,27 @@ impl Control {
             ports: BTreeMap::new(),
             unopenable: BTreeSet::new(),
             release_waiters: Vec::new(),
+            muted,
+            heartbeat,
         }
     }
 
     pub fn run(mut self, inputs: Receiver<Input>) {
         loop {
-            let received = match self.machine.next_deadline() {
-                Some(at) => inputs.recv_timeout(at.saturating_duration_since(Instant::now())),
-                None => inputs.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            };
+            self.heartbeat.beat();
+            match crate::fault::due(crate::fault::Loop::Announcer) {
+                Some(crate::fault::Action::Panic) => panic!("test fault: the announcer panics"),
+                Some(crate::fault::Action::Stall) => loop {
+                    std::thread::park();
+                },
+                None => {}
+            }
+            // Wakes at least every heartbeat: an idle announcer must still look alive.
+            let wait = self.machine.next_deadline().map_or(super::HEARTBEAT, |at| {
+                at.saturating_duration_since(Instant::now())
+                    .min(super::HEARTBEAT)
+            });
+            let received = inputs.recv_timeout(wait);
             let now = Instant::now();
             let out = match received {
                 Ok(Input::Desired(desired)) => {
@@ -79,6 +100,13 @@ impl Control {
                 }
                 Ok(Input::Peers(peers)) => self.machine.set_peer_macs(now, peers),
                 Ok(Input::Claim(claim)) => self.machine.claim(now, &claim),
+                Ok(Input::Audit(ips)) => {
+                    let mut out = Output::default();
+                    for ip in ips {
+                        out.sends.extend(self.machine.audit(ip).sends);
+                    }
+                    out
+                }
                 Ok(Input::ReleaseAll(done)) => {
                     self.release_waiters.push(done);
                     self.machine.set_desired(now, &BTreeMap::new())
@@ -148,6 +176,9 @@ impl Control {
                     Some(mac) => info!(%ip, successor = %mac, "released to a successor"),
                     None => info!(%ip, "released, no successor seen"),
                 },
+                Event::PeerAnswers { ip, interface, mac } => {
+                    debug!(%ip, %interface, %mac, "a peer answers for this address too");
+                }
             }
             // Nobody listening is fine: the events are also logged and counted.
             let _ = self.events.send(event);
@@ -194,7 +225,7 @@ impl Control {
         let report = Box::new(move |claim| {
             let _ = input.send(Input::Claim(claim));
         });
-        match Port::open(link, self.metrics.clone(), report) {
+        match Port::open(link, self.metrics.clone(), report, self.muted.clone()) {
             Ok(port) => {
                 debug!(interface = %name, index = link.index, mac = %link.mac, "opened");
                 self.ports.insert(name.to_string(), port);

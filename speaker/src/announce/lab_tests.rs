@@ -187,7 +187,11 @@ impl Speaker {
     fn start(ns: &NetNs, config: Config) -> Speaker {
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
-        let (announcer, events) = ns.enter(move || Announcer::start(config, metrics)).unwrap();
+        let heartbeat =
+            common::health::Liveness::default().register("announcer", Duration::from_secs(1));
+        let (announcer, events) = ns
+            .enter(move || Announcer::start(config, metrics, heartbeat))
+            .unwrap();
         Speaker {
             announcer,
             events,
@@ -246,9 +250,10 @@ impl Speaker {
 
 fn event_ip(event: &Event) -> IpAddr {
     match event {
-        Event::Announced { ip, .. } | Event::Conflict { ip, .. } | Event::Released { ip, .. } => {
-            *ip
-        }
+        Event::Announced { ip, .. }
+        | Event::Conflict { ip, .. }
+        | Event::Released { ip, .. }
+        | Event::PeerAnswers { ip, .. } => *ip,
     }
 }
 

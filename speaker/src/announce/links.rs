@@ -159,6 +159,33 @@ pub fn choose_interfaces(
         .collect()
 }
 
+/// The MACs this node may answer with: those of interfaces that can speak ARP and are
+/// allowed (`--interfaces`), or, when nothing is set, that look like a LAN (not container or
+/// overlay plumbing, not a bridge or bond member, with an address a LAN could reach). Pod
+/// veths are left out; at most [`crate::membership::macs::MAX_MACS`] are kept, by name.
+pub fn announce_macs(links: &[Link], allowed: &[String]) -> Vec<MacAddr> {
+    let mut candidates: Vec<&Link> = links
+        .iter()
+        .filter(|l| l.speaks_arp())
+        .filter(|l| {
+            if allowed.is_empty() {
+                !l.enslaved && !l.looks_virtual() && l.has_lan_address()
+            } else {
+                allowed.contains(&l.name)
+            }
+        })
+        .collect();
+    candidates.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut macs: Vec<MacAddr> = vec![];
+    for link in candidates {
+        if !macs.contains(&link.mac) {
+            macs.push(link.mac);
+        }
+    }
+    macs.truncate(crate::membership::macs::MAX_MACS);
+    macs
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,6 +236,38 @@ mod tests {
 
     fn names(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// A busy node's pods add nothing to what a speaker tells its peers.
+    #[test]
+    fn the_macs_a_node_answers_with_leave_its_pods_out() {
+        let mut links: Vec<Link> = node()
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| Link {
+                mac: MacAddr([2, 0, 0, 0, 1, i as u8]),
+                ..l
+            })
+            .collect();
+        let mac_of =
+            |links: &[Link], name: &str| links.iter().find(|l| l.name == name).unwrap().mac;
+        let lan = vec![mac_of(&links, "eth0"), mac_of(&links, "eth1")];
+        for i in 0..150u8 {
+            links.push(Link {
+                mac: MacAddr([2, 0, 0, 0, 2, i]),
+                ..link(&format!("pod{i}"), &["fe80::9/64"])
+            });
+        }
+        assert_eq!(announce_macs(&links, &[]), lan);
+        assert_eq!(
+            announce_macs(&links, &names(&["bond0", "eth1"])),
+            vec![mac_of(&links, "bond0"), mac_of(&links, "eth1")]
+        );
+        let everything: Vec<String> = links.iter().map(|l| l.name.clone()).collect();
+        assert_eq!(
+            announce_macs(&links, &everything).len(),
+            crate::membership::macs::MAX_MACS
+        );
     }
 
     #[test]

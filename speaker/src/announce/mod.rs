@@ -33,12 +33,13 @@ mod lab_tests;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use speaker_core::MacAddr;
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use links::{Link, choose_interfaces, scan_links};
+pub use links::{Link, announce_macs, choose_interfaces, scan_links};
 pub use metrics::Metrics;
 pub use speaker_core::announce::{Config, Desired, Event};
 
@@ -54,7 +55,12 @@ pub struct Announcer {
 struct Inner {
     input: std::sync::mpsc::Sender<Input>,
     answering: watch::Receiver<BTreeSet<IpAddr>>,
+    /// Read by every port before it answers: set when the control thread cannot be trusted.
+    muted: Arc<AtomicBool>,
 }
+
+/// How often the control thread proves it is turning, busy or idle.
+pub const HEARTBEAT: Duration = Duration::from_millis(100);
 
 impl Drop for Inner {
     fn drop(&mut self) {
@@ -69,16 +75,33 @@ impl Announcer {
     /// # Panics
     ///
     /// If the operating system refuses a new thread.
-    pub fn start(config: Config, metrics: Metrics) -> (Announcer, mpsc::UnboundedReceiver<Event>) {
+    pub fn start(
+        config: Config,
+        metrics: Metrics,
+        heartbeat: common::health::Heartbeat,
+    ) -> (Announcer, mpsc::UnboundedReceiver<Event>) {
         let (input, inputs) = std::sync::mpsc::channel();
         let (events, events_rx) = mpsc::unbounded_channel();
         let (answering_tx, answering) = watch::channel(BTreeSet::new());
-        let control = Control::new(config, metrics, input.clone(), events, answering_tx);
+        let muted = Arc::new(AtomicBool::new(false));
+        let control = Control::new(
+            config,
+            metrics,
+            input.clone(),
+            events,
+            answering_tx,
+            muted.clone(),
+            heartbeat,
+        );
         std::thread::Builder::new()
             .name("announcer".to_string())
             .spawn(move || control.run(inputs))
             .expect("cannot start the announcer thread");
-        let inner = Arc::new(Inner { input, answering });
+        let inner = Arc::new(Inner {
+            input,
+            answering,
+            muted,
+        });
         (Announcer { inner }, events_rx)
     }
 
@@ -92,6 +115,18 @@ impl Announcer {
     /// announcements, are not conflicts.
     pub fn set_peer_macs(&self, macs: BTreeSet<MacAddr>) {
         let _ = self.inner.input.send(Input::Peers(macs));
+    }
+
+    /// Probes for each of these owned addresses: any other node answering for one comes back
+    /// as an [`Event::PeerAnswers`] (or a [`Event::Conflict`] from a foreign host).
+    pub fn audit(&self, ips: Vec<IpAddr>) {
+        let _ = self.inner.input.send(Input::Audit(ips));
+    }
+
+    /// Stops (or resumes) answering on every interface at once, without the control thread:
+    /// for when that thread is stuck and the addresses must go to other nodes.
+    pub fn mute(&self, muted: bool) {
+        self.inner.muted.store(muted, Ordering::Relaxed);
     }
 
     /// Addresses answered for right now, including ones still being released.

@@ -68,6 +68,8 @@ struct Shared {
     watch: RwLock<BTreeSet<IpAddr>>,
     tx: Mutex<Box<dyn DataLinkSender>>,
     stop: AtomicBool,
+    /// The announcer's: answer nothing while it is set.
+    muted: Arc<AtomicBool>,
     metrics: Metrics,
     report: Box<dyn Fn(Claim) + Send + Sync>,
 }
@@ -89,6 +91,7 @@ impl Port {
         link: &Link,
         metrics: Metrics,
         report: Box<dyn Fn(Claim) + Send + Sync>,
+        muted: Arc<AtomicBool>,
     ) -> io::Result<Port> {
         let [a, b, c, d, e, f] = link.mac.octets();
         let interface = NetworkInterface {
@@ -124,6 +127,7 @@ impl Port {
             watch: RwLock::default(),
             tx: Mutex::new(tx),
             stop: AtomicBool::new(false),
+            muted,
             metrics,
             report,
         });
@@ -253,10 +257,12 @@ impl Shared {
     }
 
     fn answers(&self, ip: IpAddr) -> bool {
-        self.answer
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains(&ip)
+        !self.muted.load(Ordering::Relaxed)
+            && self
+                .answer
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(&ip)
     }
 
     fn claim(&self, ip: IpAddr, mac: MacAddr, kind: ClaimKind) {

@@ -12,9 +12,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep_until};
 use tracing::{debug, info, warn};
 
-use super::envelope::{Envelope, MAX_DATAGRAM, Rejected};
+use super::envelope::{Envelope, Kind, MAX_DATAGRAM, Rejected};
 use super::identity::MemberId;
 use super::key::GossipKey;
+use super::macs::{MacRecord, PeerMacs};
 use super::metrics::{Change, Direction, Metrics};
 use super::timers::TimerQueue;
 use super::timing::Timing;
@@ -43,6 +44,10 @@ const DATAGRAM_BUDGET: u32 = 64;
 /// Quiet period between two debug lines about the same kind of trouble.
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
+/// Our MAC record goes to every member this often, besides once when each comes up, so that
+/// one lost datagram is made good.
+const MAC_REFRESH: Duration = Duration::from_secs(15);
+
 pub(crate) struct Driver {
     socket: UdpSocket,
     local: SocketAddr,
@@ -50,6 +55,9 @@ pub(crate) struct Driver {
     timing: Timing,
     foca_config: foca::Config,
     foca: Swim,
+    /// The MACs we answer with, sent to each member (the record follows our generation).
+    macs: Vec<[u8; 6]>,
+    peer_macs: PeerMacs,
     runtime: AccumulatingRuntime<MemberId>,
     timers: TimerQueue,
     /// `None` until the first `set_seeds`.
@@ -65,17 +73,21 @@ pub(crate) struct Driver {
     auth_log: LogLimit,
     net_log: LogLimit,
     swim_log: LogLimit,
+    heartbeat: common::health::Heartbeat,
 }
 
 impl Driver {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         me: MemberId,
+        macs: Vec<[u8; 6]>,
         socket: UdpSocket,
         key: &GossipKey,
         timing: Timing,
         commands: mpsc::UnboundedReceiver<Command>,
         view: watch::Sender<View>,
         metrics: Metrics,
+        heartbeat: common::health::Heartbeat,
     ) -> anyhow::Result<Driver> {
         let foca_config = timing.foca_config()?;
         let local = socket.local_addr()?;
@@ -87,6 +99,8 @@ impl Driver {
             timing,
             foca_config,
             foca,
+            macs,
+            peer_macs: PeerMacs::default(),
             runtime: AccumulatingRuntime::new(),
             timers: TimerQueue::default(),
             seeds: None,
@@ -99,6 +113,7 @@ impl Driver {
             auth_log: LogLimit::default(),
             net_log: LogLimit::default(),
             swim_log: LogLimit::default(),
+            heartbeat,
         };
         driver.publish_view();
         Ok(driver)
@@ -109,8 +124,19 @@ impl Driver {
     pub(crate) async fn run(mut self) {
         let mut buf = vec![0u8; RECV_BUFFER];
         let mut next_announce = Instant::now() + self.announce_period();
+        let mut next_macs = Instant::now() + MAC_REFRESH;
         let mut datagram_streak = 0;
+        let mut pulse = tokio::time::interval(super::HEARTBEAT);
+        pulse.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            self.heartbeat.beat();
+            match crate::fault::due(crate::fault::Loop::Membership) {
+                Some(crate::fault::Action::Panic) => {
+                    panic!("test fault: the membership task panics")
+                }
+                Some(crate::fault::Action::Stall) => std::future::pending::<()>().await,
+                None => {}
+            }
             let now = Instant::now();
             // Datagrams go before due timers (below), so that after a stall the acks and
             // refutations that did arrive in time are read before foca judges a probe or a
@@ -166,6 +192,11 @@ impl Driver {
                     self.announce_to_seeds().await;
                     next_announce = Instant::now() + self.announce_period();
                 }
+                () = sleep_until(next_macs) => {
+                    self.send_macs_to_members().await;
+                    next_macs = Instant::now() + MAC_REFRESH;
+                }
+                _ = pulse.tick() => {}
             }
             datagram_streak = 0;
         }
@@ -248,6 +279,8 @@ impl Driver {
         }
         self.publish_view();
         self.announce_to_seeds().await;
+        // Our record follows our generation: the members learn the new one.
+        self.send_macs_to_members().await;
         self.seeds.is_some()
     }
 
@@ -261,8 +294,8 @@ impl Driver {
 
     async fn handle_datagram(&mut self, datagram: &[u8], from: SocketAddr) {
         self.metrics.packet(Direction::In);
-        let payload = match self.envelope.open(datagram) {
-            Ok(payload) => payload,
+        let (kind, payload) = match self.envelope.open(datagram) {
+            Ok(opened) => opened,
             Err(reason) => {
                 self.metrics.auth_failures.inc();
                 if let Some(suppressed) = self.auth_log.allow() {
@@ -279,8 +312,44 @@ impl Driver {
         if self.left {
             return;
         }
-        let result = self.foca.handle_data(&payload, &mut self.runtime);
-        self.after_swim(result).await;
+        match kind {
+            Kind::Gossip => {
+                let result = self.foca.handle_data(&payload, &mut self.runtime);
+                self.after_swim(result).await;
+            }
+            Kind::Macs => match MacRecord::decode(&payload) {
+                Ok(record) => {
+                    if self.peer_macs.learn(record) {
+                        self.publish_view();
+                    }
+                }
+                Err(error) => {
+                    if let Some(suppressed) = self.swim_log.allow() {
+                        debug!(%from, %error, suppressed, "dropped MAC record");
+                    }
+                }
+            },
+        }
+    }
+
+    fn mac_record(&self) -> MacRecord {
+        let me = self.foca.identity();
+        MacRecord::new(&me.node, me.generation, self.macs.iter().copied())
+    }
+
+    async fn send_macs(&mut self, to: SocketAddr) {
+        let record = self.mac_record().encode();
+        self.send(Kind::Macs, to, &record).await;
+    }
+
+    async fn send_macs_to_members(&mut self) {
+        if self.left {
+            return;
+        }
+        let members: Vec<SocketAddr> = self.foca.iter_members().map(|m| m.id().addr).collect();
+        for to in members {
+            self.send_macs(to).await;
+        }
     }
 
     /// Announces us to every seed that is not a live member (all of them while we know no
@@ -324,7 +393,7 @@ impl Driver {
             debug!(%error, suppressed, "gossip message not handled");
         }
         while let Some((to, payload)) = self.runtime.to_send() {
-            self.send(to.addr, &payload).await;
+            self.send(Kind::Gossip, to.addr, &payload).await;
         }
         let now = Instant::now();
         while let Some((after, event)) = self.runtime.to_schedule() {
@@ -333,16 +402,25 @@ impl Driver {
             }
         }
         let mut changed = false;
+        let mut new_peers = vec![];
         while let Some(notification) = self.runtime.to_notify() {
+            if let OwnedNotification::MemberUp(id) | OwnedNotification::Rename(_, id) =
+                &notification
+            {
+                new_peers.push(id.addr);
+            }
             changed |= self.notified(notification);
         }
         if changed {
             self.publish_view();
         }
+        for to in new_peers {
+            self.send_macs(to).await;
+        }
     }
 
-    async fn send(&mut self, to: SocketAddr, payload: &[u8]) {
-        let Some(datagram) = self.envelope.seal(payload) else {
+    async fn send(&mut self, kind: Kind, to: SocketAddr, payload: &[u8]) {
+        let Some(datagram) = self.envelope.seal(kind, payload) else {
             return;
         };
         debug_assert!(datagram.len() <= MAX_DATAGRAM);
@@ -426,6 +504,7 @@ impl Driver {
                     self.foca.iter_members().map(|m| m.id()),
                 ),
                 joined: self.joining.joined(Instant::now()),
+                peer_macs: self.peer_macs.all_but(&self.foca.identity().node).collect(),
             }
         };
         self.metrics

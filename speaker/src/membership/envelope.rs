@@ -22,7 +22,24 @@ pub const TAG_LEN: usize = 16;
 /// Bytes the envelope adds to a payload.
 pub const OVERHEAD: usize = NONCE_LEN + TAG_LEN;
 
-const AAD: &[u8] = b"ferrolb-gossip-v1";
+/// What a sealed payload is. The kind is bound into the seal as its associated data, so the
+/// gossip itself stays byte for byte what speakers before the MAC records sent and accept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A SWIM message for foca.
+    Gossip,
+    /// A speaker's [`super::macs::MacRecord`].
+    Macs,
+}
+
+impl Kind {
+    fn aad(self) -> &'static [u8] {
+        match self {
+            Kind::Gossip => b"ferrolb-gossip-v1",
+            Kind::Macs => b"ferrolb-macs-v1",
+        }
+    }
+}
 
 /// Why a datagram was dropped before it reached the protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +65,7 @@ impl Envelope {
 
     /// Seals one payload into a datagram. `None` only if the payload exceeds what the cipher
     /// can take (gigabytes), which foca's packet limit rules out.
-    pub fn seal(&self, payload: &[u8]) -> Option<Vec<u8>> {
+    pub fn seal(&self, kind: Kind, payload: &[u8]) -> Option<Vec<u8>> {
         let mut nonce = [0u8; NONCE_LEN];
         rand::fill(&mut nonce[..]);
         let sealed = self
@@ -57,7 +74,7 @@ impl Envelope {
                 &Nonce::from(nonce),
                 Payload {
                     msg: payload,
-                    aad: AAD,
+                    aad: kind.aad(),
                 },
             )
             .ok()?;
@@ -67,8 +84,8 @@ impl Envelope {
         Some(datagram)
     }
 
-    /// Opens a datagram: the payload if it was sealed with our key, else why not.
-    pub fn open(&self, datagram: &[u8]) -> Result<Vec<u8>, Rejected> {
+    /// Opens a datagram: its kind and payload if it was sealed with our key, else why not.
+    pub fn open(&self, datagram: &[u8]) -> Result<(Kind, Vec<u8>), Rejected> {
         if datagram.len() < OVERHEAD {
             return Err(Rejected::TooShort);
         }
@@ -77,15 +94,17 @@ impl Envelope {
         }
         let (nonce, sealed) = datagram.split_at(NONCE_LEN);
         let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| Rejected::TooShort)?;
-        self.cipher
-            .decrypt(
-                &Nonce::from(nonce),
-                Payload {
+        [Kind::Gossip, Kind::Macs]
+            .into_iter()
+            .find_map(|kind| {
+                let payload = Payload {
                     msg: sealed,
-                    aad: AAD,
-                },
-            )
-            .map_err(|_| Rejected::NotAuthentic)
+                    aad: kind.aad(),
+                };
+                let opened = self.cipher.decrypt(&Nonce::from(nonce), payload).ok()?;
+                Some((kind, opened))
+            })
+            .ok_or(Rejected::NotAuthentic)
     }
 }
 
@@ -100,19 +119,41 @@ mod tests {
     #[test]
     fn round_trip_and_fresh_nonces() {
         let e = envelope(b"0123456789abcdef0123");
-        let a = e.seal(b"hello").unwrap();
-        let b = e.seal(b"hello").unwrap();
+        let a = e.seal(Kind::Gossip, b"hello").unwrap();
+        let b = e.seal(Kind::Gossip, b"hello").unwrap();
         assert_eq!(a.len(), 5 + OVERHEAD);
         assert_ne!(a, b, "nonces repeat");
-        assert_eq!(e.open(&a).unwrap(), b"hello");
-        assert_eq!(e.open(&e.seal(b"").unwrap()).unwrap(), b"");
+        assert_eq!(e.open(&a).unwrap(), (Kind::Gossip, b"hello".to_vec()));
+        assert_eq!(
+            e.open(&e.seal(Kind::Gossip, b"").unwrap()).unwrap(),
+            (Kind::Gossip, vec![])
+        );
+        let record = e.seal(Kind::Macs, b"hello").unwrap();
+        assert_eq!(e.open(&record).unwrap(), (Kind::Macs, b"hello".to_vec()));
+    }
+
+    /// A speaker from before the MAC records opens only gossip: a record never reaches its
+    /// foca as a malformed message.
+    #[test]
+    fn kinds_do_not_open_as_each_other() {
+        let e = envelope(b"0123456789abcdef0123");
+        let record = e.seal(Kind::Macs, b"payload").unwrap();
+        let (nonce, sealed) = record.split_at(NONCE_LEN);
+        let as_gossip = e.cipher.decrypt(
+            &Nonce::from(<[u8; NONCE_LEN]>::try_from(nonce).unwrap()),
+            Payload {
+                msg: sealed,
+                aad: Kind::Gossip.aad(),
+            },
+        );
+        assert!(as_gossip.is_err());
     }
 
     #[test]
     fn other_key_truncation_and_tampering_are_rejected() {
         let e = envelope(b"0123456789abcdef0123");
         let other = envelope(b"0123456789abcdef0124");
-        let datagram = e.seal(b"some gossip payload").unwrap();
+        let datagram = e.seal(Kind::Gossip, b"some gossip payload").unwrap();
 
         assert_eq!(other.open(&datagram), Err(Rejected::NotAuthentic));
         assert_eq!(
@@ -121,8 +162,8 @@ mod tests {
         );
         assert_eq!(e.open(&datagram[..OVERHEAD - 1]), Err(Rejected::TooShort));
         assert_eq!(e.open(&[]), Err(Rejected::TooShort));
-        let largest = e.seal(&[7; MAX_DATAGRAM - OVERHEAD]).unwrap();
-        assert_eq!(e.open(&largest).unwrap().len(), MAX_DATAGRAM - OVERHEAD);
+        let largest = e.seal(Kind::Gossip, &[7; MAX_DATAGRAM - OVERHEAD]).unwrap();
+        assert_eq!(e.open(&largest).unwrap().1.len(), MAX_DATAGRAM - OVERHEAD);
         assert_eq!(e.open(&[0; MAX_DATAGRAM + 1]), Err(Rejected::TooLong));
         for i in [0, NONCE_LEN, datagram.len() - 1] {
             let mut tampered = datagram.clone();

@@ -1,6 +1,7 @@
-//! Who a speaker is on the gossip network: its node, the address peers reach it at, the MACs
-//! it announces with, and a generation that makes every start (and every rejoin) a new
-//! identity.
+//! Who a speaker is on the gossip network: its node, the address peers reach it at, and a
+//! generation that makes every start (and every rejoin) a new identity. Nothing else: foca
+//! repeats identities in every datagram, so one must stay small whatever the node runs (its
+//! MACs travel in records of their own, see [`super::macs`]).
 
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -17,8 +18,6 @@ pub struct MemberId {
     pub node: String,
     /// Where peers send gossip to: the node's address and the gossip port.
     pub addr: SocketAddr,
-    /// The MAC addresses of the interfaces this speaker announces on.
-    pub macs: Vec<[u8; 6]>,
     /// Unix time in nanoseconds when this identity was made; bumped by [`MemberId::renew`].
     pub generation: u64,
 }
@@ -26,11 +25,10 @@ pub struct MemberId {
 impl MemberId {
     /// A fresh identity whose generation is the current time, so it wins over any identity
     /// this node had before (clocks permitting; a rejoin uses [`MemberId::renew`] instead).
-    pub fn new(node: impl Into<String>, addr: SocketAddr, macs: Vec<[u8; 6]>) -> MemberId {
+    pub fn new(node: impl Into<String>, addr: SocketAddr) -> MemberId {
         MemberId {
             node: node.into(),
             addr,
-            macs,
             generation: unix_nanos(),
         }
     }
@@ -51,7 +49,6 @@ impl MemberId {
         MemberId {
             node: String::new(),
             addr,
-            macs: Vec::new(),
             generation: 0,
         }
     }
@@ -89,7 +86,7 @@ mod tests {
 
     #[test]
     fn renewed_identity_wins_the_address() {
-        let old = MemberId::new("n1", "127.0.0.1:9652".parse().unwrap(), vec![]);
+        let old = MemberId::new("n1", "127.0.0.1:9652".parse().unwrap());
         let new = MemberId::renew(&old);
         assert_eq!(new.addr(), old.addr());
         assert!(new.win_addr_conflict(&old));
@@ -98,8 +95,25 @@ mod tests {
 
     #[test]
     fn renew_bumps_even_when_the_clock_is_behind() {
-        let mut old = MemberId::new("n1", "127.0.0.1:9652".parse().unwrap(), vec![]);
+        let mut old = MemberId::new("n1", "127.0.0.1:9652".parse().unwrap());
         old.generation = u64::MAX - 1;
         assert_eq!(MemberId::renew(&old).generation, u64::MAX);
+    }
+
+    /// However busy the node, an identity stays a few hundred bytes: three of the longest
+    /// (foca's most per datagram) and 300 bytes of message fit a datagram.
+    #[test]
+    fn an_identity_is_small_whatever_the_node_runs() {
+        let longest = MemberId {
+            node: "n".repeat(super::super::macs::MAX_NODE_NAME),
+            addr: "[2001:db8:ffff:ffff:ffff:ffff:ffff:ffff]:65535"
+                .parse()
+                .unwrap(),
+            generation: u64::MAX,
+        };
+        let encoded = postcard::to_allocvec(&longest).unwrap();
+        assert!(encoded.len() <= 300, "{} bytes", encoded.len());
+        let room = super::super::envelope::MAX_DATAGRAM - super::super::envelope::OVERHEAD;
+        assert!(3 * encoded.len() + 300 <= room, "{} bytes", encoded.len());
     }
 }

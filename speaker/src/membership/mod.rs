@@ -6,6 +6,7 @@
 //! through the cheap [`Membership`] handle: seeds to announce to, leave and rejoin.
 //!
 //! - [`identity`]: [`MemberId`], a speaker as the cluster knows it.
+//! - [`macs`]: the MACs each speaker answers with, in bounded records beside the gossip.
 //! - [`key`], `envelope`: the gossip key and the sealed wire format.
 //! - [`timing`]: SWIM timing and why it detects a dead speaker in a few hundred ms.
 //! - [`view`]: what a caller sees, and when it may believe it (`joined`).
@@ -15,6 +16,7 @@ mod driver;
 pub mod envelope;
 pub mod identity;
 pub mod key;
+pub mod macs;
 pub mod metrics;
 mod timers;
 pub mod timing;
@@ -44,11 +46,30 @@ pub struct MembershipConfig {
     /// Who we are; `me.addr` is where peers reach us (node IP : gossip port). A port of 0
     /// becomes the port `bind` got (tests bind port 0).
     pub me: MemberId,
+    /// The MACs of the interfaces this speaker may announce on (at most
+    /// [`macs::MAX_MACS`] are sent).
+    pub macs: Vec<[u8; 6]>,
     /// The local address to listen on, usually `0.0.0.0:port` or `[::]:port`.
     pub bind: SocketAddr,
     pub key: GossipKey,
     pub timing: Timing,
+    /// Beaten at least every [`HEARTBEAT`] while the task makes progress.
+    pub heartbeat: common::health::Heartbeat,
 }
+
+/// The local address the gossip socket binds for peers reaching us at `me`: the unspecified
+/// address of `me`'s family. An IPv6 node address needs an IPv6 socket: bound to `0.0.0.0`, an
+/// IPv6-only cluster's speakers never heard each other and each concluded it was alone.
+pub fn bind_addr(me: SocketAddr) -> SocketAddr {
+    let any: std::net::IpAddr = match me {
+        SocketAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+        SocketAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+    };
+    SocketAddr::new(any, me.port())
+}
+
+/// How often the membership task proves it is turning, busy or idle.
+pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Handle to the membership task; clones are cheap and steer the same task. Dropping every
 /// clone stops the task at once *without* a leave message, as a crash would: call
@@ -67,9 +88,11 @@ impl Membership {
     ) -> anyhow::Result<(Membership, watch::Receiver<View>)> {
         let MembershipConfig {
             mut me,
+            macs,
             bind,
             key,
             timing,
+            heartbeat,
         } = config;
         timing.foca_config()?;
         let socket = UdpSocket::bind(bind)
@@ -81,7 +104,9 @@ impl Membership {
         let span = tracing::info_span!("membership", node = %me.node, addr = %me.addr);
         let (commands, receiver) = mpsc::unbounded_channel();
         let (view, view_rx) = watch::channel(View::default());
-        let driver = Driver::new(me, socket, &key, timing, receiver, view, metrics)?;
+        let driver = Driver::new(
+            me, macs, socket, &key, timing, receiver, view, metrics, heartbeat,
+        )?;
         tokio::spawn(driver.run().instrument(span));
         Ok((Membership { commands }, view_rx))
     }

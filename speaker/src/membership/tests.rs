@@ -1,14 +1,14 @@
 //! Speakers gossiping for real: several membership tasks in one process, each on its own
 //! UDP socket on 127.0.0.1, nothing mocked. Every wait is bounded.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep, timeout};
 
-use super::envelope::Envelope;
+use super::envelope::{Envelope, Kind};
 use super::metrics::{Change, Direction};
 use super::*;
 
@@ -33,13 +33,21 @@ struct Speaker {
 
 impl Speaker {
     async fn start(node: &str, key: &GossipKey) -> Speaker {
-        let localhost: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        Speaker::start_at(node, key, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// A speaker that peers reach at `me` (port 0: the one its socket gets), bound as the
+    /// binary binds it.
+    async fn start_at(node: &str, key: &GossipKey, me: SocketAddr) -> Speaker {
         let metrics = Metrics::unregistered();
         let config = MembershipConfig {
-            me: MemberId::new(node, localhost, vec![[0x02, 0, 0, 0, 0, 1]]),
-            bind: localhost,
+            me: MemberId::new(node, me),
+            macs: vec![mac_of(node)],
+            bind: super::bind_addr(me),
             key: key.clone(),
             timing: Timing::default(),
+            heartbeat: common::health::Liveness::default()
+                .register("membership", Duration::from_secs(1)),
         };
         let (handle, view) = Membership::start(config, metrics.clone()).await.unwrap();
         let addr = view.borrow().members[node].addr;
@@ -87,6 +95,11 @@ impl Speaker {
     }
 }
 
+/// A MAC of the speaker's own, from the last letter of its name.
+fn mac_of(node: &str) -> [u8; 6] {
+    [0x02, 0, 0, 0, 0, *node.as_bytes().last().unwrap()]
+}
+
 fn seeds(speakers: &[&Speaker]) -> Vec<SocketAddr> {
     speakers.iter().map(|s| s.addr).collect()
 }
@@ -126,7 +139,18 @@ async fn wait_for_count(what: &str, read: impl Fn() -> u64, done: impl Fn(u64) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_members_converge() {
-    let trio = converged_trio("converge").await;
+    let mut trio = converged_trio("converge").await;
+    let names: Vec<String> = trio.iter().map(|s| s.node.clone()).collect();
+    for s in &mut trio {
+        // Each learns the others' MACs from their records, not from their identities.
+        let others: BTreeMap<[u8; 6], String> = names
+            .iter()
+            .filter(|n| **n != s.node)
+            .map(|n| (mac_of(n), n.clone()))
+            .collect();
+        s.wait_until("the peers' MACs", |v| v.peer_macs == others)
+            .await;
+    }
     for s in &trio {
         let view = s.view.borrow();
         assert!(view.joined);
@@ -138,6 +162,34 @@ async fn three_members_converge() {
         assert!(s.metrics.packets(Direction::In) > 0 && s.metrics.packets(Direction::Out) > 0);
         assert_eq!(s.metrics.auth_failures.get(), 0);
     }
+}
+
+/// Issue 10, bug 2: speakers reached at IPv6 addresses gossip (the socket binds by the
+/// family of the node's address; bound to 0.0.0.0 they never heard each other).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_members_converge() {
+    let k = cluster_key();
+    let v6: SocketAddr = "[::1]:0".parse().unwrap();
+    let mut pair = [
+        Speaker::start_at("v6-a", &k, v6).await,
+        Speaker::start_at("v6-b", &k, v6).await,
+    ];
+    assert!(pair[0].addr.is_ipv6());
+    let all = seeds(&[&pair[0], &pair[1]]);
+    for s in &pair {
+        s.handle.set_seeds(all.clone());
+    }
+    for s in &mut pair {
+        s.wait_for_members(&["v6-a", "v6-b"]).await;
+    }
+    assert_eq!(
+        super::bind_addr("[2001:db8::1]:9652".parse().unwrap()),
+        "[::]:9652".parse().unwrap()
+    );
+    assert_eq!(
+        super::bind_addr("192.0.2.1:9652".parse().unwrap()),
+        "0.0.0.0:9652".parse().unwrap()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -264,7 +316,7 @@ async fn garbage_datagrams_are_counted_and_harmless() {
     };
     let envelope = Envelope::new(&k);
     let sealed = envelope
-        .seal(b"a payload that foca would have to parse")
+        .seal(Kind::Gossip, b"a payload that foca would have to parse")
         .unwrap();
     let mut tampered = sealed.clone();
     tampered[20] ^= 0x80;
@@ -285,9 +337,9 @@ async fn garbage_datagrams_are_counted_and_harmless() {
     }
     // Authentic but meaningless to foca: not an auth failure, and must not hurt either.
     let authentic_nonsense = [
-        envelope.seal(b"").unwrap(),
-        envelope.seal(&random(1000)).unwrap(),
-        envelope.seal(&random(1372)).unwrap(),
+        envelope.seal(Kind::Gossip, b"").unwrap(),
+        envelope.seal(Kind::Gossip, &random(1000)).unwrap(),
+        envelope.seal(Kind::Gossip, &random(1372)).unwrap(),
     ];
     for datagram in &authentic_nonsense {
         sender.send_to(datagram, a.addr).unwrap();

@@ -21,6 +21,10 @@ pub struct View {
     /// within `Timing::alone_after`, or there are no other seeds. A speaker that is not
     /// joined must not conclude it is alone.
     pub joined: bool,
+    /// The MACs other speakers answer with, and their nodes, from their records (members
+    /// that went down included: a previous owner still answering is a peer, not a foreign
+    /// host).
+    pub peer_macs: BTreeMap<[u8; 6], String>,
 }
 
 /// Live members keyed by node name: `me` for our own node, else the highest generation.
@@ -94,7 +98,6 @@ mod tests {
         MemberId {
             node: node.into(),
             addr: ([127, 0, 0, 1], port).into(),
-            macs: vec![],
             generation,
         }
     }
