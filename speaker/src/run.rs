@@ -377,13 +377,7 @@ impl Speaker {
                 .iter()
                 .find_map(|(ip, _)| memory.conflicts.get(ip).map(|c| (ip, c)))
             {
-                Wanted {
-                    announced: false,
-                    reason: model::service::CONFLICT_REASON.into(),
-                    message: format!(
-                        "{ip} is answered on {interface} by {mac}, a host that is not a ferrolb speaker"
-                    ),
-                }
+                Wanted::conflict(*ip, interface, mac, &self.me)
             } else if let Some((ip, why)) = unowned.first() {
                 if *why == NoOwner::NotAdvertised {
                     // The controller reports this one, on the Service and the pool.
@@ -399,11 +393,7 @@ impl Speaker {
                         note: format!("{ip} is not announced: {}", why.explain()),
                     });
                 }
-                Wanted {
-                    announced: false,
-                    reason: why.reason().into(),
-                    message: format!("{ip}: {}", why.explain()),
-                }
+                Wanted::unowned(*ip, *why, &self.me)
             } else {
                 let text: Vec<String> = addresses
                     .iter()
@@ -412,15 +402,7 @@ impl Speaker {
                         None => ip.to_string(),
                     })
                     .collect();
-                Wanted {
-                    announced: true,
-                    reason: "Announced".into(),
-                    message: format!(
-                        "{} announced from node {}",
-                        text.join(" and "),
-                        self.me.as_str()
-                    ),
-                }
+                Wanted::announced(&text.join(" and "), &self.me)
             };
             wanted.insert(service, want);
         }
