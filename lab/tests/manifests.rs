@@ -69,6 +69,7 @@ fn generated_install_files_match_the_kustomize_base() {
         "helm/ferrolb/crds/ipaddresspools.yaml",
         "helm/ferrolb/crds/l2advertisements.yaml",
         "helm/ferrolb/templates/rbac.yaml",
+        "helm/ferrolb/templates/admission-policy.yaml",
     ] {
         let fresh = std::fs::read_to_string(scratch.join("deploy").join(file)).unwrap();
         let committed = std::fs::read_to_string(repo().join("deploy").join(file)).unwrap();
@@ -124,7 +125,7 @@ fn helm_default_rendering_is_the_kustomize_base() {
     }
     assert_eq!(
         kustomize.len(),
-        13,
+        15,
         "{:?}",
         kustomize.keys().collect::<Vec<_>>()
     );

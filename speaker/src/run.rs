@@ -541,13 +541,7 @@ impl Speaker {
                 .iter()
                 .find_map(|(ip, _)| memory.conflicts.get(ip).map(|c| (ip, c)))
             {
-                Wanted {
-                    announced: false,
-                    reason: model::service::CONFLICT_REASON.into(),
-                    message: format!(
-                        "{ip} is answered on {interface} by {mac}, a host that is not a ferrolb speaker"
-                    ),
-                }
+                Wanted::conflict(*ip, interface, mac, &self.me)
             } else if let Some((ip, contest)) = addresses.iter().find_map(|(ip, _)| {
                 memory
                     .contests
@@ -555,16 +549,7 @@ impl Speaker {
                     .filter(|c| c.reported)
                     .map(|c| (ip, c))
             }) {
-                Wanted {
-                    announced: true,
-                    reason: "TwoOwners".into(),
-                    message: format!(
-                        "{ip} is announced from node {} and also answered by node {} ({}): their gossip does not reach each other",
-                        self.me.as_str(),
-                        contest.node.as_deref().unwrap_or("unknown"),
-                        contest.mac
-                    ),
-                }
+                Wanted::two_owners(*ip, contest.node.as_deref(), &contest.mac, &self.me)
             } else if let Some((ip, why)) = unowned.first() {
                 if *why == NoOwner::NotAdvertised {
                     // The controller reports this one, on the Service and the pool.
@@ -580,11 +565,7 @@ impl Speaker {
                         note: format!("{ip} is not announced: {}", why.explain()),
                     });
                 }
-                Wanted {
-                    announced: false,
-                    reason: why.reason().into(),
-                    message: format!("{ip}: {}", why.explain()),
-                }
+                Wanted::unowned(*ip, *why, &self.me)
             } else {
                 let text: Vec<String> = addresses
                     .iter()
@@ -593,15 +574,7 @@ impl Speaker {
                         None => ip.to_string(),
                     })
                     .collect();
-                Wanted {
-                    announced: true,
-                    reason: "Announced".into(),
-                    message: format!(
-                        "{} announced from node {}",
-                        text.join(" and "),
-                        self.me.as_str()
-                    ),
-                }
+                Wanted::announced(&text.join(" and "), &self.me)
             };
             wanted.insert(service, want);
         }

@@ -10,9 +10,16 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Api;
+use kube::api::{Patch, PatchParams};
 use lab::probe::ProbeConfig;
 use lab::{Lab, LabConfig, ServiceSpec};
+use model::ServiceKey;
+use serde_json::json;
+use speaker::report::{self, Wanted};
+use speaker_core::decide::NoOwner;
+use speaker_core::election::NodeName;
 
 /// The speaker under test; `FERROLB_SPEAKER_BINARY` runs these tests against another build
 /// (how a fix is checked to fail on the code before it).
@@ -1151,4 +1158,225 @@ async fn controller_and_speakers_together_one_answer_per_address() {
         }
     }
     assert_eq!(assigned(&lab, "dns-tcp", 1).await, vec![shared]);
+}
+
+/// Service `hello`'s status as ServiceAccount `account` in ferrolb-system writes it, with a
+/// token bound to Node `node` (as a speaker Pod's names its node) or to nothing.
+async fn services_as(lab: &Lab, account: &str, node: Option<&str>) -> Api<Service> {
+    let kubeconfig = match node {
+        Some(node) => {
+            lab.node_service_account_kubeconfig("ferrolb-system", account, node)
+                .await
+        }
+        None => {
+            lab.service_account_kubeconfig("ferrolb-system", account)
+                .await
+        }
+    }
+    .unwrap();
+    Api::namespaced(lab.client_as(&kubeconfig).await.unwrap(), "default")
+}
+
+/// Writes Service `hello`'s status; `Err` holds the API server's refusal, code and message.
+async fn write_status(
+    api: &Api<Service>,
+    params: &PatchParams,
+    patch: &Patch<serde_json::Value>,
+) -> Result<(), String> {
+    match api.patch_status("hello", params, patch).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) => Err(format!("{} {}", status.code, status.message)),
+        Err(e) => panic!("writing the status of hello: {e}"),
+    }
+}
+
+/// Service `hello`'s external addresses, as the admin reads them.
+async fn ingress(lab: &Lab) -> Vec<String> {
+    let svc = Api::<Service>::namespaced(lab.client(), "default")
+        .get("hello")
+        .await
+        .unwrap();
+    svc.status
+        .and_then(|s| s.load_balancer)
+        .and_then(|lb| lb.ingress)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|i| i.ip)
+        .collect()
+}
+
+/// The admission policy in deploy/ (`ferrolb-speaker-service-status`), checked by the real API
+/// server: the speaker's ServiceAccount, with a token bound to its node, may change a Service's
+/// `ferrolb.io/Announced` condition in its own node's name and nothing else; the controller's
+/// writes are not its business. Without the policy, the same credentials redirect the Service.
+#[tokio::test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
+async fn admission_policy_lets_a_speaker_write_only_its_own_announced_condition() {
+    lab::require_lab!();
+    let mut lab = Lab::start(LabConfig {
+        nodes: 2,
+        pods: vec![1],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let address = ip("198.51.100.200");
+    expose(&mut lab, "hello", "Cluster", "SingleStack", &[address]).await;
+    let uid = Api::<Service>::namespaced(lab.client(), "default")
+        .get("hello")
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
+    let key = ServiceKey::new("default", "hello", uid);
+    let (node1, node2) = (lab.node(1).name.clone(), lab.node(2).name.clone());
+    let speaker1 = services_as(&lab, "ferrolb-speaker", Some(&node1)).await;
+    let speaker2 = services_as(&lab, "ferrolb-speaker", Some(&node2)).await;
+    let unbound = services_as(&lab, "ferrolb-speaker", None).await;
+    let controller = services_as(&lab, "ferrolb-controller", None).await;
+
+    let redirect = Patch::Merge(json!({
+        "status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.66"}]}}
+    }));
+    let merge = PatchParams::default();
+    let apply = PatchParams::apply(report::MANAGER).force();
+    let now = || Time(k8s_openapi::jiff::Timestamp::now());
+    // The patch the speaker sends, with the message it writes for `node`.
+    let announced_by = |node: &str| {
+        let want = Wanted::announced("198.51.100.200 on eth0", &NodeName::new(node));
+        Patch::Apply(report::condition_patch(&key, &want, now(), Some(1)))
+    };
+
+    // Before: without the policy's binding, node-1's speaker credentials (RBAC allows them to
+    // patch services/status) move the Service's address.
+    lab.kubectl(&[
+        "delete",
+        "validatingadmissionpolicybinding",
+        "ferrolb-speaker-service-status",
+    ])
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while let Err(refused) = write_status(&speaker1, &merge, &redirect).await {
+        assert!(
+            Instant::now() < deadline,
+            "still refused without the binding: {refused}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(ingress(&lab).await, vec!["198.51.100.66"]);
+    lab.set_ingress("default", "hello", &[address])
+        .await
+        .unwrap();
+
+    // The policy as shipped (the lab applied it the same way at its start).
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    lab.kubectl(&[
+        "apply",
+        "--server-side",
+        "-k",
+        &deploy.canonicalize().unwrap().display().to_string(),
+    ])
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let refused = loop {
+        match write_status(&speaker1, &merge, &redirect).await {
+            Err(refused) => break refused,
+            Ok(()) => {
+                assert!(Instant::now() < deadline, "the policy never took effect");
+                // Undone, or the next try would change nothing, which the policy allows.
+                lab.set_ingress("default", "hello", &[address])
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert!(
+        refused.starts_with("403")
+            && refused.contains("ferrolb-speaker-service-status")
+            && refused.contains("may not change status.loadBalancer"),
+        "{refused}"
+    );
+    assert_eq!(ingress(&lab).await, vec!["198.51.100.200"]);
+    // Also refused: the whole ingress by server-side apply, as the controller writes it, and
+    // through the status subresource, an annotation the controller reads.
+    let applied_ingress = Patch::Apply(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "hello", "namespace": "default"},
+        "status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.66"}]}},
+    }));
+    let refused = write_status(&speaker1, &apply, &applied_ingress)
+        .await
+        .unwrap_err();
+    assert!(
+        refused.contains("may not change status.loadBalancer"),
+        "{refused}"
+    );
+    let annotate = Patch::Merge(json!({
+        "metadata": {"annotations": {"ferrolb.io/loadBalancerIPs": "198.51.100.66"}}
+    }));
+    let refused = write_status(&speaker1, &merge, &annotate)
+        .await
+        .unwrap_err();
+    assert!(refused.contains("labels, annotations"), "{refused}");
+
+    // The condition, as node-1 and in node-1's name: allowed, and written.
+    write_status(&speaker1, &apply, &announced_by(&node1))
+        .await
+        .unwrap();
+    let (status, _, message) = condition_when(&lab, "hello", |s, _, _| s == "True").await;
+    assert_eq!(
+        (status.as_str(), message.as_str()),
+        ("True", "198.51.100.200 on eth0 announced from node node-1")
+    );
+    // As node-1 in node-2's name: refused, saying why.
+    let refused = write_status(&speaker1, &apply, &announced_by(&node2))
+        .await
+        .unwrap_err();
+    assert!(
+        refused.contains(&format!(
+            "on node {node1} may write the ferrolb.io/Announced condition only in its own name"
+        )),
+        "{refused}"
+    );
+    // A reason that is no node's own (a False condition reported by node-2) from node-1: refused.
+    let unowned = Wanted::unowned(address, NoOwner::NoLiveSpeaker, &NodeName::new(&*node2));
+    let refused = write_status(
+        &speaker1,
+        &apply,
+        &Patch::Apply(report::condition_patch(&key, &unowned, now(), Some(1))),
+    )
+    .await
+    .unwrap_err();
+    assert!(refused.contains("only in its own name"), "{refused}");
+    // Node-2 takes over in its own name: allowed.
+    write_status(&speaker2, &apply, &announced_by(&node2))
+        .await
+        .unwrap();
+    let (_, _, message) = condition_when(&lab, "hello", |_, _, m| m.ends_with(&node2)).await;
+    assert_eq!(message, "198.51.100.200 on eth0 announced from node node-2");
+    // A token that names no node may not write the condition at all.
+    let refused = write_status(&unbound, &apply, &announced_by(&node1))
+        .await
+        .unwrap_err();
+    assert!(refused.contains("this token names none"), "{refused}");
+    assert_eq!(ingress(&lab).await, vec!["198.51.100.200"]);
+
+    // The controller's credentials still write the ingress.
+    let controller_ingress = Patch::Apply(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "hello", "namespace": "default"},
+        "status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.201", "ipMode": "VIP"}]}},
+    }));
+    write_status(
+        &controller,
+        &PatchParams::apply("ferrolb-controller").force(),
+        &controller_ingress,
+    )
+    .await
+    .unwrap();
+    assert_eq!(ingress(&lab).await, vec!["198.51.100.201"]);
 }

@@ -109,7 +109,7 @@ impl Lab {
     }
 
     /// Starts ferrolb-speaker (the binary at `binary`) in node `i`'s namespace, as the
-    /// speaker's ServiceAccount, with the gossip key the lab keeps in the `ferrolb-gossip`
+    /// speaker's ServiceAccount with a token bound to the node, with the gossip key the lab keeps in the `ferrolb-gossip`
     /// Secret, as the DaemonSet in deploy/ runs it.
     pub async fn start_speaker(&mut self, binary: &Path, i: usize) -> Result<()> {
         self.start_speaker_with(binary, i, &[]).await
@@ -129,8 +129,13 @@ impl Lab {
             );
         }
         let key = self.gossip_key().await?;
+        // Bound to its Node, as a DaemonSet Pod's token names the Pod's node.
         let kubeconfig = self
-            .service_account_kubeconfig("ferrolb-system", "ferrolb-speaker")
+            .node_service_account_kubeconfig(
+                "ferrolb-system",
+                "ferrolb-speaker",
+                &self.node(i).name,
+            )
             .await?;
         let name = format!("speaker-node-{i}");
         // A restart: the old speaker goes first, or the new one finds its ports taken.

@@ -102,10 +102,39 @@ impl Lab {
     /// A kubeconfig for ServiceAccount `namespace/name`, with a token from the TokenRequest
     /// API: how the lab runs ferrolb under its own RBAC.
     pub async fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> Result<PathBuf> {
-        let token = self
-            .kubectl(&["create", "token", name, "-n", namespace, "--duration=24h"])
-            .await?;
-        let path = self.dir.join(format!("sa-{namespace}-{name}.kubeconfig"));
+        self.token_kubeconfig(namespace, name, None).await
+    }
+
+    /// [`Lab::service_account_kubeconfig`] with a token bound to Node `node`: the API server
+    /// then names the node in the requests' `userInfo.extra["authentication.kubernetes.io/
+    /// node-name"]`, as it does for a token bound to a Pod on that node (the lab has no kubelet
+    /// and so no speaker Pods). The speaker's admission policy reads it.
+    pub async fn node_service_account_kubeconfig(
+        &self,
+        namespace: &str,
+        name: &str,
+        node: &str,
+    ) -> Result<PathBuf> {
+        self.token_kubeconfig(namespace, name, Some(node)).await
+    }
+
+    async fn token_kubeconfig(
+        &self,
+        namespace: &str,
+        name: &str,
+        node: Option<&str>,
+    ) -> Result<PathBuf> {
+        let mut args = vec!["create", "token", name, "-n", namespace, "--duration=24h"];
+        let bound = node.map(|n| format!("--bound-object-name={n}"));
+        if let Some(bound) = &bound {
+            args.extend(["--bound-object-kind=Node", bound]);
+        }
+        let token = self.kubectl(&args).await?;
+        let file = match node {
+            None => format!("sa-{namespace}-{name}.kubeconfig"),
+            Some(n) => format!("sa-{namespace}-{name}-{n}.kubeconfig"),
+        };
+        let path = self.dir.join(file);
         let user = format!("system:serviceaccount:{namespace}:{name}");
         pki::write_kubeconfig(
             &path,
@@ -115,6 +144,23 @@ impl Lab {
             Credentials::Token(token.trim()),
         )?;
         Ok(path)
+    }
+
+    /// A client in this process with the credentials of `kubeconfig` (one of
+    /// [`Lab::service_account_kubeconfig`]'s), through the forwarder: a ServiceAccount's view
+    /// of the API for tests.
+    pub async fn client_as(&self, kubeconfig: &Path) -> Result<Client> {
+        let mut config = Kubeconfig::read_from(kubeconfig)?;
+        let server = format!("https://{}", self.forwarder.local_addr());
+        for named in &mut config.clusters {
+            if let Some(cluster) = named.cluster.as_mut() {
+                cluster.server = Some(server.clone());
+            }
+        }
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let config =
+            kube::Config::from_custom_kubeconfig(config, &KubeConfigOptions::default()).await?;
+        Ok(Client::try_from(config)?)
     }
 
     /// `kubectl apply` of `yaml` as the lab's admin.
