@@ -88,17 +88,9 @@ fn source_v4(link: &NetworkInterface) -> Ipv4Addr {
 }
 
 fn source_v6(link: &NetworkInterface) -> Ipv6Addr {
-    let v6: Vec<Ipv6Addr> = link
-        .ips
-        .iter()
-        .filter_map(|net| match net {
-            IpNetwork::V6(v6) => Some(v6.ip()),
-            IpNetwork::V4(_) => None,
-        })
-        .collect();
-    v6.iter()
-        .find(|a| a.is_unicast_link_local())
-        .or(v6.first())
-        .copied()
-        .unwrap_or(Ipv6Addr::UNSPECIFIED)
+    ndp::source_among(link.ips.iter().filter_map(|net| match net {
+        IpNetwork::V6(v6) => Some(v6.ip()),
+        IpNetwork::V4(_) => None,
+    }))
+    .unwrap_or(Ipv6Addr::UNSPECIFIED)
 }

@@ -16,6 +16,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 pub const LAN_PREFIX_V4: u8 = 24;
 pub const LAN_PREFIX_V6: u8 = 64;
 pub const SERVICE_CIDRS: &str = "192.0.2.0/24,2001:db8:2::/112";
+/// The Service range of the IPv6-only mode.
+pub const SERVICE_CIDR_V6: &str = "2001:db8:2::/112";
 pub const CLUSTER_CIDRS: &str = "203.0.113.0/24,2001:db8:1::/48";
 pub const EXAMPLE_POOL_V4: &str = "198.51.100.200-198.51.100.250";
 pub const EXAMPLE_POOL_V6: &str = "2001:db8::c8-2001:db8::fa";

@@ -15,6 +15,10 @@ const PEER: MacAddr = MacAddr([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
 const VIP: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
 const PEER_IP: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
 const VIP_GROUP: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00, 0x10);
+/// The link-local address of our interface: where our advertisements come from.
+const OUR_LL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0x51);
+#[rustfmt::skip]
+const OUR_LL_BYTES: [u8; 16] = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x51];
 
 #[rustfmt::skip]
 const VIP_BYTES: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
@@ -165,27 +169,30 @@ fn a_solicitation_parses_with_its_source_link_address() {
 }
 
 #[test]
-fn solicited_advertisement_goes_back_to_the_solicitor() {
+fn solicited_advertisement_goes_back_to_the_solicitor_from_our_link_local_address() {
     #[rustfmt::skip]
     let mut expected = vec![
         0x52, 0x54, 0x00, 0x12, 0x34, 0x56,  0x02, 0x00, 0x5e, 0x10, 0x00, 0x01,  0x86, 0xdd,
         0x60, 0, 0, 0,  0, 32,  58, 255,
     ];
-    expected.extend_from_slice(&VIP_BYTES);
+    expected.extend_from_slice(&OUR_LL_BYTES);
     expected.extend_from_slice(&PEER_IP_BYTES);
-    // Type 136, code 0, checksum, flags S|O, target, Target Link-Layer Address option.
-    expected.extend_from_slice(&[136, 0, 0x2c, 0x46, 0x60, 0, 0, 0]);
-    expected.extend_from_slice(&VIP_BYTES);
-    expected.extend_from_slice(&[2, 1, 0x02, 0x00, 0x5e, 0x10, 0x00, 0x01]);
+    // Type 136, code 0, checksum (below), flags S|O, target, Target Link-Layer Address option.
+    let mut message = vec![136, 0, 0, 0, 0x60, 0, 0, 0];
+    message.extend_from_slice(&VIP_BYTES);
+    message.extend_from_slice(&[2, 1, 0x02, 0x00, 0x5e, 0x10, 0x00, 0x01]);
+    let sum = checksum_for(OUR_LL_BYTES, PEER_IP_BYTES, &message);
+    message[2..4].copy_from_slice(&sum);
+    expected.extend_from_slice(&message);
 
-    let reply = build_advertisement_reply(&parsed_solicitation(&peer_solicitation()), OURS);
+    let reply = build_advertisement_reply(&parsed_solicitation(&peer_solicitation()), OURS, OUR_LL);
     assert_eq!(reply, expected);
     assert!(checksum_verifies(&reply));
     assert_eq!(
         ndp::parse(&reply),
         Ok(Ndp::Advertisement(NeighborAdvertisement {
             eth_src: OURS,
-            src: VIP,
+            src: OUR_LL,
             dst: PEER_IP,
             target: VIP,
             flags: NaFlags {
@@ -204,26 +211,29 @@ fn expected_unsolicited() -> Vec<u8> {
         0x33, 0x33, 0x00, 0x00, 0x00, 0x01,  0x02, 0x00, 0x5e, 0x10, 0x00, 0x01,  0x86, 0xdd,
         0x60, 0, 0, 0,  0, 32,  58, 255,
     ];
-    expected.extend_from_slice(&VIP_BYTES);
+    expected.extend_from_slice(&OUR_LL_BYTES);
     expected.extend_from_slice(&ALL_NODES_BYTES);
-    // Flags: Override only.
-    expected.extend_from_slice(&[136, 0, 0x9a, 0xfc, 0x20, 0, 0, 0]);
-    expected.extend_from_slice(&VIP_BYTES);
-    expected.extend_from_slice(&[2, 1, 0x02, 0x00, 0x5e, 0x10, 0x00, 0x01]);
+    // Flags: Override only; the checksum below.
+    let mut message = vec![136, 0, 0, 0, 0x20, 0, 0, 0];
+    message.extend_from_slice(&VIP_BYTES);
+    message.extend_from_slice(&[2, 1, 0x02, 0x00, 0x5e, 0x10, 0x00, 0x01]);
+    let sum = checksum_for(OUR_LL_BYTES, ALL_NODES_BYTES, &message);
+    message[2..4].copy_from_slice(&sum);
+    expected.extend_from_slice(&message);
     expected
 }
 
 #[test]
 fn unsolicited_advertisement_goes_to_all_nodes_with_override() {
-    let frame = build_unsolicited_advertisement(OURS, VIP);
+    let frame = build_unsolicited_advertisement(OURS, OUR_LL, VIP);
     assert_eq!(frame, expected_unsolicited());
     assert!(checksum_verifies(&frame));
     let Ok(Ndp::Advertisement(na)) = ndp::parse(&frame) else {
         panic!("not an advertisement");
     };
     assert_eq!(
-        (na.dst, na.target, na.claimed_mac()),
-        (ALL_NODES, VIP, OURS)
+        (na.src, na.dst, na.target, na.claimed_mac()),
+        (OUR_LL, ALL_NODES, VIP, OURS)
     );
     assert_eq!(
         na.flags,
@@ -276,7 +286,7 @@ fn a_solicitation_from_the_unspecified_address_is_a_dad_probe_without_options() 
 #[test]
 fn answering_someone_elses_dad_goes_to_all_nodes_unsolicited() {
     let dad = build_dad_solicitation(PEER, VIP);
-    let reply = build_advertisement_reply(&parsed_solicitation(&dad), OURS);
+    let reply = build_advertisement_reply(&parsed_solicitation(&dad), OURS, OUR_LL);
     assert_eq!(reply, expected_unsolicited());
 }
 

@@ -22,7 +22,7 @@ fn valid_frames() -> Vec<Vec<u8>> {
         arp::build_gratuitous(mac, v4, ArpOp::Request),
         arp::build_gratuitous(mac, v4, ArpOp::Reply),
         arp::build_probe(mac, v4),
-        ndp::build_unsolicited_advertisement(mac, v6),
+        ndp::build_unsolicited_advertisement(mac, Ipv6Addr::LOCALHOST, v6),
         ndp::build_dad_solicitation(mac, v6),
     ]
 }
@@ -72,7 +72,11 @@ proptest! {
         icmp_type in prop_oneof![Just(135u8), Just(136u8)],
         rest in prop::collection::vec(any::<u8>(), 0..80),
     ) {
-        let mut frame = ndp::build_unsolicited_advertisement(MacAddr([2, 0, 0, 0, 0, 1]), Ipv6Addr::LOCALHOST);
+        let mut frame = ndp::build_unsolicited_advertisement(
+            MacAddr([2, 0, 0, 0, 0, 1]),
+            Ipv6Addr::LOCALHOST,
+            Ipv6Addr::LOCALHOST,
+        );
         frame.truncate(14 + 40);
         let mut message = vec![icmp_type, 0, 0, 0];
         message.extend_from_slice(&rest);

@@ -138,7 +138,7 @@ impl Lab {
         let user = format!("system:serviceaccount:{namespace}:{name}");
         pki::write_kubeconfig(
             &path,
-            &lan_apiserver_url(),
+            &lan_apiserver_url(self.ipv6_only),
             &self.ca.cert,
             &user,
             Credentials::Token(token.trim()),
@@ -235,8 +235,13 @@ impl Lab {
     }
 }
 
-pub(super) fn lan_apiserver_url() -> String {
-    format!("https://{}:6443", plan::apiserver_v4())
+/// The API server as the nodes reach it: over IPv6 in the IPv6-only mode.
+pub(super) fn lan_apiserver_url(ipv6_only: bool) -> String {
+    if ipv6_only {
+        format!("https://[{}]:6443", plan::apiserver_v6())
+    } else {
+        format!("https://{}:6443", plan::apiserver_v4())
+    }
 }
 
 /// A client for a kubeconfig file.

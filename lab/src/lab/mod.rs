@@ -48,6 +48,10 @@ pub struct LabConfig {
     pub prefix: Option<String>,
     /// How often each node renews its Lease, like a kubelet (10 s).
     pub heartbeat: Duration,
+    /// What Kubernetes sees is IPv6 only: Nodes' InternalIPs and pod CIDRs from
+    /// 2001:db8::/64 and 2001:db8:1::/48, Services from an IPv6 range, the API server reached
+    /// over IPv6. (The namespaces keep their IPv4 addresses, unused by the cluster.)
+    pub ipv6_only: bool,
 }
 
 impl LabConfig {
@@ -69,6 +73,7 @@ impl Default for LabConfig {
             pods: vec![1, 2],
             prefix: None,
             heartbeat: Duration::from_secs(10),
+            ipv6_only: false,
         }
     }
 }
@@ -200,6 +205,7 @@ pub struct Lab {
     pub lan_kubeconfig: PathBuf,
     apiserver_args: Vec<String>,
     heartbeat: Duration,
+    ipv6_only: bool,
     _teardown: Teardown,
 }
 
@@ -309,10 +315,18 @@ impl Lab {
         )?;
         let apiserver_args = args(&[
             "--etcd-servers=http://127.0.0.1:2379",
-            "--bind-address=0.0.0.0",
+            // Both families: the IPv6-only mode reaches it over IPv6.
+            "--bind-address=::",
             "--secure-port=6443",
             &format!("--advertise-address={}", plan::apiserver_v4()),
-            &format!("--service-cluster-ip-range={}", plan::SERVICE_CIDRS),
+            &format!(
+                "--service-cluster-ip-range={}",
+                if config.ipv6_only {
+                    plan::SERVICE_CIDR_V6
+                } else {
+                    plan::SERVICE_CIDRS
+                }
+            ),
             &format!("--tls-cert-file={}", serving.cert.display()),
             &format!("--tls-private-key-file={}", serving.key.display()),
             &format!("--client-ca-file={}", ca.cert.display()),
@@ -347,7 +361,7 @@ impl Lab {
         let lan_kubeconfig = dir.join("admin-lan.kubeconfig");
         pki::write_kubeconfig(
             &lan_kubeconfig,
-            &lan_apiserver_url(),
+            &lan_apiserver_url(config.ipv6_only),
             &ca.cert,
             "lab-admin",
             Credentials::Cert(&admin),
@@ -376,6 +390,7 @@ impl Lab {
             lan_kubeconfig,
             apiserver_args,
             heartbeat: config.heartbeat,
+            ipv6_only: config.ipv6_only,
             _teardown: teardown,
         };
         lab.wait_for_apiserver(Duration::from_secs(90)).await?;
@@ -386,7 +401,7 @@ impl Lab {
         let proxy_kubeconfig = dir.join("kube-proxy.kubeconfig");
         pki::write_kubeconfig(
             &proxy_kubeconfig,
-            &lan_apiserver_url(),
+            &lan_apiserver_url(config.ipv6_only),
             &lab.ca.cert,
             "system:kube-proxy",
             Credentials::Cert(&proxy_creds),
@@ -405,6 +420,11 @@ impl Lab {
         lab.wait_for_kube_proxies(Duration::from_secs(60)).await?;
         tracing::info!(%prefix, "lab is up");
         Ok(lab)
+    }
+
+    /// Whether the lab runs in its IPv6-only mode ([`LabConfig::ipv6_only`]).
+    pub fn ipv6_only(&self) -> bool {
+        self.ipv6_only
     }
 
     pub fn client(&self) -> Client {

@@ -41,16 +41,28 @@ impl Lab {
     }
 
     /// Starts capturing ARP and NDP on the LAN bridge (tcpdump, with link-level headers and
-    /// timestamps); stop it with [`Capture::finish`].
+    /// timestamps): what is broadcast or multicast on the LAN (a bridge's own interface does
+    /// not see unicast between its ports). Stop it with [`Capture::finish`].
     pub fn capture_neighbour_traffic(&self, name: &str) -> Result<Capture> {
+        self.capture_neighbour_traffic_on(&self.lan, "br0", name)
+    }
+
+    /// [`Lab::capture_neighbour_traffic`] on `interface` in `ns`: the client's `eth0` also sees
+    /// the answers sent to it.
+    pub fn capture_neighbour_traffic_on(
+        &self,
+        ns: &NetNs,
+        interface: &str,
+        name: &str,
+    ) -> Result<Capture> {
         let log = self.dir.join(format!("capture-{name}.txt"));
         let proc = Proc::spawn(
-            &self.lan,
+            ns,
             &format!("tcpdump-{name}"),
             Path::new("tcpdump"),
             &args(&[
                 "-i",
-                "br0",
+                interface,
                 "-tt",
                 "-e",
                 "-n",

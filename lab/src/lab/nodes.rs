@@ -36,13 +36,15 @@ impl Lab {
             ns.sysctl(key, value)?;
         }
         pod_routes(&ns, i, config.nodes)?;
-        cluster::create_node(
-            &self.client,
-            &name,
-            &[ipv4, ipv6],
-            &[plan::pod_cidr_v4(i), plan::pod_cidr_v6(i)],
-        )
-        .await?;
+        let (published, pod_cidrs) = if config.ipv6_only {
+            (vec![ipv6], vec![plan::pod_cidr_v6(i)])
+        } else {
+            (
+                vec![ipv4, ipv6],
+                vec![plan::pod_cidr_v4(i), plan::pod_cidr_v6(i)],
+            )
+        };
+        cluster::create_node(&self.client, &name, &published, &pod_cidrs).await?;
         let heartbeat = cluster::heartbeat(&self.client, &name, config.heartbeat);
         let kube_proxy = self.start_kube_proxy(&ns, &name, proxy_kubeconfig)?;
         Ok(LabNode {

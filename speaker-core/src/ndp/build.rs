@@ -14,12 +14,17 @@ use crate::ethernet::{ETHERTYPE_IPV6, EthernetHeader, HEADER_LEN};
 
 /// Answer to `solicitation` for its target, which the caller owns, at `our_mac`.
 ///
-/// Sent from the target address itself (the speaker need not hold a link-local address on a
-/// VIP it announces), with Override set so the asker replaces any stale binding. A normal
-/// solicitation gets a unicast reply with Solicited set; a DAD solicitation, whose sender has
-/// no address yet, gets an all-nodes reply with Solicited clear (RFC 4861 §7.2.4), which also
-/// makes the sender's DAD fail.
-pub fn build_advertisement_reply(solicitation: &NeighborSolicitation, our_mac: MacAddr) -> Vec<u8> {
+/// Sent from `our_link_local`, the link-local address of the interface it leaves by: RFC 4861
+/// §7.2.4 wants an address of that interface, and switches with ND inspection drop
+/// advertisements from anything else (the announced address is on no interface). Override is
+/// set so the asker replaces any stale binding. A normal solicitation gets a unicast reply with
+/// Solicited set; a DAD solicitation, whose sender has no address yet, gets an all-nodes reply
+/// with Solicited clear, which also makes the sender's DAD fail.
+pub fn build_advertisement_reply(
+    solicitation: &NeighborSolicitation,
+    our_mac: MacAddr,
+    our_link_local: Ipv6Addr,
+) -> Vec<u8> {
     let (eth_dst, dst, flags) = if solicitation.is_dad() {
         (MacAddr::ipv6_multicast(ALL_NODES), ALL_NODES, FLAG_OVERRIDE)
     } else {
@@ -29,14 +34,27 @@ pub fn build_advertisement_reply(solicitation: &NeighborSolicitation, our_mac: M
             FLAG_SOLICITED | FLAG_OVERRIDE,
         )
     };
-    advertisement(our_mac, eth_dst, solicitation.target, dst, flags)
-}
-
-/// Unsolicited advertisement of `address` at `our_mac` to all nodes, Override set and Solicited
-/// clear: the IPv6 counterpart of a gratuitous ARP, sent on takeover.
-pub fn build_unsolicited_advertisement(our_mac: MacAddr, address: Ipv6Addr) -> Vec<u8> {
     advertisement(
         our_mac,
+        our_link_local,
+        eth_dst,
+        solicitation.target,
+        dst,
+        flags,
+    )
+}
+
+/// Unsolicited advertisement of `address` at `our_mac` to all nodes, from `our_link_local`,
+/// Override set and Solicited clear: the IPv6 counterpart of a gratuitous ARP, sent on
+/// takeover.
+pub fn build_unsolicited_advertisement(
+    our_mac: MacAddr,
+    our_link_local: Ipv6Addr,
+    address: Ipv6Addr,
+) -> Vec<u8> {
+    advertisement(
+        our_mac,
+        our_link_local,
         MacAddr::ipv6_multicast(ALL_NODES),
         address,
         ALL_NODES,
@@ -80,6 +98,7 @@ pub fn build_solicitation(our_mac: MacAddr, src: Ipv6Addr, target: Ipv6Addr) -> 
 
 fn advertisement(
     our_mac: MacAddr,
+    src: Ipv6Addr,
     eth_dst: MacAddr,
     target: Ipv6Addr,
     dst: Ipv6Addr,
@@ -91,7 +110,7 @@ fn advertisement(
         target,
         Some((OPTION_TARGET_LINK_ADDR, our_mac)),
     );
-    packet(our_mac, eth_dst, target, dst, message)
+    packet(our_mac, eth_dst, src, dst, message)
 }
 
 /// An NS or NA body with a zero checksum, and a link-layer address option (its type and the

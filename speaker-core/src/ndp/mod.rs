@@ -25,6 +25,20 @@ pub use build::{
 pub use multicast::{ALL_NODES, is_solicited_node_multicast, solicited_node_multicast};
 pub use parse::parse;
 
+/// The address an interface's Neighbor Discovery messages come from, among its IPv6
+/// addresses: the link-local one, else the first (RFC 4861 wants an address of the sending
+/// interface, and the link-local one is what every host has).
+pub fn source_among(addresses: impl IntoIterator<Item = Ipv6Addr>) -> Option<Ipv6Addr> {
+    let mut first = None;
+    for address in addresses {
+        if address.is_unicast_link_local() {
+            return Some(address);
+        }
+        first = first.or(Some(address));
+    }
+    first
+}
+
 /// Neighbor Discovery packets are only accepted, and only sent, with this hop limit: it proves
 /// they were not forwarded by a router (RFC 4861 §7.1).
 pub const HOP_LIMIT: u8 = 255;

@@ -253,7 +253,11 @@ impl Control {
             ),
             (IpAddr::V6(ip), Packet::Probe) => (vec![ndp::build_dad_solicitation(mac, ip)], None),
             (IpAddr::V6(ip), Packet::Gratuitous) => (
-                vec![ndp::build_unsolicited_advertisement(mac, ip)],
+                vec![ndp::build_unsolicited_advertisement(
+                    mac,
+                    port.ndp_source(ip),
+                    ip,
+                )],
                 Some(&NDP),
             ),
         };

@@ -557,7 +557,7 @@ async fn a_foreign_announcement_is_a_conflict_and_the_address_is_defended() {
     );
     send_raw(
         &foreign,
-        ndp::build_unsolicited_advertisement(mac(50), vip6),
+        ndp::build_unsolicited_advertisement(mac(50), "fe80::50".parse().unwrap(), vip6),
     );
     assert_eq!(
         conflicts_with_host_50(&mut speaker).await,

@@ -55,6 +55,15 @@ impl Link {
         VIRTUAL_PREFIXES.iter().any(|p| self.name.starts_with(p))
     }
 
+    /// Where this interface's Neighbor Advertisements come from: its link-local address, else
+    /// any IPv6 address it holds (RFC 4861 wants an address of the sending interface).
+    pub fn ndp_source(&self) -> Option<std::net::Ipv6Addr> {
+        speaker_core::ndp::source_among(self.addrs.iter().filter_map(|net| match net {
+            IpNetwork::V6(v6) => Some(v6.ip()),
+            IpNetwork::V4(_) => None,
+        }))
+    }
+
     /// Holds an address a LAN could reach it by: any IPv4 one, or a non-link-local IPv6 one.
     fn has_lan_address(&self) -> bool {
         self.addrs.iter().any(|net| match net {
@@ -236,6 +245,18 @@ mod tests {
 
     fn names(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn advertisements_come_from_the_link_local_address() {
+        let eth0 = link("eth0", &["198.51.100.4/24", "2001:db8::4/64", "fe80::1/64"]);
+        assert_eq!(eth0.ndp_source(), Some("fe80::1".parse().unwrap()));
+        let global_only = link("eth1", &["2001:db8::5/64"]);
+        assert_eq!(
+            global_only.ndp_source(),
+            Some("2001:db8::5".parse().unwrap())
+        );
+        assert_eq!(link("eth2", &["203.0.113.4/24"]).ndp_source(), None);
     }
 
     /// A busy node's pods add nothing to what a speaker tells its peers.

@@ -62,6 +62,9 @@ fn filter() -> [SockFilter; 10] {
 struct Shared {
     name: String,
     mac: MacAddr,
+    /// The source of our Neighbor Advertisements (the link-local address), if the interface
+    /// has an IPv6 address at all.
+    ndp_source: Option<Ipv6Addr>,
     /// Addresses to answer requests for on this interface.
     answer: RwLock<BTreeSet<IpAddr>>,
     /// Addresses whose claims by others are reported.
@@ -123,6 +126,7 @@ impl Port {
         let shared = Arc::new(Shared {
             name: link.name.clone(),
             mac: link.mac,
+            ndp_source: link.ndp_source(),
             answer: RwLock::default(),
             watch: RwLock::default(),
             tx: Mutex::new(tx),
@@ -148,6 +152,13 @@ impl Port {
 
     pub fn mac(&self) -> MacAddr {
         self.shared.mac
+    }
+
+    /// Where this interface's Neighbor Advertisements for `target` come from: its link-local
+    /// address, or `target` itself on an interface without IPv6 (which cannot carry an IPv6
+    /// address's traffic anyway).
+    pub fn ndp_source(&self, target: Ipv6Addr) -> Ipv6Addr {
+        self.shared.ndp_source.unwrap_or(target)
     }
 
     /// Sets what to answer and what to watch, joining and leaving solicited-node groups so
@@ -330,7 +341,8 @@ impl Shared {
                 self.metrics.requests_received.get_or_create(&NDP).inc();
                 let ip = IpAddr::V6(solicitation.target);
                 if self.answers(ip) {
-                    let reply = ndp::build_advertisement_reply(&solicitation, self.mac);
+                    let source = self.ndp_source.unwrap_or(solicitation.target);
+                    let reply = ndp::build_advertisement_reply(&solicitation, self.mac, source);
                     self.reply("ndp", ip, solicitation.reply_mac(), &reply);
                 }
             }
