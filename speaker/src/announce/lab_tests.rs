@@ -579,3 +579,44 @@ async fn a_foreign_announcement_is_a_conflict_and_the_address_is_defended() {
     );
     assert_eq!(speaker.metric("ferrolb_speaker_conflicts_total"), 2.0);
 }
+
+/// `frame` as a switch trunk delivers it from VLAN `vlan`: an 802.1Q tag after the MACs.
+fn tagged(mut frame: Vec<u8>, vlan: u16) -> Vec<u8> {
+    let tci = vlan.to_be_bytes();
+    frame.splice(12..12, [0x81, 0x00, tci[0], tci[1]]);
+    frame
+}
+
+/// Issue 10, bug 9: a frame of another VLAN on a trunk is not this LAN's. The kernel takes the
+/// 802.1Q tag off before a packet socket sees the frame, so a host of VLAN 42 announcing the
+/// same addresses (MAC `mac(60)`) read as a conflict here. Its tagged announcements are
+/// dropped; the untagged ones of `mac(50)` that follow are still conflicts, and come first.
+#[tokio::test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
+async fn a_tagged_frame_of_another_vlan_is_no_conflict() {
+    lab::require_lab!();
+    let mut net = Net::new("vl");
+    let speaker_ns = net.host("speaker", 1);
+    let foreign = net.host("foreign", 50);
+    let mut speaker = Speaker::start(&speaker_ns, Config::default());
+    speaker.desire(&[VIP4, VIP6], false);
+    speaker
+        .events_for(&[VIP4, VIP6], |e| matches!(e, Event::Announced { .. }))
+        .await;
+    let (IpAddr::V4(vip4), IpAddr::V6(vip6)) = (ip(VIP4), ip(VIP6)) else {
+        unreachable!()
+    };
+    for from in [mac(60), mac(50)] {
+        let arp = arp::build_gratuitous(from, vip4, ArpOp::Request);
+        let na = ndp::build_unsolicited_advertisement(from, "fe80::60".parse().unwrap(), vip6);
+        let vlan = (from == mac(60)).then_some(42);
+        for frame in [arp, na] {
+            send_raw(&foreign, vlan.map_or(frame.clone(), |v| tagged(frame, v)));
+        }
+    }
+    assert_eq!(
+        conflicts_with_host_50(&mut speaker).await,
+        [ip(VIP4), ip(VIP6)]
+    );
+    assert_eq!(speaker.metric("ferrolb_speaker_conflicts_total"), 2.0);
+}

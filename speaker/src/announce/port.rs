@@ -34,27 +34,38 @@ const WRITE_TIMEOUT: Duration = Duration::from_millis(100);
 /// Pause after a receive error (the link is down, say) before trying again.
 const ERROR_PAUSE: Duration = Duration::from_millis(100);
 
-/// Classic BPF run by the kernel on every frame of the interface: keep ARP and ICMPv6 Neighbor
-/// Solicitations and Advertisements (no extension headers, as Neighbor Discovery uses none),
-/// drop the rest before it is copied to us. Without it an `ETH_P_ALL` socket receives every
-/// frame of a busy node interface.
-fn filter() -> [SockFilter; 10] {
+/// Classic BPF run by the kernel on every frame of the interface: keep untagged ARP and ICMPv6
+/// Neighbor Solicitations and Advertisements (no extension headers, as Neighbor Discovery uses
+/// none), drop the rest before it is copied to us. Without it an `ETH_P_ALL` socket receives
+/// every frame of a busy node interface.
+///
+/// A frame of another VLAN that reaches this interface (a trunk) arrives with its 802.1Q tag
+/// already taken off into the packet's metadata: it would read as this LAN's ARP and make a
+/// false conflict. The first test drops any frame that carried a tag (the kernel's
+/// `vlan_tag_present`); a VLAN the operator wants is its own interface (`eth0.42`), whose
+/// frames carry none.
+fn filter() -> [SockFilter; 12] {
+    const LDW_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
     const LDH_ABS: u16 = 0x28; // BPF_LD | BPF_H | BPF_ABS
     const LDB_ABS: u16 = 0x30; // BPF_LD | BPF_B | BPF_ABS
     const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
     const RET_K: u16 = 0x06; // BPF_RET | BPF_K
-    // Jump offsets count instructions after the next one; ACCEPT is 8 and DROP 9.
+    // SKF_AD_OFF + SKF_AD_VLAN_TAG_PRESENT: an ancillary load, 1 when the frame had a tag.
+    const VLAN_TAG_PRESENT: u32 = 0xffff_f000 + 48;
+    // Jump offsets count instructions after the next one; ACCEPT is 10 and DROP 11.
     [
-        SockFilter::new(LDH_ABS, 0, 0, 12),      // 0: ethertype
-        SockFilter::new(JEQ_K, 6, 0, 0x0806),    // 1: ARP -> 8
-        SockFilter::new(JEQ_K, 0, 6, 0x86dd),    // 2: not IPv6 -> 9
-        SockFilter::new(LDB_ABS, 0, 0, 14 + 6),  // 3: next header
-        SockFilter::new(JEQ_K, 0, 4, 58),        // 4: not ICMPv6 -> 9
-        SockFilter::new(LDB_ABS, 0, 0, 14 + 40), // 5: ICMPv6 type
-        SockFilter::new(JEQ_K, 1, 0, 135),       // 6: solicitation -> 8
-        SockFilter::new(JEQ_K, 0, 1, 136),       // 7: advertisement -> 8, else 9
-        SockFilter::new(RET_K, 0, 0, 0xffff),    // 8: accept (whole frame)
-        SockFilter::new(RET_K, 0, 0, 0),         // 9: drop
+        SockFilter::new(LDW_ABS, 0, 0, VLAN_TAG_PRESENT), // 0: tagged?
+        SockFilter::new(JEQ_K, 0, 9, 0),                  // 1: tagged -> 11
+        SockFilter::new(LDH_ABS, 0, 0, 12),               // 2: ethertype
+        SockFilter::new(JEQ_K, 6, 0, 0x0806),             // 3: ARP -> 10
+        SockFilter::new(JEQ_K, 0, 6, 0x86dd),             // 4: not IPv6 -> 11
+        SockFilter::new(LDB_ABS, 0, 0, 14 + 6),           // 5: next header
+        SockFilter::new(JEQ_K, 0, 4, 58),                 // 6: not ICMPv6 -> 11
+        SockFilter::new(LDB_ABS, 0, 0, 14 + 40),          // 7: ICMPv6 type
+        SockFilter::new(JEQ_K, 1, 0, 135),                // 8: solicitation -> 10
+        SockFilter::new(JEQ_K, 0, 1, 136),                // 9: advertisement -> 10, else 11
+        SockFilter::new(RET_K, 0, 0, 0xffff),             // 10: accept (whole frame)
+        SockFilter::new(RET_K, 0, 0, 0),                  // 11: drop
     ]
 }
 
