@@ -12,6 +12,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use speaker_core::election::NodeName;
 use speaker_core::mac::MacAddr;
@@ -61,6 +62,9 @@ pub struct Metrics {
     pub contested_addresses: Gauge,
     /// Times another speaker was found answering for an address this node owns.
     pub contests: Counter,
+    /// From the owner's loss, as this node's gossip saw it, to this node's first announcement
+    /// of the address.
+    pub takeover_seconds: Histogram,
     /// This speaker's election: one series per address (comparing them across speakers shows
     /// whether they agree).
     pub address_owner: Family<OwnerLabels, Gauge>,
@@ -72,6 +76,9 @@ impl Metrics {
             ownership_changes: Family::default(),
             contested_addresses: Gauge::default(),
             contests: Counter::default(),
+            takeover_seconds: Histogram::new([
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
             address_owner: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("ferrolb");
@@ -89,6 +96,11 @@ impl Metrics {
             "speaker_contests",
             "Times another speaker was found answering for an address this node owns",
             m.contests.clone(),
+        );
+        r.register(
+            "speaker_takeover_seconds",
+            "From the owner's loss as this node's gossip saw it to this node's first announcement of the address",
+            m.takeover_seconds.clone(),
         );
         r.register(
             "speaker_address_owner",
@@ -158,6 +170,9 @@ struct Memory {
     contests: BTreeMap<IpAddr, Contest>,
     /// When the contested addresses were last audited.
     last_audit: Option<tokio::time::Instant>,
+    /// Addresses this node took over because their owner left the membership, since when:
+    /// the takeover's duration ends with the first announcement.
+    taking_over: BTreeMap<IpAddr, tokio::time::Instant>,
 }
 
 /// Another speaker answering for an address this node owns.
@@ -343,6 +358,11 @@ impl Speaker {
         match event {
             announce::Event::Announced { ip, interfaces } => {
                 memory.conflicts.remove(&ip);
+                if let Some(since) = memory.taking_over.remove(&ip) {
+                    self.metrics
+                        .takeover_seconds
+                        .observe(since.elapsed().as_secs_f64());
+                }
                 let before = memory.other_owner.get(&ip);
                 let note = format!(
                     "{ip} is announced from node {} on {}{}",
@@ -449,6 +469,21 @@ impl Speaker {
         let peer_macs: BTreeSet<MacAddr> = view.peer_macs.keys().map(|mac| MacAddr(*mac)).collect();
         self.announcer.set_peer_macs(peer_macs);
 
+        // A takeover from an owner the membership lost: timed until the first announcement.
+        let now = tokio::time::Instant::now();
+        for (ip, d) in &decisions {
+            let before = memory.last.get(ip).and_then(|d| d.owner.as_ref().ok());
+            if d.owner.as_ref().ok() == Some(&self.me)
+                && before.is_some_and(|b| *b != self.me && !live.contains(b))
+            {
+                memory.taking_over.entry(*ip).or_insert(now);
+            }
+        }
+        memory.taking_over.retain(|ip, _| {
+            decisions
+                .get(ip)
+                .is_some_and(|d| d.owner.as_ref().ok() == Some(&self.me))
+        });
         self.count_changes(memory, &decisions);
         self.report(memory, &decisions, &live);
         memory.known.extend(

@@ -546,6 +546,12 @@ async fn hard_death_trials(lab: &mut Lab, api_down: bool, trials: usize) -> Figu
             let ns = lab.client_ns.clone();
             tokio::task::spawn_blocking(move || lab::probe::run(&ns, &config))
         };
+        let takeovers = |text: &str| metric(text, "ferrolb_speaker_takeover_seconds_count");
+        let mut counted_before = vec![];
+        for i in 1..=lab.nodes().len() {
+            let text = lab.speaker_metrics(i).await.unwrap_or_default();
+            counted_before.push(takeovers(&text).unwrap_or(0.0));
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
         lab.kill_node(victim).unwrap();
         let report = probe.await.unwrap().unwrap();
@@ -567,6 +573,13 @@ async fn hard_death_trials(lab: &mut Lab, api_down: bool, trials: usize) -> Figu
             speaker_logs(lab)
         );
         gaps.push(gap.as_secs_f64() * 1000.0);
+        // The successor timed its takeover (ferrolb_speaker_takeover_seconds).
+        let successor = owner_of(lab, vip).await;
+        let text = lab.speaker_metrics(successor).await.unwrap();
+        assert!(
+            takeovers(&text).unwrap_or(0.0) > counted_before[successor - 1],
+            "trial {trial}: node {successor} took {vip} over from node {victim} but timed no takeover:\n{text}"
+        );
         if api_down {
             lab.start_apiserver().await.unwrap();
             lab.restart_kube_proxies().unwrap();
