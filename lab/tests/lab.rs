@@ -129,6 +129,8 @@ async fn schema_manifests_and_rbac_against_the_real_api_server() {
             "controller.replicas=3",
             "--set",
             "handleUnclassed=false",
+            "--set",
+            "speaker.gossip.suspicionMs=400",
         ],
     )
     .await;
@@ -143,6 +145,10 @@ async fn schema_manifests_and_rbac_against_the_real_api_server() {
         "{custom}"
     );
     assert!(!rendered.contains("--handle-unclassed"), "{rendered}");
+    assert!(
+        custom.contains("- --gossip-suspicion-ms=400") && !rendered.contains("--gossip-suspicion"),
+        "{custom}"
+    );
     lab.kubectl_as(
         &lab.lan_kubeconfig,
         &["apply", "--dry-run=server", "-f", "-"],

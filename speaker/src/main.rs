@@ -11,7 +11,7 @@ use common::health::Liveness;
 use common::http::Readiness;
 use prometheus_client::registry::Registry;
 use speaker::announce::{self, Announcer};
-use speaker::membership::{GossipKey, MemberId, Membership, MembershipConfig, Timing};
+use speaker::membership::{GossipKey, MemberId, Membership, MembershipConfig, Overrides, Timing};
 use speaker::report::Reports;
 use speaker::run::{self, Speaker};
 use speaker::view::Stores;
@@ -52,6 +52,19 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     refresh_seconds: u64,
 
+    /// How often each speaker probes another (ms); default 100.
+    #[arg(long)]
+    gossip_probe_period_ms: Option<u64>,
+
+    /// How long a direct probe may take before peers are asked to relay it (ms); default 40.
+    #[arg(long)]
+    gossip_probe_timeout_ms: Option<u64>,
+
+    /// How long a member that failed its probes stays suspect before it is declared down
+    /// (ms); default 150, growing with log10 of the number of nodes above ten.
+    #[arg(long)]
+    gossip_suspicion_ms: Option<u64>,
+
     /// Tests only: on SIGUSR2, make the loop this file names panic or stall.
     #[arg(long, hide = true)]
     test_fault_file: Option<std::path::PathBuf>,
@@ -87,6 +100,17 @@ async fn main() -> anyhow::Result<()> {
     let stores = Stores::start(&client, changed.clone());
     stores.wait_ready().await;
     let gossip_addr = run::gossip_addr(&stores, &args.node_name, args.gossip_port)?;
+    let ms = |v: Option<u64>| v.map(Duration::from_millis);
+    let nodes = stores.gossip_seeds(args.gossip_port).len();
+    let timing = Timing::for_members(
+        nodes,
+        Overrides {
+            probe_period: ms(args.gossip_probe_period_ms),
+            probe_rtt: ms(args.gossip_probe_timeout_ms),
+            suspect_to_down_after: ms(args.gossip_suspicion_ms),
+        },
+    );
+    tracing::info!(nodes, probe_period = ?timing.probe_period, probe_timeout = ?timing.probe_rtt, suspicion = ?timing.suspect_to_down_after, "gossip timing");
 
     let links = announce::scan_links()?;
     // A restarted speaker is a new member (a newer generation), not the ghost of the old one.
@@ -101,7 +125,7 @@ async fn main() -> anyhow::Result<()> {
             macs,
             bind: speaker::membership::bind_addr(gossip_addr),
             key,
-            timing: Timing::default(),
+            timing,
             heartbeat: membership_heartbeat.clone(),
         },
         membership_metrics,

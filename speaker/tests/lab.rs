@@ -955,6 +955,40 @@ async fn speakers_with(lab: &mut Lab, flags: &[&str]) {
     }
 }
 
+/// Issue 10, bug 5: the gossip timing is the operator's to set. A speaker started with a
+/// suspicion of 400 ms gossips with it (its log says so and the cluster forms); a probe timeout
+/// longer than the probe period is refused at start, naming the mistake.
+#[tokio::test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
+async fn gossip_timing_flags_are_used_and_nonsense_is_refused() {
+    lab::require_lab!();
+    let mut lab = Lab::start(LabConfig::with_nodes(2)).await.unwrap();
+    lab.start_speaker_with(&speaker(), 1, &["--gossip-probe-timeout-ms=500"])
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // The whole log: with RUST_BACKTRACE set, a backtrace follows the error.
+    let refused = loop {
+        if lab.speaker_exited(1).is_some() {
+            break std::fs::read_to_string(lab.log_path("speaker-node-1")).unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a probe timeout of 500 ms with a 100 ms period was accepted\n{}",
+            speaker_logs(&lab)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(refused.contains("--gossip-probe-timeout-ms"), "{refused}");
+    speakers_with(&mut lab, &["--gossip-suspicion-ms=400"]).await;
+    let log = std::fs::read_to_string(lab.log_path("speaker-node-1")).unwrap();
+    let used = log
+        .lines()
+        .rfind(|l| l.contains("gossip timing"))
+        .unwrap_or_default();
+    assert!(used.contains("400ms") && !used.contains("500ms"), "{log}");
+}
+
 /// Issue 9, bug 1: a pool entry CEL cannot refuse (an IPv6 range written backwards) used to
 /// make every speaker drop the whole pool, IPv4 included. The good entries must go on being
 /// announced, and a Service that arrives after the bad entry gets announced too.

@@ -35,7 +35,7 @@ use tracing::{Instrument, debug};
 pub use identity::MemberId;
 pub use key::GossipKey;
 pub use metrics::Metrics;
-pub use timing::Timing;
+pub use timing::{Overrides, Timing};
 pub use view::View;
 
 use driver::{Command, Driver};

@@ -72,12 +72,41 @@ impl Default for Timing {
     }
 }
 
+/// What an operator may set of the timing (`None`: derived from the cluster's size).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Overrides {
+    pub probe_period: Option<Duration>,
+    pub probe_rtt: Option<Duration>,
+    pub suspect_to_down_after: Option<Duration>,
+}
+
 impl Timing {
+    /// The timing for a cluster of `members` speakers: the defaults up to ten, then a
+    /// suspicion that grows with log10 of the size (as memberlist's and Lifeguard's do: more
+    /// members, more relays that may be slow, and a refutation needs more hops to reach
+    /// everyone) and more retransmissions (memberlist's 4 * log10(n + 1)). The probe period
+    /// stays: each member is still probed about once a period whatever the size.
+    pub fn for_members(members: usize, overrides: Overrides) -> Timing {
+        let base = Timing::default();
+        let scale = (members.max(1) as f64).log10().max(1.0);
+        let transmissions = (4.0 * ((members + 1) as f64).log10()).ceil() as u8;
+        Timing {
+            probe_period: overrides.probe_period.unwrap_or(base.probe_period),
+            probe_rtt: overrides.probe_rtt.unwrap_or(base.probe_rtt),
+            suspect_to_down_after: overrides
+                .suspect_to_down_after
+                .unwrap_or(base.suspect_to_down_after.mul_f64(scale)),
+            max_transmissions: NonZeroU8::new(transmissions.max(base.max_transmissions.get()))
+                .expect("at least the default"),
+            ..base
+        }
+    }
+
     /// The foca configuration for this timing, or what is inconsistent about it.
     pub(crate) fn foca_config(&self) -> anyhow::Result<foca::Config> {
         ensure!(
             !self.probe_rtt.is_zero() && self.probe_rtt < self.probe_period,
-            "gossip timing: probe_rtt ({:?}) must be non-zero and below probe_period ({:?})",
+            "gossip timing: probe_rtt (--gossip-probe-timeout-ms, {:?}) must be non-zero and below probe_period (--gossip-probe-period-ms, {:?})",
             self.probe_rtt,
             self.probe_period
         );
@@ -127,6 +156,46 @@ mod tests {
     fn defaults_are_a_valid_foca_config() {
         let config = Timing::default().foca_config().unwrap();
         assert_eq!(config.max_packet_size.get(), MAX_DATAGRAM - OVERHEAD);
+    }
+
+    #[test]
+    fn timing_grows_with_the_cluster_and_yields_to_the_operator() {
+        let none = Overrides::default();
+        assert_eq!(Timing::for_members(4, none), Timing::default());
+        assert_eq!(Timing::for_members(10, none), Timing::default());
+        let hundred = Timing::for_members(100, none);
+        assert_eq!(hundred.suspect_to_down_after, Duration::from_millis(300));
+        assert_eq!(hundred.max_transmissions.get(), 9);
+        assert_eq!(hundred.probe_period, Timing::default().probe_period);
+        let thousand = Timing::for_members(1000, none);
+        assert_eq!(thousand.suspect_to_down_after, Duration::from_millis(450));
+        assert_eq!(thousand.max_transmissions.get(), 13);
+        for timing in [hundred, thousand] {
+            timing.foca_config().unwrap();
+        }
+        let set = Overrides {
+            probe_period: Some(Duration::from_millis(200)),
+            probe_rtt: Some(Duration::from_millis(80)),
+            suspect_to_down_after: Some(Duration::from_millis(500)),
+        };
+        let tuned = Timing::for_members(100, set);
+        assert_eq!(
+            (
+                tuned.probe_period,
+                tuned.probe_rtt,
+                tuned.suspect_to_down_after
+            ),
+            (
+                Duration::from_millis(200),
+                Duration::from_millis(80),
+                Duration::from_millis(500)
+            )
+        );
+        let broken = Overrides {
+            probe_rtt: Some(Duration::from_millis(300)),
+            ..set
+        };
+        assert!(Timing::for_members(3, broken).foca_config().is_err());
     }
 
     #[test]
