@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use prometheus_client::registry::Registry;
 
 use crate::health::Liveness;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
 use tokio::net::TcpListener;
 
 /// Whether the process is ready; flipped by the binary, read by `/readyz`.
@@ -26,7 +28,9 @@ impl Readiness {
     }
 }
 
-/// Binds `addr` and serves until the task is dropped.
+/// Binds `addr` and serves until the task is dropped. hyper speaks HTTP/1 (keep-alive,
+/// requests split across reads, any header size within its limits); each connection is
+/// bounded in how long it may take to send its request.
 pub async fn serve(
     addr: SocketAddr,
     registry: Arc<Registry>,
@@ -36,28 +40,25 @@ pub async fn serve(
     let listener = TcpListener::bind(addr).await?;
     tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
     Ok(tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
+        while let Ok((conn, _)) = listener.accept().await {
             let (registry, ready, live) = (registry.clone(), ready.clone(), live.clone());
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let (status, content_type, body) =
+                    respond(request.uri().path(), &registry, &ready, &live);
+                let response = Response::builder()
+                    .status(status)
+                    .header(hyper::header::CONTENT_TYPE, content_type)
+                    .body(Full::new(Bytes::from(body)));
+                async move { response }
+            });
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 2048];
-                let n = match tokio::time::timeout(
-                    std::time::Duration::from_secs(5),
-                    conn.read(&mut buf),
-                )
-                .await
-                {
-                    Ok(Ok(n)) => n,
-                    _ => return,
-                };
-                let request = String::from_utf8_lossy(&buf[..n]);
-                let path = request.split_whitespace().nth(1).unwrap_or("/");
-                let (status, content_type, body) = respond(path, &registry, &ready, &live);
-                let head = format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = conn.write_all(head.as_bytes()).await;
-                let _ = conn.write_all(body.as_bytes()).await;
+                let mut http = hyper::server::conn::http1::Builder::new();
+                http.timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(std::time::Duration::from_secs(5));
+                let served = http.serve_connection(hyper_util::rt::TokioIo::new(conn), service);
+                if let Err(error) = served.await {
+                    tracing::debug!(%error, "metrics connection ended");
+                }
             });
         }
     }))
@@ -68,23 +69,27 @@ fn respond(
     registry: &Registry,
     ready: &Readiness,
     live: &Liveness,
-) -> (&'static str, &'static str, String) {
+) -> (StatusCode, &'static str, String) {
     match path {
         "/metrics" => {
             let mut text = String::new();
             match prometheus_client::encoding::text::encode(&mut text, registry) {
                 Ok(()) => (
-                    "200 OK",
+                    StatusCode::OK,
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
                     text,
                 ),
-                Err(e) => ("500 Internal Server Error", "text/plain", format!("{e}\n")),
+                Err(e) => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    format!("{e}\n"),
+                ),
             }
         }
         "/healthz" => match live.stale().as_slice() {
-            [] => ("200 OK", "text/plain", "ok\n".into()),
+            [] => (StatusCode::OK, "text/plain", "ok\n".into()),
             stale => (
-                "503 Service Unavailable",
+                StatusCode::SERVICE_UNAVAILABLE,
                 "text/plain",
                 stale
                     .iter()
@@ -92,13 +97,13 @@ fn respond(
                     .collect(),
             ),
         },
-        "/readyz" if ready.get() => ("200 OK", "text/plain", "ok\n".into()),
+        "/readyz" if ready.get() => (StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" => (
-            "503 Service Unavailable",
+            StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",
             "not ready\n".into(),
         ),
-        _ => ("404 Not Found", "text/plain", "not found\n".into()),
+        _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
 }
 
@@ -106,6 +111,7 @@ fn respond(
 mod tests {
     use super::*;
     use prometheus_client::metrics::counter::Counter;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test]
     async fn serves_metrics_health_and_readiness() {
@@ -125,9 +131,8 @@ mod tests {
 
         let get = |path: &'static str| async move {
             let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
-            conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-                .await
-                .unwrap();
+            let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            conn.write_all(request.as_bytes()).await.unwrap();
             let mut reply = String::new();
             conn.read_to_string(&mut reply).await.unwrap();
             reply
@@ -150,5 +155,17 @@ mod tests {
         );
         heart.beat();
         assert!(get("/healthz").await.starts_with("HTTP/1.1 200"));
+
+        // A request that arrives in pieces is one request (the first server answered the
+        // first read: "/rea", not found).
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        conn.write_all(b"GET /rea").await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        conn.write_all(b"dyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut reply = String::new();
+        conn.read_to_string(&mut reply).await.unwrap();
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     }
 }
