@@ -28,6 +28,10 @@ impl Readiness {
     }
 }
 
+/// Extra plain-text pages a binary serves beside the standard three: a path and what renders
+/// it (the speaker's `/election`).
+pub type Pages = Vec<(&'static str, Arc<dyn Fn() -> String + Send + Sync>)>;
+
 /// Binds `addr` and serves until the task is dropped. hyper speaks HTTP/1 (keep-alive,
 /// requests split across reads, any header size within its limits); each connection is
 /// bounded in how long it may take to send its request.
@@ -36,15 +40,21 @@ pub async fn serve(
     registry: Arc<Registry>,
     ready: Readiness,
     live: Liveness,
+    pages: Pages,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await?;
+    let pages = Arc::new(pages);
     tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
     Ok(tokio::spawn(async move {
         while let Ok((conn, _)) = listener.accept().await {
             let (registry, ready, live) = (registry.clone(), ready.clone(), live.clone());
+            let pages = pages.clone();
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let (status, content_type, body) =
-                    respond(request.uri().path(), &registry, &ready, &live);
+                let path = request.uri().path();
+                let (status, content_type, body) = match pages.iter().find(|(p, _)| *p == path) {
+                    Some((_, render)) => (StatusCode::OK, "text/plain", render()),
+                    None => respond(path, &registry, &ready, &live),
+                };
                 let response = Response::builder()
                     .status(status)
                     .header(hyper::header::CONTENT_TYPE, content_type)
@@ -125,7 +135,8 @@ mod tests {
         drop(listener);
         let live = Liveness::default();
         let heart = live.register("loop", std::time::Duration::from_millis(50));
-        let _server = serve(addr, Arc::new(registry), ready.clone(), live)
+        let pages: Pages = vec![("/extra", Arc::new(|| "an extra page\n".to_string()))];
+        let _server = serve(addr, Arc::new(registry), ready.clone(), live, pages)
             .await
             .unwrap();
 
@@ -147,6 +158,7 @@ mod tests {
         ready.set(true);
         assert!(get("/readyz").await.starts_with("HTTP/1.1 200"));
         assert!(get("/nope").await.starts_with("HTTP/1.1 404"));
+        assert!(get("/extra").await.ends_with("an extra page\n"));
         tokio::time::sleep(std::time::Duration::from_millis(80)).await;
         let stuck = get("/healthz").await;
         assert!(

@@ -67,6 +67,7 @@ async fn main() -> anyhow::Result<()> {
         Arc::new(registry),
         ready.clone(),
         common::health::Liveness::default(),
+        vec![],
     )
     .await?;
 

@@ -93,8 +93,21 @@ async fn main() -> anyhow::Result<()> {
     let membership_heartbeat = live.register("membership", Duration::from_secs(3));
     let announcer_heartbeat = live.register("announcer", Duration::from_secs(3));
     let heartbeat = live.register("election", Duration::from_secs(10));
-    let _http =
-        common::http::serve(args.metrics_addr, Arc::new(registry), ready.clone(), live).await?;
+    // This speaker's whole election, one line per address, for an operator (and the lab) to
+    // compare across speakers: the metrics carry only what this node owns.
+    let election = Arc::new(std::sync::Mutex::new(String::new()));
+    let page: common::http::Pages = vec![("/election", {
+        let election = election.clone();
+        Arc::new(move || election.lock().expect("not poisoned").clone())
+    })];
+    let _http = common::http::serve(
+        args.metrics_addr,
+        Arc::new(registry),
+        ready.clone(),
+        live,
+        page,
+    )
+    .await?;
 
     let changed = Arc::new(Notify::new());
     let stores = Stores::start(&client, changed.clone());
@@ -158,6 +171,7 @@ async fn main() -> anyhow::Result<()> {
         heartbeat,
         membership_heartbeat,
         announcer_heartbeat,
+        election,
     };
     // Ready once it knows the membership: a speaker that has not heard from its peers yet
     // announces nothing.

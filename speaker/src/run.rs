@@ -48,11 +48,14 @@ pub struct ChangeLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OwnerLabels {
+pub struct AddressLabels {
     pub address: String,
-    /// The owner's node name, or `none`.
-    pub owner: String,
 }
+
+/// How long this speaker's election of an address must stand before a Service condition that
+/// names another announcing node counts as a disagreement (the new owner writes it a moment
+/// after taking over).
+const DISAGREEMENT_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -65,21 +68,24 @@ pub struct Metrics {
     /// From the owner's loss, as this node's gossip saw it, to this node's first announcement
     /// of the address.
     pub takeover_seconds: Histogram,
-    /// This speaker's election: one series per address (comparing them across speakers shows
-    /// whether they agree).
-    pub address_owner: Family<OwnerLabels, Gauge>,
+    /// The addresses this node owns, one series each (removed when it stops owning one).
+    pub owned: Family<AddressLabels, Gauge>,
+    /// Addresses whose Service condition names an announcing node other than the owner this
+    /// speaker elects, after the grace: speakers that disagree.
+    pub disagreements: Gauge,
 }
 
 impl Metrics {
     pub fn register(registry: &mut Registry) -> Metrics {
         let m = Metrics {
             ownership_changes: Family::default(),
+            owned: Family::default(),
+            disagreements: Gauge::default(),
             contested_addresses: Gauge::default(),
             contests: Counter::default(),
             takeover_seconds: Histogram::new([
                 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
             ]),
-            address_owner: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("ferrolb");
         r.register(
@@ -103,9 +109,14 @@ impl Metrics {
             m.takeover_seconds.clone(),
         );
         r.register(
-            "speaker_address_owner",
-            "The owner this speaker elects for each address (1 per address)",
-            m.address_owner.clone(),
+            "speaker_owned_address",
+            "1 for each address this node owns",
+            m.owned.clone(),
+        );
+        r.register(
+            "speaker_election_disagreements",
+            "Addresses whose Service condition names an announcing node other than the owner this speaker elects (after 2 s)",
+            m.disagreements.clone(),
         );
         m
     }
@@ -141,6 +152,8 @@ pub struct Speaker {
     pub heartbeat: common::health::Heartbeat,
     pub membership_heartbeat: common::health::Heartbeat,
     pub announcer_heartbeat: common::health::Heartbeat,
+    /// The text of `/election`: this speaker's owner (or reason for none) per address.
+    pub election: Arc<std::sync::Mutex<String>>,
 }
 
 /// What the loop remembers between elections.
@@ -173,6 +186,8 @@ struct Memory {
     /// Addresses this node took over because their owner left the membership, since when:
     /// the takeover's duration ends with the first announcement.
     taking_over: BTreeMap<IpAddr, tokio::time::Instant>,
+    /// Since when each address has had its current decision.
+    decided_at: BTreeMap<IpAddr, tokio::time::Instant>,
 }
 
 /// Another speaker answering for an address this node owns.
@@ -510,18 +525,58 @@ impl Speaker {
         memory.last = decisions;
     }
 
-    fn count_changes(&self, memory: &Memory, decisions: &BTreeMap<IpAddr, Decision>) {
-        self.metrics.address_owner.clear();
+    fn count_changes(&self, memory: &mut Memory, decisions: &BTreeMap<IpAddr, Decision>) {
+        let now = tokio::time::Instant::now();
+        let owner_of = |d: Option<&Decision>| d.map(|d| d.owner.clone());
         for (ip, d) in decisions {
-            let owner = d.owner.as_ref().map_or("none", |n| n.as_str());
-            self.metrics
-                .address_owner
-                .get_or_create(&OwnerLabels {
-                    address: ip.to_string(),
-                    owner: owner.to_string(),
-                })
-                .set(1);
+            if owner_of(memory.last.get(ip)) != Some(d.owner.clone()) {
+                memory.decided_at.insert(*ip, now);
+            }
         }
+        memory.decided_at.retain(|ip, _| decisions.contains_key(ip));
+        // Only what this node owns, and only series that changed: the metric stays as small
+        // as the node's share, and a scrape never sees it half rebuilt.
+        let owns =
+            |d: Option<&Decision>| d.is_some_and(|d| d.owner.as_ref().ok() == Some(&self.me));
+        for ip in decisions.keys().chain(memory.last.keys()) {
+            let (was, is) = (owns(memory.last.get(ip)), owns(decisions.get(ip)));
+            let labels = AddressLabels {
+                address: ip.to_string(),
+            };
+            if is && !was {
+                self.metrics.owned.get_or_create(&labels).set(1);
+            } else if was && !is {
+                self.metrics.owned.remove(&labels);
+            }
+        }
+        let disagreements = decisions
+            .iter()
+            .filter(|(ip, _)| {
+                memory
+                    .decided_at
+                    .get(*ip)
+                    .is_some_and(|at| now.duration_since(*at) >= DISAGREEMENT_GRACE)
+            })
+            .filter(|(_, d)| {
+                let Ok(owner) = &d.owner else { return false };
+                d.services.iter().any(|key| {
+                    self.stores
+                        .service(key)
+                        .is_some_and(|svc| announced_by(&svc).is_some_and(|w| w != owner.as_str()))
+                })
+            })
+            .count();
+        self.metrics
+            .disagreements
+            .set(i64::try_from(disagreements).unwrap_or(i64::MAX));
+        let text: String = decisions
+            .iter()
+            .map(|(ip, d)| match &d.owner {
+                Ok(owner) => format!("{ip} {}\n", owner.as_str()),
+                Err(why) => format!("{ip} - {}\n", why.reason()),
+            })
+            .collect();
+        *self.election.lock().expect("not poisoned") = text;
         let mine = |owner: Option<&Result<NodeName, NoOwner>>| {
             owner.is_some_and(|o| o.as_ref().ok() == Some(&self.me))
         };
@@ -625,4 +680,17 @@ pub fn gossip_addr(stores: &Stores, node: &str, port: u16) -> anyhow::Result<Soc
     let ip = crate::view::internal_ip(&node_object)
         .with_context(|| format!("Node {node} has no InternalIP address to gossip on"))?;
     Ok(SocketAddr::new(ip, port))
+}
+
+/// The node a Service's `Announced` condition says announces it: the last word of a True
+/// condition's message (the admission policy makes every writer sign it so).
+fn announced_by(svc: &k8s_openapi::api::core::v1::Service) -> Option<&str> {
+    let condition = svc
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == model::service::ANNOUNCED_CONDITION && c.status == "True")?;
+    condition.message.rsplit(' ').next()
 }

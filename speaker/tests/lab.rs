@@ -461,12 +461,14 @@ fn speaker_logs(lab: &Lab) -> String {
         .join("\n")
 }
 
-/// The metric line of a speaker that elects node `owner` for `ip`.
-fn owner_series(lab: &Lab, ip: IpAddr, owner: usize) -> String {
-    format!(
-        "ferrolb_speaker_address_owner{{address=\"{ip}\",owner=\"{}\"}} 1",
-        lab.node(owner).name
-    )
+/// The line of a speaker's `/election` that elects node `owner` for `ip`.
+fn owner_line(lab: &Lab, ip: IpAddr, owner: usize) -> String {
+    format!("{ip} {}", lab.node(owner).name)
+}
+
+/// Node `i`'s speaker's `/election` (empty when it does not answer).
+async fn election(lab: &Lab, i: usize) -> String {
+    lab.speaker_page(i, "/election").await.unwrap_or_default()
 }
 
 /// The owner of `ip` once every speaker elects the same node and that node answers ARP (a
@@ -475,11 +477,10 @@ async fn settled_owner(lab: &Lab, ip: IpAddr) -> usize {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let owner = owner_of(lab, ip).await;
-        let series = owner_series(lab, ip, owner);
+        let line = owner_line(lab, ip, owner);
         let mut agreed = true;
         for i in 1..=lab.nodes().len() {
-            let metrics = lab.speaker_metrics(i).await.unwrap_or_default();
-            agreed &= metrics.lines().any(|l| l == series);
+            agreed &= election(lab, i).await.lines().any(|l| l == line);
         }
         if agreed {
             return owner;
@@ -492,18 +493,18 @@ async fn settled_owner(lab: &Lab, ip: IpAddr) -> usize {
     }
 }
 
-/// Waits until node `i`'s speaker elects node `owner` for `ip` (its address-owner metric).
+/// Waits until node `i`'s speaker elects node `owner` for `ip` (its `/election`).
 async fn elects(lab: &Lab, i: usize, ip: IpAddr, owner: usize) {
-    let series = owner_series(lab, ip, owner);
+    let line = owner_line(lab, ip, owner);
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let metrics = lab.speaker_metrics(i).await.unwrap_or_default();
-        if metrics.lines().any(|l| l == series) {
+        let text = election(lab, i).await;
+        if text.lines().any(|l| l == line) {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "speaker {i} never elected {owner} for {ip}:\n{metrics}"
+            "speaker {i} never elected {owner} for {ip}:\n{text}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -806,6 +807,25 @@ async fn two_nodes_answering_for_one_address_are_reported() {
     let first = settled_owner(&lab, vip).await;
     let contested = |text: &str| metric(text, "ferrolb_speaker_contested_addresses") == Some(1.0);
     assert!(!contested(&lab.speaker_metrics(first).await.unwrap()));
+    // Issue 10, bug 6: a speaker exports what it owns, not every address's owner, and agrees
+    // with the condition the owner wrote.
+    let owned = format!("ferrolb_speaker_owned_address{{address=\"{vip}\"}} 1");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for i in 1..=2 {
+        loop {
+            let text = lab.speaker_metrics(i).await.unwrap();
+            let owns = text.lines().any(|l| l == owned);
+            let agrees = metric(&text, "ferrolb_speaker_election_disagreements") == Some(0.0);
+            if owns == (i == first) && agrees {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {i} (owner {first}):\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
 
     lab.cut_gossip(1, 2, true).unwrap();
     let events = lab

@@ -60,6 +60,20 @@ impl Lab {
         tokio::task::spawn_blocking(move || ns.enter(|| http_get(target, "/metrics"))).await??
     }
 
+    /// The body of `path` served by node `i`'s speaker (its `/election`, say), when it
+    /// answers 200.
+    pub async fn speaker_page(&self, i: usize, path: &'static str) -> Result<String> {
+        let node = self.node(i);
+        let (ns, target) = (node.ns.clone(), SocketAddr::new(node.ipv4, 9651));
+        let reply =
+            tokio::task::spawn_blocking(move || ns.enter(|| http_get(target, path))).await???;
+        let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
+        if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+            anyhow::bail!("{path}: {head}");
+        }
+        Ok(body.to_string())
+    }
+
     /// The status and body of node `i`'s speaker's `/healthz`.
     pub async fn speaker_health(&self, i: usize) -> Result<(u16, String)> {
         let node = self.node(i);

@@ -39,13 +39,17 @@ impl Speaker {
     /// A speaker that peers reach at `me` (port 0: the one its socket gets), bound as the
     /// binary binds it.
     async fn start_at(node: &str, key: &GossipKey, me: SocketAddr) -> Speaker {
+        Speaker::start_timed(node, key, me, Timing::default()).await
+    }
+
+    async fn start_timed(node: &str, key: &GossipKey, me: SocketAddr, timing: Timing) -> Speaker {
         let metrics = Metrics::unregistered();
         let config = MembershipConfig {
             me: MemberId::new(node, me),
             macs: vec![mac_of(node)],
             bind: super::bind_addr(me),
             key: key.clone(),
-            timing: Timing::default(),
+            timing,
             heartbeat: common::health::Liveness::default()
                 .register("membership", Duration::from_secs(1)),
         };
@@ -437,14 +441,26 @@ async fn joined_waits_for_seeds_and_then_for_an_answer() {
 
 /// Soak: five speakers left alone for a while must not declare each other down. Run it on a
 /// loaded machine (`cargo test -p speaker --lib soak -- --ignored --nocapture` next to a CPU
-/// hog) to check the timing's margin against false positives.
+/// hog) to check the timing's margin against false positives; `FERROLB_SOAK_SUSPICION_MS`
+/// and `FERROLB_SOAK_SECONDS` try another suspicion and length.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "takes 30 s; run by hand, ideally under load"]
 async fn soak_stable_cluster_has_no_false_downs() {
     let k = cluster_key();
     let mut speakers = Vec::new();
+    let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+    let timing = Timing {
+        suspect_to_down_after: env("FERROLB_SOAK_SUSPICION_MS").map_or(
+            Timing::default().suspect_to_down_after,
+            Duration::from_millis,
+        ),
+        ..Timing::default()
+    };
+    let seconds = env("FERROLB_SOAK_SECONDS").unwrap_or(30);
+    let localhost: SocketAddr = "127.0.0.1:0".parse().unwrap();
     for i in 0..5 {
-        speakers.push(Speaker::start(&format!("soak-{i}"), &k).await);
+        let name = format!("soak-{i}");
+        speakers.push(Speaker::start_timed(&name, &k, localhost, timing.clone()).await);
     }
     let all: Vec<SocketAddr> = speakers.iter().map(|s| s.addr).collect();
     for s in &speakers {
@@ -455,11 +471,14 @@ async fn soak_stable_cluster_has_no_false_downs() {
     for s in &mut speakers {
         s.wait_for_members(&names).await;
     }
-    sleep(Duration::from_secs(30)).await;
+    sleep(Duration::from_secs(seconds)).await;
     let downs: Vec<u64> = speakers
         .iter()
         .map(|s| s.metrics.changes(Change::Down))
         .collect();
-    eprintln!("member downs seen per speaker over 30 s: {downs:?}");
+    eprintln!(
+        "member downs seen per speaker over {seconds} s with a {:?} suspicion: {downs:?}",
+        timing.suspect_to_down_after
+    );
     assert!(downs.iter().all(|d| *d == 0), "false downs: {downs:?}");
 }
