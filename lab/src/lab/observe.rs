@@ -63,34 +63,26 @@ impl Lab {
     /// The body of `path` served by node `i`'s speaker (its `/election`, say), when it
     /// answers 200.
     pub async fn speaker_page(&self, i: usize, path: &'static str) -> Result<String> {
-        let node = self.node(i);
-        let (ns, target) = (node.ns.clone(), SocketAddr::new(node.ipv4, 9651));
-        let reply =
-            tokio::task::spawn_blocking(move || ns.enter(|| http_get(target, path))).await???;
-        let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
-        if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
-            anyhow::bail!("{path}: {head}");
+        match self.speaker_get(i, path).await? {
+            (200, body) => Ok(body),
+            (status, _) => anyhow::bail!("{path}: HTTP {status}"),
         }
-        Ok(body.to_string())
     }
 
     /// The status and body of node `i`'s speaker's `/healthz`.
     pub async fn speaker_health(&self, i: usize) -> Result<(u16, String)> {
+        self.speaker_get(i, "/healthz").await
+    }
+
+    /// The status and body of `GET path` at node `i`'s speaker.
+    async fn speaker_get(&self, i: usize, path: &'static str) -> Result<(u16, String)> {
         let node = self.node(i);
         let (ns, target) = (node.ns.clone(), SocketAddr::new(node.ipv4, 9651));
-        let reply = tokio::task::spawn_blocking(move || ns.enter(|| http_get(target, "/healthz")))
-            .await???;
-        let status = reply
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .with_context(|| format!("no HTTP status from {target}"))?;
-        let body = reply
-            .split("\r\n\r\n")
-            .nth(1)
-            .unwrap_or_default()
-            .to_string();
-        Ok((status, body))
+        let reply =
+            tokio::task::spawn_blocking(move || ns.enter(|| http_get(target, path))).await???;
+        let status = status_of(&reply).with_context(|| format!("no HTTP status from {target}"))?;
+        let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        Ok((status, body.to_string()))
     }
 
     /// The `/metrics` text of controller replica `replica`.
@@ -118,9 +110,10 @@ fn http_get(target: SocketAddr, path: &str) -> Result<String> {
 
 /// The status code of `GET path` at `target` (plain HTTP).
 pub(super) fn http_status(target: SocketAddr, path: &str) -> Result<u16> {
-    http_get(target, path)?
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("no HTTP status from {target}"))
+    status_of(&http_get(target, path)?).with_context(|| format!("no HTTP status from {target}"))
+}
+
+/// The status code on a reply's first line.
+fn status_of(reply: &str) -> Option<u16> {
+    reply.split_whitespace().nth(1)?.parse().ok()
 }
