@@ -851,6 +851,21 @@ async fn two_nodes_answering_for_one_address_are_reported() {
         !reporting.is_empty(),
         "no speaker counts a contested address"
     );
+    // Each elects itself; the condition names one of them, so the other disagrees.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    'disagreed: loop {
+        for i in 1..=2 {
+            let text = lab.speaker_metrics(i).await.unwrap();
+            if metric(&text, "ferrolb_speaker_election_disagreements").unwrap_or(0.0) >= 1.0 {
+                break 'disagreed;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "two speakers that each own {vip} never disagreed with its condition"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     lab.cut_gossip(1, 2, false).unwrap();
     let owner = owner_of(&lab, vip).await;
