@@ -17,6 +17,7 @@ use super::identity::MemberId;
 use super::key::GossipKey;
 use super::macs::{MacRecord, PeerMacs};
 use super::metrics::{Change, Direction, Metrics};
+use super::seeds::Seeds;
 use super::timers::TimerQueue;
 use super::timing::Timing;
 use super::view::{Joining, View, members_by_node};
@@ -60,8 +61,8 @@ pub(crate) struct Driver {
     peer_macs: PeerMacs,
     runtime: AccumulatingRuntime<MemberId>,
     timers: TimerQueue,
-    /// `None` until the first `set_seeds`.
-    seeds: Option<Vec<SocketAddr>>,
+    /// Whom to announce ourselves to, and when; empty until the first `set_seeds`.
+    seeds: Seeds,
     joining: Joining,
     /// Between `leave()` and `rejoin()`: no timers, no announces, incoming gossip ignored.
     left: bool,
@@ -103,7 +104,7 @@ impl Driver {
             peer_macs: PeerMacs::default(),
             runtime: AccumulatingRuntime::new(),
             timers: TimerQueue::default(),
-            seeds: None,
+            seeds: Seeds::default(),
             joining: Joining::default(),
             left: false,
             connected: false,
@@ -123,7 +124,7 @@ impl Driver {
     /// would).
     pub(crate) async fn run(mut self) {
         let mut buf = vec![0u8; RECV_BUFFER];
-        let mut next_announce = Instant::now() + self.announce_period();
+        let mut next_announce = Instant::now() + self.seed_tick();
         let mut next_macs = Instant::now() + MAC_REFRESH;
         let mut datagram_streak = 0;
         let mut pulse = tokio::time::interval(super::HEARTBEAT);
@@ -147,7 +148,7 @@ impl Driver {
             } else {
                 self.joining.deadline(now)
             };
-            let announce_due = (!self.left && self.seeds.is_some()).then_some(next_announce);
+            let announce_due = (!self.left && self.seeds.is_set()).then_some(next_announce);
             if datagram_streak >= DATAGRAM_BUDGET {
                 datagram_streak = 0;
                 let due = |deadline: Option<Instant>| deadline.is_some_and(|t| t <= now);
@@ -158,8 +159,8 @@ impl Driver {
                     self.publish_view();
                 }
                 if due(announce_due) {
-                    self.announce_to_seeds().await;
-                    next_announce = Instant::now() + self.announce_period();
+                    self.announce_to_due_seeds().await;
+                    next_announce = Instant::now() + self.seed_tick();
                 }
                 continue;
             }
@@ -167,11 +168,7 @@ impl Driver {
                 biased;
                 // A leave must not wait behind anything.
                 command = self.commands.recv() => match command {
-                    Some(command) => {
-                        if self.handle_command(command).await {
-                            next_announce = Instant::now() + self.announce_period();
-                        }
-                    }
+                    Some(command) => self.handle_command(command).await,
                     None => break,
                 },
                 received = self.socket.recv_from(&mut buf) => {
@@ -189,8 +186,8 @@ impl Driver {
                 () = sleep_until_some(timer_due) => self.fire_timers().await,
                 () = sleep_until_some(join_due) => self.publish_view(),
                 () = sleep_until_some(announce_due) => {
-                    self.announce_to_seeds().await;
-                    next_announce = Instant::now() + self.announce_period();
+                    self.announce_to_due_seeds().await;
+                    next_announce = Instant::now() + self.seed_tick();
                 }
                 () = sleep_until(next_macs) => {
                     self.send_macs_to_members().await;
@@ -203,34 +200,33 @@ impl Driver {
         debug!("membership handle dropped; gossip stopped");
     }
 
-    /// Returns whether announces went out (so the periodic ones can wait a full period).
-    async fn handle_command(&mut self, command: Command) -> bool {
+    async fn handle_command(&mut self, command: Command) {
         match command {
-            Command::SetSeeds(mut seeds) => {
-                seeds.sort_unstable();
-                seeds.dedup();
+            Command::SetSeeds(seeds) => {
                 let me = self.foca.identity().addr;
-                let no_other_seeds = seeds.iter().all(|seed| *seed == me);
-                debug!(?seeds, "gossip seeds");
-                self.seeds = Some(seeds);
+                let now = Instant::now();
+                let base = self.announce_period();
+                // The same list again (every watch event of the Nodes brings one) is nothing
+                // to do; a new seed is announced to at once, the others on their schedule.
+                let Some(new) = self.seeds.set(seeds, me, now, base) else {
+                    return;
+                };
+                debug!(?new, "gossip seeds changed");
                 if self.left {
-                    return false;
+                    return;
                 }
                 self.joining
-                    .seeds_set(Instant::now(), no_other_seeds, self.timing.alone_after);
+                    .seeds_set(now, self.seeds.only_me(), self.timing.alone_after);
                 self.publish_view();
-                self.announce_to_seeds().await;
-                true
+                self.announce_to(new).await;
             }
             Command::Leave(done) => {
                 self.leave().await;
                 let _ = done.send(());
-                false
             }
             Command::Rejoin(done) => {
-                let announced = self.rejoin().await;
+                self.rejoin().await;
                 let _ = done.send(());
-                announced
             }
         }
     }
@@ -257,11 +253,10 @@ impl Driver {
         self.publish_view();
     }
 
-    /// Returns whether announces went out.
-    async fn rejoin(&mut self) -> bool {
+    async fn rejoin(&mut self) {
         if !self.left {
             debug!("rejoin without leave: nothing to do");
-            return false;
+            return;
         }
         let me = self.foca.identity().renew();
         info!(generation = me.generation, "rejoining the gossip cluster");
@@ -271,17 +266,16 @@ impl Driver {
         self.left = false;
         self.connected = false;
         self.joining = Joining::default();
-        if let Some(seeds) = &self.seeds {
-            let me = self.foca.identity().addr;
-            let no_other_seeds = seeds.iter().all(|seed| *seed == me);
+        let now = Instant::now();
+        if self.seeds.is_set() {
             self.joining
-                .seeds_set(Instant::now(), no_other_seeds, self.timing.alone_after);
+                .seeds_set(now, self.seeds.only_me(), self.timing.alone_after);
         }
         self.publish_view();
-        self.announce_to_seeds().await;
+        self.seeds.restart(now, self.announce_period());
+        self.announce_to_due_seeds().await;
         // Our record follows our generation: the members learn the new one.
         self.send_macs_to_members().await;
-        self.seeds.is_some()
     }
 
     async fn fire_timers(&mut self) {
@@ -352,21 +346,27 @@ impl Driver {
         }
     }
 
-    /// Announces us to every seed that is not a live member (all of them while we know no
-    /// live peer: foca may still list members from before it was declared down).
-    async fn announce_to_seeds(&mut self) {
+    /// Announces us to the seeds that are due and not live members (all that are due while
+    /// we know no live peer: foca may still list members from before it was declared down).
+    async fn announce_to_due_seeds(&mut self) {
         if self.left {
             return;
         }
-        let Some(seeds) = &self.seeds else { return };
-        let me = self.foca.identity().addr;
-        let members: Vec<SocketAddr> = self.foca.iter_members().map(|m| m.id().addr).collect();
-        let targets: Vec<SocketAddr> = seeds
-            .iter()
-            .copied()
-            .filter(|seed| *seed != me && !(self.connected && members.contains(seed)))
-            .collect();
-        for seed in targets {
+        let members: Vec<SocketAddr> = if self.connected {
+            self.foca.iter_members().map(|m| m.id().addr).collect()
+        } else {
+            vec![]
+        };
+        let due = self
+            .seeds
+            .due(Instant::now(), self.announce_period(), |seed| {
+                members.contains(seed)
+            });
+        self.announce_to(due).await;
+    }
+
+    async fn announce_to(&mut self, seeds: Vec<SocketAddr>) {
+        for seed in seeds {
             let result = self
                 .foca
                 .announce(MemberId::placeholder(seed), &mut self.runtime);
@@ -374,6 +374,12 @@ impl Driver {
         }
     }
 
+    /// How often the seeds' schedule is looked at.
+    fn seed_tick(&self) -> Duration {
+        self.timing.announce_interval / EAGER_ANNOUNCE_FACTOR
+    }
+
+    /// The first wait of a seed's backoff: shorter while we know no live peer.
     fn announce_period(&self) -> Duration {
         if self.connected {
             self.timing.announce_interval
@@ -472,6 +478,7 @@ impl Driver {
             OwnedNotification::Idle => {
                 info!("no other gossip member is alive");
                 self.connected = false;
+                self.seeds.restart(Instant::now(), self.announce_period());
                 false
             }
             OwnedNotification::Defunct => {
@@ -489,6 +496,7 @@ impl Driver {
                 // foca keeps its old roster but waits for a peer to talk to us again; seeds
                 // are announced to eagerly until then.
                 self.connected = false;
+                self.seeds.restart(Instant::now(), self.announce_period());
                 true
             }
         }

@@ -10,7 +10,7 @@
 //! - [`key`], `envelope`: the gossip key and the sealed wire format.
 //! - [`timing`]: SWIM timing and why it detects a dead speaker in a few hundred ms.
 //! - [`view`]: what a caller sees, and when it may believe it (`joined`).
-//! - `driver`: the task; `timers`: foca's timer queue.
+//! - `driver`: the task; `timers`: foca's timer queue; `seeds`: when each seed is announced to.
 
 mod driver;
 pub mod envelope;
@@ -18,6 +18,7 @@ pub mod identity;
 pub mod key;
 pub mod macs;
 pub mod metrics;
+mod seeds;
 mod timers;
 pub mod timing;
 pub mod view;
@@ -113,8 +114,10 @@ impl Membership {
 
     /// The gossip addresses of the speakers to announce ourselves to (node addresses and the
     /// gossip port, one per node, in the family of `me.addr`; ours may be among them). Call
-    /// it whenever the list changes. Seeds that are not members are announced to right away
-    /// and again every `Timing::announce_interval`, so late starters and partitions heal.
+    /// it as often as you like: the same list again does nothing. A seed new to the list is
+    /// announced to at once; seeds that are not members again after `Timing::announce_interval`,
+    /// backing off to four times that while they stay silent, so late starters and partitions
+    /// heal without a node that is gone being sent to on every call.
     pub fn set_seeds(&self, seeds: Vec<SocketAddr>) {
         self.command(Command::SetSeeds(seeds));
     }

@@ -439,6 +439,34 @@ async fn joined_waits_for_seeds_and_then_for_an_answer() {
     assert_eq!(waiting.names().len(), 1);
 }
 
+/// A node without a running speaker is announced to when it becomes a seed and then on a
+/// backoff, not on every `set_seeds`: the speaker calls it on every watch event of the Nodes,
+/// which once sent a burst of announces to every such node each time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeating_the_seed_list_sends_no_announces() {
+    let k = cluster_key();
+    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let speaker = Speaker::start("seeds-repeated", &k).await;
+    let seeds = vec![speaker.addr, silent.local_addr().unwrap()];
+    let started = Instant::now();
+    for _ in 0..100 {
+        speaker.handle.set_seeds(seeds.clone());
+        sleep(Duration::from_millis(3)).await;
+    }
+    // Count what reaches the silent seed in the first 400 ms: less than the first eager
+    // retry (500 ms after the list was set).
+    let mut received = 0;
+    let mut buf = [0u8; 2048];
+    let until = started + Duration::from_millis(400);
+    while let Ok(Ok(_)) = tokio::time::timeout_at(until, silent.recv_from(&mut buf)).await {
+        received += 1;
+    }
+    assert_eq!(
+        received, 1,
+        "announces to a silent seed within 400 ms of 100 calls"
+    );
+}
+
 /// Soak: five speakers left alone for a while must not declare each other down. Run it on a
 /// loaded machine (`cargo test -p speaker --lib soak -- --ignored --nocapture` next to a CPU
 /// hog) to check the timing's margin against false positives; `FERROLB_SOAK_SUSPICION_MS`
