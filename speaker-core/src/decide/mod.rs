@@ -18,7 +18,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use crate::election::{self, ElectionKey, NodeName, ServiceAddresses};
+mod elector;
+
+pub use elector::Elector;
+
+use crate::election::{ElectionKey, NodeName};
 use model::ServiceKey;
 
 /// The label that keeps a node out of external load balancing (also honoured by kube-proxy and
@@ -124,112 +128,28 @@ pub struct Decision {
     pub services: Vec<ServiceKey>,
 }
 
-/// Elects an owner for every address of every Service in `facts`.
+/// Elects an owner for every address of every Service in `facts`: an [`Elector`] run from
+/// nothing.
 pub fn decide(facts: &Facts, live: &BTreeSet<NodeName>) -> BTreeMap<IpAddr, Decision> {
-    let addresses: Vec<ServiceAddresses> = facts
-        .services
-        .iter()
-        .map(|s| ServiceAddresses::new(s.addresses.iter().copied()))
-        .collect();
-    let keys = election::election_keys(&addresses);
-    let mut holders: BTreeMap<IpAddr, Vec<&ServiceFacts>> = BTreeMap::new();
+    let mut elector = Elector::new();
+    for (node, node_facts) in &facts.nodes {
+        elector.set_node(node, Some(node_facts.clone()));
+    }
+    for (address, advertisements) in &facts.advertisements {
+        elector.set_advertisements(*address, advertisements.clone());
+    }
     for service in &facts.services {
-        for address in &service.addresses {
-            holders.entry(*address).or_default().push(service);
-        }
+        elector.set_service(&service.service, Some(service.clone()));
     }
-
-    let mut decisions = BTreeMap::new();
-    for (key, group) in election::group_by_key(&keys) {
-        let owner = group_owner(facts, live, &key, &group, &holders);
-        for address in group {
-            let services = holders[&address]
-                .iter()
-                .map(|s| s.service.clone())
-                .collect();
-            let interfaces = match &owner {
-                Ok(node) => interfaces_for(facts, address, node),
-                Err(_) => None,
-            };
-            decisions.insert(
-                address,
-                Decision {
-                    key,
-                    owner: owner.clone(),
-                    interfaces,
-                    services,
-                },
-            );
-        }
-    }
-    decisions
-}
-
-fn group_owner(
-    facts: &Facts,
-    live: &BTreeSet<NodeName>,
-    key: &ElectionKey,
-    group: &BTreeSet<IpAddr>,
-    holders: &BTreeMap<IpAddr, Vec<&ServiceFacts>>,
-) -> Result<NodeName, NoOwner> {
-    let mut candidates: BTreeSet<NodeName> = live.clone();
-    for address in group {
-        let ads = facts
-            .advertisements
-            .get(address)
-            .filter(|ads| !ads.is_empty())
-            .ok_or(NoOwner::NotAdvertised)?;
-        if candidates.is_empty() {
-            return Err(NoOwner::NoLiveSpeaker);
-        }
-        // A node may announce when any covering advertisement selects it.
-        candidates.retain(|node| {
-            ads.iter()
-                .any(|ad| ad.nodes.as_ref().is_none_or(|n| n.contains(node)))
-        });
-        if candidates.is_empty() {
-            return Err(NoOwner::NoSelectedNode);
-        }
-        candidates.retain(|node| facts.nodes.get(node).is_none_or(|n| !n.excluded));
-        if candidates.is_empty() {
-            return Err(NoOwner::AllExcluded);
-        }
-        // Local Services: a node must have an endpoint of some Local Service on the address, or
-        // kube-proxy drops the traffic it attracts.
-        let local: Vec<&&ServiceFacts> = holders[address].iter().filter(|s| s.local).collect();
-        if !local.is_empty() {
-            candidates.retain(|node| local.iter().any(|s| s.endpoint_nodes.contains(node)));
-            if candidates.is_empty() {
-                return Err(NoOwner::NoReadyEndpoint);
-            }
-        }
-    }
-    let uncordoned: BTreeSet<&NodeName> = candidates
-        .iter()
-        .filter(|node| facts.nodes.get(*node).is_none_or(|n| !n.cordoned))
-        .collect();
-    let pick = if uncordoned.is_empty() {
-        election::owner(key, &candidates)
-    } else {
-        election::owner(key, uncordoned)
-    };
-    Ok(pick.expect("candidates is not empty").clone())
-}
-
-fn interfaces_for(facts: &Facts, address: IpAddr, owner: &NodeName) -> Option<Vec<String>> {
-    let mut union = BTreeSet::new();
-    for ad in facts.advertisements.get(&address)? {
-        if ad.nodes.as_ref().is_some_and(|n| !n.contains(owner)) {
-            continue;
-        }
-        union.extend(ad.interfaces.as_ref()?.iter().cloned());
-    }
-    Some(union.into_iter().collect())
+    elector.set_live(live.clone());
+    elector.settle();
+    elector.decisions().clone()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::election;
 
     fn names(list: &[&str]) -> BTreeSet<NodeName> {
         list.iter().map(|n| NodeName::from(*n)).collect()

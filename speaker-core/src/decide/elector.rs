@@ -1,0 +1,323 @@
+//! The election kept up to date change by change.
+//!
+//! A speaker sees a stream of small changes (one Service, one EndpointSlice, one member) over
+//! thousands of addresses. Electing every address again on each (a SHA-256 per address and
+//! live node) is what the speaker once did, twice a second besides. The [`Elector`] holds the
+//! facts and the decisions, and [`Elector::settle`] elects again only:
+//!
+//! - the groups holding an address whose Service or advertisements changed (regrouped first:
+//!   a change of Service may join or split groups);
+//! - on a member leaving, the groups it owned, and those nobody owns (their reason may change);
+//! - on a member joining, the groups where it is eligible and outranks the owner (one hash per
+//!   group), and those nobody owns;
+//! - everything when a node's facts change (labels, cordon: rare).
+//!
+//! Every node stage of the election is a test of that node alone, so whether a joining node
+//! takes a group over is decided by electing among it and the current owner only.
+//! [`super::decide`] is this same code run from nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use model::ServiceKey;
+
+use super::{Advertisement, Decision, NoOwner, NodeFacts, ServiceFacts};
+use crate::election::{self, ElectionKey, NodeName, ServiceAddresses};
+
+/// The facts, the live members and the decisions, and what changed since the last settle.
+#[derive(Debug, Default)]
+pub struct Elector {
+    nodes: BTreeMap<NodeName, NodeFacts>,
+    services: BTreeMap<ServiceKey, ServiceFacts>,
+    advertisements: BTreeMap<IpAddr, Vec<Advertisement>>,
+    live: BTreeSet<NodeName>,
+    /// The Services holding each address.
+    holders: BTreeMap<IpAddr, BTreeSet<ServiceKey>>,
+    /// The addresses elected under each key.
+    groups: BTreeMap<ElectionKey, BTreeSet<IpAddr>>,
+    decisions: BTreeMap<IpAddr, Decision>,
+    /// Addresses whose Services or advertisements changed since the last settle.
+    touched: BTreeSet<IpAddr>,
+    /// A node's facts changed: every group is elected again.
+    everything: bool,
+    departed: BTreeSet<NodeName>,
+    joined: BTreeSet<NodeName>,
+    /// Groups elected so far (a measure of the work done, for tests and metrics).
+    elected: u64,
+}
+
+impl Elector {
+    pub fn new() -> Elector {
+        Elector::default()
+    }
+
+    /// A Service's facts (`None`: it is gone or holds none of our addresses).
+    pub fn set_service(&mut self, key: &ServiceKey, facts: Option<ServiceFacts>) {
+        let old = self.services.get(key);
+        if old == facts.as_ref() {
+            return;
+        }
+        if let Some(old) = self.services.remove(key) {
+            for address in &old.addresses {
+                self.touched.insert(*address);
+                if let Some(holders) = self.holders.get_mut(address) {
+                    holders.remove(key);
+                    if holders.is_empty() {
+                        self.holders.remove(address);
+                    }
+                }
+            }
+        }
+        if let Some(facts) = facts {
+            for address in &facts.addresses {
+                self.touched.insert(*address);
+                self.holders
+                    .entry(*address)
+                    .or_default()
+                    .insert(key.clone());
+            }
+            self.services.insert(key.clone(), facts);
+        }
+    }
+
+    /// The Services it holds now, to tell deleted ones from the rest after a relist.
+    pub fn services(&self) -> impl Iterator<Item = &ServiceKey> {
+        self.services.keys()
+    }
+
+    /// The advertisements covering an address's pool (empty: none). Kept while a Service
+    /// holds the address.
+    pub fn set_advertisements(&mut self, address: IpAddr, advertisements: Vec<Advertisement>) {
+        if self.advertisements.get(&address) == Some(&advertisements) {
+            return;
+        }
+        self.touched.insert(address);
+        self.advertisements.insert(address, advertisements);
+    }
+
+    /// A node's facts (`None`: the Node is gone).
+    pub fn set_node(&mut self, node: &NodeName, facts: Option<NodeFacts>) {
+        let changed = match facts {
+            Some(facts) => self.nodes.insert(node.clone(), facts.clone()) != Some(facts),
+            None => self.nodes.remove(node).is_some(),
+        };
+        self.everything |= changed;
+    }
+
+    /// The live members, from the gossip.
+    pub fn set_live(&mut self, live: BTreeSet<NodeName>) {
+        for gone in self.live.difference(&live) {
+            if !self.joined.remove(gone) {
+                self.departed.insert(gone.clone());
+            }
+        }
+        for new in live.difference(&self.live) {
+            if !self.departed.remove(new) {
+                self.joined.insert(new.clone());
+            }
+        }
+        self.live = live;
+    }
+
+    pub fn live(&self) -> &BTreeSet<NodeName> {
+        &self.live
+    }
+
+    /// Every address's decision as of the last settle.
+    pub fn decisions(&self) -> &BTreeMap<IpAddr, Decision> {
+        &self.decisions
+    }
+
+    /// Groups elected since this elector was made.
+    pub fn elected(&self) -> u64 {
+        self.elected
+    }
+
+    /// A Service's facts as last set.
+    pub fn service(&self, key: &ServiceKey) -> Option<&ServiceFacts> {
+        self.services.get(key)
+    }
+
+    /// Elects what the changes since the last settle may have changed. Returns the addresses
+    /// whose decision changed, appeared or went away, each with its decision before.
+    pub fn settle(&mut self) -> BTreeMap<IpAddr, Option<Decision>> {
+        let touched = std::mem::take(&mut self.touched);
+        let regrouped = self.regroup(&touched);
+        for address in &touched {
+            if !self.holders.contains_key(address) {
+                self.advertisements.remove(address);
+            }
+        }
+        let mut elect: BTreeSet<ElectionKey> = regrouped;
+        let departed = std::mem::take(&mut self.departed);
+        let joined = std::mem::take(&mut self.joined);
+        if std::mem::take(&mut self.everything) {
+            elect.extend(self.groups.keys().copied());
+        } else if !departed.is_empty() || !joined.is_empty() {
+            for (key, group) in &self.groups {
+                if elect.contains(key) {
+                    continue;
+                }
+                let Some(owner) = group
+                    .first()
+                    .and_then(|address| self.decisions.get(address))
+                    .map(|d| &d.owner)
+                else {
+                    elect.insert(*key);
+                    continue;
+                };
+                let again = match owner {
+                    Err(_) => true,
+                    Ok(owner) if departed.contains(owner) => true,
+                    Ok(owner) => {
+                        !joined.is_empty()
+                            && self.owner(key, group, joined.iter().chain([owner]))
+                                != Ok(owner.clone())
+                    }
+                };
+                if again {
+                    elect.insert(*key);
+                }
+            }
+        }
+
+        let mut changed: BTreeMap<IpAddr, Option<Decision>> = touched
+            .into_iter()
+            .filter(|address| !self.holders.contains_key(address))
+            .filter_map(|address| Some((address, Some(self.decisions.remove(&address)?))))
+            .collect();
+        for key in elect {
+            let Some(group) = self.groups.get(&key) else {
+                continue;
+            };
+            self.elected += 1;
+            let owner = self.owner(&key, group, self.live.iter());
+            for address in group {
+                let decision = Decision {
+                    key,
+                    owner: owner.clone(),
+                    interfaces: match &owner {
+                        Ok(node) => self.interfaces(*address, node),
+                        Err(_) => None,
+                    },
+                    services: self.holders[address].iter().cloned().collect(),
+                };
+                if self.decisions.get(address) != Some(&decision) {
+                    let before = self.decisions.insert(*address, decision);
+                    changed.insert(*address, before);
+                }
+            }
+        }
+        changed
+    }
+
+    /// Keys again the groups of the touched addresses: the Services reachable from them
+    /// through shared addresses (their old groups included, which a change may have split)
+    /// are grouped anew. Returns the keys of the groups that came out.
+    fn regroup(&mut self, touched: &BTreeSet<IpAddr>) -> BTreeSet<ElectionKey> {
+        let mut addresses: BTreeSet<IpAddr> = BTreeSet::new();
+        let mut queue: Vec<IpAddr> = vec![];
+        for address in touched {
+            queue.push(*address);
+            if let Some(decision) = self.decisions.get(address)
+                && let Some(group) = self.groups.get(&decision.key)
+            {
+                queue.extend(group.iter().copied());
+            }
+        }
+        let mut services: BTreeSet<&ServiceKey> = BTreeSet::new();
+        while let Some(address) = queue.pop() {
+            if !addresses.insert(address) {
+                continue;
+            }
+            for key in self.holders.get(&address).into_iter().flatten() {
+                if services.insert(key) {
+                    queue.extend(self.services[key].addresses.iter().copied());
+                }
+            }
+        }
+        for address in &addresses {
+            if let Some(decision) = self.decisions.get(address) {
+                self.groups.remove(&decision.key);
+            }
+        }
+        let held: Vec<ServiceAddresses> = services
+            .iter()
+            .map(|key| ServiceAddresses::new(self.services[*key].addresses.iter().copied()))
+            .collect();
+        let keys = election::election_keys(&held);
+        let groups = election::group_by_key(&keys);
+        let regrouped = groups.keys().copied().collect();
+        self.groups.extend(groups);
+        regrouped
+    }
+
+    /// The owner of a group among `pool` (live nodes), or the first stage that left nobody.
+    fn owner<'a>(
+        &self,
+        key: &ElectionKey,
+        group: &BTreeSet<IpAddr>,
+        pool: impl IntoIterator<Item = &'a NodeName>,
+    ) -> Result<NodeName, NoOwner> {
+        let mut candidates: BTreeSet<&NodeName> = pool.into_iter().collect();
+        for address in group {
+            let ads = self
+                .advertisements
+                .get(address)
+                .filter(|ads| !ads.is_empty())
+                .ok_or(NoOwner::NotAdvertised)?;
+            if candidates.is_empty() {
+                return Err(NoOwner::NoLiveSpeaker);
+            }
+            // A node may announce when any covering advertisement selects it.
+            candidates.retain(|node| {
+                ads.iter()
+                    .any(|ad| ad.nodes.as_ref().is_none_or(|n| n.contains(*node)))
+            });
+            if candidates.is_empty() {
+                return Err(NoOwner::NoSelectedNode);
+            }
+            candidates.retain(|node| self.nodes.get(*node).is_none_or(|n| !n.excluded));
+            if candidates.is_empty() {
+                return Err(NoOwner::AllExcluded);
+            }
+            // Local Services: a node must have an endpoint of some Local Service on the
+            // address, or kube-proxy drops the traffic it attracts.
+            let local: Vec<&ServiceFacts> = self.holders[address]
+                .iter()
+                .map(|key| &self.services[key])
+                .filter(|s| s.local)
+                .collect();
+            if !local.is_empty() {
+                candidates.retain(|node| local.iter().any(|s| s.endpoint_nodes.contains(*node)));
+                if candidates.is_empty() {
+                    return Err(NoOwner::NoReadyEndpoint);
+                }
+            }
+        }
+        let uncordoned: Vec<&NodeName> = candidates
+            .iter()
+            .copied()
+            .filter(|node| self.nodes.get(*node).is_none_or(|n| !n.cordoned))
+            .collect();
+        let pick = if uncordoned.is_empty() {
+            election::owner(key, candidates)
+        } else {
+            election::owner(key, uncordoned)
+        };
+        Ok(pick.expect("candidates is not empty").clone())
+    }
+
+    /// The union of the `interfaces` of the advertisements that cover `address` and select
+    /// `owner`; `None` when one of them leaves it open.
+    fn interfaces(&self, address: IpAddr, owner: &NodeName) -> Option<Vec<String>> {
+        let mut union = BTreeSet::new();
+        for ad in self.advertisements.get(&address)? {
+            if ad.nodes.as_ref().is_some_and(|n| !n.contains(owner)) {
+                continue;
+            }
+            union.extend(ad.interfaces.as_ref()?.iter().cloned());
+        }
+        Some(union.into_iter().collect())
+    }
+}
