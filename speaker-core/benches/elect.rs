@@ -53,16 +53,7 @@ fn facts() -> (Facts, BTreeSet<NodeName>) {
 }
 
 fn settled(facts: &Facts, live: &BTreeSet<NodeName>) -> Elector {
-    let mut elector = Elector::new();
-    for (node, f) in &facts.nodes {
-        elector.set_node(node, Some(f.clone()));
-    }
-    for (ip, ads) in &facts.advertisements {
-        elector.set_advertisements(*ip, ads.clone());
-    }
-    for s in &facts.services {
-        elector.set_service(&s.service, Some(s.clone()));
-    }
+    let mut elector = Elector::with_facts(facts);
     elector.set_live(live.clone());
     elector.settle();
     elector

@@ -21,7 +21,7 @@ use std::net::IpAddr;
 
 use model::ServiceKey;
 
-use super::{Advertisement, Decision, NoOwner, NodeFacts, ServiceFacts};
+use super::{Advertisement, Decision, Facts, NoOwner, NodeFacts, ServiceFacts};
 use crate::election::{self, ElectionKey, NodeName, ServiceAddresses};
 
 /// The facts, the live members and the decisions, and what changed since the last settle.
@@ -49,6 +49,21 @@ pub struct Elector {
 impl Elector {
     pub fn new() -> Elector {
         Elector::default()
+    }
+
+    /// An elector holding `facts`, with nothing settled yet.
+    pub fn with_facts(facts: &Facts) -> Elector {
+        let mut elector = Elector::new();
+        for (node, node_facts) in &facts.nodes {
+            elector.set_node(node, Some(node_facts.clone()));
+        }
+        for (address, advertisements) in &facts.advertisements {
+            elector.set_advertisements(*address, advertisements.clone());
+        }
+        for service in &facts.services {
+            elector.set_service(&service.service, Some(service.clone()));
+        }
+        elector
     }
 
     /// A Service's facts (`None`: it is gone or holds none of our addresses).

@@ -131,16 +131,7 @@ pub struct Decision {
 /// Elects an owner for every address of every Service in `facts`: an [`Elector`] run from
 /// nothing.
 pub fn decide(facts: &Facts, live: &BTreeSet<NodeName>) -> BTreeMap<IpAddr, Decision> {
-    let mut elector = Elector::new();
-    for (node, node_facts) in &facts.nodes {
-        elector.set_node(node, Some(node_facts.clone()));
-    }
-    for (address, advertisements) in &facts.advertisements {
-        elector.set_advertisements(*address, advertisements.clone());
-    }
-    for service in &facts.services {
-        elector.set_service(&service.service, Some(service.clone()));
-    }
+    let mut elector = Elector::with_facts(facts);
     elector.set_live(live.clone());
     elector.settle();
     elector.decisions().clone()
