@@ -3,6 +3,7 @@
 //! The binary wires flags, the API client, the gossip, the announcer and the metrics endpoint
 //! to the speaker's loop in the library.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +17,6 @@ use speaker::report::Reports;
 use speaker::run::{self, Speaker};
 use speaker::view::Stores;
 use speaker_core::election::NodeName;
-use tokio::sync::Notify;
 
 #[derive(Debug, Parser)]
 #[command(name = "ferrolb-speaker", version, about)]
@@ -95,10 +95,13 @@ async fn main() -> anyhow::Result<()> {
     let heartbeat = live.register("election", Duration::from_secs(10));
     // This speaker's whole election, one line per address, for an operator (and the lab) to
     // compare across speakers: the metrics carry only what this node owns.
-    let election = Arc::new(std::sync::Mutex::new(String::new()));
+    let election = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
     let page: common::http::Pages = vec![("/election", {
         let election = election.clone();
-        Arc::new(move || election.lock().expect("not poisoned").clone())
+        Arc::new(move || {
+            let lines = election.lock().expect("not poisoned");
+            lines.values().map(String::as_str).collect::<String>()
+        })
     })];
     let _http = common::http::serve(
         args.metrics_addr,
@@ -109,8 +112,8 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
 
-    let changed = Arc::new(Notify::new());
-    let stores = Stores::start(&client, changed.clone());
+    let (changes_tx, changes) = tokio::sync::mpsc::unbounded_channel();
+    let stores = Stores::start(&client, changes_tx);
     stores.wait_ready().await;
     let gossip_addr = run::gossip_addr(&stores, &args.node_name, args.gossip_port)?;
     let ms = |v: Option<u64>| v.map(Duration::from_millis);
@@ -156,7 +159,7 @@ async fn main() -> anyhow::Result<()> {
         me: NodeName::new(args.node_name.clone()),
         reports: Reports::start(client, stores.clone(), &args.node_name),
         stores,
-        changed,
+        changes,
         membership,
         members,
         announcer,

@@ -1,6 +1,10 @@
-//! The speaker's loop: facts from the watches and live members from the gossip go into the
+//! The speaker's loop: changes from the watches and live members from the gossip go into the
 //! election; what this node owns goes to the announcer; what users should know goes to the
 //! reports. One task owns all the state, so an election never races another.
+//!
+//! Work follows changes: a watch event re-reads the one object it names, and the
+//! [`Elector`] elects only what that can move; only a pool, an advertisement, a relist or a
+//! Node's labels re-read every Service (and elect again only those whose facts differ).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -16,14 +20,15 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use speaker_core::election::NodeName;
 use speaker_core::mac::MacAddr;
-use tokio::sync::Notify;
+use tokio::sync::mpsc;
 
 use crate::announce::{self, Announcer, Desired, Link};
 use crate::membership::{Membership, View};
 use crate::report::{Notice, Reports, Wanted};
-use crate::view::Stores;
-use model::ServiceKey;
-use speaker_core::decide::{self, Decision, NoOwner};
+use crate::view::{Change, Context, Stores};
+use kube::ResourceExt;
+use model::{Labels, ServiceKey};
+use speaker_core::decide::{Decision, Elector, NoOwner, NodeFacts};
 
 /// How often links are rescanned: a changed interface set is picked up within this, and a
 /// gossip interface that went down makes the speaker leave. The loops' heartbeats are checked
@@ -133,7 +138,8 @@ impl Metrics {
 pub struct Speaker {
     pub me: NodeName,
     pub stores: Stores,
-    pub changed: Arc<Notify>,
+    /// What the watches saw change.
+    pub changes: mpsc::UnboundedReceiver<Change>,
     pub membership: Membership,
     pub members: tokio::sync::watch::Receiver<View>,
     pub announcer: Announcer,
@@ -152,8 +158,8 @@ pub struct Speaker {
     pub heartbeat: common::health::Heartbeat,
     pub membership_heartbeat: common::health::Heartbeat,
     pub announcer_heartbeat: common::health::Heartbeat,
-    /// The text of `/election`: this speaker's owner (or reason for none) per address.
-    pub election: Arc<std::sync::Mutex<String>>,
+    /// The lines of `/election`: this speaker's owner (or reason for none) per address.
+    pub election: Arc<std::sync::Mutex<BTreeMap<IpAddr, String>>>,
 }
 
 /// What the loop remembers between elections.
@@ -171,8 +177,21 @@ struct Memory {
     /// Addresses some speaker owned since this one joined: taking one of them over is a
     /// failover or a handover, not a first announcement, so it skips the probe.
     known: BTreeSet<IpAddr>,
-    /// Every address's decision at the last election.
-    last: BTreeMap<IpAddr, Decision>,
+    /// The facts, and every address's decision at the last election.
+    elector: Elector,
+    /// The addresses this node owns.
+    owned: BTreeSet<IpAddr>,
+    /// The Nodes as last read, to tell which of their changes matter.
+    nodes: BTreeMap<String, NodeSeen>,
+    /// The key each Service (by namespace and name) is held under in the elector.
+    service_keys: BTreeMap<(String, String), ServiceKey>,
+    /// The conditions this speaker wants on Services, and the Services whose wanted
+    /// condition must be worked out again (all of them with `report_all`).
+    wanted: BTreeMap<ServiceKey, Wanted>,
+    to_report: BTreeSet<ServiceKey>,
+    report_all: bool,
+    /// When disagreements with the Services' conditions were last counted.
+    last_disagreement_count: Option<tokio::time::Instant>,
     /// The last owner other than this node each address had: whom a takeover is from.
     other_owner: BTreeMap<IpAddr, NodeName>,
     /// Addresses a foreign host answers for, with who.
@@ -188,6 +207,16 @@ struct Memory {
     taking_over: BTreeMap<IpAddr, tokio::time::Instant>,
     /// Since when each address has had its current decision.
     decided_at: BTreeMap<IpAddr, tokio::time::Instant>,
+}
+
+/// What of a Node the election reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct NodeSeen {
+    facts: NodeFacts,
+    /// What advertisements' node selectors read.
+    labels: Labels,
+    /// Where its speaker gossips.
+    gossip_ip: Option<IpAddr>,
 }
 
 /// Another speaker answering for an address this node owns.
@@ -209,8 +238,7 @@ impl Speaker {
             links: announce::scan_links().unwrap_or_default(),
             ..Memory::default()
         };
-        self.membership
-            .set_seeds(self.stores.gossip_seeds(self.gossip_port));
+        self.apply_changes(&mut memory, [Change::AllNodes, Change::AllServices].into());
         let mut shutdown = std::pin::pin!(shutdown);
         let mut link_scan = tokio::time::interval(LINK_SCAN);
         link_scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -221,14 +249,19 @@ impl Speaker {
                 // The failover path: a member died or left.
                 Ok(()) = self.members.changed() => {}
                 Some(event) = self.announcer_events.recv() => self.on_announcer_event(&mut memory, event),
-                // New nodes become gossip seeds as they appear.
-                () = self.changed.notified() => {
-                    self.membership.set_seeds(self.stores.gossip_seeds(self.gossip_port));
+                Some(change) = self.changes.recv() => {
+                    // Everything queued so far, each object read once.
+                    let mut batch = BTreeSet::from([change]);
+                    while let Ok(change) = self.changes.try_recv() {
+                        batch.insert(change);
+                    }
+                    self.apply_changes(&mut memory, batch);
                 }
                 _ = link_scan.tick() => {
                     self.check_loops(&mut memory).await;
                     self.scan_links(&mut memory).await;
                     self.check_contests(&mut memory);
+                    self.count_disagreements(&mut memory);
                 }
             }
             self.heartbeat.beat();
@@ -279,7 +312,8 @@ impl Speaker {
         let me = &self.me;
         let owned = |ip: &IpAddr| {
             memory
-                .last
+                .elector
+                .decisions()
                 .get(ip)
                 .is_some_and(|d| d.owner.as_ref().ok() == Some(me))
         };
@@ -300,12 +334,14 @@ impl Speaker {
                     contest.mac
                 );
                 tracing::error!(%ip, other, mac = %contest.mac, "two owners");
-                for service in memory
-                    .last
+                let services = memory
+                    .elector
+                    .decisions()
                     .get(ip)
                     .map(|d| d.services.clone())
-                    .unwrap_or_default()
-                {
+                    .unwrap_or_default();
+                memory.to_report.extend(services.iter().cloned());
+                for service in services {
                     self.reports.notice(Notice {
                         service,
                         warning: true,
@@ -320,6 +356,7 @@ impl Speaker {
                 && contest.reported
             {
                 tracing::warn!(%ip, "no longer answered by two nodes");
+                memory.report_address(ip);
             }
         }
         self.metrics.contested_addresses.set(
@@ -365,11 +402,19 @@ impl Speaker {
     fn on_announcer_event(&self, memory: &mut Memory, event: announce::Event) {
         let services = |ip: &IpAddr| -> Vec<ServiceKey> {
             memory
-                .last
+                .elector
+                .decisions()
                 .get(ip)
                 .map(|d| d.services.clone())
                 .unwrap_or_default()
         };
+        let ip = match &event {
+            announce::Event::Announced { ip, .. }
+            | announce::Event::Conflict { ip, .. }
+            | announce::Event::Released { ip, .. }
+            | announce::Event::PeerAnswers { ip, .. } => *ip,
+        };
+        memory.to_report.extend(services(&ip));
         match event {
             announce::Event::Announced { ip, interfaces } => {
                 memory.conflicts.remove(&ip);
@@ -437,7 +482,100 @@ impl Speaker {
         }
     }
 
-    /// One election over the current facts and members.
+    /// Reads again what a batch of watch changes names, into the elector.
+    fn apply_changes(&self, memory: &mut Memory, changes: BTreeSet<Change>) {
+        let context = self.stores.context(self.classes);
+        let mut services: BTreeSet<(String, String)> = BTreeSet::new();
+        let mut all_services = false;
+        let mut nodes: BTreeSet<String> = BTreeSet::new();
+        for change in changes {
+            match change {
+                Change::Service { namespace, name } => {
+                    services.insert((namespace, name));
+                }
+                Change::Endpoints { namespace, service } => {
+                    services.insert((namespace, service));
+                }
+                Change::Node(name) => {
+                    nodes.insert(name);
+                }
+                Change::Advertising | Change::AllServices => all_services = true,
+                Change::AllNodes => {
+                    nodes.extend(memory.nodes.keys().cloned());
+                    nodes.extend(self.stores.node_names());
+                }
+            }
+        }
+        let (mut labels_changed, mut seeds_changed) = (false, false);
+        for name in nodes {
+            let seen = self.stores.node(&name).map(|node| NodeSeen {
+                facts: crate::view::node_facts(&node),
+                labels: node.labels().clone(),
+                gossip_ip: crate::view::internal_ip(&node),
+            });
+            let before = memory.nodes.get(&name);
+            labels_changed |= before.map(|b| &b.labels) != seen.as_ref().map(|s| &s.labels);
+            seeds_changed |= before.map(|b| b.gossip_ip) != seen.as_ref().map(|s| s.gossip_ip);
+            memory.elector.set_node(
+                &NodeName::new(name.as_str()),
+                seen.as_ref().map(|s| s.facts.clone()),
+            );
+            match seen {
+                Some(seen) => memory.nodes.insert(name, seen),
+                None => memory.nodes.remove(&name),
+            };
+        }
+        // Which nodes an advertisement selects changes with the Nodes' labels (and with Nodes
+        // coming and going), which only matters when an advertisement selects nodes at all.
+        all_services |= labels_changed && context.selects_nodes();
+        if all_services {
+            let present: BTreeSet<(String, String)> =
+                self.stores.service_names().into_iter().collect();
+            services.extend(memory.service_keys.keys().cloned());
+            services.extend(present);
+        }
+        for (namespace, name) in services {
+            self.read_service(memory, namespace, name, &context);
+        }
+        if seeds_changed {
+            self.membership
+                .set_seeds(self.stores.gossip_seeds(self.gossip_port));
+        }
+    }
+
+    /// One Service into the elector (or out of it, when it is gone or holds none of our
+    /// addresses).
+    fn read_service(
+        &self,
+        memory: &mut Memory,
+        namespace: String,
+        name: String,
+        context: &Context,
+    ) {
+        let input = self.stores.service_input(&namespace, &name, context);
+        let names = (namespace, name);
+        let key = input.as_ref().map(|i| i.facts.service.clone());
+        if let Some(old) = memory.service_keys.get(&names)
+            && Some(old) != key.as_ref()
+        {
+            memory.elector.set_service(old, None);
+        }
+        match input {
+            Some(input) => {
+                for (ip, advertisements) in input.advertisements {
+                    memory.elector.set_advertisements(ip, advertisements);
+                }
+                let key = input.facts.service.clone();
+                memory.elector.set_service(&key, Some(input.facts));
+                memory.service_keys.insert(names, key);
+            }
+            None => {
+                memory.service_keys.remove(&names);
+            }
+        }
+    }
+
+    /// Elects what changed, hands this node's addresses to the announcer and reports.
     fn elect(&self, memory: &mut Memory) {
         let view = self.members.borrow().clone();
         if !view.joined || memory.membership_stuck {
@@ -448,14 +586,19 @@ impl Speaker {
             return;
         }
         let live: BTreeSet<NodeName> = view.members.keys().map(NodeName::new).collect();
-        let facts = self.stores.facts(self.classes);
-        let decisions = decide::decide(&facts, &live);
+        if live != *memory.elector.live() {
+            // Who reports the addresses nobody owns is the first live node.
+            memory.report_all = true;
+        }
+        memory.elector.set_live(live.clone());
+        let changed = memory.elector.settle();
+        self.after_election(memory, &changed, &live);
 
         let mut desired = BTreeMap::new();
-        for (ip, decision) in &decisions {
-            if decision.owner.as_ref().ok() != Some(&self.me) {
+        for ip in &memory.owned {
+            let Some(decision) = memory.elector.decisions().get(ip) else {
                 continue;
-            }
+            };
             let interfaces = announce::choose_interfaces(
                 *ip,
                 decision.interfaces.as_deref(),
@@ -463,15 +606,19 @@ impl Speaker {
                 &memory.links,
             );
             if interfaces.is_empty() {
-                tracing::warn!(%ip, "owned, but no interface to announce it on");
+                if changed.contains_key(ip) {
+                    tracing::warn!(%ip, "owned, but no interface to announce it on");
+                }
                 continue;
             }
             // A takeover from a ferrolb node skips the probe; a first announcement, or one
             // after a reported conflict, does not.
-            let conflict_reported = facts
-                .services
-                .iter()
-                .any(|s| s.conflict_reported && s.addresses.contains(ip));
+            let conflict_reported = decision.services.iter().any(|key| {
+                memory
+                    .elector
+                    .service(key)
+                    .is_some_and(|s| s.conflict_reported)
+            });
             desired.insert(
                 *ip,
                 Desired {
@@ -481,75 +628,112 @@ impl Speaker {
             );
         }
         self.announcer.set_desired(desired);
+        // Known from now on: the next owner takes it over without a probe (after the
+        // desired set above, or a first announcement would skip its probe).
+        memory.known.extend(changed.keys().filter(|ip| {
+            memory
+                .elector
+                .decisions()
+                .get(*ip)
+                .is_some_and(|d| d.owner.is_ok())
+        }));
         let peer_macs: BTreeSet<MacAddr> = view.peer_macs.keys().map(|mac| MacAddr(*mac)).collect();
         self.announcer.set_peer_macs(peer_macs);
-
-        // A takeover from an owner the membership lost: timed until the first announcement.
-        let now = tokio::time::Instant::now();
-        for (ip, d) in &decisions {
-            let before = memory.last.get(ip).and_then(|d| d.owner.as_ref().ok());
-            if d.owner.as_ref().ok() == Some(&self.me)
-                && before.is_some_and(|b| *b != self.me && !live.contains(b))
-            {
-                memory.taking_over.entry(*ip).or_insert(now);
-            }
-        }
-        memory.taking_over.retain(|ip, _| {
-            decisions
-                .get(ip)
-                .is_some_and(|d| d.owner.as_ref().ok() == Some(&self.me))
-        });
-        self.count_changes(memory, &decisions);
-        self.report(memory, &decisions, &live);
-        memory.known.extend(
-            decisions
-                .iter()
-                .filter(|(_, d)| d.owner.is_ok())
-                .map(|(ip, _)| *ip),
-        );
-        for (ip, d) in &decisions {
-            if let Ok(owner) = &d.owner
-                && *owner != self.me
-            {
-                memory.other_owner.insert(*ip, owner.clone());
-            }
-        }
-        memory
-            .other_owner
-            .retain(|ip, _| decisions.contains_key(ip));
-        memory.conflicts.retain(|ip, _| {
-            decisions
-                .get(ip)
-                .is_some_and(|d| d.owner.as_ref().ok() == Some(&self.me))
-        });
-        memory.last = decisions;
+        self.report(memory, &changed, &live);
     }
 
-    fn count_changes(&self, memory: &mut Memory, decisions: &BTreeMap<IpAddr, Decision>) {
+    /// What follows from the addresses whose decision changed: this node's share, takeovers
+    /// timed, metrics, the `/election` page, and the Services to report on.
+    fn after_election(
+        &self,
+        memory: &mut Memory,
+        changed: &BTreeMap<IpAddr, Option<Decision>>,
+        live: &BTreeSet<NodeName>,
+    ) {
         let now = tokio::time::Instant::now();
-        let owner_of = |d: Option<&Decision>| d.map(|d| d.owner.clone());
-        for (ip, d) in decisions {
-            if owner_of(memory.last.get(ip)) != Some(d.owner.clone()) {
-                memory.decided_at.insert(*ip, now);
-            }
-        }
-        memory.decided_at.retain(|ip, _| decisions.contains_key(ip));
-        // Only what this node owns, and only series that changed: the metric stays as small
-        // as the node's share, and a scrape never sees it half rebuilt.
-        let owns =
+        let mine =
             |d: Option<&Decision>| d.is_some_and(|d| d.owner.as_ref().ok() == Some(&self.me));
-        for ip in decisions.keys().chain(memory.last.keys()) {
-            let (was, is) = (owns(memory.last.get(ip)), owns(decisions.get(ip)));
+        let (mut acquired, mut released) = (0, 0);
+        let mut page = self.election.lock().expect("not poisoned");
+        for (ip, before) in changed {
+            let decision = memory.elector.decisions().get(ip);
+            let (was, is) = (mine(before.as_ref()), mine(decision));
             let labels = AddressLabels {
                 address: ip.to_string(),
             };
             if is && !was {
+                acquired += 1;
+                memory.owned.insert(*ip);
+                // Only what this node owns, one series each: the metric stays as small as
+                // the node's share.
                 self.metrics.owned.get_or_create(&labels).set(1);
+                // A takeover from an owner the membership lost: timed until the first
+                // announcement.
+                if before
+                    .as_ref()
+                    .and_then(|d| d.owner.as_ref().ok())
+                    .is_some_and(|b| *b != self.me && !live.contains(b))
+                {
+                    memory.taking_over.entry(*ip).or_insert(now);
+                }
             } else if was && !is {
+                released += 1;
+                memory.owned.remove(ip);
                 self.metrics.owned.remove(&labels);
+                memory.taking_over.remove(ip);
+                memory.conflicts.remove(ip);
+            }
+            let owner_changed = before.as_ref().map(|d| &d.owner) != decision.map(|d| &d.owner);
+            for service in before.iter().chain(decision).flat_map(|d| &d.services) {
+                memory.to_report.insert(service.clone());
+            }
+            match decision {
+                Some(decision) => {
+                    if owner_changed {
+                        memory.decided_at.insert(*ip, now);
+                    }
+                    match &decision.owner {
+                        Ok(owner) => {
+                            if *owner != self.me {
+                                memory.other_owner.insert(*ip, owner.clone());
+                            }
+                            page.insert(*ip, format!("{ip} {}\n", owner.as_str()));
+                        }
+                        Err(why) => {
+                            page.insert(*ip, format!("{ip} - {}\n", why.reason()));
+                        }
+                    }
+                }
+                None => {
+                    memory.decided_at.remove(ip);
+                    memory.other_owner.remove(ip);
+                    page.remove(ip);
+                }
             }
         }
-        let disagreements = decisions
+        if acquired > 0 {
+            self.metrics.count("acquired", acquired);
+        }
+        if released > 0 {
+            self.metrics.count("released", released);
+        }
+    }
+
+    /// Counts the addresses whose Service condition names an announcing node other than
+    /// the owner this speaker elects (past the grace): every [`DISAGREEMENT_GRACE`], not on
+    /// every change, since it reads every address.
+    fn count_disagreements(&self, memory: &mut Memory) {
+        let now = tokio::time::Instant::now();
+        if memory
+            .last_disagreement_count
+            .is_some_and(|at| now.duration_since(at) < DISAGREEMENT_GRACE)
+        {
+            return;
+        }
+        memory.last_disagreement_count = Some(now);
+        let disagreements = memory
+            .elector
+            .decisions()
             .iter()
             .filter(|(ip, _)| {
                 memory
@@ -569,54 +753,36 @@ impl Speaker {
         self.metrics
             .disagreements
             .set(i64::try_from(disagreements).unwrap_or(i64::MAX));
-        let text: String = decisions
-            .iter()
-            .map(|(ip, d)| match &d.owner {
-                Ok(owner) => format!("{ip} {}\n", owner.as_str()),
-                Err(why) => format!("{ip} - {}\n", why.reason()),
-            })
-            .collect();
-        *self.election.lock().expect("not poisoned") = text;
-        let mine = |owner: Option<&Result<NodeName, NoOwner>>| {
-            owner.is_some_and(|o| o.as_ref().ok() == Some(&self.me))
-        };
-        let acquired = decisions
-            .iter()
-            .filter(|(ip, d)| mine(Some(&d.owner)) && !mine(memory.last.get(*ip).map(|d| &d.owner)))
-            .count();
-        let released = memory
-            .last
-            .iter()
-            .filter(|(ip, d)| mine(Some(&d.owner)) && !mine(decisions.get(*ip).map(|d| &d.owner)))
-            .count();
-        if acquired > 0 {
-            self.metrics.count("acquired", acquired);
-        }
-        if released > 0 {
-            self.metrics.count("released", released);
-        }
     }
 
-    /// The conditions of the Services this speaker reports on, and an Event when an address
-    /// becomes unannounced.
+    /// The conditions of the Services this speaker reports on (those whose addresses, or
+    /// what is known of them, changed), and an Event when an address becomes unannounced.
     fn report(
         &self,
-        memory: &Memory,
-        decisions: &BTreeMap<IpAddr, Decision>,
+        memory: &mut Memory,
+        changed: &BTreeMap<IpAddr, Option<Decision>>,
         live: &BTreeSet<NodeName>,
     ) {
-        let reporter_for_unowned = live.first() == Some(&self.me);
-        let mut per_service: BTreeMap<ServiceKey, Vec<(IpAddr, &Decision)>> = BTreeMap::new();
-        for (ip, d) in decisions {
-            for service in &d.services {
-                per_service
-                    .entry(service.clone())
-                    .or_default()
-                    .push((*ip, d));
-            }
+        let services: Vec<ServiceKey> = if std::mem::take(&mut memory.report_all) {
+            memory.to_report.clear();
+            memory.service_keys.values().cloned().collect()
+        } else {
+            std::mem::take(&mut memory.to_report).into_iter().collect()
+        };
+        if services.is_empty() {
+            return;
         }
-        let mut wanted = BTreeMap::new();
-        for (service, addresses) in per_service {
+        let reporter_for_unowned = live.first() == Some(&self.me);
+        let decisions = memory.elector.decisions();
+        for service in services {
+            let addresses: Vec<(IpAddr, &Decision)> = memory
+                .elector
+                .service(&service)
+                .map(|s| s.addresses.as_slice())
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|ip| decisions.get(ip).map(|d| (*ip, d)))
+                .collect();
             let owned_by_me = addresses
                 .iter()
                 .any(|(_, d)| d.owner.as_ref().ok() == Some(&self.me));
@@ -625,6 +791,7 @@ impl Speaker {
                 .filter_map(|(ip, d)| d.owner.as_ref().err().map(|e| (*ip, *e)))
                 .collect();
             if !(owned_by_me || (reporter_for_unowned && !unowned.is_empty())) {
+                memory.wanted.remove(&service);
                 continue;
             }
             let want = if let Some((ip, (interface, mac))) = addresses
@@ -643,10 +810,13 @@ impl Speaker {
             } else if let Some((ip, why)) = unowned.first() {
                 if *why == NoOwner::NotAdvertised {
                     // The controller reports this one, on the Service and the pool.
+                    memory.wanted.remove(&service);
                     continue;
                 }
                 // Once per cause: when the address loses its owner, or the reason changes.
-                let told = memory.last.get(ip).map(|d| &d.owner) == Some(&Err(*why));
+                let told = changed
+                    .get(ip)
+                    .is_none_or(|before| before.as_ref().map(|d| &d.owner) == Some(&Err(*why)));
                 if !told {
                     self.reports.notice(Notice {
                         service: service.clone(),
@@ -666,9 +836,18 @@ impl Speaker {
                     .collect();
                 Wanted::announced(&text.join(" and "), &self.me)
             };
-            wanted.insert(service, want);
+            memory.wanted.insert(service, want);
         }
-        self.reports.set_conditions(wanted);
+        self.reports.set_conditions(memory.wanted.clone());
+    }
+}
+
+impl Memory {
+    /// The Services holding `ip` are reported on again.
+    fn report_address(&mut self, ip: IpAddr) {
+        if let Some(decision) = self.elector.decisions().get(&ip) {
+            self.to_report.extend(decision.services.iter().cloned());
+        }
     }
 }
 

@@ -1,10 +1,10 @@
 //! The speaker's picture of the cluster: reflectors over Services, EndpointSlices, Nodes, pools
-//! and advertisements, and the [`Facts`] the election reads from them.
+//! and advertisements, the [`Change`]s they see, and the facts the election reads from them.
 //!
 //! The stores keep the last state they saw: when the API server goes away the watchers retry
 //! with backoff and the speaker goes on electing, and failing over, from that state.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -17,9 +17,52 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use model::{ClassPolicy, Labels, Pool, ServiceKey, TrafficPolicy};
 use speaker_core::election::NodeName;
-use tokio::sync::Notify;
+use tokio::sync::mpsc;
 
-use speaker_core::decide::{Advertisement, EXCLUDE_LABEL, Facts, NodeFacts, ServiceFacts};
+use speaker_core::decide::{Advertisement, EXCLUDE_LABEL, NodeFacts, ServiceFacts};
+
+/// What a watch event changed, as far as the election cares.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Change {
+    Service {
+        namespace: String,
+        name: String,
+    },
+    /// An EndpointSlice of this Service.
+    Endpoints {
+        namespace: String,
+        service: String,
+    },
+    Node(String),
+    /// A pool or an advertisement: which advertisements cover which addresses.
+    Advertising,
+    /// Services or EndpointSlices were listed anew (at start, or after a broken watch
+    /// resumed, when deletions may have gone unseen): every Service is read again.
+    AllServices,
+    /// Nodes were listed anew: every Node is read again.
+    AllNodes,
+}
+
+/// A Service's share of the election's input: its facts, and the advertisements covering
+/// each of its addresses.
+pub struct ServiceInput {
+    pub facts: ServiceFacts,
+    pub advertisements: BTreeMap<IpAddr, Vec<Advertisement>>,
+}
+
+/// EndpointSlices by the namespace and name of their Service.
+type SlicesByService = BTreeMap<(String, String), Vec<Arc<EndpointSlice>>>;
+
+/// What every Service's input is read against, read once for a batch of changes.
+pub struct Context {
+    pools: Vec<Pool>,
+    advertisements: Vec<model::Advertisement>,
+    nodes: Vec<Arc<Node>>,
+    slices: Vec<Arc<EndpointSlice>>,
+    /// The slices by Service, built the first time a Local Service asks.
+    slices_by_service: std::sync::OnceLock<SlicesByService>,
+    classes: ClassPolicy,
+}
 
 /// The reflectors' stores.
 #[derive(Clone)]
@@ -32,33 +75,54 @@ pub struct Stores {
 }
 
 impl Stores {
-    /// Starts one reflector per kind; `changed` is notified after every event of any of them.
-    pub fn start(client: &Client, changed: Arc<Notify>) -> Stores {
+    /// Starts one reflector per kind; each watch event that matters to the election is sent
+    /// to `changes`.
+    pub fn start(client: &Client, changes: mpsc::UnboundedSender<Change>) -> Stores {
         Stores {
             services: reflect(
                 Api::all(client.clone()),
                 watcher::Config::default(),
-                &changed,
+                &changes,
+                |svc: &Service| Change::Service {
+                    namespace: svc.namespace().unwrap_or_default(),
+                    name: svc.name_any(),
+                },
+                Change::AllServices,
             ),
             slices: reflect(
                 Api::all(client.clone()),
-                watcher::Config::default().labels("kubernetes.io/service-name"),
-                &changed,
+                watcher::Config::default().labels(SERVICE_NAME_LABEL),
+                &changes,
+                |slice: &EndpointSlice| Change::Endpoints {
+                    namespace: slice.namespace().unwrap_or_default(),
+                    service: slice
+                        .labels()
+                        .get(SERVICE_NAME_LABEL)
+                        .cloned()
+                        .unwrap_or_default(),
+                },
+                Change::AllServices,
             ),
             nodes: reflect(
                 Api::all(client.clone()),
                 watcher::Config::default(),
-                &changed,
+                &changes,
+                |node: &Node| Change::Node(node.name_any()),
+                Change::AllNodes,
             ),
             pools: reflect(
                 Api::all(client.clone()),
                 watcher::Config::default(),
-                &changed,
+                &changes,
+                |_: &IPAddressPool| Change::Advertising,
+                Change::Advertising,
             ),
             advertisements: reflect(
                 Api::all(client.clone()),
                 watcher::Config::default(),
-                &changed,
+                &changes,
+                |_: &L2Advertisement| Change::Advertising,
+                Change::Advertising,
             ),
         }
     }
@@ -74,59 +138,80 @@ impl Stores {
         );
     }
 
-    /// The election's input as the stores hold it now, read through the model: the same
-    /// Services, pools and advertisements the controller decides from.
-    pub fn facts(&self, classes: ClassPolicy) -> Facts {
-        let nodes = self.nodes.state();
-        let pools: Vec<Pool> = self
-            .pools
-            .state()
-            .iter()
-            .map(|p| crds::read::pool(p))
-            .collect();
-        let advertisements: Vec<model::Advertisement> = self
-            .advertisements
-            .state()
-            .iter()
-            .map(|ad| crds::read::advertisement(ad))
-            .collect();
-        let slices = self.slices.state();
-
-        let mut facts = Facts {
-            nodes: nodes
+    /// The stores' pools, advertisements, Nodes and EndpointSlices as they are now, read
+    /// through the model: the same pools and advertisements the controller decides from.
+    pub fn context(&self, classes: ClassPolicy) -> Context {
+        Context {
+            pools: self
+                .pools
+                .state()
                 .iter()
-                .map(|n| (NodeName::new(n.name_any()), node_facts(n)))
+                .map(|p| crds::read::pool(p))
                 .collect(),
-            ..Facts::default()
-        };
-        for svc in self.services.state().iter() {
-            let service = crds::read::service(svc);
-            if !service.is_ours(classes) {
+            advertisements: self
+                .advertisements
+                .state()
+                .iter()
+                .map(|ad| crds::read::advertisement(ad))
+                .collect(),
+            nodes: self.nodes.state(),
+            slices: self.slices.state(),
+            slices_by_service: std::sync::OnceLock::new(),
+            classes,
+        }
+    }
+
+    /// Every Service in the store by namespace and name.
+    pub fn service_names(&self) -> Vec<(String, String)> {
+        self.services
+            .state()
+            .iter()
+            .map(|svc| (svc.namespace().unwrap_or_default(), svc.name_any()))
+            .collect()
+    }
+
+    /// The election's input from one Service, if it is ours and holds addresses of our
+    /// pools.
+    pub fn service_input(
+        &self,
+        namespace: &str,
+        name: &str,
+        context: &Context,
+    ) -> Option<ServiceInput> {
+        let svc = self
+            .services
+            .get(&reflector::ObjectRef::new(name).within(namespace))?;
+        let service = crds::read::service(&svc);
+        if !service.is_ours(context.classes) {
+            return None;
+        }
+        let mut addresses = BTreeSet::new();
+        let mut advertisements = BTreeMap::new();
+        for ip in &service.ingress {
+            // Only addresses of our pools are ours to announce; an address two pools share
+            // belongs where the controller recorded it, as it does for the controller.
+            let Some(pool) =
+                model::home_pool(&context.pools, *ip, service.allocated_from.as_deref())
+            else {
                 continue;
-            }
-            let mut addresses = BTreeSet::new();
-            for ip in &service.ingress {
-                // Only addresses of our pools are ours to announce; an address two pools share
-                // belongs where the controller recorded it, as it does for the controller.
-                let Some(pool) = model::home_pool(&pools, *ip, service.allocated_from.as_deref())
-                else {
-                    continue;
-                };
-                addresses.insert(*ip);
-                let covering = advertisements
-                    .iter()
-                    .filter(|ad| ad.covers_pool(&pool.name, &pool.labels))
-                    .map(|ad| advertisement(ad, &nodes))
-                    .collect();
-                facts.advertisements.insert(*ip, covering);
-            }
-            if addresses.is_empty() {
-                continue;
-            }
-            let local = service.traffic_policy == TrafficPolicy::Local;
-            facts.services.push(ServiceFacts {
+            };
+            addresses.insert(*ip);
+            let covering = context
+                .advertisements
+                .iter()
+                .filter(|ad| ad.covers_pool(&pool.name, &pool.labels))
+                .map(|ad| advertisement(ad, &context.nodes))
+                .collect();
+            advertisements.insert(*ip, covering);
+        }
+        if addresses.is_empty() {
+            return None;
+        }
+        let local = service.traffic_policy == TrafficPolicy::Local;
+        Some(ServiceInput {
+            facts: ServiceFacts {
                 endpoint_nodes: if local {
-                    endpoint_nodes(&slices, &service.key)
+                    endpoint_nodes(context.slices_of(&service.key))
                 } else {
                     BTreeSet::new()
                 },
@@ -134,9 +219,9 @@ impl Stores {
                 addresses: addresses.into_iter().collect(),
                 local,
                 conflict_reported: service.conflict_reported,
-            });
-        }
-        facts
+            },
+            advertisements,
+        })
     }
 
     /// Where the other speakers listen: every Node's first InternalIP (IPv4 preferred).
@@ -151,10 +236,12 @@ impl Stores {
 
     /// A Node by name, from the store.
     pub fn node(&self, name: &str) -> Option<Arc<Node>> {
-        self.nodes
-            .state()
-            .into_iter()
-            .find(|n| n.name_any() == name)
+        self.nodes.get(&reflector::ObjectRef::new(name))
+    }
+
+    /// Every Node's name in the store.
+    pub fn node_names(&self) -> Vec<String> {
+        self.nodes.state().iter().map(|n| n.name_any()).collect()
     }
 
     /// A Service by key, from the store; not a later Service of the same name.
@@ -165,13 +252,24 @@ impl Stores {
     }
 }
 
-fn reflect<K>(api: Api<K>, config: watcher::Config, changed: &Arc<Notify>) -> Store<K>
+/// The label that ties an EndpointSlice to its Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// A reflector whose events go to `changes`: `one` for an object applied or deleted,
+/// `relisted` when a (re)list completes.
+fn reflect<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    changes: &mpsc::UnboundedSender<Change>,
+    one: fn(&K) -> Change,
+    relisted: Change,
+) -> Store<K>
 where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
     let (store, writer) = reflector::store::<K>();
-    let changed = changed.clone();
+    let changes = changes.clone();
     let kind = K::kind(&K::DynamicType::default()).to_string();
     let stream = reflector::reflector(
         writer,
@@ -184,11 +282,20 @@ where
         let mut failing = false;
         while let Some(event) = stream.next().await {
             match event {
-                Ok(_) => {
+                Ok(event) => {
                     if std::mem::take(&mut failing) {
                         tracing::info!(kind, "watch is back");
                     }
-                    changed.notify_one();
+                    let change = match &event {
+                        watcher::Event::Apply(object) | watcher::Event::Delete(object) => {
+                            one(object)
+                        }
+                        watcher::Event::InitDone => relisted.clone(),
+                        watcher::Event::Init | watcher::Event::InitApply(_) => continue,
+                    };
+                    if changes.send(change).is_err() {
+                        return;
+                    }
                 }
                 // The store keeps its last state; the speaker goes on from it.
                 Err(e) if !failing => {
@@ -216,7 +323,35 @@ pub fn internal_ip(node: &Node) -> Option<IpAddr> {
         .copied()
 }
 
-fn node_facts(node: &Node) -> NodeFacts {
+impl Context {
+    /// Whether some advertisement picks nodes by label (else the Nodes' labels do not matter
+    /// to the election).
+    pub fn selects_nodes(&self) -> bool {
+        self.advertisements.iter().any(|ad| ad.selects_some_nodes)
+    }
+
+    /// The EndpointSlices of a Service.
+    fn slices_of(&self, service: &ServiceKey) -> &[Arc<EndpointSlice>] {
+        let index = self.slices_by_service.get_or_init(|| {
+            let mut index = SlicesByService::new();
+            for slice in &self.slices {
+                if let Some(name) = slice.labels().get(SERVICE_NAME_LABEL) {
+                    index
+                        .entry((slice.namespace().unwrap_or_default(), name.clone()))
+                        .or_default()
+                        .push(slice.clone());
+                }
+            }
+            index
+        });
+        index
+            .get(&(service.namespace.clone(), service.name.clone()))
+            .map_or(&[], Vec::as_slice)
+    }
+}
+
+/// The election's view of a Node, and the address its speaker gossips on.
+pub fn node_facts(node: &Node) -> NodeFacts {
     let network_unavailable = node
         .status
         .as_ref()
@@ -237,13 +372,9 @@ fn node_facts(node: &Node) -> NodeFacts {
 
 /// Nodes with an endpoint of the Service that is ready, or serving while terminating (its
 /// connections still work, and kube-proxy still uses it when nothing else is ready).
-fn endpoint_nodes(slices: &[Arc<EndpointSlice>], service: &ServiceKey) -> BTreeSet<NodeName> {
+fn endpoint_nodes(slices: &[Arc<EndpointSlice>]) -> BTreeSet<NodeName> {
     slices
         .iter()
-        .filter(|s| {
-            s.namespace().as_deref() == Some(service.namespace.as_str())
-                && s.labels().get("kubernetes.io/service-name") == Some(&service.name)
-        })
         .flat_map(|s| s.endpoints.iter().flatten())
         .filter(|e| {
             let c = e.conditions.clone().unwrap_or_default();
