@@ -620,3 +620,37 @@ async fn a_tagged_frame_of_another_vlan_is_no_conflict() {
     );
     assert_eq!(speaker.metric("ferrolb_speaker_conflicts_total"), 2.0);
 }
+
+/// Issue 10, bug 9: a port's packet sockets are bound to ARP (0x0806) and IPv6 (0x86dd), as
+/// the kernel's own table of packet sockets shows, not to every protocol (`ETH_P_ALL`, 0x0003),
+/// which also hands them a copy of every frame the node sends.
+#[tokio::test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
+async fn the_packet_sockets_receive_only_arp_and_ipv6() {
+    lab::require_lab!();
+    let mut net = Net::new("pk");
+    let speaker_ns = net.host("speaker", 1);
+    let mut speaker = Speaker::start(&speaker_ns, Config::default());
+    speaker.desire(&[VIP4, VIP6], false);
+    speaker
+        .events_for(&[VIP4, VIP6], |e| matches!(e, Event::Announced { .. }))
+        .await;
+    let links = speaker_ns.enter(scan_links).unwrap().unwrap();
+    let index = links.iter().find(|l| l.name == "eth0").unwrap().index;
+    // This thread's namespace's table (`/proc/net` would be the process's).
+    let table = speaker_ns
+        .enter(|| std::fs::read_to_string("/proc/thread-self/net/packet"))
+        .unwrap()
+        .unwrap();
+    // Columns: sk RefCnt Type Proto Iface ...
+    let mut protocols: Vec<&str> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let columns: Vec<&str> = line.split_whitespace().collect();
+            (columns.get(4)?.parse::<u32>().ok()? == index).then_some(columns[3])
+        })
+        .collect();
+    protocols.sort_unstable();
+    assert_eq!(protocols, ["0806", "86dd"], "{table}");
+}

@@ -7,10 +7,11 @@
 //!   with a burst of gratuitous ARPs or unsolicited NAs. A foreign host answering for it is a
 //!   [`Event::Conflict`]; a released address is answered until its successor announces.
 //! - Inside: `machine` decides (no I/O, no clock of its own), `port` owns one interface's
-//!   packet socket and receive thread, `control` wires the two on a thread of its own.
+//!   packet sockets and receive threads, `control` wires the two on a thread of its own.
 //!
-//! Every frame goes through raw `AF_PACKET` sockets (pnet datalink channels, not promiscuous,
-//! with a kernel filter that passes only ARP and Neighbor Discovery). Requests are answered on
+//! Every frame goes through raw `AF_PACKET` sockets (pnet datalink channels, not promiscuous),
+//! two per interface: one bound to ARP, one to IPv6, with a kernel filter that passes only
+//! Neighbor Discovery (and drops other VLANs' frames on both). Requests are answered on
 //! the interface's receive thread, straight from the frame, without a round trip through
 //! async code: this is the failover path.
 //!
