@@ -25,10 +25,9 @@ use crate::view::Stores;
 use model::ServiceKey;
 use speaker_core::decide::{self, Decision, NoOwner};
 
-/// How often links are rescanned: a changed interface set is picked up within this, and a
-/// gossip interface that went down makes the speaker leave. The loops' heartbeats are checked
-/// as often.
-const LINK_SCAN: Duration = Duration::from_millis(500);
+/// How often the loops' heartbeats and the contested addresses are checked. (Links are not
+/// polled: `Speaker::links` changes when the kernel says they do.)
+const CHECK_INTERVAL: Duration = Duration::from_millis(500);
 
 /// A peer still answering for an address this node still owns this long after it was first
 /// heard is a second owner, not a handover in progress.
@@ -138,6 +137,9 @@ pub struct Speaker {
     pub members: tokio::sync::watch::Receiver<View>,
     pub announcer: Announcer,
     pub announcer_events: tokio::sync::mpsc::UnboundedReceiver<announce::Event>,
+    /// The node's interfaces, from [`announce::watch_links`]: a gossip interface that goes
+    /// down makes the speaker leave, and a changed interface set is announced on at once.
+    pub links: tokio::sync::watch::Receiver<Vec<Link>>,
     pub reports: Reports,
     pub metrics: Metrics,
     /// The `--interfaces` flag: interfaces the speaker may ever use (empty: any).
@@ -206,14 +208,14 @@ impl Speaker {
     /// answering until successors have announced (or a bound passes).
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         let mut memory = Memory {
-            links: announce::scan_links().unwrap_or_default(),
+            links: self.links.borrow_and_update().clone(),
             ..Memory::default()
         };
         self.membership
             .set_seeds(self.stores.gossip_seeds(self.gossip_port));
         let mut shutdown = std::pin::pin!(shutdown);
-        let mut link_scan = tokio::time::interval(LINK_SCAN);
-        link_scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut checks = tokio::time::interval(CHECK_INTERVAL);
+        checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
@@ -225,9 +227,12 @@ impl Speaker {
                 () = self.changed.notified() => {
                     self.membership.set_seeds(self.stores.gossip_seeds(self.gossip_port));
                 }
-                _ = link_scan.tick() => {
+                Ok(()) = self.links.changed() => {
+                    let links = self.links.borrow_and_update().clone();
+                    self.on_links(&mut memory, links).await;
+                }
+                _ = checks.tick() => {
                     self.check_loops(&mut memory).await;
-                    self.scan_links(&mut memory).await;
                     self.check_contests(&mut memory);
                 }
             }
@@ -336,10 +341,7 @@ impl Speaker {
         }
     }
 
-    async fn scan_links(&self, memory: &mut Memory) {
-        let Ok(links) = announce::scan_links() else {
-            return;
-        };
+    async fn on_links(&self, memory: &mut Memory, links: Vec<Link>) {
         let gossip_up = links
             .iter()
             .find(|l| l.addrs.iter().any(|a| a.ip() == self.gossip_addr.ip()))
