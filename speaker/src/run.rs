@@ -208,9 +208,12 @@ impl Speaker {
     /// answering until successors have announced (or a bound passes).
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         let mut memory = Memory {
-            links: self.links.borrow_and_update().clone(),
+            links: self.links.borrow().clone(),
             ..Memory::default()
         };
+        // The first turn looks at the links as they are, as every change does: a gossip
+        // interface already down is left at once.
+        self.links.mark_changed();
         self.membership
             .set_seeds(self.stores.gossip_seeds(self.gossip_port));
         let mut shutdown = std::pin::pin!(shutdown);
