@@ -47,12 +47,12 @@ const ETH_P_IPV6: u16 = 0x86dd;
 ///
 /// A frame of another VLAN that reaches this interface (a trunk) would read as this LAN's ARP
 /// and make a false conflict. A socket bound to one protocol gets it with its 802.1Q tag
-/// already taken off and, when no VLAN interface claims it, marked `PACKET_OTHERHOST`: the
-/// kernel clears the tag before protocol handlers see the frame. So frames for another host are
-/// dropped (they reach us only from a promiscuous NIC or a flooding switch, and were never
-/// ours to answer); a frame that still has its tag (`vlan_tag_present`, left on by DSA switch
-/// ports) is dropped too. A VLAN the operator wants is its own interface (`eth0.42`), whose
-/// frames carry neither.
+/// already cleared and, when no VLAN interface claims it, marked `PACKET_OTHERHOST` (seen in
+/// the lab: the tagged-frame test fails without that test). So frames for another host are
+/// dropped: they reach us only from a promiscuous NIC or a flooding switch, and were never
+/// ours to answer. A frame whose tag the kernel left in place (`vlan_tag_present`) is dropped
+/// too. A VLAN the operator wants is its own interface (`eth0.42`), whose frames carry
+/// neither.
 fn filter() -> [SockFilter; 14] {
     const LDW_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
     const LDH_ABS: u16 = 0x28; // BPF_LD | BPF_H | BPF_ABS
