@@ -128,10 +128,11 @@ async fn main() -> anyhow::Result<()> {
     );
     tracing::info!(nodes, probe_period = ?timing.probe_period, probe_timeout = ?timing.probe_rtt, suspicion = ?timing.suspect_to_down_after, "gossip timing");
 
-    let links = announce::scan_links()?;
+    // Before the announcer and the loop, which both follow it.
+    let links = announce::watch_links()?;
     // A restarted speaker is a new member (a newer generation), not the ghost of the old one.
     let me = MemberId::new(args.node_name.clone(), gossip_addr);
-    let macs = announce::announce_macs(&links, &args.interfaces)
+    let macs = announce::announce_macs(&links.borrow(), &args.interfaces)
         .into_iter()
         .map(|mac| mac.0)
         .collect();
@@ -154,6 +155,7 @@ async fn main() -> anyhow::Result<()> {
         },
         announcer_metrics,
         announcer_heartbeat.clone(),
+        links.clone(),
     );
     let speaker = Speaker {
         me: NodeName::new(args.node_name.clone()),
@@ -164,6 +166,7 @@ async fn main() -> anyhow::Result<()> {
         members,
         announcer,
         announcer_events,
+        links,
         metrics,
         allowed_interfaces: args.interfaces,
         classes: model::ClassPolicy {

@@ -30,10 +30,9 @@ use kube::ResourceExt;
 use model::{Labels, ServiceKey};
 use speaker_core::decide::{Decision, Elector, NoOwner, NodeFacts};
 
-/// How often links are rescanned: a changed interface set is picked up within this, and a
-/// gossip interface that went down makes the speaker leave. The loops' heartbeats are checked
-/// as often.
-const LINK_SCAN: Duration = Duration::from_millis(500);
+/// How often the loops' heartbeats and the contested addresses are checked. (Links are not
+/// polled: `Speaker::links` changes when the kernel says they do.)
+const CHECK_INTERVAL: Duration = Duration::from_millis(500);
 
 /// A peer still answering for an address this node still owns this long after it was first
 /// heard is a second owner, not a handover in progress.
@@ -144,6 +143,9 @@ pub struct Speaker {
     pub members: tokio::sync::watch::Receiver<View>,
     pub announcer: Announcer,
     pub announcer_events: tokio::sync::mpsc::UnboundedReceiver<announce::Event>,
+    /// The node's interfaces, from [`announce::watch_links`]: a gossip interface that goes
+    /// down makes the speaker leave, and a changed interface set is announced on at once.
+    pub links: tokio::sync::watch::Receiver<Vec<Link>>,
     pub reports: Reports,
     pub metrics: Metrics,
     /// The `--interfaces` flag: interfaces the speaker may ever use (empty: any).
@@ -235,13 +237,16 @@ impl Speaker {
     /// answering until successors have announced (or a bound passes).
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         let mut memory = Memory {
-            links: announce::scan_links().unwrap_or_default(),
+            links: self.links.borrow().clone(),
             ..Memory::default()
         };
         self.apply_changes(&mut memory, [Change::AllNodes, Change::AllServices].into());
+        // The first turn looks at the links as they are, as every change does: a gossip
+        // interface already down is left at once.
+        self.links.mark_changed();
         let mut shutdown = std::pin::pin!(shutdown);
-        let mut link_scan = tokio::time::interval(LINK_SCAN);
-        link_scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut checks = tokio::time::interval(CHECK_INTERVAL);
+        checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
@@ -257,9 +262,12 @@ impl Speaker {
                     }
                     self.apply_changes(&mut memory, batch);
                 }
-                _ = link_scan.tick() => {
+                Ok(()) = self.links.changed() => {
+                    let links = self.links.borrow_and_update().clone();
+                    self.on_links(&mut memory, links).await;
+                }
+                _ = checks.tick() => {
                     self.check_loops(&mut memory).await;
-                    self.scan_links(&mut memory).await;
                     self.check_contests(&mut memory);
                     self.count_disagreements(&mut memory);
                 }
@@ -373,10 +381,7 @@ impl Speaker {
         }
     }
 
-    async fn scan_links(&self, memory: &mut Memory) {
-        let Ok(links) = announce::scan_links() else {
-            return;
-        };
+    async fn on_links(&self, memory: &mut Memory, links: Vec<Link>) {
         let gossip_up = links
             .iter()
             .find(|l| l.addrs.iter().any(|a| a.ip() == self.gossip_addr.ip()))

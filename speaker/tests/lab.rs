@@ -979,6 +979,39 @@ async fn sigterm_cordon_and_exclude_hand_over_without_losing_connections() {
     report_figures(&format!("FIGURES handover:\n{}", lines.join("\n")));
 }
 
+/// Issue 10, bug 9: the speaker hears of its links from the kernel's notifications, not from a
+/// poll. A gossip interface down for 100 ms makes its speaker leave the membership and rejoin,
+/// every time; a poll every 500 ms would see about one such flap in five.
+#[tokio::test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
+async fn a_gossip_link_down_for_100_ms_is_noticed_every_time() {
+    lab::require_lab!();
+    let lab = lab_with_speakers(LabConfig::with_nodes(2)).await;
+    let log_path = lab.log_path("speaker-node-2");
+    for flap in 1..=3 {
+        lab.set_link(2, false).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        lab.set_link(2, true).unwrap();
+        // The speaker says so as it leaves, and as it rejoins.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = std::fs::read_to_string(&log_path).unwrap();
+            let left = log.matches("is down: leaving the membership").count();
+            let rejoined = log.matches("is up: rejoining").count();
+            if (left, rejoined) == (flap, flap) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "flap {flap}: left {left} and rejoined {rejoined} times\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        members_become(&lab, 1, 2).await;
+        members_become(&lab, 2, 2).await;
+    }
+}
+
 /// Speakers on every node of a default lab, started with `flags`, once they see each other.
 async fn speakers_with(lab: &mut Lab, flags: &[&str]) {
     let nodes = lab.nodes().len();

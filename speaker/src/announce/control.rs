@@ -15,7 +15,7 @@ use speaker_core::ndp;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
-use super::links::{Link, scan_links};
+use super::links::Link;
 use super::metrics::{ARP, NDP};
 use super::port::Port;
 use super::{Config, Desired, Event, Metrics};
@@ -40,7 +40,9 @@ pub(crate) struct Control {
     input: Sender<Input>,
     events: mpsc::UnboundedSender<Event>,
     answering: watch::Sender<BTreeSet<IpAddr>>,
+    /// The interfaces as the link watch last saw them, and the watch.
     links: Vec<Link>,
+    link_watch: watch::Receiver<Vec<Link>>,
     ports: BTreeMap<String, Port>,
     /// Interfaces that could not be opened since the last scan: retried after the next one,
     /// not on every tick.
@@ -52,6 +54,7 @@ pub(crate) struct Control {
 }
 
 impl Control {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: Config,
         metrics: Metrics,
@@ -60,6 +63,7 @@ impl Control {
         answering: watch::Sender<BTreeSet<IpAddr>>,
         muted: Arc<AtomicBool>,
         heartbeat: common::health::Heartbeat,
+        link_watch: watch::Receiver<Vec<Link>>,
     ) -> Control {
         Control {
             machine: Machine::new(config),
@@ -68,6 +72,7 @@ impl Control {
             events,
             answering,
             links: Vec::new(),
+            link_watch,
             ports: BTreeMap::new(),
             unopenable: BTreeSet::new(),
             release_waiters: Vec::new(),
@@ -124,13 +129,11 @@ impl Control {
         debug!("announcer stopped");
     }
 
-    /// Reads the interfaces again, and closes ports whose interface went away or changed
-    /// (a re-created interface has a new index): they are reopened if still needed.
+    /// Takes the interfaces as the link watch last saw them, and closes ports whose interface
+    /// went away or changed (a re-created interface has a new index): they are reopened if
+    /// still needed.
     fn rescan(&mut self) {
-        match scan_links() {
-            Ok(links) => self.links = links,
-            Err(error) => warn!(%error, "cannot list network interfaces"),
-        }
+        self.links = self.link_watch.borrow_and_update().clone();
         let own = self
             .links
             .iter()

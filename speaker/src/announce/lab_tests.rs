@@ -27,7 +27,9 @@ use speaker_core::arp::{self, ArpOp};
 use speaker_core::ndp;
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use super::{Announcer, Config, Desired, Event, Metrics, choose_interfaces, scan_links};
+use super::{
+    Announcer, Config, Desired, Event, Metrics, choose_interfaces, scan_links, watch_links,
+};
 
 const VIP4: &str = "192.0.2.10";
 const VIP6: &str = "2001:db8::10";
@@ -190,7 +192,7 @@ impl Speaker {
         let heartbeat =
             common::health::Liveness::default().register("announcer", Duration::from_secs(1));
         let (announcer, events) = ns
-            .enter(move || Announcer::start(config, metrics, heartbeat))
+            .enter(move || Announcer::start(config, metrics, heartbeat, watch_links().unwrap()))
             .unwrap();
         Speaker {
             announcer,
@@ -619,4 +621,63 @@ async fn a_tagged_frame_of_another_vlan_is_no_conflict() {
         [ip(VIP4), ip(VIP6)]
     );
     assert_eq!(speaker.metric("ferrolb_speaker_conflicts_total"), 2.0);
+}
+
+/// Issue 10, bug 9: a port's packet sockets are bound to ARP (0x0806) and IPv6 (0x86dd), as
+/// the kernel's own table of packet sockets shows, not to every protocol (`ETH_P_ALL`, 0x0003),
+/// which also hands them a copy of every frame the node sends.
+#[tokio::test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
+async fn the_packet_sockets_receive_only_arp_and_ipv6() {
+    lab::require_lab!();
+    let mut net = Net::new("pk");
+    let speaker_ns = net.host("speaker", 1);
+    let mut speaker = Speaker::start(&speaker_ns, Config::default());
+    speaker.desire(&[VIP4, VIP6], false);
+    speaker
+        .events_for(&[VIP4, VIP6], |e| matches!(e, Event::Announced { .. }))
+        .await;
+    let links = speaker_ns.enter(scan_links).unwrap().unwrap();
+    let index = links.iter().find(|l| l.name == "eth0").unwrap().index;
+    // This thread's namespace's table (`/proc/net` would be the process's).
+    let table = speaker_ns
+        .enter(|| std::fs::read_to_string("/proc/thread-self/net/packet"))
+        .unwrap()
+        .unwrap();
+    // Columns: sk RefCnt Type Proto Iface ...
+    let mut protocols: Vec<&str> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let columns: Vec<&str> = line.split_whitespace().collect();
+            (columns.get(4)?.parse::<u32>().ok()? == index).then_some(columns[3])
+        })
+        .collect();
+    protocols.sort_unstable();
+    assert_eq!(protocols, ["0806", "86dd"], "{table}");
+}
+
+/// Issue 10, bug 9: addresses added to an interface reach the link watch by the kernel's
+/// notifications (one for IPv4, one for IPv6), well before its safety rescan (10 s after the
+/// first read) could find them.
+#[tokio::test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
+async fn the_link_watch_hears_of_new_addresses() {
+    lab::require_lab!();
+    let mut net = Net::new("lw");
+    let ns = net.host("speaker", 1);
+    let mut links = ns.enter(watch_links).unwrap().unwrap();
+    for address in ["203.0.113.1/24", "2001:db8:1::1/64"] {
+        ns.ip(&["addr", "add", address, "dev", "eth0", "nodad"])
+            .unwrap();
+        let on_eth0 = |links: &Vec<super::Link>| {
+            links
+                .iter()
+                .any(|l| l.name == "eth0" && l.addrs.iter().any(|a| a.to_string() == address))
+        };
+        tokio::time::timeout(Duration::from_secs(5), links.wait_for(on_eth0))
+            .await
+            .unwrap_or_else(|_| panic!("{address} not seen in 5 s"))
+            .unwrap();
+    }
 }

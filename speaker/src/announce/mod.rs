@@ -2,15 +2,18 @@
 //! owns, on the interfaces chosen for each, and tells the LAN when ownership moves.
 //!
 //! - [`choose_interfaces`] (pure) picks where an address is announced, from [`scan_links`].
+//! - [`watch_links`] reads the interfaces again whenever the kernel says a link or an address
+//!   changed; the announcer and the speaker's loop both follow it.
 //! - [`Announcer`] takes the complete desired set on every change. A new address is probed
 //!   (RFC 5227 ARP probe / DAD solicitation) unless told not to, then answered and announced
 //!   with a burst of gratuitous ARPs or unsolicited NAs. A foreign host answering for it is a
 //!   [`Event::Conflict`]; a released address is answered until its successor announces.
 //! - Inside: `machine` decides (no I/O, no clock of its own), `port` owns one interface's
-//!   packet socket and receive thread, `control` wires the two on a thread of its own.
+//!   packet sockets and receive threads, `control` wires the two on a thread of its own.
 //!
-//! Every frame goes through raw `AF_PACKET` sockets (pnet datalink channels, not promiscuous,
-//! with a kernel filter that passes only ARP and Neighbor Discovery). Requests are answered on
+//! Every frame goes through raw `AF_PACKET` sockets (pnet datalink channels, not promiscuous),
+//! two per interface: one bound to ARP, one to IPv6, with a kernel filter that passes only
+//! Neighbor Discovery (and drops other VLANs' frames on both). Requests are answered on
 //! the interface's receive thread, straight from the frame, without a round trip through
 //! async code: this is the failover path.
 //!
@@ -19,10 +22,12 @@
 //! Every socket is created on a thread spawned by [`Announcer::start`] (or by threads it
 //! spawns), never on a tokio worker. Threads inherit the network namespace of the thread that
 //! creates them, so a caller that entered a namespace (`setns`) before calling `start` gets
-//! every socket and every interface lookup in that namespace, whatever thread later calls the
-//! handle's methods.
+//! every socket in that namespace, whatever thread later calls the handle's methods. The same
+//! holds for [`watch_links`]: its netlink socket, and every interface lookup, belong to the
+//! namespace of the thread that calls it, which must be the announcer's.
 
 mod control;
+mod link_watch;
 mod links;
 mod metrics;
 mod port;
@@ -39,6 +44,7 @@ use std::time::Duration;
 use speaker_core::MacAddr;
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub use link_watch::watch_links;
 pub use links::{Link, announce_macs, choose_interfaces, scan_links};
 pub use metrics::Metrics;
 pub use speaker_core::announce::{Config, Desired, Event};
@@ -70,7 +76,8 @@ impl Drop for Inner {
 
 impl Announcer {
     /// Starts the control thread, in the calling thread's network namespace (see the module
-    /// documentation). Needs no tokio runtime.
+    /// documentation), with the interfaces from `links` ([`watch_links`], called in the same
+    /// namespace), read again on every [`Announcer::set_desired`]. Needs no tokio runtime.
     ///
     /// # Panics
     ///
@@ -79,6 +86,7 @@ impl Announcer {
         config: Config,
         metrics: Metrics,
         heartbeat: common::health::Heartbeat,
+        links: watch::Receiver<Vec<Link>>,
     ) -> (Announcer, mpsc::UnboundedReceiver<Event>) {
         let (input, inputs) = std::sync::mpsc::channel();
         let (events, events_rx) = mpsc::unbounded_channel();
@@ -92,6 +100,7 @@ impl Announcer {
             answering_tx,
             muted.clone(),
             heartbeat,
+            links,
         );
         std::thread::Builder::new()
             .name("announcer".to_string())
@@ -106,7 +115,7 @@ impl Announcer {
     }
 
     /// The complete set of addresses this node owns now, with their interfaces. Idempotent;
-    /// call it on every change (it also re-reads the interfaces).
+    /// call it on every change (it also takes the interfaces' latest state).
     pub fn set_desired(&self, desired: BTreeMap<IpAddr, Desired>) {
         let _ = self.inner.input.send(Input::Desired(desired));
     }

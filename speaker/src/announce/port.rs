@@ -1,6 +1,7 @@
-//! One interface's sockets: a pnet datalink channel (`AF_PACKET`) whose receive thread answers
-//! requests for the addresses it is told to, and reports what others claim; and the IPv6
-//! solicited-node memberships that make Neighbor Solicitations for those addresses arrive.
+//! One interface's sockets: two pnet datalink channels (`AF_PACKET`), one bound to ARP and one
+//! to IPv6, whose receive threads answer requests for the addresses they are told to and report
+//! what others claim; and the IPv6 solicited-node memberships that make Neighbor Solicitations
+//! for those addresses arrive.
 //!
 //! Everything here is created on the thread that calls [`Port::open`] or on threads it spawns,
 //! so it all lives in that thread's network namespace.
@@ -14,7 +15,9 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use pnet::datalink::{self, Channel, DataLinkReceiver, DataLinkSender, NetworkInterface};
+use pnet::datalink::{
+    self, Channel, ChannelType, DataLinkReceiver, DataLinkSender, NetworkInterface,
+};
 use socket2::{Domain, Protocol, SockFilter, Socket, Type};
 use speaker_core::arp::{self, Arp};
 use speaker_core::ethernet::EthernetHeader;
@@ -34,38 +37,48 @@ const WRITE_TIMEOUT: Duration = Duration::from_millis(100);
 /// Pause after a receive error (the link is down, say) before trying again.
 const ERROR_PAUSE: Duration = Duration::from_millis(100);
 
-/// Classic BPF run by the kernel on every frame of the interface: keep untagged ARP and ICMPv6
-/// Neighbor Solicitations and Advertisements (no extension headers, as Neighbor Discovery uses
-/// none), drop the rest before it is copied to us. Without it an `ETH_P_ALL` socket receives
-/// every frame of a busy node interface.
+const ETH_P_ARP: u16 = 0x0806;
+const ETH_P_IPV6: u16 = 0x86dd;
+
+/// Classic BPF run by the kernel on every frame of the socket's protocol: keep untagged ARP
+/// and ICMPv6 Neighbor Solicitations and Advertisements (no extension headers, as Neighbor
+/// Discovery uses none), drop the rest before it is copied to us. The ARP socket needs only
+/// the first tests; the IPv6 socket would otherwise get every IPv6 packet of the interface.
 ///
-/// A frame of another VLAN that reaches this interface (a trunk) arrives with its 802.1Q tag
-/// already taken off into the packet's metadata: it would read as this LAN's ARP and make a
-/// false conflict. The first test drops any frame that carried a tag (the kernel's
-/// `vlan_tag_present`); a VLAN the operator wants is its own interface (`eth0.42`), whose
-/// frames carry none.
-fn filter() -> [SockFilter; 12] {
+/// A frame of another VLAN that reaches this interface (a trunk) would read as this LAN's ARP
+/// and make a false conflict. A socket bound to one protocol gets it with its 802.1Q tag
+/// already cleared and, when no VLAN interface claims it, marked `PACKET_OTHERHOST` (seen in
+/// the lab: the tagged-frame test fails without that test). So frames for another host are
+/// dropped: they reach us only from a promiscuous NIC or a flooding switch, and were never
+/// ours to answer. A frame whose tag the kernel left in place (`vlan_tag_present`) is dropped
+/// too. A VLAN the operator wants is its own interface (`eth0.42`), whose frames carry
+/// neither.
+fn filter() -> [SockFilter; 14] {
     const LDW_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
     const LDH_ABS: u16 = 0x28; // BPF_LD | BPF_H | BPF_ABS
     const LDB_ABS: u16 = 0x30; // BPF_LD | BPF_B | BPF_ABS
     const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
     const RET_K: u16 = 0x06; // BPF_RET | BPF_K
-    // SKF_AD_OFF + SKF_AD_VLAN_TAG_PRESENT: an ancillary load, 1 when the frame had a tag.
+    // Ancillary loads (SKF_AD_OFF + ...): 1 when the frame still has a tag; skb->pkt_type.
     const VLAN_TAG_PRESENT: u32 = 0xffff_f000 + 48;
-    // Jump offsets count instructions after the next one; ACCEPT is 10 and DROP 11.
+    const PKTTYPE: u32 = 0xffff_f000 + 4;
+    const PACKET_OTHERHOST: u32 = 3;
+    // Jump offsets count instructions after the next one; ACCEPT is 12 and DROP 13.
     [
         SockFilter::new(LDW_ABS, 0, 0, VLAN_TAG_PRESENT), // 0: tagged?
-        SockFilter::new(JEQ_K, 0, 9, 0),                  // 1: tagged -> 11
-        SockFilter::new(LDH_ABS, 0, 0, 12),               // 2: ethertype
-        SockFilter::new(JEQ_K, 6, 0, 0x0806),             // 3: ARP -> 10
-        SockFilter::new(JEQ_K, 0, 6, 0x86dd),             // 4: not IPv6 -> 11
-        SockFilter::new(LDB_ABS, 0, 0, 14 + 6),           // 5: next header
-        SockFilter::new(JEQ_K, 0, 4, 58),                 // 6: not ICMPv6 -> 11
-        SockFilter::new(LDB_ABS, 0, 0, 14 + 40),          // 7: ICMPv6 type
-        SockFilter::new(JEQ_K, 1, 0, 135),                // 8: solicitation -> 10
-        SockFilter::new(JEQ_K, 0, 1, 136),                // 9: advertisement -> 10, else 11
-        SockFilter::new(RET_K, 0, 0, 0xffff),             // 10: accept (whole frame)
-        SockFilter::new(RET_K, 0, 0, 0),                  // 11: drop
+        SockFilter::new(JEQ_K, 0, 11, 0),                 // 1: tagged -> 13
+        SockFilter::new(LDW_ABS, 0, 0, PKTTYPE),          // 2: whose?
+        SockFilter::new(JEQ_K, 9, 0, PACKET_OTHERHOST),   // 3: another host's -> 13
+        SockFilter::new(LDH_ABS, 0, 0, 12),               // 4: ethertype
+        SockFilter::new(JEQ_K, 6, 0, u32::from(ETH_P_ARP)), // 5: ARP -> 12
+        SockFilter::new(JEQ_K, 0, 6, u32::from(ETH_P_IPV6)), // 6: not IPv6 -> 13
+        SockFilter::new(LDB_ABS, 0, 0, 14 + 6),           // 7: next header
+        SockFilter::new(JEQ_K, 0, 4, 58),                 // 8: not ICMPv6 -> 13
+        SockFilter::new(LDB_ABS, 0, 0, 14 + 40),          // 9: ICMPv6 type
+        SockFilter::new(JEQ_K, 1, 0, 135),                // 10: solicitation -> 12
+        SockFilter::new(JEQ_K, 0, 1, 136),                // 11: advertisement -> 12, else 13
+        SockFilter::new(RET_K, 0, 0, 0xffff),             // 12: accept (whole frame)
+        SockFilter::new(RET_K, 0, 0, 0),                  // 13: drop
     ]
 }
 
@@ -80,7 +93,9 @@ struct Shared {
     answer: RwLock<BTreeSet<IpAddr>>,
     /// Addresses whose claims by others are reported.
     watch: RwLock<BTreeSet<IpAddr>>,
-    tx: Mutex<Box<dyn DataLinkSender>>,
+    /// Each protocol's frames leave through the socket bound to it.
+    arp_tx: Mutex<Box<dyn DataLinkSender>>,
+    nd_tx: Mutex<Box<dyn DataLinkSender>>,
     stop: AtomicBool,
     /// The announcer's: answer nothing while it is set.
     muted: Arc<AtomicBool>,
@@ -92,14 +107,15 @@ struct Shared {
 pub(crate) struct Port {
     shared: Arc<Shared>,
     pub index: u32,
-    thread: Option<JoinHandle<()>>,
+    /// The ARP and the IPv6 socket's receive threads.
+    threads: Vec<JoinHandle<()>>,
     /// Holds the solicited-node memberships; created with the first IPv6 address.
     multicast: Option<UdpSocket>,
     joined: BTreeSet<Ipv6Addr>,
 }
 
 impl Port {
-    /// Opens `link` and starts its receive thread, which calls `report` with every claim on a
+    /// Opens `link` and starts its receive threads, which call `report` with every claim on a
     /// watched address.
     pub fn open(
         link: &Link,
@@ -116,46 +132,44 @@ impl Port {
             ips: Vec::new(),
             flags: 0,
         };
-        // Protocol 0: the socket receives nothing until pnet binds it to this interface with
-        // ETH_P_ALL, so no frame of another interface slips in before the bind.
-        let socket = Socket::new(Domain::PACKET, Type::RAW, Some(Protocol::from(0)))?;
-        socket.attach_filter(&filter())?;
-        let config = datalink::Config {
-            read_timeout: Some(READ_TIMEOUT),
-            write_timeout: Some(WRITE_TIMEOUT),
-            // pnet's default would put the NIC in promiscuous mode; requests are broadcast
-            // or multicast, answers to us unicast, so nothing else is needed.
-            promiscuous: false,
-            // pnet owns the descriptor from here and closes it.
-            socket_fd: Some(socket.into_raw_fd()),
-            ..datalink::Config::default()
-        };
-        let (tx, rx) = match datalink::channel(&interface, config)? {
-            Channel::Ethernet(tx, rx) => (tx, rx),
-            _ => return Err(io::Error::other("pnet returned a non-Ethernet channel")),
-        };
+        // The IPv6 socket is opened even on an interface without IPv6 yet: a link-local
+        // address appears only after the link comes up, and a port is not reopened for it.
+        let (arp_tx, arp_rx) = channel(&interface, ETH_P_ARP)?;
+        let (nd_tx, nd_rx) = channel(&interface, ETH_P_IPV6)?;
         let shared = Arc::new(Shared {
             name: link.name.clone(),
             mac: link.mac,
             ndp_source: link.ndp_source(),
             answer: RwLock::default(),
             watch: RwLock::default(),
-            tx: Mutex::new(tx),
+            arp_tx: Mutex::new(arp_tx),
+            nd_tx: Mutex::new(nd_tx),
             stop: AtomicBool::new(false),
             muted,
             metrics,
             report,
         });
-        let thread = std::thread::Builder::new()
-            .name(format!("announce-{}", link.name))
-            .spawn({
-                let shared = shared.clone();
-                move || receive(&shared, rx)
-            })?;
+        let mut threads = Vec::new();
+        for (kind, rx) in [("arp", arp_rx), ("nd", nd_rx)] {
+            let spawned = std::thread::Builder::new()
+                .name(format!("{kind}-{}", link.name))
+                .spawn({
+                    let shared = shared.clone();
+                    move || receive(&shared, rx)
+                });
+            match spawned {
+                Ok(thread) => threads.push(thread),
+                Err(error) => {
+                    // Stops the thread already started.
+                    shared.stop.store(true, Ordering::Relaxed);
+                    return Err(error);
+                }
+            }
+        }
         Ok(Port {
             shared,
             index: link.index,
-            thread: Some(thread),
+            threads,
             multicast: None,
             joined: BTreeSet::new(),
         })
@@ -232,18 +246,18 @@ impl Port {
 }
 
 impl Port {
-    /// Closes the port and waits for its thread (at most about `READ_TIMEOUT`).
+    /// Closes the port and waits for its threads (at most about `READ_TIMEOUT`).
     pub fn close(mut self) {
-        let thread = self.thread.take();
+        let threads = std::mem::take(&mut self.threads);
         drop(self);
-        if let Some(thread) = thread {
+        for thread in threads {
             let _ = thread.join();
         }
     }
 }
 
-/// Stops answering at once; the thread notices the stop flag within `READ_TIMEOUT` and closes
-/// the socket as it exits, without holding up the control thread. The multicast socket, and
+/// Stops answering at once; the threads notice the stop flag within `READ_TIMEOUT` and close
+/// the sockets as they exit, without holding up the control thread. The multicast socket, and
 /// with it the memberships, closes here.
 impl Drop for Port {
     fn drop(&mut self) {
@@ -253,6 +267,36 @@ impl Drop for Port {
             .unwrap_or_else(PoisonError::into_inner)
             .clear();
         self.shared.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A datalink channel on `interface` that receives only `protocol`'s frames, through
+/// [`filter`], and sends whole Ethernet frames.
+fn channel(
+    interface: &NetworkInterface,
+    protocol: u16,
+) -> io::Result<(Box<dyn DataLinkSender>, Box<dyn DataLinkReceiver>)> {
+    // Protocol 0: the socket receives nothing until pnet binds it to this interface and
+    // `protocol`, so no frame of another interface slips in before the bind.
+    let socket = Socket::new(Domain::PACKET, Type::RAW, Some(Protocol::from(0)))?;
+    socket.attach_filter(&filter())?;
+    let config = datalink::Config {
+        // pnet binds the socket with the protocol of `Layer3`; on this `SOCK_RAW` socket
+        // frames still come and go whole, headers included (pnet reads and writes the
+        // descriptor the same way for both channel types).
+        channel_type: ChannelType::Layer3(protocol),
+        read_timeout: Some(READ_TIMEOUT),
+        write_timeout: Some(WRITE_TIMEOUT),
+        // pnet's default would put the NIC in promiscuous mode; requests are broadcast
+        // or multicast, answers to us unicast, so nothing else is needed.
+        promiscuous: false,
+        // pnet owns the descriptor from here and closes it.
+        socket_fd: Some(socket.into_raw_fd()),
+        ..datalink::Config::default()
+    };
+    match datalink::channel(interface, config)? {
+        Channel::Ethernet(tx, rx) => Ok((tx, rx)),
+        _ => Err(io::Error::other("pnet returned a non-Ethernet channel")),
     }
 }
 
@@ -273,7 +317,12 @@ fn receive(shared: &Shared, mut rx: Box<dyn DataLinkReceiver>) {
 
 impl Shared {
     fn send(&self, frame: &[u8]) -> io::Result<()> {
-        let mut tx = self.tx.lock().unwrap_or_else(PoisonError::into_inner);
+        let tx = if frame.get(12..14) == Some(&ETH_P_ARP.to_be_bytes()[..]) {
+            &self.arp_tx
+        } else {
+            &self.nd_tx
+        };
+        let mut tx = tx.lock().unwrap_or_else(PoisonError::into_inner);
         tx.send_to(frame, None)
             .unwrap_or_else(|| Err(io::Error::other("frame larger than the send buffer")))
     }
@@ -316,8 +365,8 @@ impl Shared {
     }
 
     fn handle(&self, frame: &[u8]) {
-        // An ETH_P_ALL socket also sees what leaves the interface: our own answers and
-        // announcements, and the kernel's own ARP and NDP. None of it is for us.
+        // Sockets bound to one protocol do not see what leaves the interface, but a frame of
+        // ours can come back (a loop, a hairpin port): it is no question and no claim.
         if EthernetHeader::parse(frame).is_none_or(|(eth, _)| eth.src == self.mac) {
             return;
         }
