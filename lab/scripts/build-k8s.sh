@@ -2,6 +2,8 @@
 # Builds the lab's Kubernetes test binaries from the Go module proxy, once per version.
 #
 #   kube-apiserver, kube-proxy, kubectl  from k8s.io/kubernetes  $K8S_VERSION
+#   kube-controller-manager              from k8s.io/kubernetes  $K8S_VERSION (its own directory,
+#                                        so a cache from before it stays good)
 #   etcd                                 from go.etcd.io/etcd    $ETCD_VERSION
 #   helm                                 from helm.sh/helm/v3    $HELM_VERSION
 #
@@ -29,16 +31,19 @@ timed() {
 # k8s.io/kubernetes cannot be `go install`ed: its go.mod replaces every staging module with a
 # path inside its own tree. A wrapper module requires it and replaces each staging module
 # with its published v0.Y.Z tag instead; the list comes from that version's own go.mod.
-build_kubernetes() {
-  local out=$CACHE/bin/kubernetes-$K8S_VERSION
-  if [ -x "$out/kube-apiserver" ] && [ -x "$out/kube-proxy" ] && [ -x "$out/kubectl" ]; then
-    echo "$out"; return
-  fi
+#
+# build_k8s_commands NAME CMD...: builds k8s.io/kubernetes/cmd/CMD... into $CACHE/bin/NAME-$K8S_VERSION.
+build_k8s_commands() {
+  local name=$1; shift
+  local out=$CACHE/bin/$name-$K8S_VERSION
+  local cmd missing=0
+  for cmd in "$@"; do [ -x "$out/$cmd" ] || missing=1; done
+  if [ $missing = 0 ]; then echo "$out"; return; fi
   local minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
   local staging=v0.${K8S_VERSION#v1.}
   local work; work=$(mktemp -d "${TMPDIR:-/tmp}/ferrolb-k8s-build.XXXXXX")
-  trap 'rm -rf "$work"' RETURN
-  log "building kube-apiserver, kube-proxy, kubectl $K8S_VERSION (staging $staging); takes minutes cold"
+  trap 'rm -rf "$work"; trap - RETURN' RETURN
+  log "building $* $K8S_VERSION (staging $staging); takes minutes cold"
   (
     cd "$work"
     go mod init ferrolb.local/k8s-build >/dev/null 2>&1
@@ -53,8 +58,9 @@ for r in json.load(sys.stdin).get("Replace") or []:
       go mod edit -replace "$m=$m@$staging"
     done
     log "resolving modules"
-    go get "k8s.io/kubernetes/cmd/kube-apiserver@$K8S_VERSION" \
-      "k8s.io/kubernetes/cmd/kube-proxy@$K8S_VERSION" "k8s.io/kubernetes/cmd/kubectl@$K8S_VERSION" 2>&1 | tail -n 3 >&2
+    local packages=()
+    for cmd in "$@"; do packages+=("k8s.io/kubernetes/cmd/$cmd@$K8S_VERSION"); done
+    go get "${packages[@]}" 2>&1 | tail -n 3 >&2
     local date; date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
     local x=""
     for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
@@ -62,7 +68,7 @@ for r in json.load(sys.stdin).get("Replace") or []:
       x="$x -X $pkg.gitTreeState=clean -X $pkg.buildDate=$date"
     done
     mkdir -p "$out.tmp"
-    for cmd in kube-apiserver kube-proxy kubectl; do
+    for cmd in "$@"; do
       log "go build $cmd"
       timed go build -trimpath -tags selinux,notest -ldflags "-s -w -buildid= $x" \
         -o "$out.tmp/$cmd" "k8s.io/kubernetes/cmd/$cmd"
@@ -78,7 +84,7 @@ build_etcd() {
   local out=$CACHE/bin/etcd-$ETCD_VERSION
   if [ -x "$out/etcd" ]; then echo "$out"; return; fi
   local work; work=$(mktemp -d "${TMPDIR:-/tmp}/ferrolb-etcd-build.XXXXXX")
-  trap 'rm -rf "$work"' RETURN
+  trap 'rm -rf "$work"; trap - RETURN' RETURN
   log "building etcd $ETCD_VERSION"
   (
     cd "$work"
@@ -114,11 +120,15 @@ build_helm() {
   echo "$out"
 }
 
+build_kubernetes() { build_k8s_commands kubernetes kube-apiserver kube-proxy kubectl; }
+build_controller_manager() { build_k8s_commands kube-controller-manager kube-controller-manager; }
+
 what=${1:-all}
 case $what in
   kubernetes) build_kubernetes ;;
+  controller-manager) build_controller_manager ;;
   etcd) build_etcd ;;
   helm) build_helm ;;
-  all) build_kubernetes; build_etcd; build_helm ;;
-  *) echo "usage: $0 [all|kubernetes|etcd|helm]" >&2; exit 2 ;;
+  all) build_kubernetes; build_controller_manager; build_etcd; build_helm ;;
+  *) echo "usage: $0 [all|kubernetes|controller-manager|etcd|helm]" >&2; exit 2 ;;
 esac

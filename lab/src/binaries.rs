@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 pub struct Binaries {
     pub etcd: PathBuf,
     pub kube_apiserver: PathBuf,
+    pub kube_controller_manager: PathBuf,
     pub kube_proxy: PathBuf,
     pub kubectl: PathBuf,
     pub helm: PathBuf,
@@ -37,6 +38,7 @@ pub fn ensure() -> Result<Binaries> {
     let bins = Binaries {
         etcd: dir("etcd")?.join("etcd"),
         kube_apiserver: k8s.join("kube-apiserver"),
+        kube_controller_manager: dir("controller-manager")?.join("kube-controller-manager"),
         kube_proxy: k8s.join("kube-proxy"),
         kubectl: k8s.join("kubectl"),
         helm: dir("helm")?.join("helm"),
@@ -44,6 +46,7 @@ pub fn ensure() -> Result<Binaries> {
     for path in [
         &bins.etcd,
         &bins.kube_apiserver,
+        &bins.kube_controller_manager,
         &bins.kube_proxy,
         &bins.kubectl,
         &bins.helm,

@@ -256,6 +256,60 @@ async fn the_classic_example_through_real_arp_and_ndp_one_answer_per_address() {
     );
 }
 
+/// The classic Service in front of something outside the cluster: a LoadBalancer Service
+/// without a selector and hand-written Endpoints. kube-controller-manager's mirroring
+/// controller makes its EndpointSlice (before the lab ran one, nothing did and the address
+/// led nowhere); kube-proxy forwards to the backend; the address reaches it.
+#[tokio::test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
+async fn a_selectorless_service_reaches_a_backend_outside_the_cluster() {
+    lab::require_lab!();
+    let mut lab = lab_with_speakers(LabConfig {
+        controller_manager: true,
+        ..LabConfig::default()
+    })
+    .await;
+    lab.start_controller(&controller_binary(), 1).await.unwrap();
+    let backend = lab.add_external_backend("outside").unwrap();
+    lab.apply(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: external\n  namespace: default\nspec:\n  type: LoadBalancer\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n---\napiVersion: v1\nkind: Endpoints\nmetadata:\n  name: external\n  namespace: default\nsubsets:\n- addresses: [{{ip: \"{}\"}}]\n  ports: [{{name: http, port: 8080}}]\n",
+        backend.ipv4
+    ))
+    .await
+    .unwrap();
+    let vip = assigned(&lab, "external", 1).await[0];
+    owner_of(&lab, vip).await;
+
+    // The slice is the mirroring controller's, not the lab's.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mirrored = lab
+            .kubectl(&[
+                "get",
+                "endpointslices",
+                "-n",
+                "default",
+                "-l",
+                "kubernetes.io/service-name=external,endpointslice.kubernetes.io/managed-by=endpointslicemirroring-controller.k8s.io",
+                "-o",
+                "jsonpath={.items[*].endpoints[*].addresses[*]}",
+            ])
+            .await
+            .unwrap();
+        if mirrored.contains(&backend.ipv4.to_string()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no mirrored EndpointSlice for the Endpoints of external (got {mirrored:?}); kube-controller-manager's log is {}",
+            lab.log_path("kube-controller-manager").display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let answer = get_eventually(&lab, vip).await;
+    assert_eq!(answer.pod, "outside");
+}
+
 #[tokio::test]
 #[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
 async fn a_foreign_host_keeps_its_address_and_gossip_without_the_key_is_dropped() {

@@ -203,6 +203,42 @@ impl Lab {
         }
     }
 
+    /// kube-controller-manager in the control plane's namespace, as kubeadm runs it (each
+    /// controller under its own ServiceAccount), with the controllers the lab has a use for:
+    /// EndpointSlice mirroring.
+    pub(super) fn start_controller_manager(&self) -> Result<Proc> {
+        let creds = self.ca.client(
+            "kube-controller-manager",
+            "system:kube-controller-manager",
+            &[],
+        )?;
+        let kubeconfig = self.dir.join("kube-controller-manager.kubeconfig");
+        pki::write_kubeconfig(
+            &kubeconfig,
+            "https://127.0.0.1:6443",
+            &self.ca.cert,
+            "system:kube-controller-manager",
+            Credentials::Cert(&creds),
+        )?;
+        let kubeconfig = format!("={}", kubeconfig.display());
+        Proc::spawn(
+            &self.cp,
+            "kube-controller-manager",
+            &self.bins.kube_controller_manager,
+            &super::args(&[
+                &format!("--kubeconfig{kubeconfig}"),
+                &format!("--authentication-kubeconfig{kubeconfig}"),
+                &format!("--authorization-kubeconfig{kubeconfig}"),
+                "--use-service-account-credentials=true",
+                "--controllers=endpointslicemirroring",
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                "--v=1",
+            ]),
+            &self.log_path("kube-controller-manager"),
+        )
+    }
+
     /// Stops kube-apiserver (etcd keeps running).
     pub fn stop_apiserver(&mut self) {
         if let Some(mut p) = self.apiserver.take() {

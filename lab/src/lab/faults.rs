@@ -9,6 +9,7 @@ use anyhow::Result;
 use super::Lab;
 use super::network::{attach, pod_routes};
 use crate::cluster;
+use crate::hello::HelloServer;
 use crate::netns::NetNs;
 use crate::plan;
 
@@ -214,4 +215,26 @@ impl Lab {
         }
         Ok(ns)
     }
+
+    /// A host on the LAN, outside the cluster, serving the hello page as `name`: the
+    /// backend of a selectorless Service.
+    pub fn add_external_backend(&mut self, name: &str) -> Result<ExternalHost> {
+        let ns = self.add_foreign_host(&[])?;
+        let server = HelloServer::start(&ns, name)?;
+        Ok(ExternalHost {
+            _server: server,
+            ns,
+            ipv4: plan::foreign_v4(self.foreign).into(),
+            ipv6: plan::foreign_v6(self.foreign).into(),
+        })
+    }
+}
+
+/// A host outside the cluster; dropping it stops its server and removes it.
+pub struct ExternalHost {
+    // Field order is drop order: the server before its namespace.
+    _server: HelloServer,
+    pub ns: NetNs,
+    pub ipv4: IpAddr,
+    pub ipv6: IpAddr,
 }

@@ -30,6 +30,7 @@ use crate::process::Proc;
 
 pub use components::ControllerOptions;
 pub use control_plane::client_for;
+pub use faults::ExternalHost;
 pub use network::Capture;
 
 use control_plane::lan_apiserver_url;
@@ -52,6 +53,9 @@ pub struct LabConfig {
     /// 2001:db8::/64 and 2001:db8:1::/48, Services from an IPv6 range, the API server reached
     /// over IPv6. (The namespaces keep their IPv4 addresses, unused by the cluster.)
     pub ipv6_only: bool,
+    /// Runs kube-controller-manager with its EndpointSlice mirroring controller, which
+    /// turns hand-written Endpoints (a selectorless Service's) into EndpointSlices.
+    pub controller_manager: bool,
 }
 
 impl LabConfig {
@@ -74,6 +78,7 @@ impl Default for LabConfig {
             prefix: None,
             heartbeat: Duration::from_secs(10),
             ipv6_only: false,
+            controller_manager: false,
         }
     }
 }
@@ -183,6 +188,7 @@ pub struct Lab {
     // Field order is drop order: pods and processes go before the namespaces.
     pods: Vec<LabPod>,
     nodes: Vec<LabNode>,
+    controller_manager: Option<Proc>,
     apiserver: Option<Proc>,
     etcd: Proc,
     forwarder: Forwarder,
@@ -371,6 +377,7 @@ impl Lab {
         let mut lab = Lab {
             pods: vec![],
             nodes: vec![],
+            controller_manager: None,
             apiserver: Some(apiserver),
             etcd,
             forwarder,
@@ -395,6 +402,9 @@ impl Lab {
         };
         lab.wait_for_apiserver(Duration::from_secs(90)).await?;
         lab.apply_deploy().await?;
+        if config.controller_manager {
+            lab.controller_manager = Some(lab.start_controller_manager()?);
+        }
 
         // Nodes: a namespace on the LAN, a Node object with its heartbeat, kube-proxy.
         let proxy_creds = lab.ca.client("kube-proxy", "system:kube-proxy", &[])?;
