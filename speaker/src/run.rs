@@ -77,6 +77,8 @@ pub struct Metrics {
     /// Addresses whose Service condition names an announcing node other than the owner this
     /// speaker elects, after the grace: speakers that disagree.
     pub disagreements: Gauge,
+    /// Groups of addresses elected: the election's work, which follows what changes.
+    pub elected: Counter,
 }
 
 impl Metrics {
@@ -85,6 +87,7 @@ impl Metrics {
             ownership_changes: Family::default(),
             owned: Family::default(),
             disagreements: Gauge::default(),
+            elected: Counter::default(),
             contested_addresses: Gauge::default(),
             contests: Counter::default(),
             takeover_seconds: Histogram::new([
@@ -116,6 +119,11 @@ impl Metrics {
             "speaker_owned_address",
             "1 for each address this node owns",
             m.owned.clone(),
+        );
+        r.register(
+            "speaker_elected_groups",
+            "Groups of addresses (a Service's, or those sharing one) this speaker elected an owner for: it elects again only what a change can move",
+            m.elected.clone(),
         );
         r.register(
             "speaker_election_disagreements",
@@ -596,7 +604,9 @@ impl Speaker {
             memory.report_all = true;
         }
         memory.elector.set_live(live.clone());
+        let work = memory.elector.elected();
         let changed = memory.elector.settle();
+        self.metrics.elected.inc_by(memory.elector.elected() - work);
         self.after_election(memory, &changed, &live);
 
         let mut desired = BTreeMap::new();

@@ -254,6 +254,60 @@ async fn the_classic_example_through_real_arp_and_ndp_one_answer_per_address() {
         metric_sum(&metrics, "ferrolb_speaker_gratuitous_sent_total", "") >= 1.0,
         "{metrics}"
     );
+
+    // A change the election does not read (a label) elects nothing anywhere; a change it
+    // reads (Local, with endpoints on nodes 1 and 2) elects that Service's address alone.
+    let before = elected_groups(&lab).await;
+    for k in 0..5 {
+        lab.kubectl(&[
+            "label",
+            "--overwrite",
+            "svc",
+            "other",
+            &format!("touched={k}"),
+        ])
+        .await
+        .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        elected_groups(&lab).await,
+        before,
+        "a label change elected something"
+    );
+    lab.kubectl(&[
+        "patch",
+        "svc",
+        "other",
+        "-p",
+        r#"{"spec":{"externalTrafficPolicy":"Local"}}"#,
+    ])
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while elected_groups(&lab).await < before + 3.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the policy change was not elected"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        elected_groups(&lab).await,
+        before + 3.0,
+        "one group on each of the three speakers"
+    );
+}
+
+/// Groups of addresses the speakers have elected, summed over nodes 1 to 3.
+async fn elected_groups(lab: &Lab) -> f64 {
+    let mut sum = 0.0;
+    for i in 1..=3 {
+        let metrics = lab.speaker_metrics(i).await.unwrap();
+        sum += metric(&metrics, "ferrolb_speaker_elected_groups_total").unwrap();
+    }
+    sum
 }
 
 /// The classic Service in front of something outside the cluster: a LoadBalancer Service
