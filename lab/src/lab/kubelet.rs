@@ -79,6 +79,7 @@ impl Lab {
 
         let cgroup = cgroup_root(&self.prefix, i);
         create_cgroup(&cgroup)?;
+        save_sysctls()?;
 
         let creds = self.ca.client(
             &format!("kubelet-{name}"),
@@ -216,7 +217,9 @@ impl Lab {
 }
 
 /// Saves the kubelet's sysctls unless a kubelet lab already did (it saw the machine's own).
-pub(super) fn save_sysctls() -> Result<()> {
+/// Called once a node cgroup exists, so another lab's teardown sees a kubelet lab running and
+/// leaves the saved values alone.
+fn save_sysctls() -> Result<()> {
     let path = saved_sysctls();
     if path.exists() {
         return Ok(());
@@ -253,11 +256,35 @@ pub(super) fn cleanup(prefix: &str) -> Result<()> {
     for root in roots {
         remove_cgroup_tree(&root)?;
     }
-    let others = cgroup_roots(|n| {
-        n.split_once('-')
-            .is_some_and(|(p, rest)| super::is_prefix(p) && rest.starts_with('n'))
-    });
-    if !others.is_empty() {
+    restore_if_idle()
+}
+
+/// Prefixes of the labs that have node cgroups on this machine (a killed run's may outlive its
+/// namespaces).
+pub(super) fn prefixes_with_cgroups() -> Vec<String> {
+    let mut prefixes: Vec<String> = cgroup_roots(is_node_cgroup)
+        .iter()
+        .filter_map(|r| {
+            r.file_name()?
+                .to_str()?
+                .split_once('-')
+                .map(|(p, _)| p.to_string())
+        })
+        .collect();
+    prefixes.sort();
+    prefixes.dedup();
+    prefixes
+}
+
+fn is_node_cgroup(name: &str) -> bool {
+    name.split_once('-')
+        .is_some_and(|(p, rest)| super::is_prefix(p) && rest.starts_with('n'))
+}
+
+/// When no kubelet lab is left: restores the sysctls saved before the first one and removes the
+/// empty host directories.
+pub(super) fn restore_if_idle() -> Result<()> {
+    if !cgroup_roots(is_node_cgroup).is_empty() {
         return Ok(());
     }
     if let Ok(saved) = std::fs::read_to_string(saved_sysctls()) {

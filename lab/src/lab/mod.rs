@@ -147,10 +147,14 @@ pub fn down(prefix: &str) -> Result<()> {
 
 /// Tears down every lab on this machine, including those of killed runs.
 pub fn down_all() -> Result<Vec<String>> {
-    let prefixes = running_prefixes()?;
+    let mut prefixes = running_prefixes()?;
+    prefixes.extend(kubelet::prefixes_with_cgroups());
+    prefixes.sort();
+    prefixes.dedup();
     for p in &prefixes {
         down(p)?;
     }
+    kubelet::restore_if_idle()?;
     // Directories of labs whose namespaces are already gone.
     if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
         for e in entries.flatten() {
@@ -454,9 +458,6 @@ impl Lab {
             "system:kube-proxy",
             Credentials::Cert(&proxy_creds),
         )?;
-        if agents.is_some() {
-            kubelet::save_sysctls()?;
-        }
         for i in 1..=config.nodes {
             let node = lab
                 .add_node(i, &config, &proxy_kubeconfig, agents.as_ref())
