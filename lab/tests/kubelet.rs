@@ -115,4 +115,7 @@ async fn a_kubelet_registers_its_node_and_runs_a_host_network_pod() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // The API server reaches the kubelet for logs (by InternalIP, with its client certificate).
+    let logs = pods.logs("host-pause", &Default::default()).await;
+    assert!(logs.is_ok(), "logs through the kubelet: {logs:?}");
 }
