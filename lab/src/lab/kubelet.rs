@@ -1,6 +1,6 @@
 //! Real node agents ([`LabConfig::kubelets`]): each node namespace runs its own containerd and
 //! kubelet, which registers the Node. What it takes on this machine (cgroup v1, no
-//! CAP_SYS_RESOURCE, host paths both write to) is in shared/notes/lab-facts.md.
+//! CAP_SYS_RESOURCE, host paths both write to) is in the README's section on the lab.
 //!
 //! Everything global they touch is undone by [`cleanup`], which `down` calls for live and
 //! killed runs alike: the pods' processes (found by cgroup), the cgroup directories named after
