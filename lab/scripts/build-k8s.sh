@@ -4,6 +4,11 @@
 #   kube-apiserver, kube-proxy, kubectl  from k8s.io/kubernetes  $K8S_VERSION
 #   kube-controller-manager              from k8s.io/kubernetes  $K8S_VERSION (its own directory,
 #                                        so a cache from before it stays good)
+#   kubelet                              from k8s.io/kubernetes  $K8S_VERSION (its own directory)
+#   containerd, ctr, containerd-shim-runc-v2
+#                                        from github.com/containerd/containerd/v2 $CONTAINERD_VERSION
+#   bridge, host-local, loopback, portmap
+#                                        from github.com/containernetworking/plugins $CNI_VERSION
 #   etcd                                 from go.etcd.io/etcd    $ETCD_VERSION
 #   helm                                 from helm.sh/helm/v3    $HELM_VERSION
 #
@@ -14,6 +19,8 @@ set -euo pipefail
 K8S_VERSION=${K8S_VERSION:-v1.36.3}
 ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
 HELM_VERSION=${HELM_VERSION:-v3.22.0}
+CONTAINERD_VERSION=${CONTAINERD_VERSION:-v2.4.2}
+CNI_VERSION=${CNI_VERSION:-v1.10.0}
 CACHE=${FERROLB_CACHE:-$HOME/.cache/ferrolb}
 
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
@@ -120,15 +127,53 @@ build_helm() {
   echo "$out"
 }
 
+# containerd's own static build: no cgo, and without the btrfs and devmapper snapshotters
+# (the lab uses overlayfs). Its go.mod has no replaces, so a plain `go install` works.
+build_containerd() {
+  local out=$CACHE/bin/containerd-$CONTAINERD_VERSION
+  if [ -x "$out/containerd" ] && [ -x "$out/ctr" ] && [ -x "$out/containerd-shim-runc-v2" ]; then
+    echo "$out"; return
+  fi
+  log "building containerd $CONTAINERD_VERSION"
+  mkdir -p "$out.tmp"
+  local m=github.com/containerd/containerd/v2
+  GOBIN="$out.tmp" timed go install -trimpath -tags "no_btrfs no_devmapper no_zfs" \
+    -ldflags "-s -w -X $m/version.Version=$CONTAINERD_VERSION -X $m/version.Package=$m" \
+    "$m/cmd/containerd@$CONTAINERD_VERSION" "$m/cmd/ctr@$CONTAINERD_VERSION" \
+    "$m/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION"
+  rm -rf "$out"; mv "$out.tmp" "$out"
+  echo "$out"
+}
+
+build_cni_plugins() {
+  local out=$CACHE/bin/cni-plugins-$CNI_VERSION
+  if [ -x "$out/bridge" ] && [ -x "$out/host-local" ] && [ -x "$out/loopback" ] && [ -x "$out/portmap" ]; then
+    echo "$out"; return
+  fi
+  log "building CNI plugins $CNI_VERSION"
+  mkdir -p "$out.tmp"
+  local m=github.com/containernetworking/plugins/plugins
+  GOBIN="$out.tmp" timed go install -trimpath -ldflags "-s -w" \
+    "$m/main/bridge@$CNI_VERSION" "$m/ipam/host-local@$CNI_VERSION" \
+    "$m/main/loopback@$CNI_VERSION" "$m/meta/portmap@$CNI_VERSION"
+  rm -rf "$out"; mv "$out.tmp" "$out"
+  echo "$out"
+}
+
 build_kubernetes() { build_k8s_commands kubernetes kube-apiserver kube-proxy kubectl; }
 build_controller_manager() { build_k8s_commands kube-controller-manager kube-controller-manager; }
+build_kubelet() { build_k8s_commands kubelet kubelet; }
 
 what=${1:-all}
 case $what in
   kubernetes) build_kubernetes ;;
   controller-manager) build_controller_manager ;;
+  kubelet) build_kubelet ;;
+  containerd) build_containerd ;;
+  cni-plugins) build_cni_plugins ;;
   etcd) build_etcd ;;
   helm) build_helm ;;
-  all) build_kubernetes; build_controller_manager; build_etcd; build_helm ;;
-  *) echo "usage: $0 [all|kubernetes|controller-manager|etcd|helm]" >&2; exit 2 ;;
+  all) build_kubernetes; build_controller_manager; build_kubelet; build_containerd; build_cni_plugins
+       build_etcd; build_helm ;;
+  *) echo "usage: $0 [all|kubernetes|controller-manager|kubelet|containerd|cni-plugins|etcd|helm]" >&2; exit 2 ;;
 esac

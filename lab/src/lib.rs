@@ -17,7 +17,9 @@ pub mod probe;
 pub mod process;
 
 pub use cluster::ServiceSpec;
-pub use lab::{ControllerOptions, ExternalHost, Lab, LabConfig, down, down_all, running_prefixes};
+pub use lab::{
+    ControllerOptions, ExternalHost, Lab, LabConfig, PAUSE_IMAGE, down, down_all, running_prefixes,
+};
 pub use probe::{Answer, ProbeConfig, ProbeReport};
 
 /// Whether the lab tests may run: they need root and the Kubernetes binaries, so they are

@@ -1,6 +1,6 @@
 //! `lab`: the ferrolb test bed from the command line.
 //!
-//!   lab up [--nodes N]     start a lab and keep it until Ctrl-C
+//!   lab up [--nodes N] [--kubelets]  start a lab and keep it until Ctrl-C
 //!   lab down [--all|PREFIX] remove a lab (or every lab, also those of killed runs)
 //!   lab status             list the labs on this machine
 //!   lab demo               the README's demo
@@ -30,6 +30,9 @@ enum Command {
     Up {
         #[arg(long, default_value_t = 3)]
         nodes: usize,
+        /// Run a real kubelet and containerd in every node (they register the Nodes).
+        #[arg(long)]
+        kubelets: bool,
     },
     /// Remove a lab by prefix, or every lab with --all.
     Down {
@@ -60,7 +63,7 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Up { nodes } => up(nodes).await,
+        Command::Up { nodes, kubelets } => up(nodes, kubelets).await,
         Command::Down { all: true, .. } => {
             let removed = lab::down_all()?;
             println!(
@@ -84,8 +87,12 @@ async fn main() -> Result<()> {
     }
 }
 
-async fn up(nodes: usize) -> Result<()> {
-    let lab = lab::Lab::start(lab::LabConfig::with_nodes(nodes)).await?;
+async fn up(nodes: usize, kubelets: bool) -> Result<()> {
+    let lab = lab::Lab::start(lab::LabConfig {
+        kubelets,
+        ..lab::LabConfig::with_nodes(nodes)
+    })
+    .await?;
     println!(
         "lab {} is up ({} nodes). While this runs:",
         lab.prefix,

@@ -114,16 +114,11 @@ pub fn list(keep: impl Fn(&str) -> bool) -> Result<Vec<String>> {
         .collect())
 }
 
-/// Kills every process inside the namespace, then deletes it.
-pub fn destroy(name: &str) -> Result<()> {
+/// Signals the processes `pids` lists until it lists none: SIGTERM for 2 s, then SIGKILL, for
+/// at most 5 s.
+pub fn stop_all(pids: impl Fn() -> Vec<i32>) {
     for attempt in 0..50 {
-        let pids = run(Command::new("ip").args(["netns", "pids", name]))
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        let pids: Vec<i32> = pids
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect();
+        let pids = pids();
         if pids.is_empty() {
             break;
         }
@@ -137,6 +132,18 @@ pub fn destroy(name: &str) -> Result<()> {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+}
+
+/// Kills every process inside the namespace, then deletes it.
+pub fn destroy(name: &str) -> Result<()> {
+    stop_all(|| {
+        run(Command::new("ip").args(["netns", "pids", name]))
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    });
     ip(&["netns", "del", name])?;
     Ok(())
 }

@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -40,20 +40,24 @@ impl Proc {
         env: &[(&str, &Path)],
         log: &Path,
     ) -> Result<Proc> {
+        let mut cmd = ns.command(program);
+        cmd.args(args).envs(env.iter().map(|(k, v)| (*k, *v)));
+        Proc::spawn_command(name, cmd, log)
+    }
+
+    /// Starts a prepared command (for processes that enter their namespaces themselves).
+    pub fn spawn_command(name: &str, mut cmd: Command, log: &Path) -> Result<Proc> {
         let out = File::options()
             .create(true)
             .append(true)
             .open(log)
             .with_context(|| format!("log file {}", log.display()))?;
-        let child = ns
-            .command(program)
-            .args(args)
-            .envs(env.iter().map(|(k, v)| (*k, *v)))
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
             .spawn()
-            .with_context(|| format!("cannot start {name} ({})", program.display()))?;
+            .with_context(|| format!("cannot start {name} ({cmd:?})"))?;
         Ok(Proc {
             name: name.to_string(),
             child: Some(child),

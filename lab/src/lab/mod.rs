@@ -7,6 +7,7 @@
 mod components;
 mod control_plane;
 mod faults;
+mod kubelet;
 mod network;
 mod nodes;
 mod observe;
@@ -31,6 +32,7 @@ use crate::process::Proc;
 pub use components::ControllerOptions;
 pub use control_plane::client_for;
 pub use faults::ExternalHost;
+pub use kubelet::PAUSE_IMAGE;
 pub use network::Capture;
 
 use control_plane::lan_apiserver_url;
@@ -56,6 +58,9 @@ pub struct LabConfig {
     /// Runs kube-controller-manager with its EndpointSlice mirroring controller, which
     /// turns hand-written Endpoints (a selectorless Service's) into EndpointSlices.
     pub controller_manager: bool,
+    /// Each node runs a real kubelet with its own containerd (lab/src/lab/kubelet.rs); the
+    /// kubelets register the Nodes and keep their Leases, instead of the lab.
+    pub kubelets: bool,
 }
 
 impl LabConfig {
@@ -79,6 +84,7 @@ impl Default for LabConfig {
             heartbeat: Duration::from_secs(10),
             ipv6_only: false,
             controller_manager: false,
+            kubelets: false,
         }
     }
 }
@@ -92,6 +98,8 @@ pub struct LabNode {
     kube_proxy: Option<Proc>,
     speaker: Option<Proc>,
     heartbeat: Option<JoinHandle<()>>,
+    /// The kubelet (with containerd beside it), when the lab runs them.
+    kubelet: Option<Proc>,
 }
 
 impl LabNode {
@@ -132,16 +140,21 @@ pub fn down(prefix: &str) -> Result<()> {
     for ns in netns::list(|n| n.starts_with(&dash))? {
         netns::destroy(&ns)?;
     }
+    kubelet::cleanup(prefix)?;
     let _ = std::fs::remove_dir_all(lab_dir(prefix));
     Ok(())
 }
 
 /// Tears down every lab on this machine, including those of killed runs.
 pub fn down_all() -> Result<Vec<String>> {
-    let prefixes = running_prefixes()?;
+    let mut prefixes = running_prefixes()?;
+    prefixes.extend(kubelet::prefixes_with_cgroups());
+    prefixes.sort();
+    prefixes.dedup();
     for p in &prefixes {
         down(p)?;
     }
+    kubelet::restore_if_idle()?;
     // Directories of labs whose namespaces are already gone.
     if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
         for e in entries.flatten() {
@@ -234,6 +247,11 @@ impl Lab {
             );
         }
         let bins = tokio::task::spawn_blocking(binaries::ensure).await??;
+        let agents = if config.kubelets {
+            Some(tokio::task::spawn_blocking(binaries::ensure_node_agents).await??)
+        } else {
+            None
+        };
         let prefix = config.prefix.clone().unwrap_or_else(fresh_prefix);
         if !is_prefix(&prefix) {
             bail!("a lab prefix is {PREFIX_STEM} and 4 hex digits, not {prefix:?}");
@@ -347,6 +365,30 @@ impl Lab {
             "--profiling=false",
             "--v=1",
         ]);
+        let mut apiserver_args = apiserver_args;
+        if config.kubelets {
+            // Kubelets are authorized as their Nodes; logs and exec reach them by InternalIP
+            // (their names do not resolve) with a client certificate they trust.
+            let to_kubelets = ca.client(
+                "apiserver-kubelet-client",
+                "kube-apiserver-kubelet-client",
+                &["system:masters"],
+            )?;
+            for arg in apiserver_args.iter_mut() {
+                if arg == "--authorization-mode=RBAC" {
+                    *arg = "--authorization-mode=Node,RBAC".into();
+                }
+            }
+            apiserver_args.extend(args(&[
+                "--enable-admission-plugins=NodeRestriction",
+                "--kubelet-preferred-address-types=InternalIP",
+                &format!(
+                    "--kubelet-client-certificate={}",
+                    to_kubelets.cert.display()
+                ),
+                &format!("--kubelet-client-key={}", to_kubelets.key.display()),
+            ]));
+        }
         let apiserver = Proc::spawn(
             &cp,
             "kube-apiserver",
@@ -417,8 +459,13 @@ impl Lab {
             Credentials::Cert(&proxy_creds),
         )?;
         for i in 1..=config.nodes {
-            let node = lab.add_node(i, &config, &proxy_kubeconfig).await?;
+            let node = lab
+                .add_node(i, &config, &proxy_kubeconfig, agents.as_ref())
+                .await?;
             lab.nodes.push(node);
+        }
+        if agents.is_some() {
+            lab.wait_for_registration(Duration::from_secs(90)).await?;
         }
         // Pods behind their nodes.
         let mut per_node = vec![0usize; config.nodes + 1];

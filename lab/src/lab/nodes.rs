@@ -9,6 +9,7 @@ use anyhow::{Result, bail};
 use super::network::{attach, pod_routes};
 use super::observe::http_status;
 use super::{Lab, LabConfig, LabNode, args};
+use crate::binaries::NodeAgents;
 use crate::cluster;
 use crate::netns::NetNs;
 use crate::plan;
@@ -20,6 +21,7 @@ impl Lab {
         i: usize,
         config: &LabConfig,
         proxy_kubeconfig: &Path,
+        agents: Option<&NodeAgents>,
     ) -> Result<LabNode> {
         let name = format!("node-{i}");
         let ns = NetNs::create(&format!("{}-n{i}", self.prefix))?;
@@ -44,8 +46,20 @@ impl Lab {
                 vec![plan::pod_cidr_v4(i), plan::pod_cidr_v6(i)],
             )
         };
-        cluster::create_node(&self.client, &name, &published, &pod_cidrs).await?;
-        let heartbeat = cluster::heartbeat(&self.client, &name, config.heartbeat);
+        // A kubelet registers its Node (with --node-ip the same addresses) and renews its Lease.
+        let (heartbeat, kubelet) = match agents {
+            Some(agents) => (
+                None,
+                Some(self.start_node_agent(agents, &ns, i, &name, config)?),
+            ),
+            None => {
+                cluster::create_node(&self.client, &name, &published, &pod_cidrs).await?;
+                (
+                    Some(cluster::heartbeat(&self.client, &name, config.heartbeat)),
+                    None,
+                )
+            }
+        };
         let kube_proxy = self.start_kube_proxy(&ns, &name, proxy_kubeconfig)?;
         Ok(LabNode {
             index: i,
@@ -55,7 +69,8 @@ impl Lab {
             ipv6,
             kube_proxy: Some(kube_proxy),
             speaker: None,
-            heartbeat: Some(heartbeat),
+            heartbeat,
+            kubelet,
         })
     }
 
