@@ -115,6 +115,24 @@ async fn a_kubelet_registers_its_node_and_runs_a_host_network_pod() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // Its ServiceAccount's token, as every pod gets one: the admission plugin added the
+    // volume, and the kubelet mounted it (token and the root CA ConfigMap) or it would not run.
+    let spec = pods
+        .get("host-pause")
+        .await
+        .unwrap()
+        .spec
+        .unwrap_or_default();
+    assert_eq!(spec.service_account_name.as_deref(), Some("default"));
+    let token_volume = spec
+        .volumes
+        .unwrap_or_default()
+        .into_iter()
+        .find(|v| v.name.starts_with("kube-api-access-"));
+    assert!(
+        token_volume.is_some_and(|v| v.projected.is_some()),
+        "no projected ServiceAccount token volume"
+    );
     // The API server reaches the kubelet for logs (by InternalIP, with its client certificate).
     let logs = pods.logs("host-pause", &Default::default()).await;
     assert!(logs.is_ok(), "logs through the kubelet: {logs:?}");

@@ -205,7 +205,8 @@ impl Lab {
 
     /// kube-controller-manager in the control plane's namespace, as kubeadm runs it (each
     /// controller under its own ServiceAccount), with the controllers the lab has a use for:
-    /// EndpointSlice mirroring.
+    /// EndpointSlice mirroring; every namespace's `default` ServiceAccount and the
+    /// `kube-root-ca.crt` ConfigMap, which a pod's token volume needs.
     pub(super) fn start_controller_manager(&self) -> Result<Proc> {
         let creds = self.ca.client(
             "kube-controller-manager",
@@ -230,13 +231,32 @@ impl Lab {
                 &format!("--authentication-kubeconfig{kubeconfig}"),
                 &format!("--authorization-kubeconfig{kubeconfig}"),
                 "--use-service-account-credentials=true",
-                "--controllers=endpointslicemirroring",
+                "--controllers=endpointslicemirroring,serviceaccount,root-ca-cert-publisher",
+                &format!("--root-ca-file={}", self.ca.cert.display()),
                 "--leader-elect=false",
                 "--bind-address=127.0.0.1",
                 "--v=1",
             ]),
             &self.log_path("kube-controller-manager"),
         )
+    }
+
+    /// Waits until kube-controller-manager has made the `default` ServiceAccount of
+    /// `default`: before that, the admission plugin refuses pods there.
+    pub(super) async fn wait_for_default_service_account(&self, within: Duration) -> Result<()> {
+        let accounts: kube::Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            kube::Api::namespaced(self.client.clone(), "default");
+        let deadline = Instant::now() + within;
+        while accounts.get_opt("default").await?.is_none() {
+            if Instant::now() > deadline {
+                bail!(
+                    "kube-controller-manager made no default ServiceAccount within {within:?}; see {}",
+                    self.log_path("kube-controller-manager").display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(())
     }
 
     /// Stops kube-apiserver (etcd keeps running).

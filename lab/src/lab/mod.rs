@@ -56,7 +56,8 @@ pub struct LabConfig {
     /// over IPv6. (The namespaces keep their IPv4 addresses, unused by the cluster.)
     pub ipv6_only: bool,
     /// Runs kube-controller-manager with its EndpointSlice mirroring controller, which
-    /// turns hand-written Endpoints (a selectorless Service's) into EndpointSlices.
+    /// turns hand-written Endpoints (a selectorless Service's) into EndpointSlices, and the
+    /// ServiceAccount and root CA publisher controllers pods need (always on with kubelets).
     pub controller_manager: bool,
     /// Each node runs a real kubelet with its own containerd (lab/src/lab/kubelet.rs); the
     /// kubelets register the Nodes and keep their Leases, instead of the lab.
@@ -379,6 +380,9 @@ impl Lab {
                     *arg = "--authorization-mode=Node,RBAC".into();
                 }
             }
+            // Real pods get their ServiceAccount's token, as in any cluster: the admission
+            // plugin comes back (kube-controller-manager creates the accounts it needs).
+            apiserver_args.retain(|arg| arg != "--disable-admission-plugins=ServiceAccount");
             apiserver_args.extend(args(&[
                 "--enable-admission-plugins=NodeRestriction",
                 "--kubelet-preferred-address-types=InternalIP",
@@ -444,8 +448,11 @@ impl Lab {
         };
         lab.wait_for_apiserver(Duration::from_secs(90)).await?;
         lab.apply_deploy().await?;
-        if config.controller_manager {
+        // Pods need the ServiceAccounts and the root CA ConfigMap it publishes.
+        if config.controller_manager || config.kubelets {
             lab.controller_manager = Some(lab.start_controller_manager()?);
+            lab.wait_for_default_service_account(Duration::from_secs(30))
+                .await?;
         }
 
         // Nodes: a namespace on the LAN, a Node object with its heartbeat, kube-proxy.
