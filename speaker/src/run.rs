@@ -248,7 +248,8 @@ impl Speaker {
             links: self.links.borrow().clone(),
             ..Memory::default()
         };
-        self.apply_changes(&mut memory, [Change::AllNodes, Change::AllServices].into());
+        // The reflectors' first lists have queued AllNodes and AllServices: the first turns
+        // read everything from them, once.
         // The first turn looks at the links as they are, as every change does: a gossip
         // interface already down is left at once.
         self.links.mark_changed();

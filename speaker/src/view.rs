@@ -58,7 +58,8 @@ pub struct Context {
     pools: Vec<Pool>,
     advertisements: Vec<model::Advertisement>,
     nodes: Vec<Arc<Node>>,
-    slices: Vec<Arc<EndpointSlice>>,
+    /// The store, read only if a Local Service needs it: most batches never clone it.
+    slices: Store<EndpointSlice>,
     /// The slices by Service, built the first time a Local Service asks.
     slices_by_service: std::sync::OnceLock<SlicesByService>,
     classes: ClassPolicy,
@@ -155,7 +156,7 @@ impl Stores {
                 .map(|ad| crds::read::advertisement(ad))
                 .collect(),
             nodes: self.nodes.state(),
-            slices: self.slices.state(),
+            slices: self.slices.clone(),
             slices_by_service: std::sync::OnceLock::new(),
             classes,
         }
@@ -334,7 +335,7 @@ impl Context {
     fn slices_of(&self, service: &ServiceKey) -> &[Arc<EndpointSlice>] {
         let index = self.slices_by_service.get_or_init(|| {
             let mut index = SlicesByService::new();
-            for slice in &self.slices {
+            for slice in self.slices.state() {
                 if let Some(name) = slice.labels().get(SERVICE_NAME_LABEL) {
                     index
                         .entry((slice.namespace().unwrap_or_default(), name.clone()))

@@ -95,11 +95,6 @@ impl Elector {
         }
     }
 
-    /// The Services it holds now, to tell deleted ones from the rest after a relist.
-    pub fn services(&self) -> impl Iterator<Item = &ServiceKey> {
-        self.services.keys()
-    }
-
     /// The advertisements covering an address's pool (empty: none). Kept while a Service
     /// holds the address.
     pub fn set_advertisements(&mut self, address: IpAddr, advertisements: Vec<Advertisement>) {
