@@ -8,13 +8,6 @@ use kube::Api;
 use kube::api::PostParams;
 use lab::{Lab, LabConfig};
 
-/// The end of a lab process's log, for failure messages (the lab's directory goes with it).
-fn log_tail(lab: &Lab, process: &str) -> String {
-    let text = std::fs::read_to_string(lab.log_path(process)).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(20)..].join("\n")
-}
-
 fn ready(node: &Node) -> bool {
     node.status
         .as_ref()
@@ -71,7 +64,7 @@ async fn a_kubelet_registers_its_node_and_runs_a_host_network_pod() {
                 "{} is not Ready: {:?}\nits kubelet's log ends with:\n{}",
                 n.name,
                 node.status.and_then(|s| s.conditions),
-                log_tail(&lab, &format!("kubelet-{}", n.name))
+                lab.log_tail(&format!("kubelet-{}", n.name), 20)
             );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
@@ -111,7 +104,7 @@ async fn a_kubelet_registers_its_node_and_runs_a_host_network_pod() {
         assert!(
             Instant::now() < deadline,
             "the pod never ran: {status:?}\nnode-2's kubelet log ends with:\n{}",
-            log_tail(&lab, "kubelet-node-2")
+            lab.log_tail("kubelet-node-2", 20)
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

@@ -512,6 +512,11 @@ impl Lab {
     pub fn log_path(&self, process: &str) -> PathBuf {
         self.dir.join(format!("{process}.log"))
     }
+
+    /// The last `lines` lines of a lab process's log, for failure messages.
+    pub fn log_tail(&self, process: &str, lines: usize) -> String {
+        crate::process::tail(&self.log_path(process), lines)
+    }
 }
 
 impl Drop for Lab {
