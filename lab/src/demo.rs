@@ -63,7 +63,8 @@ pub async fn run() -> Result<()> {
         match lab.get(address, 80).await {
             Ok(a) => println!(
                 "    Hello from {} (it saw the client as {})",
-                a.pod, a.client
+                a.pod,
+                a.client.as_deref().unwrap_or("?")
             ),
             Err(e) => println!("    failed: {e:#}"),
         }

@@ -47,8 +47,9 @@ pub struct Sample {
 pub struct Answer {
     /// The pod that answered.
     pub pod: String,
-    /// The client address the pod saw.
-    pub client: String,
+    /// The client address the pod saw, when it says (the lab's own pods do; agnhost's
+    /// `serve-hostname` answers with its name alone).
+    pub client: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -132,16 +133,31 @@ pub fn request(target: SocketAddr, timeout: Duration) -> Result<Answer, String> 
     let mut reply = String::new();
     conn.read_to_string(&mut reply)
         .map_err(|e| format!("read: {e}"))?;
+    parse_answer(&reply).ok_or_else(|| format!("unexpected answer {reply:?}"))
+}
+
+/// The pod and client in an answer: the lab's `Hello from <pod>` / `client <address>`, or the
+/// body of a 200 that is one word, as agnhost's `serve-hostname --http` sends its name.
+fn parse_answer(reply: &str) -> Option<Answer> {
     let field = |prefix: &str| {
         reply
             .lines()
             .find_map(|l| l.strip_prefix(prefix))
             .map(|v| v.trim().to_string())
     };
-    match (field("Hello from "), field("client ")) {
-        (Some(pod), Some(client)) => Ok(Answer { pod, client }),
-        _ => Err(format!("unexpected answer {reply:?}")),
+    if let Some(pod) = field("Hello from ") {
+        return Some(Answer {
+            pod,
+            client: field("client "),
+        });
     }
+    let (head, body) = reply.split_once("\r\n\r\n")?;
+    let ok = head.lines().next()?.split_whitespace().nth(1) == Some("200");
+    let body = body.trim();
+    (ok && !body.is_empty() && !body.contains(char::is_whitespace)).then(|| Answer {
+        pod: body.to_string(),
+        client: None,
+    })
 }
 
 /// Runs the probe from inside `ns`, blocking the calling thread.
@@ -204,5 +220,35 @@ mod tests {
         assert_eq!(r.longest_gap(), Some(Duration::from_millis(30)));
         assert_eq!((r.successes(), r.failures()), (4, 2));
         assert_eq!(report(&[(0, false)]).longest_gap(), None);
+    }
+
+    #[test]
+    fn answers_of_the_lab_pods_and_of_agnhost_are_read() {
+        let lab = parse_answer("HTTP/1.0 200 OK\r\n\r\nHello from hello-1\nclient 198.51.100.10\n");
+        assert_eq!(
+            lab,
+            Some(Answer {
+                pod: "hello-1".into(),
+                client: Some("198.51.100.10".into())
+            })
+        );
+        let agnhost = "HTTP/1.1 200 OK\r\nDate: Mon, 30 Nov 2026 20:00:00 GMT\r\n\
+                       Content-Length: 20\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\
+                       hello-5d4c9b7f8-x2k9q";
+        assert_eq!(
+            parse_answer(agnhost),
+            Some(Answer {
+                pod: "hello-5d4c9b7f8-x2k9q".into(),
+                client: None
+            })
+        );
+        for bad in [
+            "HTTP/1.1 503 Service Unavailable\r\n\r\nbusy",
+            "HTTP/1.1 200 OK\r\n\r\n",
+            "HTTP/1.1 200 OK\r\n\r\n<html> two words </html>",
+            "garbage",
+        ] {
+            assert_eq!(parse_answer(bad), None, "{bad:?}");
+        }
     }
 }

@@ -47,7 +47,7 @@ async fn answers(
     for _ in 0..n {
         let a = lab.get(ip, 80).await?;
         pods.insert(a.pod);
-        clients.insert(a.client);
+        clients.insert(a.client.expect("the lab's pods name the client"));
     }
     Ok((pods, clients))
 }

@@ -455,7 +455,7 @@ async fn local_policy_follows_the_ready_endpoints() {
     assert_eq!(answer.pod, format!("hello-{first}"));
     assert_eq!(
         answer.client,
-        lab::plan::client_v4().to_string(),
+        Some(lab::plan::client_v4().to_string()),
         "Local keeps the client address"
     );
 
