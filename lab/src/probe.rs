@@ -119,6 +119,21 @@ pub fn attempt(target: SocketAddr, timeout: Duration) -> Result<String, String> 
 
 /// One HTTP GET over a new connection: who answered and whom it saw.
 pub fn request(target: SocketAddr, timeout: Duration) -> Result<Answer, String> {
+    let reply = get(target, timeout)?;
+    let field = |prefix: &str| {
+        reply
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(|v| v.trim().to_string())
+    };
+    match (field("Hello from "), field("client ")) {
+        (Some(pod), Some(client)) => Ok(Answer { pod, client }),
+        _ => Err(format!("unexpected answer {reply:?}")),
+    }
+}
+
+/// One HTTP/1.0 GET of `/` over a new connection: the whole reply, head and body.
+pub fn get(target: SocketAddr, timeout: Duration) -> Result<String, String> {
     let start = Instant::now();
     let mut conn =
         TcpStream::connect_timeout(&target, timeout).map_err(|e| format!("connect: {e}"))?;
@@ -132,16 +147,7 @@ pub fn request(target: SocketAddr, timeout: Duration) -> Result<Answer, String> 
     let mut reply = String::new();
     conn.read_to_string(&mut reply)
         .map_err(|e| format!("read: {e}"))?;
-    let field = |prefix: &str| {
-        reply
-            .lines()
-            .find_map(|l| l.strip_prefix(prefix))
-            .map(|v| v.trim().to_string())
-    };
-    match (field("Hello from "), field("client ")) {
-        (Some(pod), Some(client)) => Ok(Answer { pod, client }),
-        _ => Err(format!("unexpected answer {reply:?}")),
-    }
+    Ok(reply)
 }
 
 /// Runs the probe from inside `ns`, blocking the calling thread.
