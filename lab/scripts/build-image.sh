@@ -102,7 +102,7 @@ build_ferrolb() {
   # The name containerd gives `ferrolb/ferrolb:TAG` in a Pod spec.
   local name=docker.io/$repository:$tag
   # This script is in the key too: the agreement test must see a change to it at once.
-  local key; key=$(cat "$controller" "$speaker" "$0" | sha256sum | cut -c 1-16)
+  local key; key=$(cat "$controller" "$speaker" "$0" | b2sum | cut -c 1-16)
   local out=$CACHE/images/ferrolb-$tag-$key-lab$LAB_IMAGE_REVISION.tar
   # One archive per build of the binaries: drop those no lab has used for a day.
   find "$CACHE/images" -name 'ferrolb-*.tar' -mmin +1440 -delete 2>/dev/null || true
