@@ -5,6 +5,8 @@
 #   kube-controller-manager              from k8s.io/kubernetes  $K8S_VERSION (its own directory,
 #                                        so a cache from before it stays good)
 #   kubelet                              from k8s.io/kubernetes  $K8S_VERSION (its own directory)
+#   agnhost                              from k8s.io/kubernetes  $K8S_VERSION test/images/agnhost
+#                                        (for the lab's agnhost image, lab/scripts/build-image.sh)
 #   containerd, ctr, containerd-shim-runc-v2
 #                                        from github.com/containerd/containerd/v2 $CONTAINERD_VERSION
 #   bridge, host-local, loopback, portmap
@@ -39,18 +41,19 @@ timed() {
 # path inside its own tree. A wrapper module requires it and replaces each staging module
 # with its published v0.Y.Z tag instead; the list comes from that version's own go.mod.
 #
-# build_k8s_commands NAME CMD...: builds k8s.io/kubernetes/cmd/CMD... into $CACHE/bin/NAME-$K8S_VERSION.
-build_k8s_commands() {
+# build_k8s_packages NAME PKG...: builds the main packages k8s.io/kubernetes/PKG... (e.g.
+# cmd/kubelet) into $CACHE/bin/NAME-$K8S_VERSION, each binary named after its last element.
+build_k8s_packages() {
   local name=$1; shift
   local out=$CACHE/bin/$name-$K8S_VERSION
-  local cmd missing=0
-  for cmd in "$@"; do [ -x "$out/$cmd" ] || missing=1; done
+  local pkg missing=0
+  for pkg in "$@"; do [ -x "$out/${pkg##*/}" ] || missing=1; done
   if [ $missing = 0 ]; then echo "$out"; return; fi
   local minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
   local staging=v0.${K8S_VERSION#v1.}
   local work; work=$(mktemp -d "${TMPDIR:-/tmp}/ferrolb-k8s-build.XXXXXX")
   trap 'rm -rf "$work"; trap - RETURN' RETURN
-  log "building $* $K8S_VERSION (staging $staging); takes minutes cold"
+  log "building ${*##*/} $K8S_VERSION (staging $staging); takes minutes cold"
   (
     cd "$work"
     go mod init ferrolb.local/k8s-build >/dev/null 2>&1
@@ -66,7 +69,7 @@ for r in json.load(sys.stdin).get("Replace") or []:
     done
     log "resolving modules"
     local packages=()
-    for cmd in "$@"; do packages+=("k8s.io/kubernetes/cmd/$cmd@$K8S_VERSION"); done
+    for pkg in "$@"; do packages+=("k8s.io/kubernetes/$pkg@$K8S_VERSION"); done
     go get "${packages[@]}" 2>&1 | tail -n 3 >&2
     local date; date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
     local x=""
@@ -75,10 +78,10 @@ for r in json.load(sys.stdin).get("Replace") or []:
       x="$x -X $pkg.gitTreeState=clean -X $pkg.buildDate=$date"
     done
     mkdir -p "$out.tmp"
-    for cmd in "$@"; do
-      log "go build $cmd"
+    for pkg in "$@"; do
+      log "go build $pkg"
       timed go build -trimpath -tags selinux,notest -ldflags "-s -w -buildid= $x" \
-        -o "$out.tmp/$cmd" "k8s.io/kubernetes/cmd/$cmd"
+        -o "$out.tmp/${pkg##*/}" "k8s.io/kubernetes/$pkg"
     done
   )
   rm -rf "$out"; mv "$out.tmp" "$out"
@@ -160,20 +163,22 @@ build_cni_plugins() {
   echo "$out"
 }
 
-build_kubernetes() { build_k8s_commands kubernetes kube-apiserver kube-proxy kubectl; }
-build_controller_manager() { build_k8s_commands kube-controller-manager kube-controller-manager; }
-build_kubelet() { build_k8s_commands kubelet kubelet; }
+build_kubernetes() { build_k8s_packages kubernetes cmd/kube-apiserver cmd/kube-proxy cmd/kubectl; }
+build_controller_manager() { build_k8s_packages kube-controller-manager cmd/kube-controller-manager; }
+build_kubelet() { build_k8s_packages kubelet cmd/kubelet; }
+build_agnhost() { build_k8s_packages agnhost test/images/agnhost; }
 
 what=${1:-all}
 case $what in
   kubernetes) build_kubernetes ;;
   controller-manager) build_controller_manager ;;
   kubelet) build_kubelet ;;
+  agnhost) build_agnhost ;;
   containerd) build_containerd ;;
   cni-plugins) build_cni_plugins ;;
   etcd) build_etcd ;;
   helm) build_helm ;;
-  all) build_kubernetes; build_controller_manager; build_kubelet; build_containerd; build_cni_plugins
-       build_etcd; build_helm ;;
-  *) echo "usage: $0 [all|kubernetes|controller-manager|kubelet|containerd|cni-plugins|etcd|helm]" >&2; exit 2 ;;
+  all) build_kubernetes; build_controller_manager; build_kubelet; build_agnhost; build_containerd
+       build_cni_plugins; build_etcd; build_helm ;;
+  *) echo "usage: $0 [all|kubernetes|controller-manager|kubelet|agnhost|containerd|cni-plugins|etcd|helm]" >&2; exit 2 ;;
 esac

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Everything a fresh Debian machine needs before the demo or the tests: the kernel-side tools
 # the lab drives (iproute2, iptables for kube-proxy, tcpdump for ARP captures, runc for the
-# kubelets' containerd, buildah for the images the lab builds offline) and the
-# Kubernetes binaries, built from the Go module proxy and cached (lab/scripts/build-k8s.sh).
+# kubelets' containerd, buildah for the images the lab builds offline), the Kubernetes
+# binaries, built from the Go module proxy and cached (lab/scripts/build-k8s.sh), and the
+# images that need no cargo build (lab/scripts/build-image.sh; ferrolb's is built by the lab).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
@@ -23,4 +24,5 @@ if ! command -v go >/dev/null 2>&1; then
   exit 1
 fi
 "$here/build-k8s.sh" all >/dev/null
-"$here/build-pause-image.sh" >/dev/null
+"$here/build-image.sh" pause >/dev/null
+"$here/build-image.sh" agnhost >/dev/null

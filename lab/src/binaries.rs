@@ -1,5 +1,5 @@
-//! The Kubernetes binaries the lab runs, built by `lab/scripts/build-k8s.sh` and cached
-//! outside the repository.
+//! The Kubernetes binaries the lab runs, built by `lab/scripts/build-k8s.sh`, and the images
+//! its kubelets run, built by `lab/scripts/build-image.sh`; all cached outside the repository.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,8 +24,12 @@ pub struct NodeAgents {
     pub containerd_dir: PathBuf,
     /// Holds the CNI plugins.
     pub cni_dir: PathBuf,
-    /// The pause image, an OCI archive for `ctr images import`.
+    /// The images every node's containerd imports, as OCI archives for `ctr images import`:
+    /// pause ([`crate::PAUSE_IMAGE`]), agnhost ([`crate::AGNHOST_IMAGE`]) and ferrolb's own,
+    /// of the binaries [`FerrolbBinaries::find`] finds.
     pub pause_image: PathBuf,
+    pub agnhost_image: PathBuf,
+    pub ferrolb_image: PathBuf,
 }
 
 impl NodeAgents {
@@ -36,6 +40,56 @@ impl NodeAgents {
     pub fn ctr(&self) -> PathBuf {
         self.containerd_dir.join("ctr")
     }
+
+    pub fn images(&self) -> [&Path; 3] {
+        [&self.pause_image, &self.agnhost_image, &self.ferrolb_image]
+    }
+}
+
+/// ferrolb's binaries as cargo built them, for the lab's ferrolb image.
+#[derive(Debug, Clone)]
+pub struct FerrolbBinaries {
+    pub controller: PathBuf,
+    pub speaker: PathBuf,
+}
+
+impl FerrolbBinaries {
+    /// `FERROLB_CONTROLLER_BINARY` and `FERROLB_SPEAKER_BINARY` (the variables the controller's
+    /// and the speaker's lab tests read), else the binaries of the cargo build that built the
+    /// running program: beside it (the `lab` binary) or one level up (a test, in `deps/`).
+    pub fn find() -> Result<FerrolbBinaries> {
+        let exe = std::env::current_exe()?;
+        let dir = exe
+            .parent()
+            .context("the running program has no directory")?;
+        let dir = if dir.ends_with("deps") {
+            dir.parent().unwrap_or(dir)
+        } else {
+            dir
+        };
+        let find = |var: &str, name: &str| -> Result<PathBuf> {
+            let path = std::env::var_os(var).map_or_else(|| dir.join(name), PathBuf::from);
+            if !path.is_file() {
+                bail!(
+                    "no {name} at {} for the lab's ferrolb image: build it first (cargo build \
+                     -p controller -p speaker, or the workspace's cargo test), or set {var}",
+                    path.display()
+                );
+            }
+            Ok(path)
+        };
+        Ok(FerrolbBinaries {
+            controller: find("FERROLB_CONTROLLER_BINARY", "ferrolb-controller")?,
+            speaker: find("FERROLB_SPEAKER_BINARY", "ferrolb-speaker")?,
+        })
+    }
+
+    /// The ferrolb image of these binaries, built unless cached (under a second then).
+    pub fn image(&self) -> Result<PathBuf> {
+        let controller = self.controller.to_string_lossy();
+        let speaker = self.speaker.to_string_lossy();
+        built("build-image.sh", &["ferrolb", &controller, &speaker])
+    }
 }
 
 fn script(name: &str) -> PathBuf {
@@ -45,10 +99,11 @@ fn script(name: &str) -> PathBuf {
 }
 
 /// Runs a build script of lab/scripts and returns the path it prints.
-fn built(script_name: &str, what: &str) -> Result<PathBuf> {
+fn built(script_name: &str, args: &[&str]) -> Result<PathBuf> {
+    let what = args.first().copied().unwrap_or_default();
     let out = Command::new("bash")
         .arg(script(script_name))
-        .arg(what)
+        .args(args)
         .stderr(std::process::Stdio::inherit())
         .output()
         .with_context(|| format!("cannot run lab/scripts/{script_name}"))?;
@@ -58,13 +113,17 @@ fn built(script_name: &str, what: &str) -> Result<PathBuf> {
     Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }
 
-/// Finds the cached kubelet, containerd, CNI plugins and pause image, building what is missing.
+/// Finds the cached kubelet, containerd, CNI plugins and images, building what is missing;
+/// fails when ferrolb's binaries are not built ([`FerrolbBinaries::find`]).
 pub fn ensure_node_agents() -> Result<NodeAgents> {
-    let containerd_dir = built("build-k8s.sh", "containerd")?;
-    let cni_dir = built("build-k8s.sh", "cni-plugins")?;
+    let ferrolb = FerrolbBinaries::find()?;
+    let containerd_dir = built("build-k8s.sh", &["containerd"])?;
+    let cni_dir = built("build-k8s.sh", &["cni-plugins"])?;
     let agents = NodeAgents {
-        kubelet: built("build-k8s.sh", "kubelet")?.join("kubelet"),
-        pause_image: built("build-pause-image.sh", "pause")?,
+        kubelet: built("build-k8s.sh", &["kubelet"])?.join("kubelet"),
+        pause_image: built("build-image.sh", &["pause"])?,
+        agnhost_image: built("build-image.sh", &["agnhost"])?,
+        ferrolb_image: ferrolb.image()?,
         containerd_dir,
         cni_dir,
     };
@@ -78,6 +137,8 @@ pub fn ensure_node_agents() -> Result<NodeAgents> {
         agents.cni_dir.join("loopback"),
         agents.cni_dir.join("portmap"),
         agents.pause_image.clone(),
+        agents.agnhost_image.clone(),
+        agents.ferrolb_image.clone(),
     ] {
         if !path.is_file() {
             bail!("{} is missing after the build", path.display());
@@ -88,7 +149,7 @@ pub fn ensure_node_agents() -> Result<NodeAgents> {
 
 /// Finds the cached binaries, building whatever is missing (minutes, with progress on stderr).
 pub fn ensure() -> Result<Binaries> {
-    let dir = |what: &str| built("build-k8s.sh", what);
+    let dir = |what: &str| built("build-k8s.sh", &[what]);
     let k8s = dir("kubernetes")?;
     let bins = Binaries {
         etcd: dir("etcd")?.join("etcd"),

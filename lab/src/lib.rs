@@ -8,6 +8,7 @@ pub mod binaries;
 pub mod cluster;
 pub mod forward;
 pub mod hello;
+pub mod images;
 pub mod l2query;
 pub mod lab;
 pub mod netns;
@@ -17,9 +18,8 @@ pub mod probe;
 pub mod process;
 
 pub use cluster::ServiceSpec;
-pub use lab::{
-    ControllerOptions, ExternalHost, Lab, LabConfig, PAUSE_IMAGE, down, down_all, running_prefixes,
-};
+pub use images::{AGNHOST_IMAGE, PAUSE_IMAGE};
+pub use lab::{ControllerOptions, ExternalHost, Lab, LabConfig, down, down_all, running_prefixes};
 pub use probe::{Answer, ProbeConfig, ProbeReport};
 
 /// Whether the lab tests may run: they need root and the Kubernetes binaries, so they are

@@ -118,8 +118,8 @@ pub fn attempt(target: SocketAddr, timeout: Duration) -> Result<String, String> 
     request(target, timeout).map(|a| a.pod)
 }
 
-/// One HTTP GET over a new connection: who answered and whom it saw.
-pub fn request(target: SocketAddr, timeout: Duration) -> Result<Answer, String> {
+/// One HTTP/1.0 GET of `/` over a new connection: the whole reply, head and body.
+pub fn get(target: SocketAddr, timeout: Duration) -> Result<String, String> {
     let start = Instant::now();
     let mut conn =
         TcpStream::connect_timeout(&target, timeout).map_err(|e| format!("connect: {e}"))?;
@@ -133,6 +133,12 @@ pub fn request(target: SocketAddr, timeout: Duration) -> Result<Answer, String> 
     let mut reply = String::new();
     conn.read_to_string(&mut reply)
         .map_err(|e| format!("read: {e}"))?;
+    Ok(reply)
+}
+
+/// One HTTP GET over a new connection: who answered and, when it says, whom it saw.
+pub fn request(target: SocketAddr, timeout: Duration) -> Result<Answer, String> {
+    let reply = get(target, timeout)?;
     parse_answer(&reply).ok_or_else(|| format!("unexpected answer {reply:?}"))
 }
 

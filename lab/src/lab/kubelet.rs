@@ -18,13 +18,11 @@ use kube::api::{Patch, PatchParams};
 
 use super::{Lab, LabConfig};
 use crate::binaries::NodeAgents;
+use crate::images::PAUSE_IMAGE;
 use crate::netns::{self, NetNs};
 use crate::pki::{self, Credentials};
 use crate::plan;
 use crate::process::Proc;
-
-/// The name containerd pins as its sandbox image, and the kubelet expects.
-pub const PAUSE_IMAGE: &str = "registry.k8s.io/pause:3.10.1";
 
 const CGROUP_FS: &str = "/sys/fs/cgroup";
 
@@ -451,7 +449,7 @@ fn cni_config(i: usize, ipv6_only: bool) -> String {
 }
 
 /// The node's agent as one shell in a private mount namespace: bind the node's directories over
-/// the host paths, start containerd, import the pause image, then become the kubelet.
+/// the host paths, start containerd, import the lab's images, then become the kubelet.
 fn agent_script(
     agents: &NodeAgents,
     dir: &Path,
@@ -482,11 +480,13 @@ fn agent_script(
          i=$((i+1)); [ $i -lt 300 ] || {{ echo 'containerd did not start'; exit 1; }}; sleep 0.1\ndone\n",
         sock = q(socket)
     ));
-    s.push_str(&format!(
-        "ctr --address {} -n k8s.io images import {}\n",
-        q(socket),
-        q(&agents.pause_image)
-    ));
+    for image in agents.images() {
+        s.push_str(&format!(
+            "ctr --address {} -n k8s.io images import {}\n",
+            q(socket),
+            q(image)
+        ));
+    }
     s.push_str(&format!("exec {}", q(&agents.kubelet)));
     for a in kubelet_args {
         s.push_str(&format!(" '{a}'"));

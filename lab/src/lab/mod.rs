@@ -21,7 +21,7 @@ use anyhow::{Result, bail};
 use kube::Client;
 use tokio::task::JoinHandle;
 
-use crate::binaries::{self, Binaries};
+use crate::binaries::{self, Binaries, NodeAgents};
 use crate::forward::Forwarder;
 use crate::hello::HelloServer;
 use crate::netns::{self, NetNs};
@@ -32,7 +32,6 @@ use crate::process::Proc;
 pub use components::ControllerOptions;
 pub use control_plane::client_for;
 pub use faults::ExternalHost;
-pub use kubelet::PAUSE_IMAGE;
 pub use network::Capture;
 
 use control_plane::lan_apiserver_url;
@@ -210,6 +209,8 @@ pub struct Lab {
     pub prefix: String,
     pub dir: PathBuf,
     pub bins: Binaries,
+    /// What the nodes run pods with, when the lab runs kubelets.
+    pub agents: Option<NodeAgents>,
     pub lan: NetNs,
     pub cp: NetNs,
     pub client_ns: NetNs,
@@ -431,6 +432,7 @@ impl Lab {
             prefix: prefix.clone(),
             dir: dir.clone(),
             bins,
+            agents: agents.clone(),
             lan,
             cp,
             client_ns,
