@@ -4,6 +4,7 @@
 #   kube-apiserver, kube-proxy, kubectl  from k8s.io/kubernetes  $K8S_VERSION
 #   kube-controller-manager              from k8s.io/kubernetes  $K8S_VERSION (its own directory,
 #                                        so a cache from before it stays good)
+#   kube-scheduler                       from k8s.io/kubernetes  $K8S_VERSION (its own directory)
 #   kubelet                              from k8s.io/kubernetes  $K8S_VERSION (its own directory)
 #   containerd, ctr, containerd-shim-runc-v2
 #                                        from github.com/containerd/containerd/v2 $CONTAINERD_VERSION
@@ -162,18 +163,20 @@ build_cni_plugins() {
 
 build_kubernetes() { build_k8s_commands kubernetes kube-apiserver kube-proxy kubectl; }
 build_controller_manager() { build_k8s_commands kube-controller-manager kube-controller-manager; }
+build_scheduler() { build_k8s_commands kube-scheduler kube-scheduler; }
 build_kubelet() { build_k8s_commands kubelet kubelet; }
 
 what=${1:-all}
 case $what in
   kubernetes) build_kubernetes ;;
   controller-manager) build_controller_manager ;;
+  scheduler) build_scheduler ;;
   kubelet) build_kubelet ;;
   containerd) build_containerd ;;
   cni-plugins) build_cni_plugins ;;
   etcd) build_etcd ;;
   helm) build_helm ;;
-  all) build_kubernetes; build_controller_manager; build_kubelet; build_containerd; build_cni_plugins
+  all) build_kubernetes; build_controller_manager; build_scheduler; build_kubelet; build_containerd; build_cni_plugins
        build_etcd; build_helm ;;
-  *) echo "usage: $0 [all|kubernetes|controller-manager|kubelet|containerd|cni-plugins|etcd|helm]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|kubernetes|controller-manager|scheduler|kubelet|containerd|cni-plugins|etcd|helm]" >&2; exit 2 ;;
 esac
