@@ -4,6 +4,7 @@
 #   kube-apiserver, kube-proxy, kubectl  from k8s.io/kubernetes  $K8S_VERSION
 #   kube-controller-manager              from k8s.io/kubernetes  $K8S_VERSION (its own directory,
 #                                        so a cache from before it stays good)
+#   kube-scheduler                       from k8s.io/kubernetes  $K8S_VERSION (its own directory)
 #   kubelet                              from k8s.io/kubernetes  $K8S_VERSION (its own directory)
 #   agnhost                              from k8s.io/kubernetes  $K8S_VERSION test/images/agnhost
 #                                        (for the lab's agnhost image, lab/scripts/build-image.sh)
@@ -165,6 +166,7 @@ build_cni_plugins() {
 
 build_kubernetes() { build_k8s_packages kubernetes cmd/kube-apiserver cmd/kube-proxy cmd/kubectl; }
 build_controller_manager() { build_k8s_packages kube-controller-manager cmd/kube-controller-manager; }
+build_scheduler() { build_k8s_packages kube-scheduler cmd/kube-scheduler; }
 build_kubelet() { build_k8s_packages kubelet cmd/kubelet; }
 build_agnhost() { build_k8s_packages agnhost test/images/agnhost; }
 
@@ -172,13 +174,14 @@ what=${1:-all}
 case $what in
   kubernetes) build_kubernetes ;;
   controller-manager) build_controller_manager ;;
+  scheduler) build_scheduler ;;
   kubelet) build_kubelet ;;
   agnhost) build_agnhost ;;
   containerd) build_containerd ;;
   cni-plugins) build_cni_plugins ;;
   etcd) build_etcd ;;
   helm) build_helm ;;
-  all) build_kubernetes; build_controller_manager; build_kubelet; build_agnhost; build_containerd
-       build_cni_plugins; build_etcd; build_helm ;;
-  *) echo "usage: $0 [all|kubernetes|controller-manager|kubelet|agnhost|containerd|cni-plugins|etcd|helm]" >&2; exit 2 ;;
+  all) build_kubernetes; build_controller_manager; build_scheduler; build_kubelet; build_agnhost
+       build_containerd; build_cni_plugins; build_etcd; build_helm ;;
+  *) echo "usage: $0 [all|kubernetes|controller-manager|scheduler|kubelet|agnhost|containerd|cni-plugins|etcd|helm]" >&2; exit 2 ;;
 esac

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Everything a fresh Debian machine needs before the demo or the tests: the kernel-side tools
-# the lab drives (iproute2, iptables for kube-proxy, tcpdump for ARP captures, runc for the
-# kubelets' containerd, buildah for the images the lab builds offline), the Kubernetes
-# binaries, built from the Go module proxy and cached (lab/scripts/build-k8s.sh), and the
-# images that need no cargo build (lab/scripts/build-image.sh; ferrolb's is built by the lab).
+# the lab drives (iproute2, iptables for kube-proxy, tcpdump for ARP captures, ping for the pod
+# network, runc for the kubelets' containerd, buildah for the images the lab builds offline), the
+# Kubernetes binaries, built from the Go module proxy and cached (lab/scripts/build-k8s.sh), and
+# the images that need no cargo build (lab/scripts/build-image.sh; ferrolb's is built by the lab).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
 need=()
 for tool in ip:iproute2 iptables:iptables ip6tables:iptables nft:nftables tcpdump:tcpdump \
-            conntrack:conntrack ethtool:ethtool runc:runc buildah:buildah; do
+            conntrack:conntrack ethtool:ethtool ping:iputils-ping runc:runc buildah:buildah; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -9,7 +9,14 @@
 //! | foreign hosts        | 198.51.100.(100+k)            | 2001:db8::(100+k)             |
 //! | example pool         | 198.51.100.200-198.51.100.250 | 2001:db8::c8-2001:db8::fa     |
 //! | pods of node i       | 203.0.113.(16i)/28            | 2001:db8:1:i::/64             |
+//! | - hello pod k        | 203.0.113.(16i+k)             | 2001:db8:1:i::k               |
+//! | - CNI bridge (gw)    | 203.0.113.(16i+8)             | 2001:db8:1:i::100             |
+//! | - CNI pods           | 203.0.113.(16i+9)-(16i+14)    | 2001:db8:1:i::101-1ff         |
 //! | Service cluster IPs  | 192.0.2.0/24                  | 2001:db8:2::/112              |
+//! | `kubernetes` Service | 192.0.2.1                     | 2001:db8:2::1                 |
+//!
+//! With kubelets a node's CNI (lab/src/lab/kubelet.rs) takes the upper half of its /28 and the
+//! lab's hello pods keep the lower half, so both kinds of pod can share a node.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -25,6 +32,8 @@ pub const EXAMPLE_POOL_V6: &str = "2001:db8::c8-2001:db8::fa";
 pub const MAX_NODES: usize = 15;
 /// And this many pods per node.
 pub const MAX_PODS_PER_NODE: usize = 14;
+/// Hello pods per node when the node's CNI has the upper half of its range.
+pub const MAX_PODS_PER_NODE_WITH_KUBELETS: usize = 7;
 
 pub fn apiserver_v4() -> Ipv4Addr {
     Ipv4Addr::new(198, 51, 100, 1)
@@ -75,6 +84,57 @@ pub fn pod_v6(node: usize, k: usize) -> Ipv6Addr {
     Ipv6Addr::new(0x2001, 0xdb8, 1, node as u16, 0, 0, 0, k as u16)
 }
 
+/// The address of node `node`'s CNI bridge, its pods' gateway; the CNI's pods follow it.
+pub fn cni_gateway_v4(node: usize) -> Ipv4Addr {
+    pod_v4(node, 8)
+}
+
+pub fn cni_gateway_v6(node: usize) -> Ipv6Addr {
+    pod_v6(node, 0x100)
+}
+
+/// The last address node `node`'s CNI gives a pod.
+pub fn cni_last_v4(node: usize) -> Ipv4Addr {
+    pod_v4(node, 14)
+}
+
+pub fn cni_last_v6(node: usize) -> Ipv6Addr {
+    pod_v6(node, 0x1ff)
+}
+
+/// The `kubernetes` Service's ClusterIP: the first address of the Service range.
+pub fn kubernetes_service_v4() -> Ipv4Addr {
+    Ipv4Addr::new(192, 0, 2, 1)
+}
+
+pub fn kubernetes_service_v6() -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 1)
+}
+
 fn lan_v6(low: u16) -> Ipv6Addr {
     Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, low)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_pods_and_the_cni_share_a_node_range_without_overlap() {
+        for node in 1..=MAX_NODES {
+            let last_hello = MAX_PODS_PER_NODE_WITH_KUBELETS;
+            assert!(pod_v4(node, last_hello) < cni_gateway_v4(node));
+            assert!(pod_v6(node, last_hello) < cni_gateway_v6(node));
+            assert!(cni_gateway_v4(node) < cni_last_v4(node));
+            // Still inside the node's /28, short of its broadcast address.
+            assert_eq!(
+                u32::from(cni_last_v4(node)),
+                u32::from(pod_v4(node, 0)) + 14
+            );
+            assert_eq!(
+                cni_last_v6(node).segments()[..4],
+                pod_v6(node, 0).segments()[..4]
+            );
+        }
+    }
 }

@@ -39,8 +39,10 @@ impl Lab {
     }
 
     /// Applies deploy/ exactly as an operator would (`kubectl apply -k deploy`) and waits for
-    /// the CRDs to be served.
-    pub(super) async fn apply_deploy(&self) -> Result<()> {
+    /// the CRDs to be served. With kubelets its Deployment and DaemonSet go again at once:
+    /// they would become pods of an image the nodes do not have (ImagePullBackOff, each
+    /// holding a pod address); the lab runs ferrolb as its own processes.
+    pub(super) async fn apply_deploy(&self, with_kubelets: bool) -> Result<()> {
         let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
         let deploy = deploy.canonicalize()?.display().to_string();
         self.kubectl(&["apply", "--server-side", "-k", &deploy])
@@ -53,6 +55,17 @@ impl Lab {
             "crd/l2advertisements.ferrolb.io",
         ])
         .await?;
+        if with_kubelets {
+            self.kubectl(&[
+                "delete",
+                "deployments,daemonsets",
+                "-n",
+                "ferrolb-system",
+                "-l",
+                "app.kubernetes.io/part-of=ferrolb",
+            ])
+            .await?;
+        }
         Ok(())
     }
 
@@ -206,8 +219,14 @@ impl Lab {
     /// kube-controller-manager in the control plane's namespace, as kubeadm runs it (each
     /// controller under its own ServiceAccount), with the controllers the lab has a use for:
     /// EndpointSlice mirroring; every namespace's `default` ServiceAccount and the
-    /// `kube-root-ca.crt` ConfigMap, which a pod's token volume needs.
-    pub(super) fn start_controller_manager(&self) -> Result<Proc> {
+    /// `kube-root-ca.crt` ConfigMap, which a pod's token volume needs. With kubelets also what
+    /// real workloads need: Deployments, ReplicaSets and DaemonSets, EndpointSlices of pods,
+    /// garbage collection (ReplicaSets and pods go with their owners), namespace deletion, and
+    /// node lifecycle: it lifts the not-ready taint a kubelet registers with (nothing would be
+    /// scheduled otherwise) and marks a silent node NotReady after the default grace period
+    /// of 50 s, whose pods the taint eviction controller then evicts (after their 300 s
+    /// default toleration); the pod GC removes pods of deleted Nodes.
+    pub(super) fn start_controller_manager(&self, with_kubelets: bool) -> Result<Proc> {
         let creds = self.ca.client(
             "kube-controller-manager",
             "system:kube-controller-manager",
@@ -221,6 +240,16 @@ impl Lab {
             "system:kube-controller-manager",
             Credentials::Cert(&creds),
         )?;
+        let mut controllers =
+            String::from("endpointslicemirroring,serviceaccount,root-ca-cert-publisher");
+        if with_kubelets {
+            controllers.push_str(
+                ",deployment-controller,replicaset-controller,daemonset-controller\
+                 ,endpointslice-controller,garbage-collector-controller,namespace-controller\
+                 ,node-lifecycle-controller,taint-eviction-controller\
+                 ,pod-garbage-collector-controller",
+            );
+        }
         let kubeconfig = format!("={}", kubeconfig.display());
         Proc::spawn(
             &self.cp,
@@ -231,13 +260,44 @@ impl Lab {
                 &format!("--authentication-kubeconfig{kubeconfig}"),
                 &format!("--authorization-kubeconfig{kubeconfig}"),
                 "--use-service-account-credentials=true",
-                "--controllers=endpointslicemirroring,serviceaccount,root-ca-cert-publisher",
+                &format!("--controllers={controllers}"),
                 &format!("--root-ca-file={}", self.ca.cert.display()),
                 "--leader-elect=false",
                 "--bind-address=127.0.0.1",
                 "--v=1",
             ]),
             &self.log_path("kube-controller-manager"),
+        )
+    }
+
+    /// kube-scheduler in the control plane's namespace (with kubelets: without them nothing
+    /// runs pods), as the user `system:kube-scheduler` the default RBAC binds.
+    pub(super) fn start_scheduler(&self) -> Result<Proc> {
+        let creds = self
+            .ca
+            .client("kube-scheduler", "system:kube-scheduler", &[])?;
+        let kubeconfig = self.dir.join("kube-scheduler.kubeconfig");
+        pki::write_kubeconfig(
+            &kubeconfig,
+            "https://127.0.0.1:6443",
+            &self.ca.cert,
+            "system:kube-scheduler",
+            Credentials::Cert(&creds),
+        )?;
+        let kubeconfig = format!("={}", kubeconfig.display());
+        Proc::spawn(
+            &self.cp,
+            "kube-scheduler",
+            &self.bins.kube_scheduler,
+            &super::args(&[
+                &format!("--kubeconfig{kubeconfig}"),
+                &format!("--authentication-kubeconfig{kubeconfig}"),
+                &format!("--authorization-kubeconfig{kubeconfig}"),
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                "--v=1",
+            ]),
+            &self.log_path("kube-scheduler"),
         )
     }
 

@@ -7,6 +7,7 @@
 //! the lab's prefix, the sysctls the kubelet sets, and the empty host directories the private
 //! mount namespaces bind over.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -176,8 +177,9 @@ impl Lab {
         )
     }
 
-    /// Waits until every node's kubelet has registered its Node, then gives it its pod ranges
-    /// (no node IPAM controller runs to do it).
+    /// Waits until every node's kubelet has registered its Node, then gives it its pod ranges.
+    /// Not kube-controller-manager's node IPAM: it hands out blocks of one cluster range in
+    /// the order Nodes appear, so node i would not get the plan's 203.0.113.(16i)/28.
     pub(super) async fn wait_for_registration(&mut self, within: Duration) -> Result<()> {
         let nodes: Api<Node> = Api::all(self.client.clone());
         let deadline = Instant::now() + within;
@@ -212,6 +214,43 @@ impl Lab {
         }
         Ok(())
     }
+
+    /// The processes of pod `uid` on node `i` (its sandbox and its containers), found by the
+    /// pod's cgroup: a way into the pod's namespaces (`/proc/PID/ns/net`, `/proc/PID/root`)
+    /// when its image has no tools of its own. Empty if the pod runs no process there.
+    pub fn pod_processes(&self, i: usize, uid: &str) -> Vec<i32> {
+        let root = cgroup_root(&self.prefix, i);
+        let pod = format!("pod{uid}");
+        let mut pids = vec![];
+        for node in cgroup_roots(|name| name == root) {
+            if let Some(dir) = find_dir(&node, &pod, 4) {
+                collect_pids(&dir, &mut pids);
+            }
+        }
+        pids.sort();
+        pids.dedup();
+        pids
+    }
+}
+
+/// The directory named `name` under `dir`, at most `depth` levels down.
+fn find_dir(dir: &Path, name: &str, depth: usize) -> Option<PathBuf> {
+    let entries = std::fs::read_dir(dir).ok()?;
+    let subdirs: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    if let Some(found) = subdirs
+        .iter()
+        .find(|p| p.file_name().is_some_and(|f| f == name))
+    {
+        return Some(found.clone());
+    }
+    if depth == 0 {
+        return None;
+    }
+    subdirs.iter().find_map(|p| find_dir(p, name, depth - 1))
 }
 
 /// Saves the kubelet's sysctls unless a kubelet lab already did (it saw the machine's own).
@@ -424,12 +463,39 @@ state = "{d}/containerd/state"
     )
 }
 
-/// A bridge network on the node's pod ranges. The kubelet reports the node Ready only once
-/// the runtime has a network; the pods of this first step use the host's.
+/// A bridge network on the upper half of the node's pod ranges (the lab's hello pods have the
+/// lower; see `plan`), its address the pods' default gateway. No masquerade: inside the cluster
+/// pods are seen by their own addresses, as Kubernetes expects; the nodes and the control plane
+/// route the pod ranges instead (lab/src/lab/network.rs). The client, outside, has no route.
 fn cni_config(i: usize, ipv6_only: bool) -> String {
-    let mut ranges = vec![serde_json::json!([{"subnet": plan::pod_cidr_v6(i)}])];
+    let range = |subnet: String, gateway: IpAddr, first: IpAddr, last: IpAddr| {
+        serde_json::json!([{
+            "subnet": subnet,
+            "gateway": gateway.to_string(),
+            "rangeStart": first.to_string(),
+            "rangeEnd": last.to_string(),
+        }])
+    };
+    let gateway_v6 = plan::cni_gateway_v6(i);
+    let first_v6 = Ipv6Addr::from(u128::from(gateway_v6) + 1);
+    let mut ranges = vec![range(
+        plan::pod_cidr_v6(i),
+        gateway_v6.into(),
+        first_v6.into(),
+        plan::cni_last_v6(i).into(),
+    )];
     if !ipv6_only {
-        ranges.insert(0, serde_json::json!([{"subnet": plan::pod_cidr_v4(i)}]));
+        let gateway_v4 = plan::cni_gateway_v4(i);
+        let first_v4 = Ipv4Addr::from(u32::from(gateway_v4) + 1);
+        ranges.insert(
+            0,
+            range(
+                plan::pod_cidr_v4(i),
+                gateway_v4.into(),
+                first_v4.into(),
+                plan::cni_last_v4(i).into(),
+            ),
+        );
     }
     serde_json::to_string_pretty(&serde_json::json!({
         "cniVersion": "1.0.0",
@@ -439,6 +505,7 @@ fn cni_config(i: usize, ipv6_only: bool) -> String {
                 "type": "bridge",
                 "bridge": "cni0",
                 "isGateway": true,
+                "isDefaultGateway": true,
                 "ipMasq": false,
                 "ipam": {"type": "host-local", "ranges": ranges, "dataDir": "/run/containerd/cni-ipam"},
             },

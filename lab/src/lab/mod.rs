@@ -35,7 +35,7 @@ pub use faults::ExternalHost;
 pub use network::Capture;
 
 use control_plane::lan_apiserver_url;
-use network::{attach, link_mac};
+use network::{attach, control_plane_pod_routes, link_mac};
 
 /// Every lab namespace starts with this, then 4 hex digits, then `-`.
 pub const PREFIX_STEM: &str = "flb";
@@ -59,7 +59,9 @@ pub struct LabConfig {
     /// ServiceAccount and root CA publisher controllers pods need (always on with kubelets).
     pub controller_manager: bool,
     /// Each node runs a real kubelet with its own containerd (lab/src/lab/kubelet.rs); the
-    /// kubelets register the Nodes and keep their Leases, instead of the lab.
+    /// kubelets register the Nodes and keep their Leases, instead of the lab. kube-scheduler
+    /// and kube-controller-manager's workload controllers run too, pods get a routed network
+    /// (a CNI bridge per node) and reach the API server through the `kubernetes` Service.
     pub kubelets: bool,
 }
 
@@ -201,6 +203,7 @@ pub struct Lab {
     // Field order is drop order: pods and processes go before the namespaces.
     pods: Vec<LabPod>,
     nodes: Vec<LabNode>,
+    scheduler: Option<Proc>,
     controller_manager: Option<Proc>,
     apiserver: Option<Proc>,
     etcd: Proc,
@@ -246,6 +249,16 @@ impl Lab {
             bail!(
                 "pod on node {bad}, but the lab has nodes 1 to {}",
                 config.nodes
+            );
+        }
+        let on = |i: usize| config.pods.iter().filter(|n| **n == i).count();
+        if config.kubelets
+            && let Some(i) =
+                (1..=config.nodes).find(|i| on(*i) > plan::MAX_PODS_PER_NODE_WITH_KUBELETS)
+        {
+            bail!(
+                "with kubelets a node has room for {} hello pods (its CNI has the rest of its range); node {i} has more",
+                plan::MAX_PODS_PER_NODE_WITH_KUBELETS
             );
         }
         let bins = tokio::task::spawn_blocking(binaries::ensure).await??;
@@ -316,7 +329,8 @@ impl Lab {
                 plan::apiserver_v4().into(),
                 plan::apiserver_v6().into(),
                 "127.0.0.1".parse()?,
-                "192.0.2.1".parse()?,
+                plan::kubernetes_service_v4().into(),
+                plan::kubernetes_service_v6().into(),
             ],
         )?;
         let admin = ca.client("admin", "lab-admin", &["system:masters"])?;
@@ -384,6 +398,17 @@ impl Lab {
             // Real pods get their ServiceAccount's token, as in any cluster: the admission
             // plugin comes back (kube-controller-manager creates the accounts it needs).
             apiserver_args.retain(|arg| arg != "--disable-admission-plugins=ServiceAccount");
+            // Pods reach it through the `kubernetes` Service: it keeps that Service's
+            // endpoints itself (the default lease reconciler), at an address of the Service's
+            // family.
+            apiserver_args.retain(|arg| arg != "--endpoint-reconciler-type=none");
+            if config.ipv6_only {
+                for arg in apiserver_args.iter_mut() {
+                    if arg.starts_with("--advertise-address=") {
+                        *arg = format!("--advertise-address={}", plan::apiserver_v6());
+                    }
+                }
+            }
             apiserver_args.extend(args(&[
                 "--enable-admission-plugins=NodeRestriction",
                 "--kubelet-preferred-address-types=InternalIP",
@@ -424,6 +449,7 @@ impl Lab {
         let mut lab = Lab {
             pods: vec![],
             nodes: vec![],
+            scheduler: None,
             controller_manager: None,
             apiserver: Some(apiserver),
             etcd,
@@ -449,12 +475,16 @@ impl Lab {
             _teardown: teardown,
         };
         lab.wait_for_apiserver(Duration::from_secs(90)).await?;
-        lab.apply_deploy().await?;
+        lab.apply_deploy(config.kubelets).await?;
         // Pods need the ServiceAccounts and the root CA ConfigMap it publishes.
         if config.controller_manager || config.kubelets {
-            lab.controller_manager = Some(lab.start_controller_manager()?);
+            lab.controller_manager = Some(lab.start_controller_manager(config.kubelets)?);
             lab.wait_for_default_service_account(Duration::from_secs(30))
                 .await?;
+        }
+        if config.kubelets {
+            lab.scheduler = Some(lab.start_scheduler()?);
+            control_plane_pod_routes(&lab.cp, config.nodes)?;
         }
 
         // Nodes: a namespace on the LAN, a Node object with its heartbeat, kube-proxy.

@@ -100,7 +100,29 @@ impl Capture {
 /// host-gw routing in node `i`: every other node's pods through that node (`replace`, so that
 /// it can run again after a link flap).
 pub(super) fn pod_routes(ns: &NetNs, i: usize, nodes: usize) -> Result<()> {
-    for j in (1..=nodes).filter(|j| *j != i) {
+    routes_to_pods(ns, (1..=nodes).filter(|j| *j != i))
+}
+
+/// The control plane's way back to pods (with kubelets): every node's pods through that node,
+/// so the API server answers pods that reach it by their own addresses through the
+/// `kubernetes` Service. The client gets no such routes: it is outside the cluster.
+pub(super) fn control_plane_pod_routes(cp: &NetNs, nodes: usize) -> Result<()> {
+    routes_to_pods(cp, 1..=nodes)
+}
+
+/// A route for the Service ranges in a node with kubelets, so the node's own processes (and
+/// host-network pods: ferrolb's speaker) can open connections to ClusterIPs such as the
+/// `kubernetes` Service's; kube-proxy's DNAT then sends them on. Nodes have no default route,
+/// and without a route a connection fails before kube-proxy's rules see it.
+pub(super) fn service_routes(ns: &NetNs) -> Result<()> {
+    for range in plan::SERVICE_CIDRS.split(',') {
+        ns.ip(&["route", "replace", range, "dev", "eth0"])?;
+    }
+    Ok(())
+}
+
+fn routes_to_pods(ns: &NetNs, nodes: impl Iterator<Item = usize>) -> Result<()> {
+    for j in nodes {
         ns.ip(&[
             "route",
             "replace",

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
-use super::network::{attach, pod_routes};
+use super::network::{attach, pod_routes, service_routes};
 use super::observe::http_status;
 use super::{Lab, LabConfig, LabNode, args};
 use crate::binaries::NodeAgents;
@@ -38,6 +38,9 @@ impl Lab {
             ns.sysctl(key, value)?;
         }
         pod_routes(&ns, i, config.nodes)?;
+        if agents.is_some() {
+            service_routes(&ns)?;
+        }
         let (published, pod_cidrs) = if config.ipv6_only {
             (vec![ipv6], vec![plan::pod_cidr_v6(i)])
         } else {
