@@ -42,8 +42,9 @@ pub async fn serve(
     live: Liveness,
     pages: Pages,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let listener = TcpListener::bind(addr).await?;
+    let listener = bind(addr)?;
     let pages = Arc::new(pages);
+    let addr = listener.local_addr()?;
     tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
     Ok(tokio::spawn(async move {
         while let Ok((conn, _)) = listener.accept().await {
@@ -72,6 +73,53 @@ pub async fn serve(
             });
         }
     }))
+}
+
+/// EAFNOSUPPORT on Linux: the kernel was booted without IPv6.
+const NO_IPV6: i32 = 97;
+
+/// Binds `addr`. The unspecified IPv6 address serves both families whatever
+/// `net.ipv6.bindv6only` says: the kubelet probes a pod over the family of its pod IP (IPv6
+/// alone in an IPv6-only cluster, IPv4 first in a dual-stack one). On a kernel without IPv6 it
+/// falls back to `0.0.0.0` on the same port.
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let any_v6 = matches!(addr, SocketAddr::V6(a) if a.ip().is_unspecified());
+    let socket = if any_v6 {
+        match socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None) {
+            Ok(socket) => {
+                socket.set_only_v6(false)?;
+                Some(socket)
+            }
+            Err(e) if e.raw_os_error() == Some(NO_IPV6) => {
+                tracing::warn!(%addr, "this kernel has no IPv6: serving on IPv4 alone");
+                None
+            }
+            Err(e) => return Err(e),
+        }
+    } else {
+        None
+    };
+    let (socket, addr) = match socket {
+        Some(socket) => (socket, addr),
+        None => {
+            let addr = if any_v6 {
+                SocketAddr::from(([0, 0, 0, 0], addr.port()))
+            } else {
+                addr
+            };
+            let domain = socket2::Domain::for_address(addr);
+            (
+                socket2::Socket::new(domain, socket2::Type::STREAM, None)?,
+                addr,
+            )
+        }
+    };
+    // A restarted process must not wait for the old one's connections to time out.
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(128)?;
+    TcpListener::from_std(socket.into())
 }
 
 fn respond(
@@ -122,6 +170,35 @@ mod tests {
     use super::*;
     use prometheus_client::metrics::counter::Counter;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// `[::]:port` answers over IPv4 and IPv6 alike, even where the system makes IPv6
+    /// sockets IPv6-only by default: a namespace with `net.ipv6.bindv6only=1`.
+    #[test]
+    #[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
+    fn the_unspecified_ipv6_address_serves_both_families() {
+        lab::require_lab!();
+        let ns = lab::netns::Scratch::new("bind").unwrap();
+        ns.sysctl("net.ipv6.bindv6only", "1").unwrap();
+        ns.enter(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let listener = bind("[::]:0".parse().unwrap()).unwrap();
+                let port = listener.local_addr().unwrap().port();
+                for peer in ["127.0.0.1", "::1"] {
+                    let target = SocketAddr::new(peer.parse().unwrap(), port);
+                    // The backlog completes the handshake; accept only once it has.
+                    tokio::net::TcpStream::connect(target)
+                        .await
+                        .unwrap_or_else(|e| panic!("connecting to {target}: {e}"));
+                    listener.accept().await.unwrap();
+                }
+            })
+        })
+        .unwrap();
+    }
 
     #[tokio::test]
     async fn serves_metrics_health_and_readiness() {

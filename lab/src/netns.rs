@@ -134,16 +134,69 @@ pub fn stop_all(pids: impl Fn() -> Vec<i32>) {
     }
 }
 
+/// The processes inside the namespace `name` (`ip netns pids`).
+pub fn pids(name: &str) -> Vec<i32> {
+    run(Command::new("ip").args(["netns", "pids", name]))
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
 /// Kills every process inside the namespace, then deletes it.
 pub fn destroy(name: &str) -> Result<()> {
-    stop_all(|| {
-        run(Command::new("ip").args(["netns", "pids", name]))
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect()
-    });
+    stop_all(|| pids(name));
     ip(&["netns", "del", name])?;
     Ok(())
+}
+
+/// A namespace for one unit test, `flbt<pid>-<tag>`, deleted when dropped (also when the test
+/// panics). The first one a process makes removes those of test runs that died.
+pub struct Scratch(NetNs);
+
+impl Scratch {
+    pub fn new(tag: &str) -> Result<Scratch> {
+        static SWEEP: std::sync::Once = std::sync::Once::new();
+        SWEEP.call_once(remove_scratch_of_dead_runs);
+        Ok(Scratch(NetNs::create(&format!(
+            "{}-{tag}",
+            scratch_prefix()
+        ))?))
+    }
+}
+
+/// The prefix of this process's scratch namespaces.
+pub fn scratch_prefix() -> String {
+    format!("flbt{}", std::process::id())
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = NetNs;
+    fn deref(&self) -> &NetNs {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Err(error) = destroy(self.0.name()) {
+            eprintln!("cannot delete namespace {}: {error:#}", self.0.name());
+        }
+    }
+}
+
+/// Removes the scratch namespaces whose process is gone.
+pub fn remove_scratch_of_dead_runs() {
+    let stale = list(|name| {
+        let Some(pid) = name.strip_prefix("flbt").and_then(|r| r.split('-').next()) else {
+            return false;
+        };
+        pid.parse::<u32>()
+            .is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+    })
+    .unwrap_or_default();
+    for name in stale {
+        let _ = destroy(&name);
+    }
 }

@@ -15,7 +15,6 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, UdpSocket};
-use std::path::Path;
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
@@ -60,8 +59,8 @@ struct Net {
 impl Net {
     fn new(tag: &str) -> Net {
         static SWEEP: Once = Once::new();
-        SWEEP.call_once(remove_namespaces_of_dead_runs);
-        let prefix = format!("flbt{}-{tag}", std::process::id());
+        SWEEP.call_once(netns::remove_scratch_of_dead_runs);
+        let prefix = format!("{}-{tag}", netns::scratch_prefix());
         let bridge = NetNs::create(&format!("{prefix}-br")).unwrap();
         // The bridge's own MLD querier makes it forward solicited-node multicast only to
         // ports that joined the group, as a switch with MLD snooping does, so the tests show
@@ -160,20 +159,6 @@ impl Drop for Net {
                 eprintln!("cannot delete namespace {}: {error:#}", ns.name());
             }
         }
-    }
-}
-
-fn remove_namespaces_of_dead_runs() {
-    let stale = netns::list(|name| {
-        let Some(pid) = name.strip_prefix("flbt").and_then(|r| r.split('-').next()) else {
-            return false;
-        };
-        pid.parse::<u32>()
-            .is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
-    })
-    .unwrap_or_default();
-    for name in stale {
-        let _ = netns::destroy(&name);
     }
 }
 
