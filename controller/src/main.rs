@@ -39,7 +39,7 @@ struct Args {
     identity: Option<String>,
 
     /// Address of the /metrics, /healthz and /readyz endpoints.
-    #[arg(long, default_value = "0.0.0.0:9650")]
+    #[arg(long, default_value = "[::]:9650")]
     metrics_addr: std::net::SocketAddr,
 
     /// Also handle Services without spec.loadBalancerClass (Services of class ferrolb.io/l2

@@ -1,12 +1,12 @@
-//! `lab demo`: the README's demo, with ferrolb's controller and speakers for real. The one
-//! thing the lab does by hand is what no ferrolb component does in a cluster either: it places
-//! the pods.
+//! `lab demo`: the README's demo on a real cluster: kubelets and containerd on every node,
+//! ferrolb installed with `kubectl apply -k deploy` (its speaker and controller pods run from
+//! the image the lab built), the examples of deploy/examples applied.
 
 use std::net::IpAddr;
 use std::time::Duration;
 
 use anyhow::Result;
-use lab::{Lab, LabConfig, ProbeConfig, ServiceSpec};
+use lab::{Lab, LabConfig, ProbeConfig};
 
 fn step(text: &str) {
     println!("\n==> {text}");
@@ -15,35 +15,55 @@ fn step(text: &str) {
 const EXCLUDE: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
 
 pub async fn run() -> Result<()> {
-    step("Starting a lab: etcd, kube-apiserver, 3 nodes with kube-proxy, 2 hello pods, a client");
-    // Both pods on node-1, which does not announce: the node killed below takes no pod with it,
-    // so what is timed is ferrolb's failover, not the endpoint controller's.
+    step(
+        "Starting a cluster: etcd, kube-apiserver, kube-controller-manager, kube-scheduler; 3 nodes \
+         with a kubelet, containerd and kube-proxy; ferrolb installed with kubectl apply -k deploy",
+    );
     let mut lab = Lab::start(LabConfig {
         nodes: 3,
-        pods: vec![1, 1],
+        pods: vec![],
+        kubelets: true,
         ..LabConfig::default()
     })
     .await?;
-    lab.label_node(1, EXCLUDE, Some("true")).await?;
-    println!("{}", lab.kubectl(&["get", "nodes", "-o", "wide"]).await?);
-
-    step("Applying deploy/examples/pool.yaml (a pool and its L2Advertisement)");
-    let pool = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/examples/pool.yaml");
-    print!("{}", lab.kubectl(&["apply", "-f", pool]).await?);
-
-    step(
-        "Starting ferrolb-controller and a ferrolb-speaker on every node, as their ServiceAccounts",
+    println!(
+        "{}",
+        lab.kubectl(&["get", "pods", "-A", "-o", "wide"]).await?
     );
-    let bin = |name: &str| -> Result<std::path::PathBuf> {
-        Ok(std::env::current_exe()?.with_file_name(name))
-    };
-    lab.start_controller(&bin("ferrolb-controller")?, 1).await?;
-    for i in 1..=3 {
-        lab.start_speaker(&bin("ferrolb-speaker")?, i).await?;
-    }
 
-    step("Creating the Service hello (type LoadBalancer, port 80 -> the pods' 8080)");
-    lab.expose(&ServiceSpec::new("default", "hello")).await?;
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/examples");
+    step("Applying deploy/examples/pool.yaml (a pool and its L2Advertisement)");
+    print!(
+        "{}",
+        lab.kubectl(&["apply", "-f", &format!("{examples}/pool.yaml")])
+            .await?
+    );
+    step(
+        "Applying deploy/examples/service.yaml (Deployment hello, Service hello of type LoadBalancer)",
+    );
+    print!(
+        "{}",
+        lab.kubectl(&["apply", "-f", &format!("{examples}/service.yaml")])
+            .await?
+    );
+    // The node killed below must take no hello pod with it: what is timed is then ferrolb's
+    // failover, not the endpoint controller noticing dead pods (40 s and more).
+    step(
+        "Keeping the hello pods on node-1, which does not announce (label exclude-from-external-load-balancers)",
+    );
+    lab.label_node(1, EXCLUDE, Some("true")).await?;
+    lab.kubectl(&[
+        "patch",
+        "deployment",
+        "hello",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"nodeSelector":{"kubernetes.io/hostname":"node-1"}}}}}"#,
+    ])
+    .await?;
+    lab.kubectl(&["rollout", "status", "deployment/hello", "--timeout=120s"])
+        .await?;
+    println!("{}", lab.kubectl(&["get", "pods", "-o", "wide"]).await?);
+
     let address = wait_for_ingress(&lab).await?;
     println!("{}", lab.kubectl(&["get", "svc", "hello"]).await?);
     println!("{}", lab.kubectl(&["get", "ipaddresspools"]).await?);
@@ -61,17 +81,13 @@ pub async fn run() -> Result<()> {
     wait_for_answer(&lab, address).await;
     for _ in 0..6 {
         match lab.get(address, 80).await {
-            Ok(a) => println!(
-                "    Hello from {} (it saw the client as {})",
-                a.pod,
-                a.client.as_deref().unwrap_or("?")
-            ),
+            Ok(a) => println!("    {}", a.pod),
             Err(e) => println!("    failed: {e:#}"),
         }
     }
 
     step(&format!(
-        "Killing node-{owner} (speaker and kube-proxy killed, LAN link down) while the client opens a new connection every 10 ms"
+        "Killing node-{owner} (kubelet, containerd, the speaker's pod, kube-proxy and the LAN link at once) while the client opens a new connection every 10 ms"
     ));
     let probe = ProbeConfig::new((address, 80).into(), Duration::from_secs(4));
     let probing = {
@@ -98,7 +114,7 @@ pub async fn run() -> Result<()> {
     );
     for _ in 0..3 {
         match lab.get(address, 80).await {
-            Ok(a) => println!("    Hello from {} through node-{successor}", a.pod),
+            Ok(a) => println!("    {} through node-{successor}", a.pod),
             Err(e) => println!("    failed: {e:#}"),
         }
     }
@@ -113,15 +129,11 @@ pub async fn run() -> Result<()> {
 /// The one node answering ARP for `address` (other than `not`), within 15 s.
 async fn wait_for_owner(lab: &Lab, address: IpAddr, not: Option<usize>) -> Result<usize> {
     for _ in 0..50 {
-        let macs =
-            lab::l2query::who_has(&lab.client_ns, "eth0", address, Duration::from_millis(300))?;
-        if let [mac] = &macs[..] {
-            let mac = mac.to_string();
-            for i in 1..=lab.nodes().len() {
-                if Some(i) != not && lab.node(i).mac()? == mac {
-                    return Ok(i);
-                }
-            }
+        if let [owner] = lab.answering_nodes(address)?[..]
+            && owner != 0
+            && Some(owner) != not
+        {
+            return Ok(owner);
         }
     }
     anyhow::bail!("no single node answers ARP for {address}")
@@ -179,7 +191,7 @@ async fn wait_for_ingress(lab: &Lab) -> Result<IpAddr> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     anyhow::bail!(
-        "the controller gave the Service no address in 30 s; see {}",
-        lab.log_path("controller-1").display()
+        "the controller gave the Service no address in 30 s; its Events:\n{}",
+        lab.events("default", "hello").await?
     )
 }

@@ -6,6 +6,7 @@
 
 pub mod binaries;
 pub mod cluster;
+pub mod figures;
 pub mod forward;
 pub mod hello;
 pub mod images;
@@ -19,7 +20,10 @@ pub mod process;
 
 pub use cluster::ServiceSpec;
 pub use images::{AGNHOST_IMAGE, PAUSE_IMAGE};
-pub use lab::{ControllerOptions, ExternalHost, Lab, LabConfig, down, down_all, running_prefixes};
+pub use lab::{
+    CONTROLLER_DEPLOYMENT, ControllerOptions, ExternalHost, FERROLB_NAMESPACE, Lab, LabConfig,
+    SPEAKER_DAEMONSET, down, down_all, running_prefixes,
+};
 pub use probe::{Answer, ProbeConfig, ProbeReport};
 
 /// Whether the lab tests may run: they need root and the Kubernetes binaries, so they are

@@ -1,6 +1,7 @@
 //! `lab`: the ferrolb test bed from the command line.
 //!
-//!   lab up [--nodes N] [--kubelets]  start a lab and keep it until Ctrl-C
+//!   lab up [--nodes N] [--helm] [--no-kubelets]  start a cluster with ferrolb installed, until
+//!                          SIGINT or SIGTERM
 //!   lab down [--all|PREFIX] remove a lab (or every lab, also those of killed runs)
 //!   lab status             list the labs on this machine
 //!   lab demo               the README's demo
@@ -26,13 +27,18 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Start a lab and keep it running until Ctrl-C.
+    /// Start a cluster (kubelets and containerd on every node) with ferrolb installed and the
+    /// example pool applied, and keep it until SIGINT or SIGTERM.
     Up {
         #[arg(long, default_value_t = 3)]
         nodes: usize,
-        /// Run a real kubelet and containerd in every node (they register the Nodes).
+        /// Install ferrolb with `helm install` of the chart instead of `kubectl apply -k`.
         #[arg(long)]
-        kubelets: bool,
+        helm: bool,
+        /// No kubelets: the lab registers the Nodes itself and ferrolb's pods do not run (the
+        /// lab of the process-started tests).
+        #[arg(long)]
+        no_kubelets: bool,
     },
     /// Remove a lab by prefix, or every lab with --all.
     Down {
@@ -63,7 +69,11 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Up { nodes, kubelets } => up(nodes, kubelets).await,
+        Command::Up {
+            nodes,
+            helm,
+            no_kubelets,
+        } => up(nodes, helm, !no_kubelets).await,
         Command::Down { all: true, .. } => {
             let removed = lab::down_all()?;
             println!(
@@ -87,28 +97,43 @@ async fn main() -> Result<()> {
     }
 }
 
-async fn up(nodes: usize, kubelets: bool) -> Result<()> {
+async fn up(nodes: usize, helm: bool, kubelets: bool) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
     let lab = lab::Lab::start(lab::LabConfig {
         kubelets,
+        helm,
+        // With kubelets the hello pods are the example's Deployment, not the lab's own.
+        pods: if kubelets {
+            vec![]
+        } else {
+            vec![1, nodes.clamp(1, 2)]
+        },
         ..lab::LabConfig::with_nodes(nodes)
     })
     .await?;
-    println!(
-        "lab {} is up ({} nodes). While this runs:",
+    let pool = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/examples/pool.yaml");
+    eprint!("{}", lab.kubectl(&["apply", "-f", pool]).await?);
+    // Machine-readable first, for scripts (the demo reads them).
+    println!("KUBECONFIG={}", lab.kubeconfig.display());
+    println!("CLIENT={}", lab.client_ns.name());
+    eprintln!(
+        "lab {} is up ({} nodes), logs in {}. For example:\n  \
+         kubectl --kubeconfig {} get pods -A -o wide\n  \
+         kubectl --kubeconfig {} apply -f deploy/examples/service.yaml\n  \
+         ip netns exec {} curl http://<external-ip>/\n\
+         SIGINT (Ctrl-C) or SIGTERM tears it down.",
         lab.prefix,
-        lab.nodes().len()
-    );
-    println!(
-        "  kubectl --kubeconfig {} get nodes",
-        lab.kubeconfig.display()
-    );
-    println!(
-        "  ip netns exec {} curl http://<external-ip>/",
+        lab.nodes().len(),
+        lab.dir.display(),
+        lab.kubeconfig.display(),
+        lab.kubeconfig.display(),
         lab.client_ns.name()
     );
-    println!("  logs in {}", lab.dir.display());
-    println!("Ctrl-C tears it down.");
-    tokio::signal::ctrl_c().await?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
     drop(lab);
     tokio::time::sleep(Duration::from_millis(10)).await;
     Ok(())

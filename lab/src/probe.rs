@@ -99,6 +99,18 @@ impl ProbeReport {
             .join("; ")
     }
 
+    /// How many attempts started at `from` or later, and how many of those were answered:
+    /// whether a path works again at the end of a probe.
+    pub fn answered_from(&self, from: Duration) -> (usize, usize) {
+        let tail = self.samples.iter().filter(|s| s.at >= from);
+        let (mut answered, mut all) = (0, 0);
+        for s in tail {
+            all += 1;
+            answered += usize::from(s.outcome.is_ok());
+        }
+        (answered, all)
+    }
+
     /// The pods that answered, in order of first answer.
     pub fn pods(&self) -> Vec<String> {
         let mut pods: Vec<String> = vec![];
@@ -226,6 +238,7 @@ mod tests {
         assert_eq!(r.longest_gap(), Some(Duration::from_millis(30)));
         assert_eq!((r.successes(), r.failures()), (4, 2));
         assert_eq!(report(&[(0, false)]).longest_gap(), None);
+        assert_eq!(r.answered_from(Duration::from_millis(30)), (2, 3));
     }
 
     #[test]

@@ -26,7 +26,7 @@ struct Args {
     node_name: String,
 
     /// Address of the /metrics and /healthz endpoints.
-    #[arg(long, default_value = "0.0.0.0:9651")]
+    #[arg(long, default_value = "[::]:9651")]
     metrics_addr: std::net::SocketAddr,
 
     /// UDP port of the speakers' gossip (the same on every node).

@@ -76,15 +76,8 @@ async fn members_become(lab: &Lab, i: usize, n: usize) {
     }
 }
 
-/// The value of the first sample of `name` (with any labels) in Prometheus text.
 fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        })
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    lab::figures::metric(text, name)
 }
 
 /// The sum of every sample of `name` whose labels contain `labels`.
@@ -95,37 +88,15 @@ fn metric_sum(text: &str, name: &str, labels: &str) -> f64 {
         .sum()
 }
 
-/// The nodes (1-based) whose MAC answers ARP / NDP for `ip` from the client right now.
 fn answering_nodes(lab: &Lab, ip: IpAddr) -> Vec<usize> {
-    let macs =
-        lab::l2query::who_has(&lab.client_ns, "eth0", ip, Duration::from_millis(300)).unwrap();
-    macs.iter()
-        .map(|mac| {
-            let mac = mac.to_string();
-            (1..=lab.nodes().len())
-                .find(|i| lab.node(*i).mac().unwrap() == mac)
-                .unwrap_or(0) // 0: a host that is not a node
-        })
-        .collect()
+    lab.answering_nodes(ip).unwrap()
 }
 
 /// The single node answering for `ip` once exactly one does (fails after 15 s).
 async fn owner_of(lab: &Lab, ip: IpAddr) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let nodes = answering_nodes(lab, ip);
-        if let [one] = nodes[..]
-            && one != 0
-        {
-            return one;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{ip} is answered by {nodes:?}, not by exactly one node\n{}",
-            speaker_logs(lab)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    lab.sole_answerer(ip, Duration::from_secs(15))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", speaker_logs(lab)))
 }
 
 /// Waits until `ip` is answered by exactly one node other than `old`.
@@ -507,43 +478,8 @@ fn four_nodes_pods_on_one() -> LabConfig {
     }
 }
 
-/// Prints figures and keeps them in `target/tmp/figures.txt`, which the test command shows at
-/// the end (test output is otherwise captured).
 fn report_figures(text: &str) {
-    use std::io::Write;
-    println!("{text}");
-    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("figures.txt");
-    if let Ok(mut file) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-    {
-        let _ = writeln!(file, "{text}");
-    }
-}
-
-struct Figures {
-    gaps_ms: Vec<f64>,
-}
-
-impl Figures {
-    fn percentile(&self, p: f64) -> f64 {
-        let mut sorted = self.gaps_ms.clone();
-        sorted.sort_by(f64::total_cmp);
-        let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-        sorted[rank.clamp(1, sorted.len()) - 1]
-    }
-
-    fn print(&self, what: &str) {
-        report_figures(&format!(
-            "FIGURES {what}: {} trials, gap p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; every gap (ms): {:?}",
-            self.gaps_ms.len(),
-            self.percentile(50.0),
-            self.percentile(99.0),
-            self.percentile(100.0),
-            self.gaps_ms.iter().map(|g| g.round()).collect::<Vec<_>>()
-        ));
-    }
+    lab::figures::report(Path::new(env!("CARGO_TARGET_TMPDIR")), text);
 }
 
 fn trials() -> usize {
@@ -579,26 +515,11 @@ async fn election(lab: &Lab, i: usize) -> String {
     lab.speaker_page(i, "/election").await.unwrap_or_default()
 }
 
-/// The owner of `ip` once every speaker elects the same node and that node answers ARP (a
-/// restarted speaker may take its addresses back a moment after it rejoins).
+/// The owner of `ip` once every speaker elects the node that answers ARP.
 async fn settled_owner(lab: &Lab, ip: IpAddr) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let owner = owner_of(lab, ip).await;
-        let line = owner_line(lab, ip, owner);
-        let mut agreed = true;
-        for i in 1..=lab.nodes().len() {
-            agreed &= election(lab, i).await.lines().any(|l| l == line);
-        }
-        if agreed {
-            return owner;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the speakers never agreed on {ip}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    lab.agreed_owner(ip, Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", speaker_logs(lab)))
 }
 
 /// Waits until node `i`'s speaker elects node `owner` for `ip` (its `/election`).
@@ -620,7 +541,7 @@ async fn elects(lab: &Lab, i: usize, ip: IpAddr, owner: usize) {
 
 /// Kills the owner of a fresh address per trial while the client opens new connections every
 /// 5 ms; the gap is the time from the last success before to the first success after.
-async fn hard_death_trials(lab: &mut Lab, api_down: bool, trials: usize) -> Figures {
+async fn hard_death_trials(lab: &mut Lab, api_down: bool, trials: usize) -> lab::figures::Figures {
     let mut gaps = vec![];
     for trial in 0..trials {
         let vip = if lab.ipv6_only() {
@@ -650,37 +571,16 @@ async fn hard_death_trials(lab: &mut Lab, api_down: bool, trials: usize) -> Figu
         if api_down {
             lab.stop_apiserver();
         }
-        let probe = {
-            let config = probe(vip, Duration::from_millis(2500));
-            let ns = lab.client_ns.clone();
-            tokio::task::spawn_blocking(move || lab::probe::run(&ns, &config))
-        };
         let takeovers = |text: &str| metric(text, "ferrolb_speaker_takeover_seconds_count");
         let mut counted_before = vec![];
         for i in 1..=lab.nodes().len() {
             let text = lab.speaker_metrics(i).await.unwrap_or_default();
             counted_before.push(takeovers(&text).unwrap_or(0.0));
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        lab.kill_node(victim).unwrap();
-        let report = probe.await.unwrap().unwrap();
-        let gap = report.longest_gap().unwrap_or_else(|| {
-            panic!("trial {trial}: {vip} never answered after node {victim} died")
-        });
-        // Taken over: most new connections of the probe's last half second succeed.
-        let tail: Vec<_> = report
-            .samples
-            .iter()
-            .filter(|s| s.at >= Duration::from_millis(2000))
-            .collect();
-        let ok = tail.iter().filter(|s| s.outcome.is_ok()).count();
-        assert!(
-            ok * 2 > tail.len(),
-            "trial {trial}: {vip} after node {victim} died: {ok} of {} answered at the end; {}\n{}",
-            tail.len(),
-            report.failure_summary(),
-            speaker_logs(lab)
-        );
+        let gap = lab
+            .time_hard_death(victim, vip)
+            .await
+            .unwrap_or_else(|e| panic!("trial {trial}: {e:#}\n{}", speaker_logs(lab)));
         gaps.push(gap.as_secs_f64() * 1000.0);
         // The successor timed its takeover (ferrolb_speaker_takeover_seconds).
         let successor = owner_of(lab, vip).await;
@@ -699,7 +599,7 @@ async fn hard_death_trials(lab: &mut Lab, api_down: bool, trials: usize) -> Figu
             members_become(lab, i, lab.nodes().len()).await;
         }
     }
-    Figures { gaps_ms: gaps }
+    lab::figures::Figures { gaps_ms: gaps }
 }
 
 /// Probes `ip` for a second at a time until no connection fails (at most 20 s), so that a
@@ -736,12 +636,16 @@ async fn hard_node_death_fails_over_with_and_without_the_api_server() {
     lab::require_lab!();
     let mut lab = failover_lab(Lab::start(four_nodes_pods_on_one()).await.unwrap()).await;
 
-    hard_death_trials(&mut lab, false, trials())
-        .await
-        .print("hard node death");
-    hard_death_trials(&mut lab, true, trials())
-        .await
-        .print("hard node death, kube-apiserver stopped");
+    report_figures(
+        &hard_death_trials(&mut lab, false, trials())
+            .await
+            .summary("hard node death"),
+    );
+    report_figures(
+        &hard_death_trials(&mut lab, true, trials())
+            .await
+            .summary("hard node death, kube-apiserver stopped"),
+    );
 }
 
 /// Issue 10, bug 1: a busy node still fails over. Every node carries 150 pod veths; their MACs
@@ -758,9 +662,11 @@ async fn busy_nodes_fail_over_like_bare_ones() {
         lab.add_pod_links(i, 150).unwrap();
     }
     let mut lab = failover_lab(lab).await;
-    hard_death_trials(&mut lab, false, trials().min(10))
-        .await
-        .print("hard node death, 150 pod veths on every node");
+    report_figures(
+        &hard_death_trials(&mut lab, false, trials().min(10))
+            .await
+            .summary("hard node death, 150 pod veths on every node"),
+    );
 }
 
 /// Issue 10, bug 2: an IPv6-only cluster fails over. Its Nodes have only IPv6 InternalIPs,
@@ -776,9 +682,11 @@ async fn an_ipv6_only_cluster_fails_over() {
         ..four_nodes_pods_on_one()
     };
     let mut lab = failover_lab(Lab::start(config).await.unwrap()).await;
-    hard_death_trials(&mut lab, false, trials().min(10))
-        .await
-        .print("hard node death, IPv6-only cluster");
+    report_figures(
+        &hard_death_trials(&mut lab, false, trials().min(10))
+            .await
+            .summary("hard node death, IPv6-only cluster"),
+    );
 }
 
 /// Issue 10, bug 8: IPv6 answers and announcements come from the interface's link-local

@@ -9,6 +9,9 @@ use anyhow::{Result, bail};
 use super::{Lab, args};
 use crate::process::Proc;
 
+/// The Secret holding the speakers' gossip key (`key`), in both install forms.
+const GOSSIP_SECRET: &str = "ferrolb-gossip";
+
 /// How [`Lab::start_controller_with`] runs a controller replica.
 #[derive(Debug, Clone)]
 pub struct ControllerOptions {
@@ -163,24 +166,38 @@ impl Lab {
         Ok(())
     }
 
-    /// The gossip key file, made once along with the `ferrolb-gossip` Secret it mirrors.
-    async fn gossip_key(&self) -> Result<PathBuf> {
+    /// The gossip key file: the key of the `ferrolb-gossip` Secret, which is made first if no
+    /// one (the Helm chart does) has made it.
+    pub(super) async fn gossip_key(&self) -> Result<PathBuf> {
         let path = self.dir.join("gossip.key");
-        if !path.exists() {
-            let key = format!("{:032x}{:032x}", rand_u128(), rand_u128());
-            let literal = format!("--from-literal=key={key}");
-            self.kubectl(&[
-                "-n",
-                "ferrolb-system",
-                "create",
-                "secret",
-                "generic",
-                "ferrolb-gossip",
-                &literal,
-            ])
-            .await?;
-            std::fs::write(&path, &key)?;
+        if path.exists() {
+            return Ok(path);
         }
+        let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+            kube::Api::namespaced(self.client.clone(), super::install::NAMESPACE);
+        let existing = secrets
+            .get_opt(GOSSIP_SECRET)
+            .await?
+            .and_then(|s| s.data?.remove("key"));
+        let key = match existing {
+            Some(key) => String::from_utf8(key.0)?,
+            None => {
+                let key = format!("{:032x}{:032x}", rand_u128(), rand_u128());
+                let literal = format!("--from-literal=key={key}");
+                self.kubectl(&[
+                    "-n",
+                    super::install::NAMESPACE,
+                    "create",
+                    "secret",
+                    "generic",
+                    GOSSIP_SECRET,
+                    &literal,
+                ])
+                .await?;
+                key
+            }
+        };
+        std::fs::write(&path, &key)?;
         Ok(path)
     }
 

@@ -38,15 +38,17 @@ impl Lab {
         }
     }
 
-    /// Applies deploy/ exactly as an operator would (`kubectl apply -k deploy`) and waits for
-    /// the CRDs to be served. With kubelets its Deployment and DaemonSet go again at once:
-    /// they would become pods of an image the nodes do not have (ImagePullBackOff, each
-    /// holding a pod address); the lab runs ferrolb as its own processes.
-    pub(super) async fn apply_deploy(&self, with_kubelets: bool) -> Result<()> {
+    /// Applies deploy/ exactly as an operator would (`kubectl apply -k deploy`).
+    pub(super) async fn apply_deploy(&self) -> Result<()> {
         let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
         let deploy = deploy.canonicalize()?.display().to_string();
         self.kubectl(&["apply", "--server-side", "-k", &deploy])
             .await?;
+        Ok(())
+    }
+
+    /// Waits until ferrolb's CRDs are served.
+    pub(super) async fn wait_for_crds(&self) -> Result<()> {
         self.kubectl(&[
             "wait",
             "--for=condition=Established",
@@ -55,17 +57,6 @@ impl Lab {
             "crd/l2advertisements.ferrolb.io",
         ])
         .await?;
-        if with_kubelets {
-            self.kubectl(&[
-                "delete",
-                "deployments,daemonsets",
-                "-n",
-                "ferrolb-system",
-                "-l",
-                "app.kubernetes.io/part-of=ferrolb",
-            ])
-            .await?;
-        }
         Ok(())
     }
 

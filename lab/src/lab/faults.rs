@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 
 use super::Lab;
 use super::network::{attach, pod_routes};
@@ -15,8 +15,11 @@ use crate::plan;
 
 impl Lab {
     /// Node `i` dies as a machine would: its speaker and kube-proxy killed, heartbeat stopped,
-    /// LAN link down.
+    /// LAN link down; with kubelets, the kubelet, containerd and every pod process too.
     pub fn kill_node(&mut self, i: usize) -> Result<()> {
+        if self.agents.is_some() {
+            self.kill_node_agent(i);
+        }
         let node = &mut self.nodes[i - 1];
         for mut p in [node.speaker.take(), node.kube_proxy.take()]
             .into_iter()
@@ -32,11 +35,46 @@ impl Lab {
         Ok(())
     }
 
+    /// Node `victim` dies ([`Lab::kill_node`]) half a second into 2.5 s of new connections
+    /// from the client to `ip:80`, one every 5 ms, each allowed 150 ms: the failover
+    /// measurement. Returns the longest time without an answer (from the last success before
+    /// to the first after); fails if `ip` never answers again, or if most connections of the
+    /// last half second fail (nobody took it over).
+    pub async fn time_hard_death(&mut self, victim: usize, ip: IpAddr) -> Result<Duration> {
+        let mut config = crate::ProbeConfig::new(
+            std::net::SocketAddr::new(ip, 80),
+            Duration::from_millis(2500),
+        );
+        config.interval = Duration::from_millis(5);
+        config.timeout = Duration::from_millis(150);
+        let ns = self.client_ns.clone();
+        let run = tokio::task::spawn_blocking(move || crate::probe::run(&ns, &config));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        self.kill_node(victim)?;
+        let report = run.await??;
+        let gap = report
+            .longest_gap()
+            .with_context(|| format!("{ip} never answered after node {victim} died"))?;
+        let (ok, all) = report.answered_from(Duration::from_millis(2000));
+        if ok * 2 <= all {
+            bail!(
+                "{ip} after node {victim} died: {ok} of {all} answered at the end; {}",
+                report.failure_summary()
+            );
+        }
+        Ok(gap)
+    }
+
     /// Brings node `i` back after [`Lab::kill_node`], as a rebooted machine: LAN link up,
-    /// kube-proxy and the heartbeat running again. Its speaker is the caller's to start.
+    /// kube-proxy and the heartbeat running again. Its speaker is the caller's to start, unless
+    /// the lab runs kubelets: then containerd and the kubelet start again (no heartbeat of the
+    /// lab's), and the kubelet restarts the speaker's pod.
     pub async fn revive_node(&mut self, i: usize) -> Result<()> {
         self.lan
             .ip(&["link", "set", &format!("{}-n{i}", self.prefix), "up"])?;
+        if self.agents.is_some() && self.node(i).kubelet.is_none() {
+            self.restart_node_agent(i)?;
+        }
         let node = &self.nodes[i - 1];
         let kube_proxy = if node.kube_proxy.is_none() {
             Some(self.start_kube_proxy(
@@ -47,9 +85,7 @@ impl Lab {
         } else {
             None
         };
-        let heartbeat = node
-            .heartbeat
-            .is_none()
+        let heartbeat = (node.heartbeat.is_none() && node.kubelet.is_none())
             .then(|| cluster::heartbeat(&self.client, &node.name, self.heartbeat));
         let node = &mut self.nodes[i - 1];
         if kube_proxy.is_some() {

@@ -1,4 +1,4 @@
-//! Real node agents ([`LabConfig::kubelets`]): each node namespace runs its own containerd and
+//! Real node agents ([`super::LabConfig::kubelets`]): each node namespace runs its own containerd and
 //! kubelet, which registers the Node. What it takes on this machine (cgroup v1, no
 //! CAP_SYS_RESOURCE, host paths both write to) is in the README's section on the lab.
 //!
@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 
-use super::{Lab, LabConfig};
+use super::Lab;
 use crate::binaries::NodeAgents;
 use crate::images::PAUSE_IMAGE;
 use crate::netns::{self, NetNs};
@@ -65,7 +65,6 @@ impl Lab {
         ns: &NetNs,
         i: usize,
         name: &str,
-        config: &LabConfig,
     ) -> Result<Proc> {
         let dir = self.dir.join(name);
         let host = dir.join("host");
@@ -88,7 +87,7 @@ impl Lab {
         let kubeconfig = dir.join("kubelet.kubeconfig");
         pki::write_kubeconfig(
             &kubeconfig,
-            &super::control_plane::lan_apiserver_url(config.ipv6_only),
+            &super::control_plane::lan_apiserver_url(self.ipv6_only),
             &self.ca.cert,
             &format!("system:node:{name}"),
             Credentials::Cert(&creds),
@@ -100,7 +99,7 @@ impl Lab {
         )?;
         std::fs::write(
             cni_conf.join("10-lab.conflist"),
-            cni_config(i, config.ipv6_only),
+            cni_config(i, self.ipv6_only),
         )?;
         let kubelet_config = serde_json::json!({
             "apiVersion": "kubelet.config.k8s.io/v1beta1",
@@ -138,7 +137,7 @@ impl Lab {
             dir.join("kubelet.yaml"),
             serde_json::to_string_pretty(&kubelet_config)?,
         )?;
-        let node_ips = if config.ipv6_only {
+        let node_ips = if self.ipv6_only {
             plan::node_v6(i).to_string()
         } else {
             format!("{},{}", plan::node_v4(i), plan::node_v6(i))
@@ -251,6 +250,42 @@ fn find_dir(dir: &Path, name: &str, depth: usize) -> Option<PathBuf> {
         return None;
     }
     subdirs.iter().find_map(|p| find_dir(p, name, depth - 1))
+}
+
+impl Lab {
+    /// Node `i`'s agent dies with the machine: the kubelet, containerd, the shims and every
+    /// pod process (those on the host network are in the node's namespace, the others in its
+    /// cgroup), all SIGKILLed at once.
+    pub(super) fn kill_node_agent(&mut self, i: usize) {
+        let node = &mut self.nodes[i - 1];
+        if let Some(mut kubelet) = node.kubelet.take() {
+            kubelet.kill();
+        }
+        let mut pids = netns::pids(node.ns.name());
+        for root in cgroup_roots(|name| name == cgroup_root(&self.prefix, i)) {
+            collect_pids(&root, &mut pids);
+        }
+        let me = std::process::id() as i32;
+        for pid in pids.into_iter().filter(|p| *p != me) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+
+    /// Starts node `i`'s containerd and kubelet again after [`Lab::kill_node_agent`], on the
+    /// state they left, as after a reboot: the kubelet brings the node's pods back.
+    pub(super) fn restart_node_agent(&mut self, i: usize) -> Result<()> {
+        let agents = self
+            .agents
+            .clone()
+            .context("the lab runs no kubelets to restart")?;
+        let (ns, name) = (self.node(i).ns.clone(), self.node(i).name.clone());
+        let kubelet = self.start_node_agent(&agents, &ns, i, &name)?;
+        self.nodes[i - 1].kubelet = Some(kubelet);
+        Ok(())
+    }
 }
 
 /// Saves the kubelet's sysctls unless a kubelet lab already did (it saw the machine's own).

@@ -7,6 +7,7 @@
 mod components;
 mod control_plane;
 mod faults;
+mod install;
 mod kubelet;
 mod network;
 mod nodes;
@@ -32,6 +33,7 @@ use crate::process::Proc;
 pub use components::ControllerOptions;
 pub use control_plane::client_for;
 pub use faults::ExternalHost;
+pub use install::{CONTROLLER_DEPLOYMENT, NAMESPACE as FERROLB_NAMESPACE, SPEAKER_DAEMONSET};
 pub use network::Capture;
 
 use control_plane::lan_apiserver_url;
@@ -63,6 +65,9 @@ pub struct LabConfig {
     /// and kube-controller-manager's workload controllers run too, pods get a routed network
     /// (a CNI bridge per node) and reach the API server through the `kubernetes` Service.
     pub kubelets: bool,
+    /// ferrolb is installed with `helm install` of deploy/helm/ferrolb instead of
+    /// `kubectl apply -k deploy`. With kubelets, either way its pods run.
+    pub helm: bool,
 }
 
 impl LabConfig {
@@ -87,6 +92,7 @@ impl Default for LabConfig {
             ipv6_only: false,
             controller_manager: false,
             kubelets: false,
+            helm: false,
         }
     }
 }
@@ -475,7 +481,16 @@ impl Lab {
             _teardown: teardown,
         };
         lab.wait_for_apiserver(Duration::from_secs(90)).await?;
-        lab.apply_deploy(config.kubelets).await?;
+        if config.helm {
+            lab.helm_install(&[]).await?;
+        } else {
+            lab.apply_deploy().await?;
+        }
+        lab.wait_for_crds().await?;
+        if config.kubelets {
+            // The speakers' pods mount it; with kustomize it is the operator's to make.
+            lab.gossip_key().await?;
+        }
         // Pods need the ServiceAccounts and the root CA ConfigMap it publishes.
         if config.controller_manager || config.kubelets {
             lab.controller_manager = Some(lab.start_controller_manager(config.kubelets)?);
@@ -514,6 +529,9 @@ impl Lab {
             lab.pods.push(pod);
         }
         lab.wait_for_kube_proxies(Duration::from_secs(60)).await?;
+        if config.kubelets {
+            lab.wait_for_ferrolb(Duration::from_secs(180)).await?;
+        }
         tracing::info!(%prefix, "lab is up");
         Ok(lab)
     }

@@ -51,10 +51,7 @@ impl Lab {
         };
         // A kubelet registers its Node (with --node-ip the same addresses) and renews its Lease.
         let (heartbeat, kubelet) = match agents {
-            Some(agents) => (
-                None,
-                Some(self.start_node_agent(agents, &ns, i, &name, config)?),
-            ),
+            Some(agents) => (None, Some(self.start_node_agent(agents, &ns, i, &name)?)),
             None => {
                 cluster::create_node(&self.client, &name, &published, &pod_cidrs).await?;
                 (

@@ -36,6 +36,64 @@ impl Lab {
             .map_err(|e| anyhow::anyhow!("GET http://{target}/ from the client: {e}"))
     }
 
+    /// The nodes (1-based) whose MAC answers ARP / NDP for `ip` from the client right now
+    /// (within 300 ms), in order of answer; 0 for a host that is not a node.
+    pub fn answering_nodes(&self, ip: IpAddr) -> Result<Vec<usize>> {
+        let macs =
+            crate::l2query::who_has(&self.client_ns, "eth0", ip, Duration::from_millis(300))?;
+        let nodes: Vec<String> = self.nodes.iter().map(|n| n.mac()).collect::<Result<_>>()?;
+        Ok(macs
+            .iter()
+            .map(|mac| {
+                let mac = mac.to_string();
+                nodes.iter().position(|m| *m == mac).map_or(0, |k| k + 1)
+            })
+            .collect())
+    }
+
+    /// The single node answering ARP / NDP for `ip`, once exactly one does; fails after
+    /// `within`, saying who answered last.
+    pub async fn sole_answerer(&self, ip: IpAddr, within: Duration) -> Result<usize> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let nodes = self.answering_nodes(ip)?;
+            if let [one] = nodes[..]
+                && one != 0
+            {
+                return Ok(one);
+            }
+            if std::time::Instant::now() > deadline {
+                anyhow::bail!(
+                    "{ip} is answered by {nodes:?} (0: not a node), not by exactly one node"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The node answering ARP / NDP for `ip` once every speaker's `/election` names it too (a
+    /// restarted speaker may take its addresses back a moment after it rejoins); fails after
+    /// `within`.
+    pub async fn agreed_owner(&self, ip: IpAddr, within: Duration) -> Result<usize> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let owner = self.sole_answerer(ip, within).await?;
+            let line = format!("{ip} {}", self.node(owner).name);
+            let mut agreed = true;
+            for i in 1..=self.nodes.len() {
+                let election = self.speaker_page(i, "/election").await.unwrap_or_default();
+                agreed &= election.lines().any(|l| l == line);
+            }
+            if agreed {
+                return Ok(owner);
+            }
+            if std::time::Instant::now() > deadline {
+                anyhow::bail!("the speakers never agreed that node {owner} owns {ip}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Runs the failover probe from the client namespace.
     pub async fn probe(&self, config: ProbeConfig) -> Result<ProbeReport> {
         let ns = self.client_ns.clone();
