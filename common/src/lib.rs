@@ -38,7 +38,7 @@ pub enum Error {
     Config(#[from] kube::config::InferConfigError),
     #[error("cannot build a Kubernetes client: {0}")]
     Client(#[source] kube::Error),
-    #[error("the API server at {url} did not answer /version: {source}")]
+    #[error("the API server at {url} did not answer /version for 15 s: {source}")]
     Unreachable {
         url: String,
         #[source]
@@ -66,21 +66,33 @@ impl LogArgs {
     }
 }
 
-/// A client for the cluster the process runs in (or `KUBECONFIG`), after checking that the
-/// API server answers.
+/// How long [`connect`] waits for the API server. A pod may start before its node's kube-proxy
+/// has the `kubernetes` Service's rules (no route to its ClusterIP yet) or while the API server
+/// restarts; both pass within seconds. Short enough that a process that cannot connect exits,
+/// saying why, before its liveness probe (from 10 s on, three failures) kills it silently.
+const CONNECT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// A client for the cluster the process runs in (or `KUBECONFIG`), once the API server answers
+/// `/version` (retried for [`CONNECT_PATIENCE`]).
 pub async fn connect() -> Result<kube::Client, Error> {
     // kube's rustls needs a process-wide crypto provider; a second install is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let config = kube::Config::infer().await?;
     let url = config.cluster_url.to_string();
     let client = kube::Client::try_from(config).map_err(Error::Client)?;
-    let version = client
-        .apiserver_version()
-        .await
-        .map_err(|source| Error::Unreachable {
-            url: url.clone(),
-            source,
-        })?;
+    let deadline = tokio::time::Instant::now() + CONNECT_PATIENCE;
+    let mut pause = std::time::Duration::from_millis(100);
+    let version = loop {
+        match client.apiserver_version().await {
+            Ok(version) => break version,
+            Err(source) if tokio::time::Instant::now() + pause < deadline => {
+                tracing::warn!(%url, error = %source, "the API server does not answer yet; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(2));
+            }
+            Err(source) => return Err(Error::Unreachable { url, source }),
+        }
+    };
     tracing::info!(%url, version = %version.git_version, "connected to the API server");
     Ok(client)
 }

@@ -62,6 +62,23 @@ pub async fn run() -> Result<()> {
     .await?;
     lab.kubectl(&["rollout", "status", "deployment/hello", "--timeout=120s"])
         .await?;
+    // The old pods take a moment to go; the curls below should see only the new ones.
+    for _ in 0..150 {
+        let nodes = lab
+            .kubectl(&[
+                "get",
+                "pods",
+                "-l",
+                "app=hello",
+                "-o",
+                "jsonpath={.items[*].spec.nodeName}",
+            ])
+            .await?;
+        if nodes.split_whitespace().eq(["node-1", "node-1"]) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     println!("{}", lab.kubectl(&["get", "pods", "-o", "wide"]).await?);
 
     let address = wait_for_ingress(&lab).await?;

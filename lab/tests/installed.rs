@@ -47,6 +47,24 @@ async fn cluster(config: LabConfig) -> Lab {
             .await
             .unwrap()
     );
+    // A node's pods start in any order: a speaker that starts before kube-proxy has the
+    // `kubernetes` Service's rules must wait for them, not crash.
+    for pod in pods(&lab, FERROLB_NAMESPACE, "app.kubernetes.io/name=ferrolb").await {
+        let restarts: i32 = pod
+            .status
+            .and_then(|s| s.container_statuses)
+            .unwrap_or_default()
+            .iter()
+            .map(|c| c.restart_count)
+            .sum();
+        assert_eq!(
+            restarts,
+            0,
+            "{} restarted at start:\n{}",
+            pod.metadata.name.unwrap_or_default(),
+            lab.ferrolb_pods_summary().await.unwrap_or_default()
+        );
+    }
     lab
 }
 
