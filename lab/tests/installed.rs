@@ -211,7 +211,7 @@ fn assert_speaker_runs_as_declared(lab: &Lab, i: usize, gossip_key: &[u8]) {
 #[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
 async fn helm_installs_ferrolb_and_the_classic_example_works() {
     lab::require_lab!();
-    let lab = cluster(LabConfig {
+    let mut lab = cluster(LabConfig {
         nodes: 3,
         helm: true,
         ..Default::default()
@@ -277,6 +277,17 @@ async fn helm_installs_ferrolb_and_the_classic_example_works() {
     }
 
     the_classic_example_answers(&lab).await;
+
+    // And a selectorless Service in front of a host outside the cluster: kube-controller-
+    // manager's mirroring controller turns its hand-written Endpoints into the EndpointSlice
+    // kube-proxy and the speakers read.
+    let backend = lab.add_external_backend("outside").unwrap();
+    lab.expose_external("default", "external", backend.ipv4)
+        .await
+        .unwrap();
+    let address = address_of(&lab, "default", "external").await;
+    owner_of(&lab, address).await;
+    all_answer(&lab, address, &BTreeSet::from(["outside".to_string()])).await;
 }
 
 /// deploy/examples applied as an operator would: the Service gets an address, one node

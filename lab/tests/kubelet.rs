@@ -555,3 +555,97 @@ fn ping(prefix: &[String], ip: IpAddr) -> Result<(), String> {
     }
     Err(last)
 }
+
+/// The kubelet sysctls teardown restores, as `key=value` lines.
+fn kubelet_sysctls() -> Vec<String> {
+    [
+        "vm/overcommit_memory",
+        "vm/panic_on_oom",
+        "kernel/panic",
+        "kernel/panic_on_oops",
+    ]
+    .iter()
+    .map(|k| {
+        let v = std::fs::read_to_string(Path::new("/proc/sys").join(k)).unwrap();
+        format!("{k}={}", v.trim())
+    })
+    .collect()
+}
+
+/// Processes whose command line names `text`.
+fn processes_naming(text: &str) -> Vec<String> {
+    let mut found = vec![];
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(text) {
+                found.push(format!(
+                    "{}: {cmdline}",
+                    entry.file_name().to_string_lossy()
+                ));
+            }
+        }
+    }
+    found
+}
+
+/// A `lab up` killed with SIGKILL leaves its kubelets, containerds, pods and everything they
+/// touched behind; `lab down --all` removes it all: namespaces, processes, cgroups, the host
+/// directories, and the machine's sysctls as they were.
+#[test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
+fn down_all_removes_a_killed_kubelet_cluster() {
+    lab::require_lab!();
+    use std::io::{BufRead, BufReader};
+    let sysctls = kubelet_sysctls();
+    let mut up = Command::new(env!("CARGO_BIN_EXE_lab"))
+        .args(["up", "--nodes", "2"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut client = None;
+    for line in BufReader::new(up.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if let Some(ns) = line.strip_prefix("CLIENT=") {
+            client = Some(ns.to_string());
+            break;
+        }
+    }
+    let client = client.expect("lab up printed CLIENT= before it ended");
+    let prefix = client.strip_suffix("-client").unwrap().to_string();
+    // The cluster runs pods: the speakers, the controllers.
+    assert!(!processes_naming("ferrolb-speaker").is_empty());
+    up.kill().unwrap();
+    up.wait().unwrap();
+    let dir = std::env::temp_dir().join(format!("ferrolb-lab-{prefix}"));
+    assert!(
+        !processes_naming(&dir.display().to_string()).is_empty(),
+        "the kubelets outlive the killed lab"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_lab"))
+        .args(["down", "--all"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let namespaces = lab::netns::list(|n| n.starts_with(&prefix)).unwrap();
+    assert!(namespaces.is_empty(), "{namespaces:?}");
+    let left = processes_naming(&dir.display().to_string());
+    assert!(left.is_empty(), "{left:#?}");
+    assert!(!dir.exists(), "{} is left", dir.display());
+    let cgroups: Vec<_> = std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .flatten()
+        .filter_map(|h| std::fs::read_dir(h.path()).ok())
+        .flatten()
+        .flatten()
+        .filter(|c| c.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|c| c.path())
+        .collect();
+    assert!(cgroups.is_empty(), "{cgroups:?}");
+    for host_path in ["/var/lib/kubelet", "/run/containerd"] {
+        assert!(!Path::new(host_path).exists(), "{host_path} is left");
+    }
+    assert_eq!(kubelet_sysctls(), sysctls);
+}

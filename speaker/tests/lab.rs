@@ -296,12 +296,9 @@ async fn a_selectorless_service_reaches_a_backend_outside_the_cluster() {
     .await;
     lab.start_controller(&controller_binary(), 1).await.unwrap();
     let backend = lab.add_external_backend("outside").unwrap();
-    lab.apply(&format!(
-        "apiVersion: v1\nkind: Service\nmetadata:\n  name: external\n  namespace: default\nspec:\n  type: LoadBalancer\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n---\napiVersion: v1\nkind: Endpoints\nmetadata:\n  name: external\n  namespace: default\nsubsets:\n- addresses: [{{ip: \"{}\"}}]\n  ports: [{{name: http, port: 8080}}]\n",
-        backend.ipv4
-    ))
-    .await
-    .unwrap();
+    lab.expose_external("default", "external", backend.ipv4)
+        .await
+        .unwrap();
     let vip = assigned(&lab, "external", 1).await[0];
     owner_of(&lab, vip).await;
 

@@ -124,4 +124,19 @@ impl Lab {
     pub async fn set_ingress(&self, namespace: &str, name: &str, ips: &[IpAddr]) -> Result<()> {
         cluster::set_ingress(&self.client, namespace, name, ips).await
     }
+
+    /// A selectorless LoadBalancer Service `name` (port 80) with a hand-written Endpoints
+    /// object pointing at `backend:8080`, the classic way to put a Service in front of a host
+    /// outside the cluster; only an EndpointSlice mirroring controller makes it reachable.
+    pub async fn expose_external(
+        &self,
+        namespace: &str,
+        name: &str,
+        backend: IpAddr,
+    ) -> Result<()> {
+        self.apply(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {namespace}\nspec:\n  type: LoadBalancer\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n---\napiVersion: v1\nkind: Endpoints\nmetadata:\n  name: {name}\n  namespace: {namespace}\nsubsets:\n- addresses: [{{ip: \"{backend}\"}}]\n  ports: [{{name: http, port: 8080}}]\n"
+        ))
+        .await
+    }
 }
