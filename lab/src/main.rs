@@ -112,16 +112,39 @@ async fn up(nodes: usize, helm: bool, kubelets: bool) -> Result<()> {
         ..lab::LabConfig::with_nodes(nodes)
     })
     .await?;
-    let pool = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/examples/pool.yaml");
-    eprint!("{}", lab.kubectl(&["apply", "-f", pool]).await?);
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/examples");
+    eprint!(
+        "{}",
+        lab.kubectl(&["apply", "-f", &format!("{examples}/pool.yaml")])
+            .await?
+    );
+    // With kubelets, the classic example too: its pods run, its Service gets an address.
+    let mut target = "<external-ip>".to_string();
+    if kubelets {
+        eprint!(
+            "{}",
+            lab.kubectl(&["apply", "-f", &format!("{examples}/service.yaml")])
+                .await?
+        );
+        for _ in 0..120 {
+            if let Some(ip) = lab.ingress("default", "hello").await?.first() {
+                target = match ip {
+                    std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+                    v4 => v4.to_string(),
+                };
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
     // Machine-readable first, for scripts (the demo reads them).
     println!("KUBECONFIG={}", lab.kubeconfig.display());
     println!("CLIENT={}", lab.client_ns.name());
     eprintln!(
         "lab {} is up ({} nodes), logs in {}. For example:\n  \
          kubectl --kubeconfig {} get pods -A -o wide\n  \
-         kubectl --kubeconfig {} apply -f deploy/examples/service.yaml\n  \
-         ip netns exec {} curl http://<external-ip>/\n\
+         kubectl --kubeconfig {} get svc hello\n  \
+         ip netns exec {} curl http://{target}/\n\
          SIGINT (Ctrl-C) or SIGTERM tears it down.",
         lab.prefix,
         lab.nodes().len(),
