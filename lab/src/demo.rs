@@ -87,7 +87,7 @@ pub async fn run() -> Result<()> {
     let owner = wait_for_owner(&lab, address, None).await?;
     println!(
         "    the client's ARP request for {address} is answered by node-{owner} ({}) alone",
-        lab.node(owner).mac()?
+        lab.node(owner).mac()
     );
     println!("    condition: {}", announced_condition(&lab).await?);
     println!("{}", lab.events("default", "hello").await?);

@@ -73,6 +73,15 @@ async fn apply_example(lab: &Lab, name: &str) {
     lab.kubectl(&["apply", "-f", &example(name)]).await.unwrap();
 }
 
+/// The names of the pods of `namespace` matching `selector`.
+async fn pod_names(lab: &Lab, namespace: &str, selector: &str) -> BTreeSet<String> {
+    pods(lab, namespace, selector)
+        .await
+        .into_iter()
+        .map(|p| p.metadata.name.unwrap_or_default())
+        .collect()
+}
+
 /// The Service's first ingress address, once the controller has written one.
 async fn address_of(lab: &Lab, namespace: &str, name: &str) -> IpAddr {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -248,16 +257,12 @@ async fn helm_installs_ferrolb_and_the_classic_example_works() {
     }
 
     // Controllers: two pods, one of them the leader.
-    let controllers = pods(
+    let names = pod_names(
         &lab,
         FERROLB_NAMESPACE,
         "app.kubernetes.io/component=controller",
     )
     .await;
-    let names: BTreeSet<String> = controllers
-        .iter()
-        .map(|p| p.metadata.name.clone().unwrap())
-        .collect();
     assert_eq!(names.len(), 2, "{names:?}");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -298,11 +303,7 @@ async fn the_classic_example_answers(lab: &Lab) -> IpAddr {
     deployment_ready(lab, "default", "hello").await;
     let address = address_of(lab, "default", "hello").await;
     owner_of(lab, address).await;
-    let hello: BTreeSet<String> = pods(lab, "default", "app=hello")
-        .await
-        .iter()
-        .map(|p| p.metadata.name.clone().unwrap())
-        .collect();
+    let hello = pod_names(lab, "default", "app=hello").await;
     assert_eq!(hello.len(), 2, "{hello:?}");
     all_answer(lab, address, &hello).await;
     address
@@ -414,30 +415,6 @@ async fn settled_owner(lab: &Lab, ip: IpAddr) -> usize {
     }
 }
 
-/// New connections to `ip:80` every 5 ms for `duration`, each allowed 150 ms.
-fn probe(ip: IpAddr, duration: Duration) -> lab::ProbeConfig {
-    let mut config = lab::ProbeConfig::new(std::net::SocketAddr::new(ip, 80), duration);
-    config.interval = Duration::from_millis(5);
-    config.timeout = Duration::from_millis(150);
-    config
-}
-
-/// Probes `ip` for a second at a time until no connection fails (at most 20 rounds).
-async fn settle(lab: &Lab, ip: IpAddr) {
-    for _ in 0..20 {
-        if lab
-            .probe(probe(ip, Duration::from_secs(1)))
-            .await
-            .unwrap()
-            .failures()
-            == 0
-        {
-            return;
-        }
-    }
-    panic!("{ip} never answered every connection for a whole second");
-}
-
 fn kubelet_trials() -> usize {
     std::env::var("FERROLB_KUBELET_FAILOVER_TRIALS")
         .ok()
@@ -464,7 +441,7 @@ async fn a_node_dies_with_its_kubelet_and_its_addresses_move() {
         let vip = address_of(&lab, "default", &name).await;
         let victim = settled_owner(&lab, vip).await;
         assert_ne!(victim, 1, "node-1 is excluded");
-        settle(&lab, vip).await;
+        lab.settle(vip).await.unwrap();
         let gap = lab
             .time_hard_death(victim, vip)
             .await
@@ -538,22 +515,22 @@ async fn rollout_restart_and_drain_of_the_speakers() {
     lab.apply(&service("web")).await.unwrap();
     let vip = address_of(&lab, "default", "web").await;
     settled_owner(&lab, vip).await;
-    settle(&lab, vip).await;
-    let before: BTreeSet<String> = pods(
+    lab.settle(vip).await.unwrap();
+    let before = pod_names(
         &lab,
         FERROLB_NAMESPACE,
         "app.kubernetes.io/component=speaker",
     )
-    .await
-    .iter()
-    .map(|p| p.metadata.name.clone().unwrap())
-    .collect();
+    .await;
 
     let mut lines = vec![];
     // The rollout replaces four pods one at a time, each after the last is Ready (seconds);
     // the probe covers it and quiet time after, which shows the noise floor.
     let run = {
-        let (ns, config) = (lab.client_ns.clone(), probe(vip, Duration::from_secs(40)));
+        let (ns, config) = (
+            lab.client_ns.clone(),
+            lab::ProbeConfig::failover(vip, Duration::from_secs(40)),
+        );
         tokio::task::spawn_blocking(move || lab::probe::run(&ns, &config))
     };
     let started = Instant::now();
@@ -562,7 +539,7 @@ async fn rollout_restart_and_drain_of_the_speakers() {
         FERROLB_NAMESPACE,
         "rollout",
         "restart",
-        "daemonset/ferrolb-speaker",
+        &format!("daemonset/{}", lab::SPEAKER_DAEMONSET),
     ])
     .await
     .unwrap();
@@ -571,22 +548,19 @@ async fn rollout_restart_and_drain_of_the_speakers() {
         FERROLB_NAMESPACE,
         "rollout",
         "status",
-        "daemonset/ferrolb-speaker",
+        &format!("daemonset/{}", lab::SPEAKER_DAEMONSET),
         "--timeout=35s",
     ])
     .await
     .unwrap();
     let took = started.elapsed();
     let report = run.await.unwrap().unwrap();
-    let after: BTreeSet<String> = pods(
+    let after = pod_names(
         &lab,
         FERROLB_NAMESPACE,
         "app.kubernetes.io/component=speaker",
     )
-    .await
-    .iter()
-    .map(|p| p.metadata.name.clone().unwrap())
-    .collect();
+    .await;
     assert!(
         before.is_disjoint(&after),
         "every speaker pod was replaced: {before:?} -> {after:?}"
@@ -601,9 +575,12 @@ async fn rollout_restart_and_drain_of_the_speakers() {
     ));
 
     let owner = settled_owner(&lab, vip).await;
-    settle(&lab, vip).await;
+    lab.settle(vip).await.unwrap();
     let run = {
-        let (ns, config) = (lab.client_ns.clone(), probe(vip, Duration::from_secs(20)));
+        let (ns, config) = (
+            lab.client_ns.clone(),
+            lab::ProbeConfig::failover(vip, Duration::from_secs(20)),
+        );
         tokio::task::spawn_blocking(move || lab::probe::run(&ns, &config))
     };
     tokio::time::sleep(Duration::from_millis(500)).await;

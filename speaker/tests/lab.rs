@@ -157,13 +157,6 @@ async fn condition_when(
     }
 }
 
-fn probe(ip: IpAddr, duration: Duration) -> ProbeConfig {
-    let mut config = ProbeConfig::new(SocketAddr::new(ip, 80), duration);
-    config.interval = Duration::from_millis(5);
-    config.timeout = Duration::from_millis(150);
-    config
-}
-
 #[tokio::test]
 #[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
 async fn the_classic_example_through_real_arp_and_ndp_one_answer_per_address() {
@@ -195,10 +188,7 @@ async fn the_classic_example_through_real_arp_and_ndp_one_answer_per_address() {
     assert_eq!(pods.len(), 2, "both pods answer: {pods:?}");
     lab.get(v6, 80).await.unwrap();
     let neighbour = lab.client_neighbour(v4).unwrap();
-    assert!(
-        neighbour.contains(&lab.node(owner).mac().unwrap()),
-        "{neighbour}"
-    );
+    assert!(neighbour.contains(lab.node(owner).mac()), "{neighbour}");
 
     // Where it is announced: the Service condition and an Event name the owner.
     let owner_name = lab.node(owner).name.clone();
@@ -564,7 +554,7 @@ async fn hard_death_trials(lab: &mut Lab, api_down: bool, trials: usize) -> lab:
             elects(lab, i, vip, victim).await;
         }
         get_eventually(lab, vip).await;
-        settle(lab, vip).await;
+        lab.settle(vip).await.unwrap();
         if api_down {
             lab.stop_apiserver();
         }
@@ -597,19 +587,6 @@ async fn hard_death_trials(lab: &mut Lab, api_down: bool, trials: usize) -> lab:
         }
     }
     lab::figures::Figures { gaps_ms: gaps }
-}
-
-/// Probes `ip` for a second at a time until no connection fails (at most 20 s), so that a
-/// measurement starts from a quiet path rather than from kube-proxy still programming a new
-/// Service; returns how many probes that took.
-async fn settle(lab: &Lab, ip: IpAddr) -> usize {
-    for round in 1..=20 {
-        let report = lab.probe(probe(ip, Duration::from_secs(1))).await.unwrap();
-        if report.failures() == 0 {
-            return round;
-        }
-    }
-    panic!("{ip} never answered every connection for a whole second");
 }
 
 /// Speakers on `lab`, node 1 excluded (its pods serve, it never owns), and Service `hello`
@@ -905,9 +882,12 @@ async fn sigterm_cordon_and_exclude_hand_over_without_losing_connections() {
 
     let mut lines = vec![];
     get_eventually(&lab, v4).await;
-    let rounds = settle(&lab, v4).await;
+    let rounds = lab.settle(v4).await.unwrap();
     // The instrument's own noise floor: the same probe with no fault at all.
-    let baseline = lab.probe(probe(v4, Duration::from_secs(4))).await.unwrap();
+    let baseline = lab
+        .probe(ProbeConfig::failover(v4, Duration::from_secs(4)))
+        .await
+        .unwrap();
     lines.push(format!(
         "no fault (baseline, after {rounds} s of settling): {} of {} new connections failed, longest gap {:?} ({})",
         baseline.failures(),
@@ -919,9 +899,9 @@ async fn sigterm_cordon_and_exclude_hand_over_without_losing_connections() {
         let owner = settled_owner(&lab, v4).await;
         assert_ne!(owner, 1, "node 1 is excluded");
         get_eventually(&lab, v4).await;
-        settle(&lab, v4).await;
+        lab.settle(v4).await.unwrap();
         let probe = {
-            let config = probe(v4, Duration::from_secs(4));
+            let config = ProbeConfig::failover(v4, Duration::from_secs(4));
             let ns = lab.client_ns.clone();
             tokio::task::spawn_blocking(move || lab::probe::run(&ns, &config))
         };

@@ -207,6 +207,20 @@ impl Lab {
         }
     }
 
+    /// Writes `path`: a kubeconfig reaching the API server at `server` as `user` (in
+    /// `groups`), with a client certificate of the lab's CA (its files named after `file`).
+    pub(super) fn certificate_kubeconfig(
+        &self,
+        path: &Path,
+        file: &str,
+        server: &str,
+        user: &str,
+        groups: &[&str],
+    ) -> Result<()> {
+        let creds = self.ca.client(file, user, groups)?;
+        pki::write_kubeconfig(path, server, &self.ca.cert, user, Credentials::Cert(&creds))
+    }
+
     /// kube-controller-manager in the control plane's namespace, as kubeadm runs it (each
     /// controller under its own ServiceAccount), with the controllers the lab has a use for:
     /// EndpointSlice mirroring; every namespace's `default` ServiceAccount and the
@@ -218,18 +232,13 @@ impl Lab {
     /// of 50 s, whose pods the taint eviction controller then evicts (after their 300 s
     /// default toleration); the pod GC removes pods of deleted Nodes.
     pub(super) fn start_controller_manager(&self, with_kubelets: bool) -> Result<Proc> {
-        let creds = self.ca.client(
+        let kubeconfig = self.dir.join("kube-controller-manager.kubeconfig");
+        self.certificate_kubeconfig(
+            &kubeconfig,
             "kube-controller-manager",
+            LOCAL_APISERVER,
             "system:kube-controller-manager",
             &[],
-        )?;
-        let kubeconfig = self.dir.join("kube-controller-manager.kubeconfig");
-        pki::write_kubeconfig(
-            &kubeconfig,
-            "https://127.0.0.1:6443",
-            &self.ca.cert,
-            "system:kube-controller-manager",
-            Credentials::Cert(&creds),
         )?;
         let mut controllers =
             String::from("endpointslicemirroring,serviceaccount,root-ca-cert-publisher");
@@ -264,16 +273,13 @@ impl Lab {
     /// kube-scheduler in the control plane's namespace (with kubelets: without them nothing
     /// runs pods), as the user `system:kube-scheduler` the default RBAC binds.
     pub(super) fn start_scheduler(&self) -> Result<Proc> {
-        let creds = self
-            .ca
-            .client("kube-scheduler", "system:kube-scheduler", &[])?;
         let kubeconfig = self.dir.join("kube-scheduler.kubeconfig");
-        pki::write_kubeconfig(
+        self.certificate_kubeconfig(
             &kubeconfig,
-            "https://127.0.0.1:6443",
-            &self.ca.cert,
+            "kube-scheduler",
+            LOCAL_APISERVER,
             "system:kube-scheduler",
-            Credentials::Cert(&creds),
+            &[],
         )?;
         let kubeconfig = format!("={}", kubeconfig.display());
         Proc::spawn(
@@ -343,6 +349,9 @@ impl Lab {
 }
 
 /// The API server as the nodes reach it: over IPv6 in the IPv6-only mode.
+/// The API server from inside the control plane's namespace.
+const LOCAL_APISERVER: &str = "https://127.0.0.1:6443";
+
 pub(super) fn lan_apiserver_url(ipv6_only: bool) -> String {
     if ipv6_only {
         format!("https://[{}]:6443", plan::apiserver_v6())

@@ -41,12 +41,7 @@ impl Lab {
     /// to the first after); fails if `ip` never answers again, or if most connections of the
     /// last half second fail (nobody took it over).
     pub async fn time_hard_death(&mut self, victim: usize, ip: IpAddr) -> Result<Duration> {
-        let mut config = crate::ProbeConfig::new(
-            std::net::SocketAddr::new(ip, 80),
-            Duration::from_millis(2500),
-        );
-        config.interval = Duration::from_millis(5);
-        config.timeout = Duration::from_millis(150);
+        let config = crate::ProbeConfig::failover(ip, Duration::from_millis(2500));
         let ns = self.client_ns.clone();
         let run = tokio::task::spawn_blocking(move || crate::probe::run(&ns, &config));
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -21,7 +21,6 @@ use super::Lab;
 use crate::binaries::NodeAgents;
 use crate::images::PAUSE_IMAGE;
 use crate::netns::{self, NetNs};
-use crate::pki::{self, Credentials};
 use crate::plan;
 use crate::process::Proc;
 
@@ -79,18 +78,13 @@ impl Lab {
         create_cgroup(&cgroup)?;
         save_sysctls()?;
 
-        let creds = self.ca.client(
+        let kubeconfig = dir.join("kubelet.kubeconfig");
+        self.certificate_kubeconfig(
+            &kubeconfig,
             &format!("kubelet-{name}"),
+            &super::control_plane::lan_apiserver_url(self.ipv6_only),
             &format!("system:node:{name}"),
             &["system:nodes"],
-        )?;
-        let kubeconfig = dir.join("kubelet.kubeconfig");
-        pki::write_kubeconfig(
-            &kubeconfig,
-            &super::control_plane::lan_apiserver_url(self.ipv6_only),
-            &self.ca.cert,
-            &format!("system:node:{name}"),
-            Credentials::Cert(&creds),
         )?;
 
         std::fs::write(

@@ -37,7 +37,7 @@ pub use install::{CONTROLLER_DEPLOYMENT, NAMESPACE as FERROLB_NAMESPACE, SPEAKER
 pub use network::Capture;
 
 use control_plane::lan_apiserver_url;
-use network::{attach, control_plane_pod_routes, link_mac};
+use network::{attach, control_plane_pod_routes};
 
 /// Every lab namespace starts with this, then 4 hex digits, then `-`.
 pub const PREFIX_STEM: &str = "flb";
@@ -108,12 +108,14 @@ pub struct LabNode {
     heartbeat: Option<JoinHandle<()>>,
     /// The kubelet (with containerd beside it), when the lab runs them.
     kubelet: Option<Proc>,
+    mac: String,
 }
 
 impl LabNode {
-    /// The MAC address of the node's LAN interface.
-    pub fn mac(&self) -> Result<String> {
-        link_mac(&self.ns, "eth0")
+    /// The MAC address of the node's LAN interface (read once: the link lives as long as the
+    /// node, and tests ask for it in tight loops).
+    pub fn mac(&self) -> &str {
+        &self.mac
     }
 }
 
@@ -503,14 +505,13 @@ impl Lab {
         }
 
         // Nodes: a namespace on the LAN, a Node object with its heartbeat, kube-proxy.
-        let proxy_creds = lab.ca.client("kube-proxy", "system:kube-proxy", &[])?;
         let proxy_kubeconfig = dir.join("kube-proxy.kubeconfig");
-        pki::write_kubeconfig(
+        lab.certificate_kubeconfig(
             &proxy_kubeconfig,
+            "kube-proxy",
             &lan_apiserver_url(config.ipv6_only),
-            &lab.ca.cert,
             "system:kube-proxy",
-            Credentials::Cert(&proxy_creds),
+            &[],
         )?;
         for i in 1..=config.nodes {
             let node = lab

@@ -16,13 +16,13 @@ impl Lab {
     /// Points the client's neighbour entry for `ip` at node `i`, as if that node had answered
     /// ARP/NDP for it (until the speaker does it for real).
     pub fn point_client_at(&self, ip: IpAddr, i: usize) -> Result<()> {
-        let mac = self.node(i).mac()?;
+        let mac = self.node(i).mac();
         self.client_ns.ip(&[
             "neigh",
             "replace",
             &ip.to_string(),
             "lladdr",
-            &mac,
+            mac,
             "dev",
             "eth0",
             "nud",

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
-use super::network::{attach, pod_routes, service_routes};
+use super::network::{attach, link_mac, pod_routes, service_routes};
 use super::observe::http_status;
 use super::{Lab, LabConfig, LabNode, args};
 use crate::binaries::NodeAgents;
@@ -27,6 +27,7 @@ impl Lab {
         let ns = NetNs::create(&format!("{}-n{i}", self.prefix))?;
         let (ipv4, ipv6): (IpAddr, IpAddr) = (plan::node_v4(i).into(), plan::node_v6(i).into());
         attach(&self.lan, &self.prefix, &format!("n{i}"), &ns, ipv4, ipv6)?;
+        let mac = link_mac(&ns, "eth0")?;
         for (key, value) in [
             ("net.ipv4.ip_forward", "1"),
             ("net.ipv6.conf.all.forwarding", "1"),
@@ -71,6 +72,7 @@ impl Lab {
             speaker: None,
             heartbeat,
             kubelet,
+            mac,
         })
     }
 

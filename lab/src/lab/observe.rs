@@ -41,12 +41,15 @@ impl Lab {
     pub fn answering_nodes(&self, ip: IpAddr) -> Result<Vec<usize>> {
         let macs =
             crate::l2query::who_has(&self.client_ns, "eth0", ip, Duration::from_millis(300))?;
-        let nodes: Vec<String> = self.nodes.iter().map(|n| n.mac()).collect::<Result<_>>()?;
+
         Ok(macs
             .iter()
             .map(|mac| {
                 let mac = mac.to_string();
-                nodes.iter().position(|m| *m == mac).map_or(0, |k| k + 1)
+                self.nodes
+                    .iter()
+                    .position(|n| n.mac() == mac)
+                    .map_or(0, |k| k + 1)
             })
             .collect())
     }
@@ -92,6 +95,21 @@ impl Lab {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// Probes `ip:80` for a second at a time until no connection fails (at most 20 rounds), so
+    /// that a measurement starts from a quiet path rather than from kube-proxy still
+    /// programming a new Service; how many rounds that took.
+    pub async fn settle(&self, ip: IpAddr) -> Result<usize> {
+        for round in 1..=20 {
+            let report = self
+                .probe(ProbeConfig::failover(ip, Duration::from_secs(1)))
+                .await?;
+            if report.failures() == 0 {
+                return Ok(round);
+            }
+        }
+        anyhow::bail!("{ip} never answered every connection for a whole second")
     }
 
     /// Runs the failover probe from the client namespace.
