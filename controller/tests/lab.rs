@@ -18,8 +18,9 @@ fn controller() -> std::path::PathBuf {
         .unwrap_or_else(|| env!("CARGO_BIN_EXE_ferrolb-controller").into())
 }
 
-async fn lab_with_controller() -> Lab {
-    let mut lab = Lab::start(LabConfig::with_nodes(2)).await.unwrap();
+/// A controller on `config`'s lab.
+async fn lab_with_controller(config: LabConfig) -> Lab {
+    let mut lab = Lab::start(config).await.unwrap();
     lab.start_controller(&controller(), 1).await.unwrap();
     lab
 }
@@ -74,7 +75,7 @@ async fn eventually_events(lab: &Lab, namespace: &str, name: &str, needle: &str)
 #[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
 async fn a_service_gets_an_address_that_answers_and_the_pool_says_so() {
     lab::require_lab!();
-    let mut lab = lab_with_controller().await;
+    let mut lab = lab_with_controller(LabConfig::with_nodes(2)).await;
     apply(
         &lab,
         &pool_yaml("lan", &["198.51.100.200-198.51.100.250"], ""),
@@ -194,7 +195,7 @@ fn ips(list: &[&str]) -> Vec<IpAddr> {
 #[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
 async fn every_allocation_rule_against_the_real_api_server() {
     lab::require_lab!();
-    let mut lab = Lab::start(LabConfig::with_nodes(1)).await.unwrap();
+    let mut lab = Lab::start(LabConfig::bare(1)).await.unwrap();
     lab.start_controller(&controller(), 1).await.unwrap();
     lab.kubectl(&["create", "namespace", "vip"]).await.unwrap();
     lab.kubectl(&["create", "namespace", "prod"]).await.unwrap();
@@ -713,7 +714,7 @@ impl Lcg {
 /// A one-node lab with pool `big` of `pool`, `n` IPv6 Services `s0…` in `namespace` and one
 /// controller replica, once every Service has an address; the history holds that snapshot.
 async fn controller_with_services(pool: &str, namespace: &str, n: usize) -> (Lab, History) {
-    let mut lab = Lab::start(LabConfig::with_nodes(1)).await.unwrap();
+    let mut lab = Lab::start(LabConfig::bare(1)).await.unwrap();
     apply(&lab, &pool_yaml("big", &[pool], "")).await;
     lab.kubectl(&["create", "namespace", namespace])
         .await
@@ -772,7 +773,7 @@ async fn restarts_never_move_or_duplicate_an_address() {
 #[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
 async fn two_replicas_one_writer_and_the_standby_takes_over() {
     lab::require_lab!();
-    let mut lab = Lab::start(LabConfig::with_nodes(1)).await.unwrap();
+    let mut lab = Lab::start(LabConfig::bare(1)).await.unwrap();
     apply(&lab, &pool_yaml("big", &["2001:db8:5::/112"], "")).await;
     lab.kubectl(&["create", "namespace", "many"]).await.unwrap();
     lab.start_controller(&controller(), 1).await.unwrap();
@@ -823,7 +824,7 @@ async fn two_replicas_one_writer_and_the_standby_takes_over() {
 #[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
 async fn two_services_claiming_one_address_the_older_keeps_it() {
     lab::require_lab!();
-    let mut lab = Lab::start(LabConfig::with_nodes(1)).await.unwrap();
+    let mut lab = Lab::start(LabConfig::bare(1)).await.unwrap();
     apply(
         &lab,
         &pool_yaml("lan", &["198.51.100.200-198.51.100.201"], ""),
@@ -863,7 +864,7 @@ async fn two_services_claiming_one_address_the_older_keeps_it() {
 #[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
 async fn a_bad_pool_entry_is_named_and_the_rest_of_the_pool_allocates() {
     lab::require_lab!();
-    let lab = lab_with_controller().await;
+    let lab = lab_with_controller(LabConfig::bare(2)).await;
     apply(
         &lab,
         &pool_yaml(
@@ -916,7 +917,7 @@ async fn a_bad_pool_entry_is_named_and_the_rest_of_the_pool_allocates() {
 #[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
 async fn never_announced_addresses_are_never_handed_out() {
     lab::require_lab!();
-    let lab = lab_with_controller().await;
+    let lab = lab_with_controller(LabConfig::bare(2)).await;
     let refused = lab
         .apply(&pool_yaml("everything", &["0.0.0.0/0"], ""))
         .await
@@ -1023,7 +1024,7 @@ async fn recreated_services_of_the_same_name_never_share_an_address() {
 #[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
 async fn a_controller_restarted_while_the_api_server_is_slow_forgets_no_address() {
     lab::require_lab!();
-    let mut lab = Lab::start(LabConfig::with_nodes(1)).await.unwrap();
+    let mut lab = Lab::start(LabConfig::bare(1)).await.unwrap();
     // The Lease outlasts the cut, so the leader stays the leader through it.
     let options = || ControllerOptions {
         node: Some(1),
@@ -1143,7 +1144,7 @@ async fn the_leader(lab: &Lab, replicas: &[usize]) -> usize {
 #[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
 async fn a_leader_cut_off_from_the_api_server_stops_writing_and_exits() {
     lab::require_lab!();
-    let mut lab = Lab::start(LabConfig::with_nodes(1)).await.unwrap();
+    let mut lab = Lab::start(LabConfig::bare(1)).await.unwrap();
     apply(&lab, &pool_yaml("big", &["2001:db8:7::/112"], "")).await;
     lab.kubectl(&["create", "namespace", "cut"]).await.unwrap();
     // Replica 1 on node 1, whose path can be cut; it leads before replica 2 starts.
@@ -1195,7 +1196,7 @@ async fn a_leader_cut_off_from_the_api_server_stops_writing_and_exits() {
 #[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
 async fn metallb_users_keep_their_address_and_read_the_real_reason() {
     lab::require_lab!();
-    let lab = lab_with_controller().await;
+    let lab = lab_with_controller(LabConfig::bare(2)).await;
     apply(
         &lab,
         &pool_yaml("lan", &["198.51.100.200-198.51.100.209"], ""),
@@ -1300,7 +1301,7 @@ async fn metallb_users_keep_their_address_and_read_the_real_reason() {
 
 /// A one-node lab where replica 1 leads and replica 2 stands by.
 async fn leader_and_standby() -> Lab {
-    let mut lab = Lab::start(LabConfig::with_nodes(1)).await.unwrap();
+    let mut lab = Lab::start(LabConfig::bare(1)).await.unwrap();
     lab.start_controller(&controller(), 1).await.unwrap();
     assert_eq!(the_leader(&lab, &[1]).await, 1);
     lab.start_controller(&controller(), 2).await.unwrap();

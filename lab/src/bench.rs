@@ -12,7 +12,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use lab::{Lab, LabConfig};
 
 pub async fn controller(services: usize) -> Result<()> {
-    let mut lab = Lab::start(LabConfig::with_nodes(1)).await?;
+    let mut lab = Lab::start(LabConfig::bare(1)).await?;
     // A pool and, as in any real set-up, an advertisement for it.
     let pool = "apiVersion: ferrolb.io/v1alpha1\nkind: IPAddressPool\nmetadata:\n  name: bench\nspec:\n  addresses: [2001:db8:5::/112]\n---\napiVersion: ferrolb.io/v1alpha1\nkind: L2Advertisement\nmetadata:\n  name: bench\nspec: {}\n";
     lab.kubectl_as(&lab.lan_kubeconfig, &["apply", "-f", "-"], Some(pool))

@@ -1,5 +1,5 @@
-//! The Kubernetes objects a kubelet and the controller manager would keep and the lab keeps by
-//! hand: Nodes with their addresses, node Lease heartbeats, EndpointSlices for the lab's pods.
+//! The Kubernetes objects the lab writes itself: without kubelets, the Nodes with their
+//! addresses and their Lease heartbeats; Services, and their status as the controller would.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -8,7 +8,6 @@ use std::time::Duration;
 use anyhow::Result;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -80,62 +79,6 @@ pub fn heartbeat(client: &Client, node: &str, every: Duration) -> JoinHandle<()>
             tokio::time::sleep(every).await;
         }
     })
-}
-
-/// One endpoint of a hand-made EndpointSlice.
-#[derive(Debug, Clone)]
-pub struct Endpoint {
-    pub pod: String,
-    pub node: String,
-    pub ip: IpAddr,
-    pub ready: bool,
-}
-
-/// Writes the EndpointSlices of Service `namespace/service`, one per family, named
-/// `<service>-lab-ipv4|ipv6`, with port `http` 8080.
-pub async fn write_endpoint_slices(
-    client: &Client,
-    namespace: &str,
-    service: &str,
-    endpoints: &[Endpoint],
-) -> Result<()> {
-    let api: Api<EndpointSlice> = Api::namespaced(client.clone(), namespace);
-    for (family, v6) in [("IPv4", false), ("IPv6", true)] {
-        let eps: Vec<_> = endpoints
-            .iter()
-            .filter(|e| e.ip.is_ipv6() == v6)
-            .map(|e| {
-                json!({
-                    "addresses": [e.ip.to_string()],
-                    "nodeName": e.node,
-                    "conditions": {"ready": e.ready, "serving": e.ready, "terminating": false},
-                    "targetRef": {"kind": "Pod", "namespace": namespace, "name": e.pod},
-                })
-            })
-            .collect();
-        let name = format!("{service}-lab-{}", family.to_lowercase());
-        let slice = json!({
-            "apiVersion": "discovery.k8s.io/v1",
-            "kind": "EndpointSlice",
-            "metadata": {
-                "name": name,
-                "labels": {
-                    "kubernetes.io/service-name": service,
-                    "endpointslice.kubernetes.io/managed-by": MANAGER,
-                },
-            },
-            "addressType": family,
-            "endpoints": eps,
-            "ports": [{"name": "http", "port": crate::hello::POD_PORT, "protocol": "TCP"}],
-        });
-        api.patch(
-            &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&slice),
-        )
-        .await?;
-    }
-    Ok(())
 }
 
 /// What `Lab::expose` creates.

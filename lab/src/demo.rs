@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use anyhow::Result;
-use lab::{Lab, LabConfig, ProbeConfig};
+use lab::{Install, Lab, LabConfig, ProbeConfig};
 
 fn step(text: &str) {
     println!("\n==> {text}");
@@ -22,7 +22,7 @@ pub async fn run() -> Result<()> {
     let mut lab = Lab::start(LabConfig {
         nodes: 3,
         pods: vec![],
-        kubelets: true,
+        install: Install::Kustomize,
         ..LabConfig::default()
     })
     .await?;

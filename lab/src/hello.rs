@@ -1,4 +1,6 @@
-//! The lab's pods: a tiny HTTP server per pod namespace that answers `Hello from <pod>`.
+//! The hello page of hosts outside the cluster (the backends of selectorless Services): a tiny
+//! HTTP server in a namespace that answers `Hello from <name>` and the client it saw. The
+//! lab's pods are real pods (agnhost) on the same port.
 
 use std::io::{Read, Write};
 use std::net::{Ipv6Addr, SocketAddr, TcpListener};
@@ -13,8 +15,8 @@ use crate::netns::NetNs;
 
 pub const POD_PORT: u16 = 8080;
 
-/// The answer of pod `name` to a client seen as `peer`; the probe reads both back from it
-/// (the peer shows whether kube-proxy kept the client's source address).
+/// The answer of `name` to a client seen as `peer`; the probe reads both back from it (the
+/// peer shows whether kube-proxy kept the client's source address).
 pub fn greeting(name: &str, peer: SocketAddr) -> String {
     format!("Hello from {name}\nclient {}\n", peer.ip())
 }

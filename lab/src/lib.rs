@@ -1,5 +1,6 @@
-//! The ferrolb lab: a real kube-apiserver (with etcd, TLS and RBAC), a real kube-proxy in each
-//! simulated node, and nodes, pods and a client as Linux network namespaces on one bridge.
+//! The ferrolb lab: a real Kubernetes cluster in Linux network namespaces on one bridge:
+//! kube-apiserver (with etcd, TLS and RBAC), kube-controller-manager and kube-scheduler, and
+//! per node a kubelet with containerd and kube-proxy; and a client and foreign hosts.
 //! Tests and the demo drive it through [`Lab`]; `lab down --all` removes what a killed run
 //! left behind. Everything stays inside namespaces the lab creates, on documentation prefixes
 //! (see [`plan`]).
@@ -21,8 +22,8 @@ pub mod process;
 pub use cluster::ServiceSpec;
 pub use images::{AGNHOST_IMAGE, PAUSE_IMAGE};
 pub use lab::{
-    CONTROLLER_DEPLOYMENT, ControllerOptions, ExternalHost, FERROLB_NAMESPACE, Lab, LabConfig,
-    SPEAKER_DAEMONSET, down, down_all, running_prefixes,
+    CONTROLLER_DEPLOYMENT, ControllerOptions, ExternalHost, FERROLB_NAMESPACE, Install, Lab,
+    LabConfig, SPEAKER_DAEMONSET, down, down_all, running_prefixes,
 };
 pub use probe::{Answer, ProbeConfig, ProbeReport};
 

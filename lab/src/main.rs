@@ -35,8 +35,8 @@ enum Command {
         /// Install ferrolb with `helm install` of the chart instead of `kubectl apply -k`.
         #[arg(long)]
         helm: bool,
-        /// No kubelets: the lab registers the Nodes itself and ferrolb's pods do not run (the
-        /// lab of the process-started tests).
+        /// No kubelets: the lab registers the Nodes itself, and only ferrolb's API is applied
+        /// (the lab of the tests that start ferrolb as processes).
         #[arg(long)]
         no_kubelets: bool,
     },
@@ -102,13 +102,13 @@ async fn up(nodes: usize, helm: bool, kubelets: bool) -> Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let lab = lab::Lab::start(lab::LabConfig {
         kubelets,
-        helm,
-        // With kubelets the hello pods are the example's Deployment, not the lab's own.
-        pods: if kubelets {
-            vec![]
-        } else {
-            vec![1, nodes.clamp(1, 2)]
+        install: match (kubelets, helm) {
+            (false, _) => lab::Install::Processes,
+            (true, false) => lab::Install::Kustomize,
+            (true, true) => lab::Install::Helm,
         },
+        // The hello pods are the example's Deployment, not the lab's own.
+        pods: vec![],
         ..lab::LabConfig::with_nodes(nodes)
     })
     .await?;

@@ -2,7 +2,7 @@
 //! a bounded time, each recorded with its time, outcome and the pod that answered.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -140,8 +140,8 @@ pub fn attempt(target: SocketAddr, timeout: Duration) -> Result<String, String> 
     request(target, timeout).map(|a| a.pod)
 }
 
-/// One HTTP/1.0 GET of `/` over a new connection: the whole reply, head and body.
-pub fn get(target: SocketAddr, timeout: Duration) -> Result<String, String> {
+/// One HTTP/1.0 GET of `path` over a new connection: the whole reply, head and body.
+pub fn get(target: SocketAddr, path: &str, timeout: Duration) -> Result<String, String> {
     let start = Instant::now();
     let mut conn =
         TcpStream::connect_timeout(&target, timeout).map_err(|e| format!("connect: {e}"))?;
@@ -150,7 +150,7 @@ pub fn get(target: SocketAddr, timeout: Duration) -> Result<String, String> {
         .max(Duration::from_millis(1));
     conn.set_read_timeout(Some(left))
         .map_err(|e| e.to_string())?;
-    conn.write_all(b"GET / HTTP/1.0\r\n\r\n")
+    conn.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
         .map_err(|e| format!("send: {e}"))?;
     let mut reply = String::new();
     conn.read_to_string(&mut reply)
@@ -159,9 +159,26 @@ pub fn get(target: SocketAddr, timeout: Duration) -> Result<String, String> {
 }
 
 /// One HTTP GET over a new connection: who answered and, when it says, whom it saw.
+/// `/hostname` is where agnhost's `netexec` gives its name (`serve-hostname` gives it on any
+/// path, as the lab's own servers give their greeting).
 pub fn request(target: SocketAddr, timeout: Duration) -> Result<Answer, String> {
-    let reply = get(target, timeout)?;
+    let reply = get(target, "/hostname", timeout)?;
     parse_answer(&reply).ok_or_else(|| format!("unexpected answer {reply:?}"))
+}
+
+/// One HTTP GET over a new connection: the client address the server saw (agnhost's
+/// `netexec` says it at `/clientip`, as `address:port`; the lab's own servers always say it).
+pub fn client_seen(target: SocketAddr, timeout: Duration) -> Result<IpAddr, String> {
+    let reply = get(target, "/clientip", timeout)?;
+    let seen = match parse_answer(&reply) {
+        Some(Answer {
+            client: Some(client),
+            ..
+        }) => client.parse().ok(),
+        Some(Answer { pod: body, .. }) => body.parse::<SocketAddr>().ok().map(|a| a.ip()),
+        None => None,
+    };
+    seen.ok_or_else(|| format!("no client address in {reply:?}"))
 }
 
 /// The pod and client in an answer: the lab's `Hello from <pod>` / `client <address>`, or the

@@ -12,7 +12,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::Api;
 use kube::api::ListParams;
-use lab::{FERROLB_NAMESPACE, Lab, LabConfig};
+use lab::{FERROLB_NAMESPACE, Install, Lab, LabConfig};
 
 fn example(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -32,7 +32,7 @@ async fn pods(lab: &Lab, namespace: &str, selector: &str) -> Vec<Pod> {
 }
 
 /// A lab whose nodes run kubelets, with ferrolb's pods Ready (`Lab::start` waits for them)
-/// and no pods of the lab's own; `config` says the rest.
+/// and no pods of the lab's own; `config` says the rest (how ferrolb is installed).
 async fn cluster(config: LabConfig) -> Lab {
     let lab = Lab::start(LabConfig {
         pods: vec![],
@@ -222,7 +222,7 @@ async fn helm_installs_ferrolb_and_the_classic_example_works() {
     lab::require_lab!();
     let mut lab = cluster(LabConfig {
         nodes: 3,
-        helm: true,
+        install: Install::Helm,
         ..Default::default()
     })
     .await;
@@ -320,6 +320,7 @@ async fn kustomize_installs_ferrolb_on_an_ipv6_only_cluster() {
     let lab = cluster(LabConfig {
         nodes: 2,
         ipv6_only: true,
+        install: Install::Kustomize,
         ..Default::default()
     })
     .await;
@@ -366,6 +367,7 @@ fn service(name: &str) -> String {
 async fn failover_lab() -> Lab {
     let lab = cluster(LabConfig {
         nodes: 4,
+        install: Install::Kustomize,
         ..Default::default()
     })
     .await;

@@ -54,7 +54,7 @@ fn host_pod(name: &str, node: &str, containers: serde_json::Value) -> Pod {
 async fn get_body(lab: &Lab, target: SocketAddr) -> Result<String, String> {
     let ns = lab.client_ns.clone();
     let reply = tokio::task::spawn_blocking(move || {
-        ns.enter(|| lab::probe::get(target, Duration::from_secs(5)))
+        ns.enter(|| lab::probe::get(target, "/", Duration::from_secs(5)))
     })
     .await
     .unwrap()
@@ -79,7 +79,6 @@ async fn a_kubelet_registers_its_node_and_runs_pods_from_the_lab_images() {
     let lab = Lab::start(LabConfig {
         nodes: 2,
         pods: vec![],
-        kubelets: true,
         ..Default::default()
     })
     .await
@@ -255,7 +254,6 @@ async fn pod_network(ipv6_only: bool) {
     let lab = Lab::start(LabConfig {
         nodes: 2,
         pods: vec![],
-        kubelets: true,
         ipv6_only,
         ..Default::default()
     })

@@ -47,6 +47,29 @@ impl Lab {
         Ok(())
     }
 
+    /// Applies deploy/ without its Deployment and DaemonSet: ferrolb's API, namespace,
+    /// accounts and RBAC, for a lab whose tests run the binaries themselves
+    /// ([`super::Install::Processes`]); with kubelets, the workloads would run beside them.
+    pub(super) async fn apply_api(&self) -> Result<()> {
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        let deploy = deploy.canonicalize()?.display().to_string();
+        let rendered = self.kubectl(&["kustomize", &deploy]).await?;
+        let api: Vec<&str> = rendered
+            .split("\n---\n")
+            .filter(|doc| {
+                !doc.lines()
+                    .any(|l| l == "kind: Deployment" || l == "kind: DaemonSet")
+            })
+            .collect();
+        self.kubectl_as(
+            &self.lan_kubeconfig,
+            &["apply", "--server-side", "-f", "-"],
+            Some(&api.join("\n---\n")),
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Waits until ferrolb's CRDs are served.
     pub(super) async fn wait_for_crds(&self) -> Result<()> {
         self.kubectl(&[

@@ -92,11 +92,31 @@ impl Lab {
         Ok(())
     }
 
-    /// Stops node `i`'s Lease heartbeat, as a dead kubelet would.
-    pub fn stop_heartbeat(&mut self, i: usize) {
+    /// Stops node `i`'s Lease heartbeat, as a dead kubelet would; with kubelets, its kubelet
+    /// hangs (SIGSTOP) while containerd and the pods run on.
+    pub fn stop_heartbeat(&mut self, i: usize) -> Result<()> {
         if let Some(h) = self.nodes[i - 1].heartbeat.take() {
             h.abort();
         }
+        if self.agents.is_some() {
+            let kubelets: Vec<i32> = crate::netns::pids(self.node(i).ns.name())
+                .into_iter()
+                .filter(|pid| {
+                    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                        .is_ok_and(|c| c.trim() == "kubelet")
+                })
+                .collect();
+            if kubelets.is_empty() {
+                bail!("node {i} runs no kubelet to stop");
+            }
+            for pid in kubelets {
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGSTOP,
+                )?;
+            }
+        }
+        Ok(())
     }
 
     /// Sets node `i`'s LAN interface (`eth0` inside the node) down or up.

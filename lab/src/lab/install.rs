@@ -1,7 +1,8 @@
 //! ferrolb as users install it, in a lab with kubelets ([`LabConfig::kubelets`]): the speaker
 //! DaemonSet's and the controller Deployment's pods, run by the kubelets from the image the lab
-//! imported into every node. `kubectl apply -k deploy` with the gossip Secret made beside it,
-//! as the README asks, or, with [`LabConfig::helm`], `helm install` of the chart.
+//! imported into every node. With [`Install::Kustomize`], `kubectl apply -k deploy` with the
+//! gossip Secret made beside it, as the README asks; with [`Install::Helm`], `helm install` of
+//! the chart.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -14,7 +15,7 @@ use kube::api::ListParams;
 
 use super::Lab;
 #[cfg(doc)]
-use super::LabConfig;
+use super::{Install, LabConfig};
 
 /// Where both install forms put ferrolb.
 pub const NAMESPACE: &str = "ferrolb-system";

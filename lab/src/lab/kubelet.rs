@@ -126,6 +126,8 @@ impl Lab {
             "imageGCLowThresholdPercent": 99,
             "volumePluginDir": dir.join("volume-plugins"),
             "rotateCertificates": false,
+            // It renews its Lease every quarter of this: the lab's heartbeat.
+            "nodeLeaseDurationSeconds": (self.heartbeat.as_secs_f64() * 4.0).round().max(1.0) as u32,
         });
         std::fs::write(
             dir.join("kubelet.yaml"),

@@ -24,7 +24,6 @@ use tokio::task::JoinHandle;
 
 use crate::binaries::{self, Binaries, NodeAgents};
 use crate::forward::Forwarder;
-use crate::hello::HelloServer;
 use crate::netns::{self, NetNs};
 use crate::pki::{self, Ca, Credentials};
 use crate::plan;
@@ -42,15 +41,31 @@ use network::{attach, control_plane_pod_routes};
 /// Every lab namespace starts with this, then 4 hex digits, then `-`.
 pub const PREFIX_STEM: &str = "flb";
 
+/// How ferrolb runs in a lab.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Install {
+    /// Its API (CRDs, namespace, accounts, RBAC) only; the test starts the binaries as
+    /// processes in the nodes' namespaces ([`Lab::start_speaker`], [`Lab::start_controller`]),
+    /// to give them flags, kill them and read their logs.
+    Processes,
+    /// `kubectl apply -k deploy` and the gossip Secret, as the README asks: its pods run
+    /// (needs kubelets).
+    Kustomize,
+    /// `helm install` of deploy/helm/ferrolb (needs kubelets).
+    Helm,
+}
+
 #[derive(Debug, Clone)]
 pub struct LabConfig {
     /// Number of nodes (1 to 15).
     pub nodes: usize,
     /// The node (1-based) of each hello pod, in pod order: pod `hello-k` is the k-th entry.
+    /// Real pods (agnhost, ready by their probe), so they need [`LabConfig::kubelets`].
     pub pods: Vec<usize>,
     /// The namespace and link prefix; a fresh one when `None`.
     pub prefix: Option<String>,
-    /// How often each node renews its Lease, like a kubelet (10 s).
+    /// How often each node renews its Lease (10 s, a kubelet's default); a kubelet is given
+    /// the Lease duration that makes it renew this often (four times this, whole seconds).
     pub heartbeat: Duration,
     /// What Kubernetes sees is IPv6 only: Nodes' InternalIPs and pod CIDRs from
     /// 2001:db8::/64 and 2001:db8:1::/48, Services from an IPv6 range, the API server reached
@@ -65,13 +80,13 @@ pub struct LabConfig {
     /// and kube-controller-manager's workload controllers run too, pods get a routed network
     /// (a CNI bridge per node) and reach the API server through the `kubernetes` Service.
     pub kubelets: bool,
-    /// ferrolb is installed with `helm install` of deploy/helm/ferrolb instead of
-    /// `kubectl apply -k deploy`. With kubelets, either way its pods run.
-    pub helm: bool,
+    /// How ferrolb runs.
+    pub install: Install,
 }
 
 impl LabConfig {
-    /// `nodes` nodes; two pods, on nodes 1 and 2 (both on node 1 when it is alone).
+    /// `nodes` nodes with kubelets; two pods, on nodes 1 and 2 (both on node 1 when it is
+    /// alone).
     pub fn with_nodes(nodes: usize) -> LabConfig {
         LabConfig {
             nodes,
@@ -79,10 +94,22 @@ impl LabConfig {
             ..Default::default()
         }
     }
+
+    /// `nodes` nodes without kubelets or pods: the lab registers the Nodes and keeps their
+    /// Leases itself. Quicker, for tests of what needs no workload (the API, the controller).
+    pub fn bare(nodes: usize) -> LabConfig {
+        LabConfig {
+            nodes,
+            pods: vec![],
+            kubelets: false,
+            ..Default::default()
+        }
+    }
 }
 
 impl Default for LabConfig {
-    /// Three nodes; two pods, on nodes 1 and 2, so node 3 has no local endpoint.
+    /// Three nodes with kubelets; two pods, on nodes 1 and 2, so node 3 has no local
+    /// endpoint; ferrolb as processes.
     fn default() -> Self {
         LabConfig {
             nodes: 3,
@@ -91,8 +118,8 @@ impl Default for LabConfig {
             heartbeat: Duration::from_secs(10),
             ipv6_only: false,
             controller_manager: false,
-            kubelets: false,
-            helm: false,
+            kubelets: true,
+            install: Install::Processes,
         }
     }
 }
@@ -119,14 +146,12 @@ impl LabNode {
     }
 }
 
+/// A hello pod: a real Pod pinned to its node, run by the node's kubelet.
 pub struct LabPod {
     pub name: String,
     pub node: usize,
-    pub ns: NetNs,
-    pub ipv4: IpAddr,
-    pub ipv6: IpAddr,
-    pub ready: bool,
-    _server: HelloServer,
+    /// Its addresses, from its status (the CNI's).
+    pub ips: Vec<IpAddr>,
 }
 
 /// Removes every namespace of the lab and its directory when dropped: the last thing to go.
@@ -225,7 +250,6 @@ pub struct Lab {
     pub lan: NetNs,
     pub cp: NetNs,
     pub client_ns: NetNs,
-    services: Vec<(String, String)>,
     foreign: usize,
     controllers: std::collections::BTreeMap<usize, Proc>,
     /// Where each controller replica runs.
@@ -258,6 +282,12 @@ impl Lab {
                 "pod on node {bad}, but the lab has nodes 1 to {}",
                 config.nodes
             );
+        }
+        if !config.kubelets && !config.pods.is_empty() {
+            bail!("the lab's pods are real pods: they need kubelets (LabConfig::kubelets)");
+        }
+        if !config.kubelets && config.install != Install::Processes {
+            bail!("ferrolb's pods need kubelets to run: install it as processes, or set kubelets");
         }
         let on = |i: usize| config.pods.iter().filter(|n| **n == i).count();
         if config.kubelets
@@ -470,7 +500,6 @@ impl Lab {
             lan,
             cp,
             client_ns,
-            services: vec![],
             foreign: 0,
             controllers: Default::default(),
             controller_ns: Default::default(),
@@ -483,13 +512,13 @@ impl Lab {
             _teardown: teardown,
         };
         lab.wait_for_apiserver(Duration::from_secs(90)).await?;
-        if config.helm {
-            lab.helm_install(&[]).await?;
-        } else {
-            lab.apply_deploy().await?;
+        match config.install {
+            Install::Processes => lab.apply_api().await?,
+            Install::Kustomize => lab.apply_deploy().await?,
+            Install::Helm => lab.helm_install(&[]).await?,
         }
         lab.wait_for_crds().await?;
-        if config.kubelets {
+        if config.install != Install::Processes {
             // The speakers' pods mount it; with kustomize it is the operator's to make.
             lab.gossip_key().await?;
         }
@@ -522,15 +551,10 @@ impl Lab {
         if agents.is_some() {
             lab.wait_for_registration(Duration::from_secs(90)).await?;
         }
-        // Pods behind their nodes.
-        let mut per_node = vec![0usize; config.nodes + 1];
-        for (k, &node) in config.pods.iter().enumerate() {
-            per_node[node] += 1;
-            let pod = lab.add_pod(&format!("hello-{}", k + 1), node, per_node[node])?;
-            lab.pods.push(pod);
-        }
         lab.wait_for_kube_proxies(Duration::from_secs(60)).await?;
-        if config.kubelets {
+        lab.start_pods(&config.pods, Duration::from_secs(120))
+            .await?;
+        if config.install != Install::Processes {
             lab.wait_for_ferrolb(Duration::from_secs(180)).await?;
         }
         tracing::info!(%prefix, "lab is up");

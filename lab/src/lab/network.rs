@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 use super::{Lab, args};
 use crate::netns::NetNs;
@@ -143,7 +143,7 @@ fn routes_to_pods(ns: &NetNs, nodes: impl Iterator<Item = usize>) -> Result<()> 
 }
 
 /// A veth pair: `outer_name` in `outer`, `eth0` in `inner`.
-pub(super) fn veth(outer: &NetNs, outer_name: &str, inner: &NetNs) -> Result<()> {
+fn veth(outer: &NetNs, outer_name: &str, inner: &NetNs) -> Result<()> {
     let args = [
         "link",
         "add",
@@ -189,20 +189,6 @@ pub(super) fn attach(
     ])?;
     ns.ip(&["link", "set", "eth0", "up"])?;
     Ok(())
-}
-
-/// The link-local address of `link` in `ns`, once the kernel has made it.
-pub(super) fn link_local(ns: &NetNs, link: &str) -> Result<String> {
-    for _ in 0..100 {
-        let out = ns.ip(&["-6", "addr", "show", "dev", link, "scope", "link"])?;
-        if let Some(addr) = out.split_whitespace().skip_while(|w| *w != "inet6").nth(1)
-            && !out.contains("tentative")
-        {
-            return Ok(addr.split('/').next().unwrap_or(addr).to_string());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    bail!("no link-local address on {link} in {}", ns.name())
 }
 
 pub(super) fn link_mac(ns: &NetNs, link: &str) -> Result<String> {

@@ -21,8 +21,8 @@ impl Lab {
         Ok(crds::read::service(&svc).ingress)
     }
 
-    /// One HTTP GET from the client to `ip:port` on a new connection: who answered, and
-    /// which client address it saw.
+    /// One HTTP GET from the client to `ip:port` on a new connection: who answered (and,
+    /// if it says, which client address it saw).
     pub async fn get(&self, ip: IpAddr, port: u16) -> Result<Answer> {
         self.get_within(ip, port, Duration::from_secs(2)).await
     }
@@ -33,7 +33,19 @@ impl Lab {
         let target = SocketAddr::new(ip, port);
         tokio::task::spawn_blocking(move || ns.enter(|| probe::request(target, timeout)))
             .await??
-            .map_err(|e| anyhow::anyhow!("GET http://{target}/ from the client: {e}"))
+            .map_err(|e| anyhow::anyhow!("GET http://{target}/hostname from the client: {e}"))
+    }
+
+    /// One HTTP GET from the client to `ip:port` on a new connection: the client address the
+    /// answering server saw (the client's own, or a node's that masqueraded it).
+    pub async fn client_seen(&self, ip: IpAddr, port: u16) -> Result<IpAddr> {
+        let ns = self.client_ns.clone();
+        let target = SocketAddr::new(ip, port);
+        tokio::task::spawn_blocking(move || {
+            ns.enter(|| probe::client_seen(target, Duration::from_secs(2)))
+        })
+        .await??
+        .map_err(|e| anyhow::anyhow!("GET http://{target}/clientip from the client: {e}"))
     }
 
     /// The nodes (1-based) whose MAC answers ARP / NDP for `ip` from the client right now

@@ -1,16 +1,20 @@
-//! Workloads: hello pods routed behind their nodes, and the LoadBalancer Services in front of
-//! them with EndpointSlices that follow the pods' readiness.
+//! Workloads: the hello pods, real pods run by the nodes' kubelets, and the LoadBalancer
+//! Services in front of them; the EndpointSlice controller follows the pods' readiness.
 
 use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::PostParams;
 
-use super::network::{link_local, veth};
 use super::{Lab, LabPod};
-use crate::cluster::{self, Endpoint, ServiceSpec};
-use crate::hello::HelloServer;
-use crate::netns::NetNs;
-use crate::plan;
+use crate::cluster::{self, ServiceSpec};
+use crate::hello::POD_PORT;
+
+/// Where the hello pods run.
+const POD_NAMESPACE: &str = "default";
 
 impl Lab {
     /// Gives node `i` the `n` veth pairs a busy node's pods would (both ends in the node's
@@ -32,92 +36,124 @@ impl Lab {
         Ok(())
     }
 
-    pub(super) fn add_pod(&self, name: &str, node: usize, k: usize) -> Result<LabPod> {
-        if k > plan::MAX_PODS_PER_NODE {
-            bail!("at most {} pods fit on one node", plan::MAX_PODS_PER_NODE);
+    /// Starts the hello pods, pod `hello-k` on node `nodes[k-1]`, and waits until each is
+    /// ready. Each is a real Pod pinned to its node (`nodeName`): agnhost's `netexec` on port
+    /// 8080, labelled `app: hello`, ready while it answers its probe.
+    pub(super) async fn start_pods(&mut self, nodes: &[usize], within: Duration) -> Result<()> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), POD_NAMESPACE);
+        for (k, node) in nodes.iter().enumerate() {
+            let pod: Pod = serde_json::from_value(serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": format!("hello-{}", k + 1), "labels": {"app": "hello"}},
+                "spec": {
+                    "nodeName": format!("node-{node}"),
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [{
+                        "name": "hello",
+                        "image": crate::images::AGNHOST_IMAGE,
+                        "args": ["netexec", format!("--http-port={POD_PORT}"), "--udp-port=-1"],
+                        "ports": [{"containerPort": POD_PORT}],
+                        // Every second, and one miss makes it unready: the lab's tests turn
+                        // readiness off and on through it.
+                        "readinessProbe": {
+                            "httpGet": {"path": "/hostname", "port": POD_PORT},
+                            "periodSeconds": 1,
+                            "failureThreshold": 1,
+                            "timeoutSeconds": 1,
+                        },
+                    }],
+                },
+            }))?;
+            pods.create(&PostParams::default(), &pod).await?;
         }
-        let host = &self.nodes[node - 1].ns;
-        let ns = NetNs::create(&format!("{}-n{node}p{k}", self.prefix))?;
-        let (ipv4, ipv6) = (plan::pod_v4(node, k), plan::pod_v6(node, k));
-        let link = format!("pod{k}");
-        veth(host, &link, &ns)?;
-        host.ip(&["link", "set", &link, "up"])?;
-        // Routed like Calico: the node answers every ARP of the pod (proxy ARP), so the pod
-        // needs only an on-link default route; IPv6 goes via the node's link-local address.
-        host.sysctl(&format!("net.ipv4.conf.{link}.proxy_arp"), "1")?;
-        // And at once, as Calico sets it: the kernel's default delays each proxy ARP reply by
-        // up to 0.8 s, which stalls a pod's first reply to every new (masqueraded) peer.
-        host.sysctl(&format!("net.ipv4.neigh.{link}.proxy_delay"), "0")?;
-        host.ip(&["route", "add", &format!("{ipv4}/32"), "dev", &link])?;
-        host.ip(&["-6", "route", "add", &format!("{ipv6}/128"), "dev", &link])?;
-        ns.ip(&["addr", "add", &format!("{ipv4}/32"), "dev", "eth0"])?;
-        ns.ip(&[
-            "addr",
-            "add",
-            &format!("{ipv6}/128"),
-            "dev",
-            "eth0",
-            "nodad",
-        ])?;
-        ns.ip(&["link", "set", "eth0", "up"])?;
-        ns.ip(&["route", "add", "default", "dev", "eth0"])?;
-        let host_ll = link_local(host, &link)?;
-        ns.ip(&[
-            "-6", "route", "add", "default", "via", &host_ll, "dev", "eth0",
-        ])?;
-        let server = HelloServer::start(&ns, name)?;
-        Ok(LabPod {
-            name: name.to_string(),
-            node,
-            ns,
-            ipv4: ipv4.into(),
-            ipv6: ipv6.into(),
-            ready: true,
-            _server: server,
-        })
+        for (k, &node) in nodes.iter().enumerate() {
+            let name = format!("hello-{}", k + 1);
+            let pod = self.pod_becomes(&name, true, within).await?;
+            let ips = pod
+                .status
+                .and_then(|s| s.pod_ips)
+                .unwrap_or_default()
+                .iter()
+                .map(|ip| ip.ip.parse())
+                .collect::<Result<Vec<IpAddr>, _>>()?;
+            self.pods.push(LabPod { name, node, ips });
+        }
+        Ok(())
     }
 
-    /// Creates a LoadBalancer Service in front of the lab's hello pods, with EndpointSlices
-    /// that follow the pods' readiness.
+    /// Waits until pod `name` is ready (or not), as its kubelet reports; returns it then.
+    async fn pod_becomes(&self, name: &str, ready: bool, within: Duration) -> Result<Pod> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), POD_NAMESPACE);
+        let deadline = Instant::now() + within;
+        loop {
+            let pod = pods.get(name).await?;
+            let is_ready = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            if is_ready == ready {
+                return Ok(pod);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "pod {name} is not {} after {within:?}; its status: {:?}",
+                    if ready { "ready" } else { "unready" },
+                    pod.status
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Creates a LoadBalancer Service in front of the lab's hello pods (`app: hello`); the
+    /// EndpointSlice controller gives it their endpoints.
     pub async fn expose(
         &mut self,
         spec: &ServiceSpec,
     ) -> Result<k8s_openapi::api::core::v1::Service> {
-        let svc = cluster::create_service(&self.client, spec).await?;
-        self.services
-            .push((spec.namespace.clone(), spec.name.clone()));
-        self.write_slices(&spec.namespace, &spec.name).await?;
-        Ok(svc)
+        cluster::create_service(&self.client, spec).await
     }
 
-    async fn write_slices(&self, namespace: &str, service: &str) -> Result<()> {
-        let endpoints: Vec<Endpoint> = self
-            .pods
-            .iter()
-            .flat_map(|p| {
-                [p.ipv4, p.ipv6].map(|ip| Endpoint {
-                    pod: p.name.clone(),
-                    node: format!("node-{}", p.node),
-                    ip,
-                    ready: p.ready,
-                })
-            })
-            .collect();
-        cluster::write_endpoint_slices(&self.client, namespace, service, &endpoints).await
-    }
-
-    /// Marks a pod ready or not in the EndpointSlices of every exposed Service.
+    /// Makes pod `pod` fail its readiness probe (or pass it again) and waits until its
+    /// kubelet says so: its node's kubelet can no longer reach it on the probe's port (a
+    /// reset in the node's OUTPUT chain), while traffic forwarded to it still flows.
     pub async fn set_pod_ready(&mut self, pod: &str, ready: bool) -> Result<()> {
         let p = self
             .pods
-            .iter_mut()
+            .iter()
             .find(|p| p.name == pod)
             .with_context(|| format!("no pod {pod}"))?;
-        p.ready = ready;
-        for (ns, name) in self.services.clone() {
-            self.write_slices(&ns, &name).await?;
+        let node = &self.node(p.node).ns;
+        let op = if ready { "-D" } else { "-I" };
+        for ip in &p.ips {
+            let (tool, reset) = match ip {
+                IpAddr::V4(_) => ("iptables", "tcp-reset"),
+                IpAddr::V6(_) => ("ip6tables", "tcp-reset"),
+            };
+            node.exec(
+                tool,
+                &[
+                    "-w",
+                    op,
+                    "OUTPUT",
+                    "-d",
+                    &ip.to_string(),
+                    "-p",
+                    "tcp",
+                    "--dport",
+                    &POD_PORT.to_string(),
+                    "-j",
+                    "REJECT",
+                    "--reject-with",
+                    reset,
+                ],
+            )?;
         }
-        Ok(())
+        self.pod_becomes(pod, ready, Duration::from_secs(30))
+            .await
+            .map(drop)
     }
 
     /// Writes `status.loadBalancer.ingress` by hand, as the controller would.
