@@ -16,7 +16,9 @@
 //! | `kubernetes` Service | 192.0.2.1                     | 2001:db8:2::1                 |
 //!
 //! With kubelets a node's CNI (lab/src/lab/kubelet.rs) takes the upper half of its /28 and the
-//! lab's hello pods keep the lower half, so both kinds of pod can share a node.
+//! lab's hello pods keep the lower half, so both kinds of pod can share a node. A dual-stack
+//! node's CNI can thus address 6 pods, an IPv6-only node's 255; the kubelet's `maxPods`
+//! follows ([`max_pods_per_kubelet`]).
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -34,6 +36,9 @@ pub const MAX_NODES: usize = 15;
 pub const MAX_PODS_PER_NODE: usize = 14;
 /// Hello pods per node when the node's CNI has the upper half of its range.
 pub const MAX_PODS_PER_NODE_WITH_KUBELETS: usize = 7;
+/// Pods on the host's network take no CNI address: the speaker's, and the few the kubelet
+/// tests bind to a node.
+pub const HOST_NETWORK_PODS_PER_NODE: usize = 4;
 
 pub fn apiserver_v4() -> Ipv4Addr {
     Ipv4Addr::new(198, 51, 100, 1)
@@ -102,6 +107,25 @@ pub fn cni_last_v6(node: usize) -> Ipv6Addr {
     pod_v6(node, 0x1ff)
 }
 
+/// How many pods a node's CNI can give an address: every family's range must have one left,
+/// so dual-stack nodes are bound by the IPv4 range (6) and IPv6-only nodes have 255.
+pub fn cni_addresses(ipv6_only: bool) -> usize {
+    let v6 = u128::from(cni_last_v6(1)) - u128::from(cni_gateway_v6(1));
+    let v4 = u32::from(cni_last_v4(1)) - u32::from(cni_gateway_v4(1));
+    if ipv6_only {
+        v6 as usize
+    } else {
+        v4.min(v6 as u32) as usize
+    }
+}
+
+/// The kubelet's `maxPods`: what the CNI can address plus the host-network allowance, so a
+/// node that is full is refused by the scheduler ("Too many pods") rather than by the CNI
+/// failing a sandbox for want of an address.
+pub fn max_pods_per_kubelet(ipv6_only: bool) -> usize {
+    cni_addresses(ipv6_only) + HOST_NETWORK_PODS_PER_NODE
+}
+
 /// The `kubernetes` Service's ClusterIP: the first address of the Service range.
 pub fn kubernetes_service_v4() -> Ipv4Addr {
     Ipv4Addr::new(192, 0, 2, 1)
@@ -118,6 +142,15 @@ fn lan_v6(low: u16) -> Ipv6Addr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ipv6_only_node_has_room_for_150_pods_and_a_dual_stack_node_for_six() {
+        assert_eq!(cni_addresses(true), 255);
+        assert_eq!(cni_addresses(false), 6);
+        assert!(max_pods_per_kubelet(true) >= 150 + HOST_NETWORK_PODS_PER_NODE);
+        // Past the kubelet's default of 110, which would otherwise cap a busy node.
+        assert!(max_pods_per_kubelet(true) > 110);
+    }
 
     #[test]
     fn hello_pods_and_the_cni_share_a_node_range_without_overlap() {

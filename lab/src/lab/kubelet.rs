@@ -113,6 +113,9 @@ impl Lab {
             },
             "authorization": {"mode": "AlwaysAllow"},
             "failSwapOn": false,
+            // Past the default 110 where the CNI has room (IPv6-only), down to the room it has
+            // where it does not (dual-stack): see `plan::max_pods_per_kubelet`.
+            "maxPods": plan::max_pods_per_kubelet(self.ipv6_only),
             // The host disk is fuller than the default thresholds allow; the lab's pods are tiny.
             "evictionHard": {
                 "memory.available": "50Mi",
