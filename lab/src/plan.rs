@@ -121,7 +121,8 @@ pub fn cni_addresses(ipv6_only: bool) -> usize {
 
 /// The kubelet's `maxPods`: what the CNI can address plus the host-network allowance, so a
 /// node that is full is refused by the scheduler ("Too many pods") rather than by the CNI
-/// failing a sandbox for want of an address.
+/// failing a sandbox for want of an address. With fewer host-network pods than the allowance,
+/// the CNI can still run out first.
 pub fn max_pods_per_kubelet(ipv6_only: bool) -> usize {
     cni_addresses(ipv6_only) + HOST_NETWORK_PODS_PER_NODE
 }
