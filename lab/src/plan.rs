@@ -9,14 +9,14 @@
 //! | foreign hosts        | 198.51.100.(100+k)            | 2001:db8::(100+k)             |
 //! | example pool         | 198.51.100.200-198.51.100.250 | 2001:db8::c8-2001:db8::fa     |
 //! | pods of node i       | 203.0.113.(16i)/28            | 2001:db8:1:i::/64             |
-//! | - hello pod k        | 203.0.113.(16i+k)             | 2001:db8:1:i::k               |
-//! | - CNI bridge (gw)    | 203.0.113.(16i+8)             | 2001:db8:1:i::100             |
-//! | - CNI pods           | 203.0.113.(16i+9)-(16i+14)    | 2001:db8:1:i::101-1ff         |
+//! | - CNI bridge (gw)    | 203.0.113.(16i+1)             | 2001:db8:1:i::1               |
+//! | - CNI pods           | 203.0.113.(16i+2)-(16i+14)    | 2001:db8:1:i::2-100           |
 //! | Service cluster IPs  | 192.0.2.0/24                  | 2001:db8:2::/112              |
 //! | `kubernetes` Service | 192.0.2.1                     | 2001:db8:2::1                 |
 //!
-//! With kubelets a node's CNI (lab/src/lab/kubelet.rs) takes the upper half of its /28 and the
-//! lab's hello pods keep the lower half, so both kinds of pod can share a node.
+//! Every pod gets its addresses from its node's CNI (lab/src/lab/kubelet.rs): a dual-stack
+//! node's can address 13 pods (its IPv4 /28 bounds it), an IPv6-only node's 255; the kubelet's
+//! `maxPods` follows ([`max_pods_per_kubelet`]).
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -30,10 +30,9 @@ pub const EXAMPLE_POOL_V4: &str = "198.51.100.200-198.51.100.250";
 pub const EXAMPLE_POOL_V6: &str = "2001:db8::c8-2001:db8::fa";
 /// At most this many nodes fit the plan (pods get a /28 each in 203.0.113.0/24).
 pub const MAX_NODES: usize = 15;
-/// And this many pods per node.
-pub const MAX_PODS_PER_NODE: usize = 14;
-/// Hello pods per node when the node's CNI has the upper half of its range.
-pub const MAX_PODS_PER_NODE_WITH_KUBELETS: usize = 7;
+/// Pods on the host's network take no CNI address: the speaker's, and the few the kubelet
+/// tests bind to a node.
+pub const HOST_NETWORK_PODS_PER_NODE: usize = 4;
 
 pub fn apiserver_v4() -> Ipv4Addr {
     Ipv4Addr::new(198, 51, 100, 1)
@@ -75,22 +74,22 @@ pub fn pod_cidr_v6(node: usize) -> String {
     format!("2001:db8:1:{node:x}::/64")
 }
 
-/// Pod `k` (1-based) of node `node`.
-pub fn pod_v4(node: usize, k: usize) -> Ipv4Addr {
+/// Address `k` of node `node`'s pod range.
+fn pod_v4(node: usize, k: usize) -> Ipv4Addr {
     Ipv4Addr::new(203, 0, 113, (16 * node + k) as u8)
 }
 
-pub fn pod_v6(node: usize, k: usize) -> Ipv6Addr {
+fn pod_v6(node: usize, k: usize) -> Ipv6Addr {
     Ipv6Addr::new(0x2001, 0xdb8, 1, node as u16, 0, 0, 0, k as u16)
 }
 
 /// The address of node `node`'s CNI bridge, its pods' gateway; the CNI's pods follow it.
 pub fn cni_gateway_v4(node: usize) -> Ipv4Addr {
-    pod_v4(node, 8)
+    pod_v4(node, 1)
 }
 
 pub fn cni_gateway_v6(node: usize) -> Ipv6Addr {
-    pod_v6(node, 0x100)
+    pod_v6(node, 1)
 }
 
 /// The last address node `node`'s CNI gives a pod.
@@ -99,7 +98,27 @@ pub fn cni_last_v4(node: usize) -> Ipv4Addr {
 }
 
 pub fn cni_last_v6(node: usize) -> Ipv6Addr {
-    pod_v6(node, 0x1ff)
+    pod_v6(node, 0x100)
+}
+
+/// How many pods a node's CNI can give an address: every family's range must have one left,
+/// so dual-stack nodes are bound by the IPv4 range (13) and IPv6-only nodes have 255.
+pub fn cni_addresses(ipv6_only: bool) -> usize {
+    let v6 = u128::from(cni_last_v6(1)) - u128::from(cni_gateway_v6(1));
+    let v4 = u32::from(cni_last_v4(1)) - u32::from(cni_gateway_v4(1));
+    if ipv6_only {
+        v6 as usize
+    } else {
+        v4.min(v6 as u32) as usize
+    }
+}
+
+/// The kubelet's `maxPods`: what the CNI can address plus the host-network allowance, so a
+/// node that is full is refused by the scheduler ("Too many pods") rather than by the CNI
+/// failing a sandbox for want of an address. With fewer host-network pods than the allowance,
+/// the CNI can still run out first.
+pub fn max_pods_per_kubelet(ipv6_only: bool) -> usize {
+    cni_addresses(ipv6_only) + HOST_NETWORK_PODS_PER_NODE
 }
 
 /// The `kubernetes` Service's ClusterIP: the first address of the Service range.
@@ -120,17 +139,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hello_pods_and_the_cni_share_a_node_range_without_overlap() {
+    fn an_ipv6_only_node_has_room_for_150_pods_and_a_dual_stack_node_for_13() {
+        assert_eq!(cni_addresses(true), 255);
+        assert_eq!(cni_addresses(false), 13);
+        assert!(max_pods_per_kubelet(true) >= 150 + HOST_NETWORK_PODS_PER_NODE);
+        // Past the kubelet's default of 110, which would otherwise cap a busy node.
+        assert!(max_pods_per_kubelet(true) > 110);
+    }
+
+    #[test]
+    fn each_cni_range_is_inside_its_node_range_past_the_network_short_of_broadcast() {
         for node in 1..=MAX_NODES {
-            let last_hello = MAX_PODS_PER_NODE_WITH_KUBELETS;
-            assert!(pod_v4(node, last_hello) < cni_gateway_v4(node));
-            assert!(pod_v6(node, last_hello) < cni_gateway_v6(node));
+            let network = u32::from(pod_v4(node, 0));
+            assert!(u32::from(cni_gateway_v4(node)) > network);
             assert!(cni_gateway_v4(node) < cni_last_v4(node));
-            // Still inside the node's /28, short of its broadcast address.
-            assert_eq!(
-                u32::from(cni_last_v4(node)),
-                u32::from(pod_v4(node, 0)) + 14
-            );
+            assert_eq!(u32::from(cni_last_v4(node)), network + 14);
+            assert!(cni_gateway_v6(node) > pod_v6(node, 0));
             assert_eq!(
                 cni_last_v6(node).segments()[..4],
                 pod_v6(node, 0).segments()[..4]

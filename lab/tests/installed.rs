@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use kube::Api;
 use kube::api::ListParams;
 use lab::{FERROLB_NAMESPACE, Install, Lab, LabConfig};
@@ -34,6 +34,11 @@ async fn pods(lab: &Lab, namespace: &str, selector: &str) -> Vec<Pod> {
 /// A lab whose nodes run kubelets, with ferrolb's pods Ready (`Lab::start` waits for them)
 /// and no pods of the lab's own; `config` says the rest (how ferrolb is installed).
 async fn cluster(config: LabConfig) -> Lab {
+    assert_ne!(
+        config.install,
+        Install::Processes,
+        "these tests install ferrolb"
+    );
     let lab = Lab::start(LabConfig {
         pods: vec![],
         kubelets: true,
@@ -608,5 +613,227 @@ async fn rollout_restart_and_drain_of_the_speakers() {
     lab::figures::report(
         Path::new(env!("CARGO_TARGET_TMPDIR")),
         &format!("FIGURES speakers as pods:\n{}", lines.join("\n")),
+    );
+}
+
+/// Agnhost pods on one node, as many as the busy-node tests of the speaker issue need.
+const BUSY_PODS: usize = 150;
+
+/// [`BUSY_PODS`] agnhost pods pinned to node-1, each Ready once its HTTP answers.
+fn busy_deployment() -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: busy
+  namespace: default
+spec:
+  replicas: {BUSY_PODS}
+  selector:
+    matchLabels: {{app: busy}}
+  template:
+    metadata:
+      labels: {{app: busy}}
+    spec:
+      nodeSelector: {{kubernetes.io/hostname: node-1}}
+      terminationGracePeriodSeconds: 1
+      containers:
+        - name: busy
+          image: {image}
+          imagePullPolicy: Never
+          args: [serve-hostname, --http, --port=8080]
+          ports: [{{containerPort: 8080}}]
+          readinessProbe:
+            httpGet: {{path: /, port: 8080}}
+            periodSeconds: 5
+"#,
+        image = lab::AGNHOST_IMAGE
+    )
+}
+
+/// A Cluster-policy Service in front of the busy pods that asks for `address`.
+fn busy_service(name: &str, address: IpAddr) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\n  annotations: {{{ips}: \"{address}\"}}\nspec:\n  type: LoadBalancer\n  selector: {{app: busy}}\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n",
+        ips = model::service::ANNOTATION_IPS
+    )
+}
+
+/// The first address of the example pool's IPv6 range whose election ranks `nodes` in that
+/// order ahead of every other node of the lab: the speakers' rule
+/// (`speaker_core::election::owner`), so a test can choose who owns and who takes over.
+fn address_ranking(lab: &Lab, nodes: &[usize]) -> IpAddr {
+    let names: Vec<speaker_core::NodeName> = lab
+        .nodes()
+        .iter()
+        .map(|n| speaker_core::NodeName::new(n.name.clone()))
+        .collect();
+    (0xc8..=0xfa)
+        .map(|low| IpAddr::from(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, low)))
+        .find(|ip| {
+            let key = speaker_core::ElectionKey::new(*ip);
+            let mut left: Vec<&speaker_core::NodeName> = names.iter().collect();
+            nodes.iter().all(|want| {
+                let owner = speaker_core::election::owner(&key, left.iter().copied());
+                let wanted = &names[want - 1];
+                left.retain(|n| *n != wanted);
+                owner == Some(wanted)
+            })
+        })
+        .unwrap_or_else(|| panic!("no pool address ranks nodes {nodes:?} first"))
+}
+
+/// Waits until every pod matching `selector` (there are `n`) runs Ready on node `i`; says
+/// how many are in which state if that does not happen `within`.
+async fn all_ready_on(lab: &Lab, selector: &str, n: usize, i: usize, within: Duration) {
+    let node = lab.node(i).name.clone();
+    let deadline = Instant::now() + within;
+    loop {
+        let pods = pods(lab, "default", selector).await;
+        let ready = pods
+            .iter()
+            .filter(|p| {
+                let on_node = p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(&node);
+                let status = p.status.as_ref();
+                on_node
+                    && status.and_then(|s| s.phase.as_deref()) == Some("Running")
+                    && status
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            })
+            .count();
+        if ready == n && pods.len() == n {
+            return;
+        }
+        if Instant::now() > deadline {
+            let mut states = std::collections::BTreeMap::<String, usize>::new();
+            for p in &pods {
+                let status = p.status.clone().unwrap_or_default();
+                let waiting = status
+                    .container_statuses
+                    .unwrap_or_default()
+                    .into_iter()
+                    .find_map(|c| c.state?.waiting?.reason);
+                let state = format!(
+                    "{} on {} {}",
+                    status.phase.unwrap_or_default(),
+                    p.spec
+                        .as_ref()
+                        .and_then(|s| s.node_name.clone())
+                        .unwrap_or_default(),
+                    waiting.unwrap_or_default()
+                );
+                *states.entry(state).or_default() += 1;
+            }
+            panic!(
+                "{ready} of {n} pods ({selector}) Ready on {node} after {within:?}: {states:?}; \
+                 the kubelet's log ends with:\n{}",
+                lab.log_tail(&format!("kubelet-{node}"), 20)
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// `count` GETs through `ip:80` on new connections, each answered by one of `pods` (retried
+/// while kube-proxy catches up, for at most 60 s in all); how many distinct pods answered.
+async fn answered_by(lab: &Lab, ip: IpAddr, pods: &BTreeSet<String>, count: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut answered = BTreeSet::new();
+    let mut ok = 0;
+    while ok < count {
+        match lab.get(ip, 80).await {
+            Ok(a) => {
+                assert!(pods.contains(&a.pod), "{} answered through {ip}", a.pod);
+                answered.insert(a.pod);
+                ok += 1;
+            }
+            Err(e) => {
+                assert!(Instant::now() < deadline, "GET through {ip}: {e:#}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+    answered.len()
+}
+
+/// A node carrying 150 real pods (150 veths on its CNI bridge) in an IPv6-only cluster: the
+/// pods all become Ready; the busy node owns and announces an address whose election it wins;
+/// another Service's owner (node-2, with the busy node ranked next) dies hard and the busy node
+/// takes its address over, while new connections reach the busy node's pods throughout.
+#[tokio::test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
+async fn a_node_with_150_pods_announces_and_fails_over() {
+    lab::require_lab!();
+    let started = Instant::now();
+    let mut lab = cluster(LabConfig {
+        nodes: 3,
+        ipv6_only: true,
+        install: Install::Kustomize,
+        ..Default::default()
+    })
+    .await;
+    apply_example(&lab, "pool.yaml").await;
+    // The kubelet's default of 110 would leave 40 of them Pending ("Too many pods").
+    let node = Api::<Node>::all(lab.client())
+        .get(&lab.node(1).name)
+        .await
+        .unwrap();
+    let room = node.status.and_then(|s| s.allocatable?.remove("pods"));
+    assert_eq!(
+        room.map(|q| q.0),
+        Some(lab::plan::max_pods_per_kubelet(true).to_string()),
+        "node-1's allocatable pods"
+    );
+
+    let pods_started = Instant::now();
+    lab.apply(&busy_deployment()).await.unwrap();
+    all_ready_on(&lab, "app=busy", BUSY_PODS, 1, Duration::from_secs(600)).await;
+    let pods_ready = pods_started.elapsed();
+    let busy = pod_names(&lab, "default", "app=busy").await;
+
+    // The busy node wins this address's election: its speaker, among 150 veths, answers NDP.
+    let own = address_ranking(&lab, &[1]);
+    lab.apply(&busy_service("own", own)).await.unwrap();
+    assert_eq!(address_of(&lab, "default", "own").await, own);
+    assert_eq!(settled_owner(&lab, own).await, 1, "node-1 wins {own}");
+    let spread = answered_by(&lab, own, &busy, 20).await;
+    assert!(
+        spread > 1,
+        "20 connections through {own} reached {spread} pod"
+    );
+    let rss_busy = proc_status(lab.speaker_process(1).unwrap(), "VmRSS");
+    let rss_idle = proc_status(lab.speaker_process(3).unwrap(), "VmRSS");
+
+    // Node-2 owns this one and the busy node is next: node-2 dies with its kubelet.
+    let moving = address_ranking(&lab, &[2, 1]);
+    lab.apply(&busy_service("moving", moving)).await.unwrap();
+    assert_eq!(address_of(&lab, "default", "moving").await, moving);
+    assert_eq!(settled_owner(&lab, moving).await, 2, "node-2 wins {moving}");
+    answered_by(&lab, moving, &busy, 20).await;
+    lab.settle(moving).await.unwrap();
+    let gap = lab
+        .time_hard_death(2, moving)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(
+        owner_of(&lab, moving).await,
+        1,
+        "the busy node takes {moving} over"
+    );
+    answered_by(&lab, moving, &busy, 20).await;
+
+    lab::figures::report(
+        Path::new(env!("CARGO_TARGET_TMPDIR")),
+        &format!(
+            "FIGURES busy node (IPv6-only, 3 nodes, {BUSY_PODS} agnhost pods on node-1): pods \
+             Ready {:.0} s after the Deployment; speaker VmRSS on the busy node {rss_busy}, on \
+             an idle node {rss_idle}; hard death of node-2, the busy node taking over: gap {:.0} \
+             ms; test {:.0} s",
+            pods_ready.as_secs_f64(),
+            gap.as_secs_f64() * 1000.0,
+            started.elapsed().as_secs_f64()
+        ),
     );
 }

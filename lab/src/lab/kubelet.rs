@@ -113,6 +113,9 @@ impl Lab {
             },
             "authorization": {"mode": "AlwaysAllow"},
             "failSwapOn": false,
+            // Past the default 110 where the CNI has room (IPv6-only), down to the room it has
+            // where it does not (dual-stack): see `plan::max_pods_per_kubelet`.
+            "maxPods": plan::max_pods_per_kubelet(self.ipv6_only),
             // The host disk is fuller than the default thresholds allow; the lab's pods are tiny.
             "evictionHard": {
                 "memory.available": "50Mi",
@@ -494,8 +497,8 @@ state = "{d}/containerd/state"
     )
 }
 
-/// A bridge network on the upper half of the node's pod ranges (the lab's hello pods have the
-/// lower; see `plan`), its address the pods' default gateway. No masquerade: inside the cluster
+/// A bridge network on the node's pod ranges (see `plan`), its address the pods' default
+/// gateway. No masquerade: inside the cluster
 /// pods are seen by their own addresses, as Kubernetes expects; the nodes and the control plane
 /// route the pod ranges instead (lab/src/lab/network.rs). The client, outside, has no route.
 fn cni_config(i: usize, ipv6_only: bool) -> String {

@@ -290,13 +290,11 @@ impl Lab {
             bail!("ferrolb's pods need kubelets to run: install it as processes, or set kubelets");
         }
         let on = |i: usize| config.pods.iter().filter(|n| **n == i).count();
-        if config.kubelets
-            && let Some(i) =
-                (1..=config.nodes).find(|i| on(*i) > plan::MAX_PODS_PER_NODE_WITH_KUBELETS)
-        {
+        let room = plan::cni_addresses(config.ipv6_only);
+        if let Some(i) = (1..=config.nodes).find(|i| on(*i) > room) {
             bail!(
-                "with kubelets a node has room for {} hello pods (its CNI has the rest of its range); node {i} has more",
-                plan::MAX_PODS_PER_NODE_WITH_KUBELETS
+                "node {i}'s CNI has addresses for {room} pods; it was given {}",
+                on(i)
             );
         }
         let bins = tokio::task::spawn_blocking(binaries::ensure).await??;
