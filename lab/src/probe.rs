@@ -170,15 +170,19 @@ pub fn request(target: SocketAddr, timeout: Duration) -> Result<Answer, String> 
 /// `netexec` says it at `/clientip`, as `address:port`; the lab's own servers always say it).
 pub fn client_seen(target: SocketAddr, timeout: Duration) -> Result<IpAddr, String> {
     let reply = get(target, "/clientip", timeout)?;
-    let seen = match parse_answer(&reply) {
-        Some(Answer {
+    parse_client(&reply).ok_or_else(|| format!("no client address in {reply:?}"))
+}
+
+/// The client address in a reply to `/clientip`: the lab's `client <address>` line, or
+/// agnhost's one-word `address:port` body.
+fn parse_client(reply: &str) -> Option<IpAddr> {
+    match parse_answer(reply)? {
+        Answer {
             client: Some(client),
             ..
-        }) => client.parse().ok(),
-        Some(Answer { pod: body, .. }) => body.parse::<SocketAddr>().ok().map(|a| a.ip()),
-        None => None,
-    };
-    seen.ok_or_else(|| format!("no client address in {reply:?}"))
+        } => client.parse().ok(),
+        Answer { pod: body, .. } => body.parse::<SocketAddr>().ok().map(|a| a.ip()),
+    }
 }
 
 /// The pod and client in an answer: the lab's `Hello from <pod>` / `client <address>`, or the
@@ -296,5 +300,23 @@ mod tests {
         ] {
             assert_eq!(parse_answer(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_client_address_from_agnhost_and_from_the_lab_s_servers() {
+        let seen = |r: &str| parse_client(r).map(|ip| ip.to_string());
+        assert_eq!(
+            seen("HTTP/1.1 200 OK\r\n\r\n198.51.100.10:40312"),
+            Some("198.51.100.10".into())
+        );
+        assert_eq!(
+            seen("HTTP/1.1 200 OK\r\n\r\n[2001:db8::10]:40312"),
+            Some("2001:db8::10".into())
+        );
+        assert_eq!(
+            seen("HTTP/1.0 200 OK\r\n\r\nHello from outside\nclient 198.51.100.11\n"),
+            Some("198.51.100.11".into())
+        );
+        assert_eq!(seen("HTTP/1.1 200 OK\r\n\r\nhello-1"), None);
     }
 }

@@ -40,8 +40,7 @@ impl Lab {
 
     /// Applies deploy/ exactly as an operator would (`kubectl apply -k deploy`).
     pub(super) async fn apply_deploy(&self) -> Result<()> {
-        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
-        let deploy = deploy.canonicalize()?.display().to_string();
+        let deploy = deploy_dir()?;
         self.kubectl(&["apply", "--server-side", "-k", &deploy])
             .await?;
         Ok(())
@@ -51,8 +50,7 @@ impl Lab {
     /// accounts and RBAC, for a lab whose tests run the binaries themselves
     /// ([`super::Install::Processes`]); with kubelets, the workloads would run beside them.
     pub(super) async fn apply_api(&self) -> Result<()> {
-        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
-        let deploy = deploy.canonicalize()?.display().to_string();
+        let deploy = deploy_dir()?;
         let rendered = self.kubectl(&["kustomize", &deploy]).await?;
         let api: Vec<&str> = rendered
             .split("\n---\n")
@@ -392,4 +390,10 @@ pub async fn client_for(kubeconfig: &Path) -> Result<Client> {
     )
     .await?;
     Ok(Client::try_from(config)?)
+}
+
+/// The repository's deploy/, as kubectl's `-k` takes it.
+fn deploy_dir() -> Result<String> {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    Ok(deploy.canonicalize()?.display().to_string())
 }

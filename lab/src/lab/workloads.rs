@@ -128,9 +128,10 @@ impl Lab {
         let node = &self.node(p.node).ns;
         let op = if ready { "-D" } else { "-I" };
         for ip in &p.ips {
-            let (tool, reset) = match ip {
-                IpAddr::V4(_) => ("iptables", "tcp-reset"),
-                IpAddr::V6(_) => ("ip6tables", "tcp-reset"),
+            let tool = if ip.is_ipv4() {
+                "iptables"
+            } else {
+                "ip6tables"
             };
             node.exec(
                 tool,
@@ -147,7 +148,7 @@ impl Lab {
                     "-j",
                     "REJECT",
                     "--reject-with",
-                    reset,
+                    "tcp-reset",
                 ],
             )?;
         }
