@@ -15,6 +15,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
+use tokio::sync::mpsc;
+
+/// Events waiting beyond this many make publishers wait: memory stays bounded under a flood.
+const QUEUE: usize = 4096;
 
 /// How long a published Event is remembered for folding repeats (kube's recorder: 6 min).
 const FOLD_WINDOW: Duration = Duration::from_secs(6 * 60);
@@ -144,5 +148,38 @@ impl Recorder {
             },
         );
         Ok(())
+    }
+}
+
+/// Events published in order by one task, off the callers' path: a reconcile that has written
+/// an address does not wait for the Event about it (an API write of its own, which once made
+/// every allocation three sequential writes instead of two).
+#[derive(Clone)]
+pub struct Queue {
+    tx: mpsc::Sender<(Note, ObjectReference)>,
+}
+
+impl Queue {
+    /// Starts the publishing task. An Event goes out only if `allowed()` holds when its turn
+    /// comes (the controller's fence: a replica that lost its lease meanwhile stays silent).
+    pub fn start(recorder: Recorder, allowed: impl Fn() -> bool + Send + 'static) -> Queue {
+        let (tx, mut rx) = mpsc::channel::<(Note, ObjectReference)>(QUEUE);
+        tokio::spawn(async move {
+            while let Some((note, regarding)) = rx.recv().await {
+                if !allowed() {
+                    continue;
+                }
+                if let Err(e) = recorder.publish(&note, &regarding).await {
+                    tracing::warn!("cannot publish event {}: {e}", note.reason);
+                }
+            }
+        });
+        Queue { tx }
+    }
+
+    /// Queues `note` about `regarding`; waits only while the queue is full.
+    pub async fn publish(&self, note: Note, regarding: ObjectReference) {
+        // Closed only when the task is gone, which ends with the process.
+        let _ = self.tx.send((note, regarding)).await;
     }
 }

@@ -77,7 +77,8 @@ pub struct Context {
     pub(crate) pools: Store<IPAddressPool>,
     pub(crate) advertisements: Store<L2Advertisement>,
     pub(crate) services: Store<Service>,
-    pub(crate) recorder: Recorder,
+    /// Events go out in order from a queue, off the reconcilers' path.
+    pub(crate) events: common::events::Queue,
     pub(crate) metrics: Metrics,
     pub(crate) classes: ClassPolicy,
     pub(crate) fence: Fence,
@@ -199,10 +200,16 @@ pub async fn run(
         pools: pool_store.clone(),
         advertisements: ad_store.clone(),
         services: svc_store.clone(),
-        recorder: Recorder::new(
-            client.clone(),
-            MANAGER,
-            config.identity.as_deref().unwrap_or(MANAGER),
+        events: common::events::Queue::start(
+            Recorder::new(
+                client.clone(),
+                MANAGER,
+                config.identity.as_deref().unwrap_or(MANAGER),
+            ),
+            {
+                let fence = config.fence.clone();
+                move || fence.check().is_ok()
+            },
         ),
         metrics,
         classes: ClassPolicy {

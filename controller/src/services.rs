@@ -47,8 +47,7 @@ async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
             released
         };
         if !released.is_empty() {
-            write::ingress(&ctx, &view.key, &[]).await?;
-            write::pool_annotation(&ctx, &view.key, None).await?;
+            write::addresses(&ctx, &view.key, &[], None).await?;
             let text = join(&released);
             publish(
                 &ctx,
@@ -119,12 +118,10 @@ async fn assign(
     };
     let ips = assignment.ips();
     let pool = assignment.addresses.iter().find_map(|a| a.pool.clone());
-    // The pool annotation first, so that whoever sees the address sees its pool too.
-    if svc.annotations().get(ANNOTATION_ALLOCATED_FROM) != pool.as_ref() {
-        write::pool_annotation(ctx, &view.key, pool.as_deref()).await?;
+    if ips != view.ingress || svc.annotations().get(ANNOTATION_ALLOCATED_FROM) != pool.as_ref() {
+        write::addresses(ctx, &view.key, &ips, pool.as_deref()).await?;
     }
     if ips != view.ingress {
-        write::ingress(ctx, &view.key, &ips).await?;
         let from = pool
             .as_deref()
             .map(|p| format!(" from pool {p}"))

@@ -1,5 +1,5 @@
 //! Everything the controller writes to the API server, each write behind the Lease's fence:
-//! Services' addresses and recorded pool, pools' status and finalizer, and Events.
+//! Services' addresses with their pool, pools' status and finalizer, and Events.
 
 use std::net::IpAddr;
 
@@ -12,31 +12,21 @@ use serde_json::json;
 
 use crate::run::{Context, Error, MANAGER, POOL_FINALIZER};
 
-/// Writes `status.loadBalancer.ingress` (server-side apply; an empty list removes ours).
-pub async fn ingress(ctx: &Context, key: &model::ServiceKey, ips: &[IpAddr]) -> Result<(), Error> {
+/// Writes a Service's addresses (`status.loadBalancer.ingress`) and the pool they came from
+/// (an annotation) in one server-side apply on the status subresource, which for a Service
+/// keeps metadata: one request per allocation, and nobody ever sees an address without its
+/// pool. No addresses and no pool remove ours.
+pub async fn addresses(
+    ctx: &Context,
+    key: &model::ServiceKey,
+    ips: &[IpAddr],
+    pool: Option<&str>,
+) -> Result<(), Error> {
     ctx.fence.check()?;
     let ingress: Vec<_> = ips
         .iter()
         .map(|ip| json!({"ip": ip.to_string(), "ipMode": "VIP"}))
         .collect();
-    let patch = json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": key.name, "namespace": key.namespace},
-        "status": {"loadBalancer": {"ingress": ingress}},
-    });
-    Api::<Service>::namespaced(ctx.client.clone(), &key.namespace)
-        .patch_status(&key.name, &apply(), &Patch::Apply(&patch))
-        .await?;
-    Ok(())
-}
-
-/// Records the pool a Service's addresses came from (`None` removes ours).
-pub async fn pool_annotation(
-    ctx: &Context,
-    key: &model::ServiceKey,
-    pool: Option<&str>,
-) -> Result<(), Error> {
-    ctx.fence.check()?;
     let annotations = match pool {
         Some(p) => json!({ANNOTATION_ALLOCATED_FROM: p}),
         None => json!({}),
@@ -44,9 +34,10 @@ pub async fn pool_annotation(
     let patch = json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": key.name, "namespace": key.namespace, "annotations": annotations},
+        "status": {"loadBalancer": {"ingress": ingress}},
     });
     Api::<Service>::namespaced(ctx.client.clone(), &key.namespace)
-        .patch(&key.name, &apply(), &Patch::Apply(&patch))
+        .patch_status(&key.name, &apply(), &Patch::Apply(&patch))
         .await?;
     Ok(())
 }
@@ -79,7 +70,8 @@ fn apply() -> PatchParams {
     PatchParams::apply(MANAGER).force()
 }
 
-/// An Event about an allocation, unless the fence is closed.
+/// An Event about an allocation, unless the fence is closed (now, or when its turn to be
+/// published comes).
 pub async fn publish(
     ctx: &Context,
     reference: &ObjectReference,
@@ -96,9 +88,7 @@ pub async fn publish(
         action: "Allocate".into(),
         note,
     };
-    if let Err(e) = ctx.recorder.publish(&note, reference).await {
-        tracing::warn!("cannot publish event {reason}: {e}");
-    }
+    ctx.events.publish(note, reference.clone()).await;
 }
 
 pub fn join(ips: &[IpAddr]) -> String {

@@ -470,6 +470,18 @@ async fn every_allocation_rule_against_the_real_api_server() {
         ips(&[]),
         "status cleared"
     );
+    // The recorded pool goes with the address (the same write removes both).
+    let annotations = Api::<Service>::namespaced(lab.client(), "default")
+        .get("auto")
+        .await
+        .unwrap()
+        .metadata
+        .annotations
+        .unwrap_or_default();
+    assert!(
+        !annotations.contains_key("ferrolb.io/ip-allocated-from-pool"),
+        "{annotations:?}"
+    );
     let ev = eventually_events(&lab, "default", "auto", "IPReleased").await;
     assert!(
         ev.contains("Released 198.51.100.200: the Service no longer asks ferrolb for an address"),

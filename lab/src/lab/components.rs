@@ -234,6 +234,11 @@ impl Lab {
         }
     }
 
+    /// Controller replica `replica`'s process id, while it runs.
+    pub fn controller_pid(&self, replica: usize) -> Option<u32> {
+        self.controllers.get(&replica)?.pid()
+    }
+
     /// Whether controller replica `replica` is running; its log's last lines when it is not.
     pub fn controller_exited(&mut self, replica: usize) -> Option<String> {
         let p = self.controllers.get_mut(&replica)?;
