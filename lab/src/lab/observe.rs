@@ -10,6 +10,42 @@ use super::Lab;
 use crate::probe::{self, Answer, ProbeConfig, ProbeReport};
 
 impl Lab {
+    /// Waits until node `i`'s Lease shows a renewal after `since` (its kubelet, or the lab's
+    /// heartbeat, reached the API server again), for at most `within`. After an API server
+    /// outage this keeps the node lifecycle controller from counting two outages in a row as
+    /// one long silence: it marks a node NotReady, and its pods unready, after 50 s without a
+    /// renewal it has seen.
+    pub async fn lease_renewed_since(
+        &self,
+        i: usize,
+        since: k8s_openapi::jiff::Timestamp,
+        within: Duration,
+    ) -> Result<()> {
+        let leases = kube::Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
+            self.client.clone(),
+            "kube-node-lease",
+        );
+        let name = &self.node(i).name;
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let renewed = leases
+                .get_opt(name)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|l| l.spec?.renew_time)
+                .map(|t| t.0);
+            if renewed.is_some_and(|t| t > since) {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "node {name}'s Lease was not renewed within {within:?} (last renewal {renewed:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// The addresses in a Service's `status.loadBalancer.ingress`, in order.
     pub async fn ingress(&self, namespace: &str, name: &str) -> Result<Vec<IpAddr>> {
         let svc = kube::Api::<k8s_openapi::api::core::v1::Service>::namespaced(
