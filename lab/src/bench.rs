@@ -125,25 +125,36 @@ async fn create_all(
             latencies
         })
     };
+    let failed = std::sync::Mutex::new(Vec::<String>::new());
     let start = Instant::now();
     futures::stream::iter(0..services)
         .for_each_concurrent(32, |i| {
-            let (api, created) = (api.clone(), created.clone());
+            let (api, created, failed) = (api.clone(), created.clone(), &failed);
             async move {
                 let name = format!("s{i}");
                 let svc: Service = serde_json::from_value(serde_json::json!({
                     "metadata": {"name": name},
-                    "spec": {"type": "LoadBalancer", "ipFamilies": ["IPv6"], "ipFamilyPolicy": "SingleStack", "ports": [{"port": 80}]},
+                    // No NodePorts: their default range holds 2768, and traffic to an L2 address
+                    // takes kube-proxy's rules for the address itself.
+                    "spec": {"type": "LoadBalancer", "allocateLoadBalancerNodePorts": false, "ipFamilies": ["IPv6"], "ipFamilyPolicy": "SingleStack", "ports": [{"port": 80}]},
                 }))
                 .expect("valid Service");
                 created.lock().expect("not poisoned").insert(name, Instant::now());
                 if let Err(e) = api.create(&Default::default(), &svc).await {
-                    eprintln!("create s{i}: {e}");
+                    failed.lock().expect("not poisoned").push(format!("s{i}: {e}"));
                 }
             }
         })
         .await;
     let created = start.elapsed();
+    let failed = failed.into_inner().expect("not poisoned");
+    if let Some(first) = failed.first() {
+        watch.abort();
+        bail!(
+            "{} of {services} creations failed; the first: {first}",
+            failed.len()
+        );
+    }
     let latencies = tokio::time::timeout(PHASE_LIMIT, watch).await??;
     Ok((created, start.elapsed(), latencies))
 }
