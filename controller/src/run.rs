@@ -20,7 +20,7 @@ use kube::api::Api;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, Resource};
+use kube::{Client, Resource, ResourceExt};
 use model::ClassPolicy;
 use serde::de::DeserializeOwned;
 use tokio::sync::{Mutex, MutexGuard, mpsc};
@@ -142,7 +142,10 @@ where
     let task = tokio::spawn(
         reflector::reflector(
             writer,
-            watcher(api, watcher::Config::default()).backoff(common::watch_backoff()),
+            watcher(api, watcher::Config::default())
+                .backoff(common::watch_backoff())
+                // Nothing here reads them, and they are most of an object's bytes.
+                .modify(|o| o.managed_fields_mut().clear()),
         )
         // Deletions too: an advertisement deleted changes what is announced.
         .touched_objects()
@@ -183,7 +186,11 @@ pub async fn run(
     let (deleted_tx, deleted_rx) = mpsc::unbounded_channel::<ServiceKey>();
     let svc_watch = reflector::reflector(
         svc_writer,
-        watcher(services.clone(), watcher::Config::default()).backoff(common::watch_backoff()),
+        watcher(services.clone(), watcher::Config::default())
+            .backoff(common::watch_backoff())
+            // A Service's managed fields are most of its cached bytes: 10,000 Services held
+            // 118 MiB of controller memory with them.
+            .modify(|svc| svc.managed_fields_mut().clear()),
     )
     .inspect(move |event| {
         if let Ok(watcher::Event::Delete(svc)) = event {
