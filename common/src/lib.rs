@@ -38,9 +38,10 @@ pub enum Error {
     Config(#[from] kube::config::InferConfigError),
     #[error("cannot build a Kubernetes client: {0}")]
     Client(#[source] kube::Error),
-    #[error("the API server at {url} did not answer /version for 15 s: {source}")]
+    #[error("the API server at {url} did not answer /version for {patience:?}: {source}")]
     Unreachable {
         url: String,
+        patience: std::time::Duration,
         #[source]
         source: kube::Error,
     },
@@ -90,7 +91,13 @@ pub async fn connect() -> Result<kube::Client, Error> {
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(std::time::Duration::from_secs(2));
             }
-            Err(source) => return Err(Error::Unreachable { url, source }),
+            Err(source) => {
+                return Err(Error::Unreachable {
+                    url,
+                    patience: CONNECT_PATIENCE,
+                    source,
+                });
+            }
         }
     };
     tracing::info!(%url, version = %version.git_version, "connected to the API server");
