@@ -13,7 +13,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use model::{ClassPolicy, Labels, Pool, ServiceKey, TrafficPolicy};
 use speaker_core::election::NodeName;
@@ -272,12 +272,7 @@ where
     let (store, writer) = reflector::store::<K>();
     let changes = changes.clone();
     let kind = K::kind(&K::DynamicType::default()).to_string();
-    let stream = reflector::reflector(
-        writer,
-        watcher(api, config)
-            .backoff(common::watch_backoff())
-            .modify(|o| o.managed_fields_mut().clear()),
-    );
+    let stream = reflector::reflector(writer, common::watch(api, config));
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         let mut failing = false;
