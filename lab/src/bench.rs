@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::Service;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams};
 use kube::runtime::{WatchStreamExt, watcher};
+use lab::process::proc_status;
 use lab::{Lab, LabConfig};
 
 /// How long either phase may take before the bench gives up.
@@ -232,17 +233,10 @@ impl std::fmt::Display for Writes {
 
 /// A process's resident memory now and at its peak, from `/proc`.
 fn memory(pid: u32) -> Result<String> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map_or_else(|| "?".into(), |v| v.trim().to_string())
-    };
     Ok(format!(
         "VmRSS {}, VmHWM {}",
-        field("VmRSS:"),
-        field("VmHWM:")
+        proc_status(pid, "VmRSS")?,
+        proc_status(pid, "VmHWM")?
     ))
 }
 

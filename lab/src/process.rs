@@ -134,3 +134,27 @@ impl Drop for Proc {
         self.stop(Duration::from_secs(3));
     }
 }
+
+/// A field of `/proc/PID/status` (`VmRSS`, `CapEff`, ...), its value trimmed.
+pub fn proc_status(pid: u32, field: &str) -> Result<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .map(|v| v.trim().to_string())
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::proc_status;
+
+    #[test]
+    fn proc_status_reads_whole_field_names() {
+        let me = std::process::id();
+        assert_eq!(proc_status(me, "Pid").unwrap(), me.to_string());
+        assert!(proc_status(me, "VmRSS").unwrap().ends_with(" kB"));
+        // "Vm" is a prefix of several fields but not a field.
+        assert!(proc_status(me, "Vm").is_err());
+    }
+}

@@ -157,13 +157,8 @@ async fn deployment_ready(lab: &Lab, namespace: &str, name: &str) {
 
 /// A field of `/proc/PID/status` (`Uid`, `CapEff`, …).
 fn proc_status(pid: i32, field: &str) -> String {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-        .trim()
-        .to_string()
+    let pid = u32::try_from(pid).expect("a process id");
+    lab::process::proc_status(pid, field).unwrap()
 }
 
 /// Options of the mount at `/` as the process sees it.
