@@ -46,8 +46,11 @@ async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
             }
             released
         };
-        if !released.is_empty() {
+        // Our annotation still there means an earlier release write failed: retry it.
+        if !released.is_empty() || svc.annotations().contains_key(ANNOTATION_ALLOCATED_FROM) {
             write::addresses(&ctx, &view.key, &[], None).await?;
+        }
+        if !released.is_empty() {
             let text = join(&released);
             publish(
                 &ctx,

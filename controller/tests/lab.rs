@@ -465,27 +465,39 @@ async fn every_allocation_rule_against_the_real_api_server() {
     ])
     .await
     .unwrap();
+    // The API server itself clears the status of a Service that stops being a
+    // LoadBalancer, so an empty status does not yet say the controller acted.
     assert_eq!(
         ingress_becomes(&lab, "default", "auto", &[]).await,
         ips(&[]),
         "status cleared"
     );
-    // The recorded pool goes with the address (the same write removes both).
-    let annotations = Api::<Service>::namespaced(lab.client(), "default")
-        .get("auto")
-        .await
-        .unwrap()
-        .metadata
-        .annotations
-        .unwrap_or_default();
-    assert!(
-        !annotations.contains_key("ferrolb.io/ip-allocated-from-pool"),
-        "{annotations:?}"
-    );
     let ev = eventually_events(&lab, "default", "auto", "IPReleased").await;
     assert!(
         ev.contains("Released 198.51.100.200: the Service no longer asks ferrolb for an address"),
         "{ev}"
+    );
+    // The recorded pool goes with the address (the controller's release write removes it).
+    let services = Api::<Service>::namespaced(lab.client(), "default");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let annotations = loop {
+        let annotations = services
+            .get("auto")
+            .await
+            .unwrap()
+            .metadata
+            .annotations
+            .unwrap_or_default();
+        if !annotations.contains_key("ferrolb.io/ip-allocated-from-pool")
+            || Instant::now() > deadline
+        {
+            break annotations;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        !annotations.contains_key("ferrolb.io/ip-allocated-from-pool"),
+        "{annotations:?}"
     );
     assert_eq!(
         ingress_becomes(&lab, "default", "exhausted", &["198.51.100.200"]).await,
