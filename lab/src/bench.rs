@@ -1,3 +1,5 @@
+//! `lab bench-soak`: speakers left alone under stress (see `lab::soak`); prints what moved.
+//!
 //! `lab bench-controller`: time from Service creation to its address in status, through the
 //! real API server, for many Services at once; then every Service deleted at once and the time
 //! until the pool shows them released. Prints figures (and the API writes each phase cost, from
@@ -238,6 +240,30 @@ fn memory(pid: u32) -> Result<String> {
         proc_status(pid, "VmRSS")?,
         proc_status(pid, "VmHWM")?
     ))
+}
+
+pub async fn soak(
+    seconds: u64,
+    nodes: usize,
+    addresses: usize,
+    hogs: usize,
+    loss: Option<f64>,
+) -> Result<()> {
+    let speaker = std::env::current_exe()?.with_file_name("ferrolb-speaker");
+    let lab = lab::soak::speakers_lab(&speaker, nodes, addresses).await?;
+    let stress = lab::soak::Stress {
+        hogs,
+        loss_percent: loss,
+    };
+    let what = format!(
+        "{nodes} nodes, {addresses} addresses, {hogs} spinning threads on {} CPUs, {}% loss",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        loss.unwrap_or(0.0)
+    );
+    println!("soaking for {seconds} s: {what}");
+    let report = lab::soak::soak(&lab, Duration::from_secs(seconds), &stress).await?;
+    println!("{}", report.summary(&what));
+    Ok(())
 }
 
 #[cfg(test)]

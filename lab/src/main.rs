@@ -6,6 +6,7 @@
 //!   lab status             list the labs on this machine
 //!   lab demo               the README's demo
 //!   lab bench-controller   Service creation to address, through the real API server
+//!   lab bench-soak         speakers left alone under CPU load or packet loss: false alarms
 
 use std::time::Duration;
 
@@ -55,6 +56,22 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         services: usize,
     },
+    /// Speakers left alone under stress; counts what moved although every owner lived.
+    BenchSoak {
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+        #[arg(long, default_value_t = 4)]
+        nodes: usize,
+        /// Services, one address each (at most 50).
+        #[arg(long, default_value_t = 20)]
+        addresses: usize,
+        /// Threads spinning meanwhile (twice the CPUs saturates the machine).
+        #[arg(long, default_value_t = 0)]
+        hogs: usize,
+        /// Percent of the IP packets each node sends dropped (an nftables rule).
+        #[arg(long)]
+        loss: Option<f64>,
+    },
 }
 
 #[tokio::main]
@@ -94,6 +111,13 @@ async fn main() -> Result<()> {
         Command::Status => status(),
         Command::Demo => demo::run().await,
         Command::BenchController { services } => bench::controller(services).await,
+        Command::BenchSoak {
+            seconds,
+            nodes,
+            addresses,
+            hogs,
+            loss,
+        } => bench::soak(seconds, nodes, addresses, hogs, loss).await,
     }
 }
 
