@@ -7,6 +7,7 @@
 //! - [`announce`]: the announcer's state machine (probe, answer, defend, release).
 //! - [`arp`], [`ndp`]: parsing and building ARP and IPv6 Neighbor Discovery frames.
 //! - [`frame`]: one parser for everything an announce socket receives.
+//! - [`reach`]: the failover's fast path, echo requests to the nodes this one succeeds.
 //! - [`ethernet`], [`mac`]: the link-layer pieces both codecs share.
 
 pub mod announce;
@@ -17,6 +18,7 @@ pub mod ethernet;
 pub mod frame;
 pub mod mac;
 pub mod ndp;
+pub mod reach;
 
 pub use election::{ElectionKey, NodeName, ServiceAddresses};
 pub use frame::{Frame, FrameDrop, parse_frame};

@@ -218,6 +218,34 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    /// The successor is who the election picks once the owner is gone (cordons, selectors,
+    /// exclusions and Local endpoints included), or nobody when no node would be left.
+    #[test]
+    fn the_successor_owns_what_the_owner_leaves(ops in prop::collection::vec(op(), 1..40)) {
+        let mut elector = Elector::new();
+        let mut model = Model::default();
+        for op in &ops {
+            apply(&mut elector, &mut model, op);
+        }
+        elector.settle();
+        model.forget_unheld();
+        let facts = model.facts();
+        for (address, decision) in elector.decisions() {
+            let Ok(owner) = &decision.owner else {
+                prop_assert_eq!(&decision.successor, &None);
+                continue;
+            };
+            let mut rest = model.live.clone();
+            rest.remove(owner);
+            let next = decide(&facts, &rest)[address].owner.clone().ok();
+            prop_assert_eq!(&decision.successor, &next, "{}", address);
+        }
+    }
+}
+
 fn many(services: u32, nodes: u32) -> (Elector, Vec<NodeName>) {
     let mut elector = Elector::new();
     let names: Vec<NodeName> = (0..nodes)
@@ -285,7 +313,8 @@ fn a_change_elects_only_what_it_can_move() {
         0
     );
 
-    // A member leaves: its share (about a tenth) and the one address nobody owns.
+    // A member leaves: its share (about a tenth), the addresses it was the successor of
+    // (another tenth) and the one address nobody owns.
     let owned_by = |elector: &Elector, node: &NodeName| {
         elector
             .decisions()
@@ -293,11 +322,27 @@ fn a_change_elects_only_what_it_can_move() {
             .filter(|d| d.owner.as_ref().ok() == Some(node))
             .count() as u64
     };
+    let succeeded_by = |elector: &Elector, node: &NodeName| {
+        elector
+            .decisions()
+            .values()
+            .filter(|d| d.successor.as_ref() == Some(node))
+            .count() as u64
+    };
     let share = owned_by(&elector, &names[0]);
+    let succeeded = succeeded_by(&elector, &names[0]);
+    assert!(share > 50 && succeeded > 50, "{share} {succeeded}");
     let rest: BTreeSet<NodeName> = names[1..].iter().cloned().collect();
-    assert_eq!(work(&mut elector, &|e| e.set_live(rest.clone())), share + 1);
+    assert_eq!(
+        work(&mut elector, &|e| e.set_live(rest.clone())),
+        share + succeeded + 1
+    );
     // It comes back: what it takes back, and the unowned one, are elected again.
     let all: BTreeSet<NodeName> = names.iter().cloned().collect();
-    assert_eq!(work(&mut elector, &|e| e.set_live(all.clone())), share + 1);
+    assert_eq!(
+        work(&mut elector, &|e| e.set_live(all.clone())),
+        share + succeeded + 1
+    );
     assert_eq!(owned_by(&elector, &names[0]), share);
+    assert_eq!(succeeded_by(&elector, &names[0]), succeeded);
 }

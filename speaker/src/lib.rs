@@ -4,6 +4,7 @@
 //! - [`membership`]: the speakers' SWIM gossip, authenticated with the cluster's key;
 //! - [`announce`]: ARP and NDP on raw sockets (the election and the announcer's state machine
 //!   are pure and live in `speaker-core`);
+//! - [`reach`]: the failover's fast path, echo requests to the nodes this one succeeds;
 //! - [`report`]: the Service condition and Events;
 //! - [`run`]: the loop that ties them together;
 //! - [`fault`]: a test-only hook that makes one loop panic or stall.
@@ -11,6 +12,7 @@
 pub mod announce;
 pub mod fault;
 pub mod membership;
+pub mod reach;
 pub mod report;
 pub mod run;
 pub mod view;

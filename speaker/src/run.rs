@@ -79,6 +79,8 @@ pub struct Metrics {
     pub disagreements: Gauge,
     /// Groups of addresses elected: the election's work, which follows what changes.
     pub elected: Counter,
+    /// Owned addresses not taken over because the previous owner still announces them.
+    pub fenced_addresses: Gauge,
 }
 
 impl Metrics {
@@ -88,6 +90,7 @@ impl Metrics {
             owned: Family::default(),
             disagreements: Gauge::default(),
             elected: Counter::default(),
+            fenced_addresses: Gauge::default(),
             contested_addresses: Gauge::default(),
             contests: Counter::default(),
             takeover_seconds: Histogram::new([
@@ -124,6 +127,11 @@ impl Metrics {
             "speaker_elected_groups",
             "Groups of addresses (a Service's, or those sharing one) this speaker elected an owner for: it elects again only what a change can move",
             m.elected.clone(),
+        );
+        r.register(
+            "speaker_fenced_addresses",
+            "Addresses this node elects itself for but does not take over, because the owner the gossip declared down still announces them (a gossip partition)",
+            m.fenced_addresses.clone(),
         );
         r.register(
             "speaker_election_disagreements",
@@ -170,6 +178,10 @@ pub struct Speaker {
     pub announcer_heartbeat: common::health::Heartbeat,
     /// The lines of `/election`: this speaker's owner (or reason for none) per address.
     pub election: Arc<std::sync::Mutex<BTreeMap<IpAddr, String>>>,
+    /// The failover's fast path: told which owners this node succeeds (`None`: off), and which
+    /// of them answer no echo request; this node elects without those.
+    pub reach: Option<crate::reach::Watcher>,
+    pub unreachable: tokio::sync::watch::Receiver<BTreeSet<NodeName>>,
 }
 
 /// What the loop remembers between elections.
@@ -217,6 +229,14 @@ struct Memory {
     taking_over: BTreeMap<IpAddr, tokio::time::Instant>,
     /// Since when each address has had its current decision.
     decided_at: BTreeMap<IpAddr, tokio::time::Instant>,
+    /// Addresses this node is the successor of, with their owner: the nodes the fast path
+    /// watches.
+    succeeding: BTreeMap<IpAddr, NodeName>,
+    /// What the fast path was last told to watch.
+    watched: BTreeMap<NodeName, IpAddr>,
+    /// Owned addresses not taken over because their previous owner, declared down by the
+    /// gossip alone, still announces them (its node, if known, and MAC).
+    fenced: BTreeMap<IpAddr, (Option<String>, MacAddr)>,
 }
 
 /// What of a Node the election reads.
@@ -260,8 +280,9 @@ impl Speaker {
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
-                // The failover path: a member died or left.
+                // The failover path: a member died or left, or fell silent.
                 Ok(()) = self.members.changed() => {}
+                Ok(()) = self.unreachable.changed() => {}
                 Some(event) = self.announcer_events.recv() => self.on_announcer_event(&mut memory, event),
                 Some(change) = self.changes.recv() => {
                     // Everything queued so far, each object read once.
@@ -426,12 +447,14 @@ impl Speaker {
             announce::Event::Announced { ip, .. }
             | announce::Event::Conflict { ip, .. }
             | announce::Event::Released { ip, .. }
-            | announce::Event::PeerAnswers { ip, .. } => *ip,
+            | announce::Event::PeerAnswers { ip, .. }
+            | announce::Event::Fenced { ip, .. } => *ip,
         };
         memory.to_report.extend(services(&ip));
         match event {
             announce::Event::Announced { ip, interfaces } => {
                 memory.conflicts.remove(&ip);
+                memory.fenced.remove(&ip);
                 if let Some(since) = memory.taking_over.remove(&ip) {
                     self.metrics
                         .takeover_seconds
@@ -473,6 +496,29 @@ impl Speaker {
                         });
                     }
                 }
+            }
+            announce::Event::Fenced { ip, mac, .. } => {
+                let node = self.members.borrow().peer_macs.get(&mac.0).cloned();
+                if memory.fenced.insert(ip, (node.clone(), mac)).is_none() {
+                    let other = node.as_deref().unwrap_or("an unknown speaker");
+                    let note = format!(
+                        "node {} does not take {ip} over from node {other} ({mac}): the gossip says that node is down, but its speaker still announces the address, so the gossip between the two fails; check UDP port {} between them",
+                        self.me.as_str(),
+                        self.gossip_port
+                    );
+                    tracing::warn!(%ip, other, %mac, "fenced: the previous owner still announces it");
+                    for service in services(&ip) {
+                        self.reports.notice(Notice {
+                            service,
+                            warning: true,
+                            reason: "GossipPartitioned",
+                            note: note.clone(),
+                        });
+                    }
+                }
+                self.metrics
+                    .fenced_addresses
+                    .set(i64::try_from(memory.fenced.len()).unwrap_or(i64::MAX));
             }
             announce::Event::Released { ip, successor } => {
                 memory.announced.remove(&ip);
@@ -599,7 +645,15 @@ impl Speaker {
             self.announcer.set_desired(BTreeMap::new());
             return;
         }
-        let live: BTreeSet<NodeName> = view.members.keys().map(NodeName::new).collect();
+        // Members the fast path finds silent are elected without at once: the membership
+        // says the same a moment later, or they answer again and are back.
+        let unreachable = self.unreachable.borrow().clone();
+        let live: BTreeSet<NodeName> = view
+            .members
+            .keys()
+            .map(NodeName::new)
+            .filter(|node| !unreachable.contains(node))
+            .collect();
         if live != *memory.elector.live() {
             // Who reports the addresses nobody owns is the first live node.
             memory.report_all = true;
@@ -609,6 +663,7 @@ impl Speaker {
         let changed = memory.elector.settle();
         self.metrics.elected.inc_by(memory.elector.elected() - work);
         self.after_election(memory, &changed, &live);
+        self.watch_owners(memory, &changed, &view, &unreachable);
 
         let mut desired = BTreeMap::new();
         for ip in &memory.owned {
@@ -635,11 +690,22 @@ impl Speaker {
                     .service(key)
                     .is_some_and(|s| s.conflict_reported)
             });
+            let known = memory.known.contains(ip);
+            // A takeover from an owner the fast path did not find silent (the gossip alone
+            // declared it down, or it is handing over) is fenced: it goes ahead only if that
+            // owner does not defend the address, so a gossip partition between two live nodes
+            // leaves one of them answering.
+            let fence = known
+                && memory
+                    .other_owner
+                    .get(ip)
+                    .is_some_and(|before| !unreachable.contains(before));
             desired.insert(
                 *ip,
                 Desired {
                     interfaces,
-                    probe: !memory.known.contains(ip) || conflict_reported,
+                    probe: !known || conflict_reported,
+                    fence,
                 },
             );
         }
@@ -698,6 +764,7 @@ impl Speaker {
                 self.metrics.owned.remove(&labels);
                 memory.taking_over.remove(ip);
                 memory.conflicts.remove(ip);
+                memory.fenced.remove(ip);
             }
             let owner_changed = before.as_ref().map(|d| &d.owner) != decision.map(|d| &d.owner);
             for service in before.iter().chain(decision).flat_map(|d| &d.services) {
@@ -727,11 +794,48 @@ impl Speaker {
                 }
             }
         }
+        self.metrics
+            .fenced_addresses
+            .set(i64::try_from(memory.fenced.len()).unwrap_or(i64::MAX));
         if acquired > 0 {
             self.metrics.count("acquired", acquired);
         }
         if released > 0 {
             self.metrics.count("released", released);
+        }
+    }
+
+    /// Tells the fast path which nodes to watch: the owners of the addresses this node
+    /// succeeds, and those found silent (which own nothing in this node's election while they
+    /// are, but must be watched to be seen answering again).
+    fn watch_owners(
+        &self,
+        memory: &mut Memory,
+        changed: &BTreeMap<IpAddr, Option<Decision>>,
+        view: &View,
+        unreachable: &BTreeSet<NodeName>,
+    ) {
+        let Some(reach) = &self.reach else { return };
+        for ip in changed.keys() {
+            let decision = memory.elector.decisions().get(ip);
+            match decision.and_then(|d| Some((d.owner.as_ref().ok()?, d.successor.as_ref()?))) {
+                Some((owner, successor)) if *successor == self.me && *owner != self.me => {
+                    memory.succeeding.insert(*ip, owner.clone());
+                }
+                _ => {
+                    memory.succeeding.remove(ip);
+                }
+            }
+        }
+        let watched: BTreeMap<NodeName, IpAddr> = memory
+            .succeeding
+            .values()
+            .chain(unreachable)
+            .filter_map(|node| Some((node.clone(), view.members.get(node.as_str())?.addr.ip())))
+            .collect();
+        if watched != memory.watched {
+            reach.watch(watched.clone());
+            memory.watched = watched;
         }
     }
 
@@ -799,9 +903,10 @@ impl Speaker {
                 .iter()
                 .filter_map(|ip| decisions.get(ip).map(|d| (*ip, d)))
                 .collect();
-            let owned_by_me = addresses
-                .iter()
-                .any(|(_, d)| d.owner.as_ref().ok() == Some(&self.me));
+            // A fenced address is announced by its previous owner, who reports it.
+            let owned_by_me = addresses.iter().any(|(ip, d)| {
+                d.owner.as_ref().ok() == Some(&self.me) && !memory.fenced.contains_key(ip)
+            });
             let unowned: Vec<(IpAddr, NoOwner)> = addresses
                 .iter()
                 .filter_map(|(ip, d)| d.owner.as_ref().err().map(|e| (*ip, *e)))

@@ -73,12 +73,16 @@ struct Entry {
 
 #[derive(Debug)]
 enum Phase {
-    /// Asking whether anyone holds the address; not answering yet.
+    /// Asking whether anyone holds the address; not answering yet. `fence`: a peer's answer
+    /// stops it too.
     Probing {
         sent: u8,
         next_probe: Instant,
         until: Instant,
+        fence: bool,
     },
+    /// A peer speaker defended the address during a fence; asked again at `retry_at`.
+    Fenced { retry_at: Instant },
     /// A host this node does not know as a peer (`by`) answered the probe; asked again at
     /// `retry_at` while still desired.
     Conflicted { retry_at: Instant, by: MacAddr },
@@ -158,8 +162,10 @@ impl Machine {
                 continue;
             }
             let Some(entry) = self.addrs.get_mut(&ip) else {
-                let phase = if want.probe {
-                    probing(now, self.config.probe_wait)
+                let phase = if want.fence {
+                    probing(now, self.config.fence_wait, true)
+                } else if want.probe {
+                    probing(now, self.config.probe_wait, false)
                 } else {
                     answering(now)
                 };
@@ -172,8 +178,17 @@ impl Machine {
                 // Back before a successor took over: answer again and tell the LAN anew.
                 Phase::Releasing { .. } => entry.phase = answering(now),
                 Phase::Answering { .. } if moved => entry.phase = answering(now),
-                Phase::Probing { .. } if moved => {
-                    entry.phase = probing(now, self.config.probe_wait);
+                Phase::Probing { fence, .. } if moved => {
+                    let wait = if fence {
+                        self.config.fence_wait
+                    } else {
+                        self.config.probe_wait
+                    };
+                    entry.phase = probing(now, wait, fence);
+                }
+                // The owner that defended it is no longer to be waited for (it went silent).
+                Phase::Fenced { .. } | Phase::Probing { fence: true, .. } if !want.fence => {
+                    entry.phase = answering(now);
                 }
                 _ => {}
             }
@@ -184,7 +199,7 @@ impl Machine {
                 return true;
             }
             match entry.phase {
-                Phase::Probing { .. } | Phase::Conflicted { .. } => false,
+                Phase::Probing { .. } | Phase::Conflicted { .. } | Phase::Fenced { .. } => false,
                 Phase::Answering {
                     ref peer_announced, ..
                 } => {
@@ -235,6 +250,16 @@ impl Machine {
                     by: claim.mac,
                 };
                 out.events.push(conflict);
+            }
+            Phase::Probing { fence: true, .. } if claim.kind.announces() => {
+                entry.phase = Phase::Fenced {
+                    retry_at: now + self.config.fence_retry,
+                };
+                out.events.push(Event::Fenced {
+                    ip: claim.ip,
+                    interface: claim.interface.clone(),
+                    mac: claim.mac,
+                });
             }
             Phase::Answering { last_conflict, .. } if foreign => {
                 let quiet = last_conflict.is_none_or(|t| now >= t + self.config.conflict_retry);
@@ -305,8 +330,11 @@ impl Machine {
                     sent,
                     next_probe,
                     until,
+                    ..
                 } => Some(if *sent < PROBES { *next_probe } else { *until }),
-                Phase::Conflicted { retry_at, .. } => Some(*retry_at),
+                Phase::Conflicted { retry_at, .. } | Phase::Fenced { retry_at, .. } => {
+                    Some(*retry_at)
+                }
                 Phase::Answering {
                     burst_start,
                     next_step,
@@ -339,10 +367,27 @@ impl Machine {
             let interfaces = match &entry.phase {
                 Phase::Answering { .. } => &entry.interfaces,
                 Phase::Releasing { pending, .. } => pending,
-                Phase::Probing { .. } | Phase::Conflicted { .. } => continue,
+                Phase::Probing { .. } | Phase::Conflicted { .. } | Phase::Fenced { .. } => {
+                    continue;
+                }
             };
             for interface in interfaces {
                 on.entry(interface.clone()).or_default().insert(*ip);
+            }
+        }
+        on
+    }
+
+    /// Per interface, the addresses whose probes (RFC 5227 probes, DAD solicitations) are
+    /// answered there: those announced, not those being handed over, so that a successor's
+    /// fence tells a live owner from one letting go.
+    pub fn defended_on(&self) -> BTreeMap<String, BTreeSet<IpAddr>> {
+        let mut on: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
+        for (ip, entry) in &self.addrs {
+            if matches!(entry.phase, Phase::Answering { .. }) {
+                for interface in &entry.interfaces {
+                    on.entry(interface.clone()).or_default().insert(*ip);
+                }
             }
         }
         on
@@ -378,12 +423,18 @@ impl Machine {
             if let Phase::Conflicted { retry_at, .. } = entry.phase
                 && now >= retry_at
             {
-                entry.phase = probing(now, config.probe_wait);
+                entry.phase = probing(now, config.probe_wait, false);
+            }
+            if let Phase::Fenced { retry_at, .. } = entry.phase
+                && now >= retry_at
+            {
+                entry.phase = probing(now, config.fence_wait, true);
             }
             if let Phase::Probing {
                 sent,
                 next_probe,
                 until,
+                ..
             } = &mut entry.phase
             {
                 while *sent < PROBES && now >= *next_probe {
@@ -447,11 +498,12 @@ impl Machine {
     }
 }
 
-fn probing(now: Instant, wait: Duration) -> Phase {
+fn probing(now: Instant, wait: Duration, fence: bool) -> Phase {
     Phase::Probing {
         sent: 0,
         next_probe: now,
         until: now + PROBE_INTERVAL * u32::from(PROBES - 1) + wait,
+        fence,
     }
 }
 

@@ -41,8 +41,116 @@ fn desired(interfaces: &[&str], probe: bool) -> BTreeMap<IpAddr, Desired> {
     let desired = Desired {
         interfaces: interfaces.iter().map(|s| s.to_string()).collect(),
         probe,
+        fence: false,
     };
     [(vip(), desired)].into()
+}
+
+/// A takeover from an owner the gossip alone declared down.
+fn fenced(interfaces: &[&str], fence: bool) -> BTreeMap<IpAddr, Desired> {
+    let desired = Desired {
+        interfaces: interfaces.iter().map(|s| s.to_string()).collect(),
+        probe: false,
+        fence,
+    };
+    [(vip(), desired)].into()
+}
+
+fn defended_on(m: &Machine, interface: &str) -> bool {
+    m.defended_on()
+        .get(interface)
+        .is_some_and(|s| s.contains(&vip()))
+}
+
+#[test]
+fn a_fence_nobody_answers_takes_over_after_a_short_probe() {
+    let (mut m, t) = machine();
+    let out = m.set_desired(t.at(0), &fenced(&["eth0"], true));
+    assert_eq!(out.sends, sends(Packet::Probe, &["eth0"]));
+    assert!(!answered_on(&m, "eth0"), "not answered while fencing");
+    assert_eq!(m.tick(t.at(50)).sends, sends(Packet::Probe, &["eth0"]));
+    // Second probe + fence_wait (50 ms), not + probe_wait (200 ms).
+    assert_eq!(m.next_deadline(), Some(t.at(100)));
+    let out = m.tick(t.at(100));
+    assert_eq!(out.sends, sends(Packet::Gratuitous, &["eth0"]));
+    assert_eq!(out.events, vec![announced(&["eth0"])]);
+    assert!(answered_on(&m, "eth0") && defended_on(&m, "eth0"));
+}
+
+#[test]
+fn a_peer_defending_a_fenced_address_keeps_it_until_it_stops() {
+    let (mut m, t) = machine();
+    m.set_desired(t.at(0), &fenced(&["eth0"], true));
+    let out = m.claim(t.at(1), &claim("eth0", PEER, ClaimKind::ArpReply));
+    assert_eq!(
+        out.events,
+        vec![Event::Fenced {
+            ip: vip(),
+            interface: "eth0".into(),
+            mac: PEER
+        }]
+    );
+    assert!(out.sends.is_empty());
+    assert_eq!(
+        m.next_deadline(),
+        Some(t.at(501)),
+        "asks again after fence_retry"
+    );
+    for at in [50, 100, 300, 500] {
+        assert_eq!(m.tick(t.at(at)), nothing(), "fenced: silent at {at} ms");
+        assert!(!answered_on(&m, "eth0"));
+    }
+    // Asked again; the peer defends again.
+    assert_eq!(m.tick(t.at(501)).sends, sends(Packet::Probe, &["eth0"]));
+    let out = m.claim(t.at(502), &claim("eth0", PEER, ClaimKind::Advertisement));
+    assert!(matches!(out.events[..], [Event::Fenced { .. }]));
+    // Asked again; the peer handed it over meanwhile and says nothing: taken over.
+    assert_eq!(m.tick(t.at(1002)).sends, sends(Packet::Probe, &["eth0"]));
+    m.tick(t.at(1052));
+    let out = m.tick(t.at(1102));
+    assert_eq!(out.events, vec![announced(&["eth0"])]);
+}
+
+#[test]
+fn a_request_from_the_peer_or_a_foreign_answer_is_no_fence() {
+    let (mut m, t) = machine();
+    m.set_desired(t.at(0), &fenced(&["eth0"], true));
+    // A peer asking from the address shows it uses it, not that it announces it.
+    let out = m.claim(t.at(1), &claim("eth0", PEER, ClaimKind::ArpRequest));
+    assert!(out.events.is_empty());
+    // A foreign host answering is a conflict, as for any probe.
+    let out = m.claim(t.at(2), &claim("eth0", FOREIGN, ClaimKind::ArpReply));
+    assert!(
+        matches!(out.events[..], [Event::Conflict { .. }]),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_fenced_address_whose_owner_falls_silent_is_taken_over_at_once() {
+    let (mut m, t) = machine();
+    m.set_desired(t.at(0), &fenced(&["eth0"], true));
+    m.claim(t.at(1), &claim("eth0", PEER, ClaimKind::ArpReply));
+    // The fast path now finds the owner's node silent: no fence any more.
+    let out = m.set_desired(t.at(20), &fenced(&["eth0"], false));
+    assert_eq!(out.sends, sends(Packet::Gratuitous, &["eth0"]));
+    assert_eq!(out.events, vec![announced(&["eth0"])]);
+}
+
+#[test]
+fn an_address_being_handed_over_is_answered_but_not_defended() {
+    let (mut m, t) = machine();
+    m.set_desired(t.at(0), &desired(&["eth0"], false));
+    assert!(answered_on(&m, "eth0") && defended_on(&m, "eth0"));
+    m.set_desired(t.at(10), &BTreeMap::new());
+    assert!(
+        answered_on(&m, "eth0"),
+        "still answered until a successor announces"
+    );
+    assert!(
+        !defended_on(&m, "eth0"),
+        "a successor's fence must not mistake a handover for a live owner"
+    );
 }
 
 fn sends(packet: Packet, interfaces: &[&str]) -> Vec<Send> {

@@ -27,6 +27,11 @@ pub struct Config {
     /// After a conflict: when to probe again, and how often a conflict on an announced
     /// address is reported (and defended).
     pub conflict_retry: Duration,
+    /// How long a fence (see [`Desired::fence`]) listens after its second probe: a live
+    /// speaker answers from its receive thread at once.
+    pub fence_wait: Duration,
+    /// After a peer defended a fenced address: when to ask again.
+    pub fence_retry: Duration,
 }
 
 impl Default for Config {
@@ -40,6 +45,8 @@ impl Default for Config {
             probe_wait: Duration::from_millis(200),
             release_grace: Duration::from_secs(3),
             conflict_retry: Duration::from_secs(30),
+            fence_wait: Duration::from_millis(50),
+            fence_retry: Duration::from_millis(500),
         }
     }
 }
@@ -52,6 +59,11 @@ pub struct Desired {
     pub interfaces: Vec<String>,
     /// Probe the LAN before announcing a new address, and refuse it if a foreign host answers.
     pub probe: bool,
+    /// Take the address over only if no peer speaker defends it: its owner was declared down
+    /// by the gossip alone, and may be alive beyond a gossip partition. A fence is a short
+    /// probe (answered only by a speaker that announces the address, not by one handing it
+    /// over), repeated while a peer defends it. Implies a probe.
+    pub fence: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +74,14 @@ pub enum Event {
     /// A host that is neither this node nor a peer speaker claims `ip`: while probing, the
     /// address is not taken (and probed again later); while announcing, it is defended.
     Conflict {
+        ip: IpAddr,
+        interface: String,
+        mac: MacAddr,
+    },
+    /// A peer speaker (`mac`) defended an address this node was to take over from an owner the
+    /// gossip declared down: that owner is alive and announces it, so this node does not, and
+    /// asks again later.
+    Fenced {
         ip: IpAddr,
         interface: String,
         mac: MacAddr,

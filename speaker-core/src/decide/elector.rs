@@ -168,21 +168,25 @@ impl Elector {
                 if elect.contains(key) {
                     continue;
                 }
-                let Some(owner) = group
+                let Some(decision) = group
                     .first()
                     .and_then(|address| self.decisions.get(address))
-                    .map(|d| &d.owner)
                 else {
                     elect.insert(*key);
                     continue;
                 };
-                let again = match owner {
+                let successor = decision.successor.as_ref();
+                let again = match &decision.owner {
                     Err(_) => true,
                     Ok(owner) if departed.contains(owner) => true,
+                    _ if successor.is_some_and(|s| departed.contains(s)) => true,
                     Ok(owner) => {
+                        // A joining node changes nothing unless it outranks the owner or the
+                        // successor: electing among those alone tells.
+                        let pool = joined.iter().chain([owner]).chain(successor);
                         !joined.is_empty()
-                            && self.owner(key, group, joined.iter().chain([owner]))
-                                != Ok(owner.clone())
+                            && self.owner(key, group, pool)
+                                != Ok((owner.clone(), successor.cloned()))
                     }
                 };
                 if again {
@@ -201,11 +205,15 @@ impl Elector {
                 continue;
             };
             self.elected += 1;
-            let owner = self.owner(&key, group, self.live.iter());
+            let (owner, successor) = match self.owner(&key, group, self.live.iter()) {
+                Ok((owner, successor)) => (Ok(owner), successor),
+                Err(why) => (Err(why), None),
+            };
             for address in group {
                 let decision = Decision {
                     key,
                     owner: owner.clone(),
+                    successor: successor.clone(),
                     interfaces: match &owner {
                         Ok(node) => self.interfaces(*address, node),
                         Err(_) => None,
@@ -262,13 +270,14 @@ impl Elector {
         regrouped
     }
 
-    /// The owner of a group among `pool` (live nodes), or the first stage that left nobody.
+    /// The owner of a group among `pool` (live nodes) and its successor, or the first stage
+    /// that left nobody.
     fn owner<'a>(
         &self,
         key: &ElectionKey,
         group: &BTreeSet<IpAddr>,
         pool: impl IntoIterator<Item = &'a NodeName>,
-    ) -> Result<NodeName, NoOwner> {
+    ) -> Result<(NodeName, Option<NodeName>), NoOwner> {
         let mut candidates: BTreeSet<&NodeName> = pool.into_iter().collect();
         for address in group {
             let ads = self
@@ -305,17 +314,17 @@ impl Elector {
                 }
             }
         }
-        let uncordoned: Vec<&NodeName> = candidates
-            .iter()
-            .copied()
-            .filter(|node| self.nodes.get(*node).is_none_or(|n| !n.cordoned))
-            .collect();
-        let pick = if uncordoned.is_empty() {
-            election::owner(key, candidates)
-        } else {
-            election::owner(key, uncordoned)
+        // Cordoned nodes only when no other is left, for the successor as for the owner.
+        let ranked = election::ranked(key, candidates);
+        let cordoned = |node: &&&NodeName| self.nodes.get(**node).is_some_and(|n| n.cordoned);
+        let pick = |nodes: &[&&NodeName]| -> Option<NodeName> {
+            let node = nodes.iter().find(|n| !cordoned(n)).or(nodes.first())?;
+            Some((**node).clone())
         };
-        Ok(pick.expect("candidates is not empty").clone())
+        let all: Vec<&&NodeName> = ranked.iter().collect();
+        let owner = pick(&all).expect("candidates is not empty");
+        let rest: Vec<&&NodeName> = all.into_iter().filter(|n| ***n != owner).collect();
+        Ok((owner, pick(&rest)))
     }
 
     /// The union of the `interfaces` of the advertisements that cover `address` and select

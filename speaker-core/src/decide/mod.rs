@@ -121,6 +121,9 @@ impl NoOwner {
 pub struct Decision {
     pub key: ElectionKey,
     pub owner: Result<NodeName, NoOwner>,
+    /// Who owns it should the owner go (the same stages and rank without the owner): the node
+    /// that watches the owner for the failover's fast path.
+    pub successor: Option<NodeName>,
     /// The interfaces the owner announces on: the union of the `interfaces` of the advertisements
     /// that cover the address and select the owner; `None` when one of them leaves it open.
     pub interfaces: Option<Vec<String>>,

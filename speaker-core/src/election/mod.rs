@@ -17,4 +17,4 @@ mod rank;
 
 pub use keys::{ElectionKey, ServiceAddresses, election_keys, group_by_key};
 pub use node::NodeName;
-pub use rank::{owner, weight};
+pub use rank::{owner, ranked, weight};

@@ -44,6 +44,21 @@ pub fn owner<'a>(
         .min_by_key(|node| preference(key, node))
 }
 
+/// The eligible nodes, most preferred first: the owner, then who owns `key`'s addresses when
+/// the owner goes, and so on. Duplicates are kept once.
+pub fn ranked<'a>(
+    key: &ElectionKey,
+    eligible: impl IntoIterator<Item = &'a NodeName>,
+) -> Vec<&'a NodeName> {
+    let mut nodes: Vec<_> = eligible
+        .into_iter()
+        .map(|node| (preference(key, node), node))
+        .collect();
+    nodes.sort_unstable();
+    nodes.dedup_by(|a, b| a.1 == b.1);
+    nodes.into_iter().map(|(_, node)| node).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

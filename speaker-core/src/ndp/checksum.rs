@@ -19,6 +19,11 @@ pub fn icmpv6(src: Ipv6Addr, dst: Ipv6Addr, message: &[u8]) -> u16 {
     !fold(sum)
 }
 
+/// The plain Internet checksum of `bytes` (ICMPv4 has no pseudo-header).
+pub fn internet(bytes: &[u8]) -> u16 {
+    !fold(add_words(0, bytes))
+}
+
 /// Adds `bytes` as big-endian 16-bit words, a lone last byte padded with zero, folding carries
 /// as it goes so the sum cannot overflow.
 fn add_words(mut sum: u32, bytes: &[u8]) -> u32 {

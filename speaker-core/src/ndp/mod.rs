@@ -7,7 +7,7 @@
 //! which receivers discard the packet, and fill in the checksum.
 
 mod build;
-mod checksum;
+pub(crate) mod checksum;
 mod multicast;
 mod parse;
 mod wire;

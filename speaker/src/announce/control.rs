@@ -182,6 +182,9 @@ impl Control {
                 Event::PeerAnswers { ip, interface, mac } => {
                     debug!(%ip, %interface, %mac, "a peer answers for this address too");
                 }
+                Event::Fenced { ip, interface, mac } => {
+                    warn!(%ip, %interface, %mac, "a peer the gossip calls down still announces this address: not taking it over");
+                }
             }
             // Nobody listening is fine: the events are also logged and counted.
             let _ = self.events.send(event);
@@ -198,6 +201,7 @@ impl Control {
     fn sync_ports(&mut self) {
         let watched = self.machine.watched_on();
         let mut answered = self.machine.answered_on();
+        let mut defended = self.machine.defended_on();
         let unused: Vec<String> = self
             .ports
             .keys()
@@ -213,7 +217,11 @@ impl Control {
                 self.open(&name);
             }
             if let Some(port) = self.ports.get_mut(&name) {
-                port.set(answered.remove(&name).unwrap_or_default(), watch);
+                port.set(
+                    answered.remove(&name).unwrap_or_default(),
+                    defended.remove(&name).unwrap_or_default(),
+                    watch,
+                );
             }
         }
     }

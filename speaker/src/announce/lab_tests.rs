@@ -50,14 +50,14 @@ fn mac(host: u8) -> MacAddr {
 /// The namespaces of one test: a bridge and the hosts on it, deleted when dropped (also when
 /// the test panics). Names start with `flbt<pid>-`; namespaces of runs that died are removed
 /// by the next run.
-struct Net {
+pub(crate) struct Net {
     prefix: String,
     bridge: NetNs,
     hosts: Vec<NetNs>,
 }
 
 impl Net {
-    fn new(tag: &str) -> Net {
+    pub(crate) fn new(tag: &str) -> Net {
         static SWEEP: Once = Once::new();
         SWEEP.call_once(netns::remove_scratch_of_dead_runs);
         let prefix = format!("{}-{tag}", netns::scratch_prefix());
@@ -117,7 +117,7 @@ impl Net {
 
     /// A host `name` numbered `n`: `eth0` on the bridge with MAC `mac(n)`, 198.51.100.n/24 and
     /// 2001:db8::n/64.
-    fn host(&mut self, name: &str, n: u8) -> NetNs {
+    pub(crate) fn host(&mut self, name: &str, n: u8) -> NetNs {
         let ns = NetNs::create(&format!("{}-{name}", self.prefix)).unwrap();
         self.hosts.push(ns.clone());
         // No duplicate address detection: addresses are usable at once.
@@ -195,7 +195,14 @@ impl Speaker {
             .map(|v| {
                 let interfaces = choose_interfaces(ip(v), None, &[], &links);
                 assert_eq!(interfaces, ["eth0"], "interfaces for {v}");
-                (ip(v), Desired { interfaces, probe })
+                (
+                    ip(v),
+                    Desired {
+                        interfaces,
+                        probe,
+                        fence: false,
+                    },
+                )
             })
             .collect();
         self.announcer.set_desired(desired);
@@ -240,7 +247,8 @@ fn event_ip(event: &Event) -> IpAddr {
         Event::Announced { ip, .. }
         | Event::Conflict { ip, .. }
         | Event::Released { ip, .. }
-        | Event::PeerAnswers { ip, .. } => *ip,
+        | Event::PeerAnswers { ip, .. }
+        | Event::Fenced { ip, .. } => *ip,
     }
 }
 

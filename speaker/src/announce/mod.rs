@@ -33,7 +33,7 @@ mod metrics;
 mod port;
 
 #[cfg(test)]
-mod lab_tests;
+pub(crate) mod lab_tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;

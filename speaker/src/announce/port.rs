@@ -91,6 +91,8 @@ struct Shared {
     ndp_source: Option<Ipv6Addr>,
     /// Addresses to answer requests for on this interface.
     answer: RwLock<BTreeSet<IpAddr>>,
+    /// Those of them whose probes are answered too (announced, not being handed over).
+    defend: RwLock<BTreeSet<IpAddr>>,
     /// Addresses whose claims by others are reported.
     watch: RwLock<BTreeSet<IpAddr>>,
     /// Each protocol's frames leave through the socket bound to it.
@@ -141,6 +143,7 @@ impl Port {
             mac: link.mac,
             ndp_source: link.ndp_source(),
             answer: RwLock::default(),
+            defend: RwLock::default(),
             watch: RwLock::default(),
             arp_tx: Mutex::new(arp_tx),
             nd_tx: Mutex::new(nd_tx),
@@ -188,7 +191,12 @@ impl Port {
 
     /// Sets what to answer and what to watch, joining and leaving solicited-node groups so
     /// that exactly the answered IPv6 addresses' groups are joined.
-    pub fn set(&mut self, answer: BTreeSet<IpAddr>, watch: BTreeSet<IpAddr>) {
+    pub fn set(
+        &mut self,
+        answer: BTreeSet<IpAddr>,
+        defend: BTreeSet<IpAddr>,
+        watch: BTreeSet<IpAddr>,
+    ) {
         let groups: BTreeSet<Ipv6Addr> = answer
             .iter()
             .filter_map(|ip| match ip {
@@ -201,6 +209,11 @@ impl Port {
             .answer
             .write()
             .unwrap_or_else(PoisonError::into_inner) = answer;
+        *self
+            .shared
+            .defend
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = defend;
         *self
             .shared
             .watch
@@ -327,10 +340,11 @@ impl Shared {
             .unwrap_or_else(|| Err(io::Error::other("frame larger than the send buffer")))
     }
 
-    fn answers(&self, ip: IpAddr) -> bool {
+    /// Whether a request for `ip` is answered; a probe (`probe`) only for a defended address.
+    fn answers(&self, ip: IpAddr, probe: bool) -> bool {
+        let set = if probe { &self.defend } else { &self.answer };
         !self.muted.load(Ordering::Relaxed)
-            && self
-                .answer
+            && set
                 .read()
                 .unwrap_or_else(PoisonError::into_inner)
                 .contains(&ip)
@@ -383,7 +397,7 @@ impl Shared {
                 if let Some(question) = message.question() {
                     self.metrics.requests_received.get_or_create(&ARP).inc();
                     let ip = IpAddr::V4(question.target_ip);
-                    if self.answers(ip) {
+                    if self.answers(ip, matches!(message, Arp::Probe(_))) {
                         let reply = arp::build_reply(question, self.mac);
                         self.reply("arp", ip, question.sender_mac, &reply);
                     }
@@ -400,7 +414,7 @@ impl Shared {
             Ok(Frame::Ndp(Ndp::Solicitation(solicitation))) => {
                 self.metrics.requests_received.get_or_create(&NDP).inc();
                 let ip = IpAddr::V6(solicitation.target);
-                if self.answers(ip) {
+                if self.answers(ip, solicitation.is_dad()) {
                     let source = self.ndp_source.unwrap_or(solicitation.target);
                     let reply = ndp::build_advertisement_reply(&solicitation, self.mac, source);
                     self.reply("ndp", ip, solicitation.reply_mac(), &reply);
