@@ -315,16 +315,16 @@ impl Elector {
             }
         }
         // Cordoned nodes only when no other is left, for the successor as for the owner.
-        let ranked = election::ranked(key, candidates);
-        let cordoned = |node: &&&NodeName| self.nodes.get(**node).is_some_and(|n| n.cordoned);
-        let pick = |nodes: &[&&NodeName]| -> Option<NodeName> {
-            let node = nodes.iter().find(|n| !cordoned(n)).or(nodes.first())?;
-            Some((**node).clone())
+        let mut ranked = election::ranked(key, candidates);
+        let pick = |nodes: &[&NodeName]| {
+            let uncordoned = nodes
+                .iter()
+                .position(|node| self.nodes.get(*node).is_none_or(|n| !n.cordoned));
+            uncordoned.or((!nodes.is_empty()).then_some(0))
         };
-        let all: Vec<&&NodeName> = ranked.iter().collect();
-        let owner = pick(&all).expect("candidates is not empty");
-        let rest: Vec<&&NodeName> = all.into_iter().filter(|n| ***n != owner).collect();
-        Ok((owner, pick(&rest)))
+        let owner = ranked.remove(pick(&ranked).expect("candidates is not empty"));
+        let successor = pick(&ranked).map(|i| ranked[i].clone());
+        Ok((owner.clone(), successor))
     }
 
     /// The union of the `interfaces` of the advertisements that cover `address` and select

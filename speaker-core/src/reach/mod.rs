@@ -133,10 +133,6 @@ impl<K: Ord + Clone> Reach<K> {
         }
     }
 
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
     /// The nodes to watch, with their addresses. A node kept at the same address keeps what is
     /// known of it; a new node, or one at a new address, starts over (it must answer once
     /// before it is judged).
