@@ -70,6 +70,12 @@ struct Args {
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     fast_failover: bool,
 
+    /// At most this many echo requests a second for the fast failover, in all. Past ten
+    /// watched owners each is asked less often and judged later (at 1000 and 40 owners: every
+    /// 40 ms, after 400 ms of silence).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(100..=100_000))]
+    fast_failover_max_echo_rate: u32,
+
     /// Tests only: on SIGUSR2, make the loop this file names panic or stall.
     #[arg(long, hide = true)]
     test_fault_file: Option<std::path::PathBuf>,
@@ -163,8 +169,13 @@ async fn main() -> anyhow::Result<()> {
         announcer_heartbeat.clone(),
         links.clone(),
     );
-    let (watcher, unreachable) =
-        speaker::reach::start(speaker_core::reach::Config::default(), reach_metrics);
+    let (watcher, unreachable) = speaker::reach::start(
+        speaker_core::reach::Config {
+            max_requests_per_second: args.fast_failover_max_echo_rate,
+            ..Default::default()
+        },
+        reach_metrics,
+    );
     let speaker = Speaker {
         me: NodeName::new(args.node_name.clone()),
         reports: Reports::start(client, stores.clone(), &args.node_name),

@@ -33,6 +33,8 @@ pub struct Metrics {
     pub watched: Gauge,
     /// Times a watched node was judged unreachable.
     pub verdicts: Counter,
+    /// Echo requests sent: the fast path's cost to the network.
+    pub requests: Counter,
 }
 
 impl Metrics {
@@ -48,6 +50,11 @@ impl Metrics {
             "speaker_fast_path_verdicts",
             "Times a watched node answered no echo request for the silence and its addresses were taken over before the membership's verdict",
             m.verdicts.clone(),
+        );
+        r.register(
+            "speaker_fast_path_echo_requests",
+            "ICMP echo requests sent to watched nodes (capped by --fast-failover-max-echo-rate)",
+            m.requests.clone(),
         );
         m
     }
@@ -179,6 +186,7 @@ fn run(
                 let request = echo::request(v6, identifier, probe.sequence);
                 // A failed send (no route: the node's link is gone) is a lost request.
                 let _ = socket.send_to(&request, SocketAddr::new(probe.addr, 0));
+                metrics.requests.inc();
             }
         }
         let now_unreachable = reach.unreachable(now);

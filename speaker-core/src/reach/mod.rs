@@ -46,6 +46,12 @@ pub struct Config {
     pub min_lost: u32,
     /// How long an unreachable verdict is believed.
     pub hold: Duration,
+    /// At most this many requests a second in all. Watching more nodes than `interval` allows
+    /// within it stretches `interval` and `silence` alike (the judgement still needs
+    /// `min_lost` requests), so a node that succeeds owners all over a big cluster costs the
+    /// network a bounded rate, and its verdicts come later: at worst as late as the
+    /// membership's.
+    pub max_requests_per_second: u32,
 }
 
 impl Default for Config {
@@ -59,7 +65,18 @@ impl Default for Config {
             silence: Duration::from_millis(100),
             min_lost: 8,
             hold: Duration::from_secs(2),
+            // Ten watched nodes at full speed.
+            max_requests_per_second: 1000,
         }
+    }
+}
+
+impl Config {
+    /// How much `interval` and `silence` stretch for `watched` nodes: 1 while they fit the
+    /// request budget.
+    pub fn stretch(&self, watched: usize) -> f64 {
+        let wanted = watched as f64 / self.interval.as_secs_f64();
+        (wanted / f64::from(self.max_requests_per_second.max(1))).max(1.0)
     }
 }
 
@@ -100,7 +117,7 @@ impl Peer {
         }
     }
 
-    fn silent(&mut self, config: &Config, now: Instant) -> bool {
+    fn silent(&mut self, config: &Config, silence: Duration, now: Instant) -> bool {
         while self
             .recent
             .front()
@@ -112,7 +129,7 @@ impl Peer {
         lost >= config.min_lost
             && self
                 .first_unanswered
-                .is_some_and(|first| now.saturating_duration_since(first) >= config.silence)
+                .is_some_and(|first| now.saturating_duration_since(first) >= silence)
     }
 }
 
@@ -122,14 +139,19 @@ pub struct Reach<K> {
     config: Config,
     peers: BTreeMap<K, Peer>,
     sequence: u16,
+    /// `config.interval` and `config.silence`, stretched to the budget for the watched nodes.
+    interval: Duration,
+    silence: Duration,
 }
 
 impl<K: Ord + Clone> Reach<K> {
     pub fn new(config: Config) -> Reach<K> {
         Reach {
-            config,
             peers: BTreeMap::new(),
             sequence: 0,
+            interval: config.interval,
+            silence: config.silence,
+            config,
         }
     }
 
@@ -144,6 +166,14 @@ impl<K: Ord + Clone> Reach<K> {
                 .entry(node)
                 .or_insert_with(|| Peer::new(addr, now));
         }
+        let stretch = self.config.stretch(self.peers.len());
+        self.interval = self.config.interval.mul_f64(stretch);
+        self.silence = self.config.silence.mul_f64(stretch);
+    }
+
+    /// How often each watched node is sent a request now, and how long it must be silent.
+    pub fn timing(&self) -> (Duration, Duration) {
+        (self.interval, self.silence)
     }
 
     pub fn watched(&self) -> impl Iterator<Item = (&K, IpAddr)> {
@@ -166,7 +196,7 @@ impl<K: Ord + Clone> Reach<K> {
             peer.unanswered += 1;
             peer.first_unanswered.get_or_insert(now);
             peer.recent.push_back(now);
-            peer.next_send = now + self.config.interval;
+            peer.next_send = now + self.interval;
         }
         due
     }
@@ -190,10 +220,10 @@ impl<K: Ord + Clone> Reach<K> {
 
     /// The watched nodes unreachable at `now`. Read every queued reply first.
     pub fn unreachable(&mut self, now: Instant) -> BTreeSet<K> {
-        let config = &self.config;
+        let (config, silence) = (&self.config, self.silence);
         let mut out = BTreeSet::new();
         for (node, peer) in &mut self.peers {
-            if !peer.answered || peer.distrusted || !peer.silent(config, now) {
+            if !peer.answered || peer.distrusted || !peer.silent(config, silence, now) {
                 peer.unreachable_since = None;
                 continue;
             }

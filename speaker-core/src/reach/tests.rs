@@ -186,3 +186,62 @@ fn requests_go_every_interval_with_distinct_sequences() {
         Some(run.start + Duration::from_millis(100))
     );
 }
+
+/// Watching 40 nodes with a budget of 1000 requests a second: each is asked every 40 ms, the
+/// requests of a whole second stay within the budget, and a node falling silent is judged
+/// after 400 ms (the silence stretched alike), not after 100 ms on too few requests.
+#[test]
+fn many_watched_nodes_share_the_request_budget() {
+    let start = Instant::now();
+    let mut reach: Reach<usize> = Reach::new(Config::default());
+    let nodes: BTreeMap<usize, IpAddr> = (1..=40)
+        .map(|k| (k, IpAddr::from([198, 51, 100, k as u8])))
+        .collect();
+    reach.watch(start, nodes);
+    assert_eq!(
+        reach.timing(),
+        (Duration::from_millis(40), Duration::from_millis(400))
+    );
+    let dies = Duration::from_millis(1000);
+    let silent = ip("198.51.100.7");
+    let (mut now, mut in_a_second, mut judged) = (start, 0, None);
+    while now - start < Duration::from_millis(2000) {
+        let at = now - start;
+        for probe in reach.poll(now) {
+            if at < Duration::from_secs(1) {
+                in_a_second += 1;
+            }
+            if probe.addr != silent || at < dies {
+                reach.on_reply(probe.addr);
+            }
+        }
+        if judged.is_none() && reach.unreachable(now).contains(&7) {
+            judged = Some(at - dies);
+        }
+        now += MS;
+    }
+    assert!(
+        in_a_second <= 1000,
+        "{in_a_second} requests in the first second"
+    );
+    let after = judged.expect("the silent node is judged");
+    assert!(
+        after >= Duration::from_millis(400) && after <= Duration::from_millis(440),
+        "judged {after:?} after it fell silent"
+    );
+    // Back to full speed once few are watched.
+    reach.watch(now, BTreeMap::from([(1, ip("198.51.100.1"))]));
+    assert_eq!(
+        reach.timing(),
+        (Duration::from_millis(10), Duration::from_millis(100))
+    );
+}
+
+#[test]
+fn the_stretch_is_one_within_the_budget_and_grows_linearly_past_it() {
+    let config = Config::default();
+    assert_eq!(config.stretch(0), 1.0);
+    assert_eq!(config.stretch(10), 1.0);
+    assert_eq!(config.stretch(20), 2.0);
+    assert_eq!(config.stretch(99), 9.9);
+}

@@ -287,7 +287,7 @@ impl Driver {
     }
 
     async fn handle_datagram(&mut self, datagram: &[u8], from: SocketAddr) {
-        self.metrics.packet(Direction::In);
+        self.metrics.packet(Direction::In, datagram.len());
         let (kind, payload) = match self.envelope.open(datagram) {
             Ok(opened) => opened,
             Err(reason) => {
@@ -437,7 +437,7 @@ impl Driver {
             return;
         };
         match self.socket.send_to(&datagram, dest).await {
-            Ok(_) => self.metrics.packet(Direction::Out),
+            Ok(sent) => self.metrics.packet(Direction::Out, sent),
             Err(error) => {
                 if let Some(suppressed) = self.net_log.allow() {
                     debug!(%to, %error, suppressed, "gossip send failed");

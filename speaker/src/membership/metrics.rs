@@ -62,6 +62,8 @@ pub struct Metrics {
     pub auth_failures: Counter,
     /// Datagrams received (all of them, before authentication) and sent.
     pub packets: Family<DirectionLabels, Counter>,
+    /// Their UDP payload bytes: what the gossip costs the network (headers not counted).
+    pub bytes: Family<DirectionLabels, Counter>,
 }
 
 impl Metrics {
@@ -88,6 +90,11 @@ impl Metrics {
             "Gossip datagrams received and sent",
             m.packets.clone(),
         );
+        r.register(
+            "speaker_gossip_bytes",
+            "UDP payload bytes of the gossip datagrams received and sent",
+            m.bytes.clone(),
+        );
         m
     }
 
@@ -98,6 +105,7 @@ impl Metrics {
             member_changes: Family::default(),
             auth_failures: Counter::default(),
             packets: Family::default(),
+            bytes: Family::default(),
         }
     }
 
@@ -107,10 +115,10 @@ impl Metrics {
             .inc();
     }
 
-    pub(crate) fn packet(&self, direction: Direction) {
-        self.packets
-            .get_or_create(&DirectionLabels { direction })
-            .inc();
+    pub(crate) fn packet(&self, direction: Direction, bytes: usize) {
+        let labels = DirectionLabels { direction };
+        self.packets.get_or_create(&labels).inc();
+        self.bytes.get_or_create(&labels).inc_by(bytes as u64);
     }
 
     /// Datagrams counted in `direction` so far.
@@ -140,8 +148,9 @@ mod tests {
         m.changed(Change::Up);
         m.changed(Change::Down);
         m.auth_failures.inc();
-        m.packet(Direction::In);
-        m.packet(Direction::Out);
+        m.packet(Direction::In, 100);
+        m.packet(Direction::Out, 60);
+        m.packet(Direction::Out, 40);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         for line in [
@@ -150,7 +159,9 @@ mod tests {
             "ferrolb_speaker_member_changes_total{change=\"down\"} 1",
             "ferrolb_speaker_gossip_auth_failures_total 1",
             "ferrolb_speaker_gossip_packets_total{direction=\"in\"} 1",
-            "ferrolb_speaker_gossip_packets_total{direction=\"out\"} 1",
+            "ferrolb_speaker_gossip_packets_total{direction=\"out\"} 2",
+            "ferrolb_speaker_gossip_bytes_total{direction=\"in\"} 100",
+            "ferrolb_speaker_gossip_bytes_total{direction=\"out\"} 100",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
