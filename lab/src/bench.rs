@@ -5,16 +5,14 @@
 //! until the pool shows them released. Prints figures (and the API writes each phase cost, from
 //! the API server's own counters); asserts nothing about time.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use crds::IPAddressPool;
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams};
-use kube::runtime::{WatchStreamExt, watcher};
 use lab::process::proc_status;
 use lab::{Lab, LabConfig};
 
@@ -39,7 +37,19 @@ pub async fn controller(services: usize) -> Result<()> {
 
     let api: Api<Service> = Api::namespaced(lab.client(), "bench");
     let writes_before = api_writes(&lab).await?;
-    let (created, total, mut latencies) = create_all(&api, services).await?;
+    let lab::scale::Created {
+        all_created: created,
+        all_addressed: total,
+        mut latencies,
+    } = lab::scale::create_services(&api, services, lab::scale::Pace::AtOnce, |i| {
+        serde_json::json!({
+            "metadata": {"name": format!("s{i}")},
+            // No NodePorts: their default range holds 2768, and traffic to an L2 address
+            // takes kube-proxy's rules for the address itself.
+            "spec": {"type": "LoadBalancer", "allocateLoadBalancerNodePorts": false, "ipFamilies": ["IPv6"], "ipFamilyPolicy": "SingleStack", "ports": [{"port": 80}]},
+        })
+    })
+    .await?;
     let created_writes = api_writes(&lab).await? - writes_before;
     latencies.sort();
     let pct = |p: f64| {
@@ -95,71 +105,6 @@ pub async fn controller(services: usize) -> Result<()> {
     println!("API writes while releasing (the bench's one delete included): {release_writes}");
     println!("controller after the release: {}", memory(pid)?);
     Ok(())
-}
-
-/// Creates `services` Services 32 at a time; returns the time until the last creation was
-/// answered, the time until each has an address, and each one's latency from its creation.
-async fn create_all(
-    api: &Api<Service>,
-    services: usize,
-) -> Result<(Duration, Duration, Vec<Duration>)> {
-    let created: std::sync::Arc<std::sync::Mutex<HashMap<String, Instant>>> = Default::default();
-    let watch = {
-        let (api, created) = (api.clone(), created.clone());
-        tokio::spawn(async move {
-            let mut latencies = vec![];
-            let mut stream = watcher(api, watcher::Config::default())
-                .applied_objects()
-                .boxed();
-            while let Some(Ok(svc)) = stream.next().await {
-                let has_ip = svc
-                    .status
-                    .and_then(|s| s.load_balancer)
-                    .and_then(|l| l.ingress)
-                    .is_some_and(|i| !i.is_empty());
-                let name = svc.metadata.name.unwrap_or_default();
-                if has_ip && let Some(t) = created.lock().expect("not poisoned").remove(&name) {
-                    latencies.push(t.elapsed());
-                    if latencies.len() == services {
-                        break;
-                    }
-                }
-            }
-            latencies
-        })
-    };
-    let failed = std::sync::Mutex::new(Vec::<String>::new());
-    let start = Instant::now();
-    futures::stream::iter(0..services)
-        .for_each_concurrent(32, |i| {
-            let (api, created, failed) = (api.clone(), created.clone(), &failed);
-            async move {
-                let name = format!("s{i}");
-                let svc: Service = serde_json::from_value(serde_json::json!({
-                    "metadata": {"name": name},
-                    // No NodePorts: their default range holds 2768, and traffic to an L2 address
-                    // takes kube-proxy's rules for the address itself.
-                    "spec": {"type": "LoadBalancer", "allocateLoadBalancerNodePorts": false, "ipFamilies": ["IPv6"], "ipFamilyPolicy": "SingleStack", "ports": [{"port": 80}]},
-                }))
-                .expect("valid Service");
-                created.lock().expect("not poisoned").insert(name, Instant::now());
-                if let Err(e) = api.create(&Default::default(), &svc).await {
-                    failed.lock().expect("not poisoned").push(format!("s{i}: {e}"));
-                }
-            }
-        })
-        .await;
-    let created = start.elapsed();
-    let failed = failed.into_inner().expect("not poisoned");
-    if let Some(first) = failed.first() {
-        watch.abort();
-        bail!(
-            "{} of {services} creations failed; the first: {first}",
-            failed.len()
-        );
-    }
-    let latencies = tokio::time::timeout(PHASE_LIMIT, watch).await??;
-    Ok((created, start.elapsed(), latencies))
 }
 
 /// Writes the API server has served so far, by resource (and subresource), from its
@@ -240,6 +185,28 @@ fn memory(pid: u32) -> Result<String> {
         proc_status(pid, "VmRSS")?,
         proc_status(pid, "VmHWM")?
     ))
+}
+
+/// `lab bench-scale`: see `lab::scale`. Prints the report's lines, and plots the failover gaps
+/// when asked.
+pub async fn scale(
+    config: lab::scale::ScaleConfig,
+    plot: Option<std::path::PathBuf>,
+) -> Result<()> {
+    println!("scale run: {config:?}");
+    let report = lab::scale::run(&config).await?;
+    for line in report.lines() {
+        println!("{line}");
+    }
+    if let Some(path) = plot {
+        let title = format!(
+            "Hard node death, {} speakers in the membership: gap between new connections ({} trials)",
+            config.nodes, config.trials
+        );
+        std::fs::write(&path, lab::figures::gap_plot_svg(&report.failover, &title))?;
+        println!("plot: {}", path.display());
+    }
+    Ok(())
 }
 
 pub async fn soak(

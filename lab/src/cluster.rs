@@ -32,7 +32,10 @@ pub async fn create_node(
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"}},
-        "spec": {"podCIDR": pod_cidrs[0], "podCIDRs": pod_cidrs},
+        "spec": match pod_cidrs.first() {
+            Some(first) => json!({"podCIDR": first, "podCIDRs": pod_cidrs}),
+            None => json!({}),
+        },
         "status": {
             "addresses": addresses,
             "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",

@@ -68,9 +68,125 @@ pub fn metric_sum(text: &str, name: &str, labels: &str) -> f64 {
         .sum()
 }
 
+/// The gaps' distribution as an SVG chart: each trial's gap as a point of the empirical CDF
+/// (gap on x, share of trials with a gap at most that on y), with p50 and p99 marked.
+pub fn gap_plot_svg(figures: &Figures, title: &str) -> String {
+    const W: f64 = 720.0;
+    const H: f64 = 420.0;
+    const LEFT: f64 = 70.0;
+    const RIGHT: f64 = 30.0;
+    const TOP: f64 = 50.0;
+    const BOTTOM: f64 = 60.0;
+    let mut gaps = figures.gaps_ms.clone();
+    gaps.sort_by(f64::total_cmp);
+    let max = gaps.last().copied().unwrap_or(0.0);
+    // The x axis ends at the next 50 ms past the largest gap.
+    let x_end = ((max / 50.0).floor() + 1.0) * 50.0;
+    let x = |ms: f64| LEFT + ms / x_end * (W - LEFT - RIGHT);
+    let y = |share: f64| H - BOTTOM - share * (H - TOP - BOTTOM);
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"{W}\" height=\"{H}\" fill=\"white\"/>\n<text x=\"{}\" y=\"24\" text-anchor=\"middle\" font-size=\"14\">{}</text>\n",
+        W / 2.0,
+        escape(title)
+    );
+    // Axes, grid and ticks.
+    let step = if x_end > 1000.0 {
+        250.0
+    } else if x_end > 400.0 {
+        100.0
+    } else {
+        50.0
+    };
+    let mut tick = 0.0;
+    while tick <= x_end {
+        svg += &format!(
+            "<line x1=\"{0:.1}\" y1=\"{1}\" x2=\"{0:.1}\" y2=\"{2}\" stroke=\"#ddd\"/><text x=\"{0:.1}\" y=\"{3}\" text-anchor=\"middle\">{4}</text>\n",
+            x(tick),
+            TOP,
+            H - BOTTOM,
+            H - BOTTOM + 16.0,
+            tick
+        );
+        tick += step;
+    }
+    for share in [0.0, 0.25, 0.5, 0.75, 1.0] {
+        svg += &format!(
+            "<line x1=\"{LEFT}\" y1=\"{0:.1}\" x2=\"{1}\" y2=\"{0:.1}\" stroke=\"#ddd\"/><text x=\"{2}\" y=\"{3:.1}\" text-anchor=\"end\">{4}%</text>\n",
+            y(share),
+            W - RIGHT,
+            LEFT - 6.0,
+            y(share) + 4.0,
+            share * 100.0
+        );
+    }
+    svg += &format!(
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">gap between successful new connections (ms)</text>\n<text x=\"18\" y=\"{}\" text-anchor=\"middle\" transform=\"rotate(-90 18 {})\">trials with a gap at most x</text>\n",
+        (LEFT + W - RIGHT) / 2.0,
+        H - 18.0,
+        (TOP + H - BOTTOM) / 2.0,
+        (TOP + H - BOTTOM) / 2.0
+    );
+    // The empirical CDF as steps, and each trial as a point.
+    let n = gaps.len() as f64;
+    let mut path = format!("M{:.1},{:.1}", x(0.0), y(0.0));
+    for (k, gap) in gaps.iter().enumerate() {
+        path += &format!(" H{:.1} V{:.1}", x(*gap), y((k + 1) as f64 / n));
+    }
+    svg += &format!("<path d=\"{path}\" fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"2\"/>\n");
+    for (k, gap) in gaps.iter().enumerate() {
+        svg += &format!(
+            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"#1f77b4\"/>\n",
+            x(*gap),
+            y((k + 1) as f64 / n)
+        );
+    }
+    for (label, p) in [("p50", 50.0), ("p99", 99.0)] {
+        let v = figures.percentile(p);
+        svg += &format!(
+            "<line x1=\"{0:.1}\" y1=\"{1}\" x2=\"{0:.1}\" y2=\"{2}\" stroke=\"#d62728\" stroke-dasharray=\"4 3\"/><text x=\"{3:.1}\" y=\"{4}\" fill=\"#d62728\">{label} {v:.0} ms</text>\n",
+            x(v),
+            TOP,
+            H - BOTTOM,
+            x(v) + 4.0,
+            if label == "p50" {
+                TOP + 14.0
+            } else {
+                TOP + 30.0
+            }
+        );
+    }
+    svg + "</svg>\n"
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_gap_plot_has_a_point_per_trial_and_marks_p50_and_p99() {
+        let f = Figures {
+            gaps_ms: vec![120.0, 110.0, 130.0, 400.0],
+        };
+        let svg = gap_plot_svg(&f, "a <test>");
+        assert!(svg.starts_with("<svg ") && svg.ends_with("</svg>\n"));
+        assert_eq!(svg.matches("<circle").count(), 4);
+        assert!(
+            svg.contains("p50 120 ms") && svg.contains("p99 400 ms"),
+            "{svg}"
+        );
+        assert!(svg.contains("a &lt;test&gt;"));
+        // The axis ends just past the largest gap.
+        assert!(
+            svg.contains(">400</text>") && !svg.contains(">500</text>"),
+            "{svg}"
+        );
+    }
 
     #[test]
     fn percentiles_are_nearest_rank() {

@@ -28,53 +28,113 @@ pub fn who_has(ns: &NetNs, interface: &str, ip: IpAddr, wait: Duration) -> Resul
 }
 
 fn ask(interface: &str, ip: IpAddr, wait: Duration) -> Result<Vec<MacAddr>> {
-    let link = datalink::interfaces()
-        .into_iter()
-        .find(|i| i.name == interface)
-        .with_context(|| format!("no interface {interface}"))?;
-    let ours = MacAddr(link.mac.context("interface has no MAC address")?.octets());
-    let question = match ip {
-        IpAddr::V4(target) => arp::build_request(ours, source_v4(&link), target),
-        IpAddr::V6(target) => ndp::build_solicitation(ours, source_v6(&link), target),
-    };
-    let config = datalink::Config {
-        read_timeout: Some(Duration::from_millis(20)),
-        write_timeout: Some(Duration::from_millis(100)),
-        promiscuous: false,
-        ..datalink::Config::default()
-    };
-    let (mut tx, mut rx) = match datalink::channel(&link, config)? {
-        Channel::Ethernet(tx, rx) => (tx, rx),
-        _ => bail!("not an Ethernet channel"),
-    };
-    tx.send_to(&question, None)
-        .context("frame larger than the send buffer")??;
-
+    let mut asker = Asker::open(interface, ip, Duration::from_millis(20))?;
+    asker.ask()?;
     let deadline = Instant::now() + wait;
     let mut answers = Vec::new();
     while Instant::now() < deadline {
-        let frame = match rx.next() {
-            Ok(frame) => frame,
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => continue,
-            Err(e) => return Err(e).context("receive"),
-        };
-        let answer = match parse_frame(frame) {
-            Ok(Frame::Arp(Arp::Reply(reply))) if IpAddr::V4(reply.sender_ip) == ip => {
-                Some(reply.sender_mac)
-            }
-            Ok(Frame::Ndp(Ndp::Advertisement(na))) if IpAddr::V6(na.target) == ip => {
-                Some(na.claimed_mac())
-            }
-            _ => None,
-        };
-        if let Some(mac) = answer
-            && mac != ours
+        if let Some(mac) = asker.answer()?
             && !answers.contains(&mac)
         {
             answers.push(mac);
         }
     }
     Ok(answers)
+}
+
+/// Asks who has `ip` from inside `ns` every `every` until someone answers or `within` has
+/// passed (so at most `within / every` questions); returns when the first answer arrived.
+/// Times how soon a new address is answered on the LAN.
+pub fn first_answer(
+    ns: &NetNs,
+    interface: &str,
+    ip: IpAddr,
+    every: Duration,
+    within: Duration,
+) -> Result<Option<Instant>> {
+    ns.enter(|| -> Result<Option<Instant>> {
+        let mut asker = Asker::open(interface, ip, Duration::from_millis(1))?;
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            asker.ask()?;
+            let next = Instant::now() + every;
+            while Instant::now() < next {
+                if asker.answer()?.is_some() {
+                    return Ok(Some(Instant::now()));
+                }
+            }
+        }
+        Ok(None)
+    })?
+    .with_context(|| format!("first answer for {ip} on {interface} in {}", ns.name()))
+}
+
+/// A packet channel on one interface asking about one address.
+struct Asker {
+    ours: MacAddr,
+    ip: IpAddr,
+    question: Vec<u8>,
+    tx: Box<dyn datalink::DataLinkSender>,
+    rx: Box<dyn datalink::DataLinkReceiver>,
+}
+
+impl Asker {
+    /// `read_timeout` bounds each [`Asker::answer`].
+    fn open(interface: &str, ip: IpAddr, read_timeout: Duration) -> Result<Asker> {
+        let link = datalink::interfaces()
+            .into_iter()
+            .find(|i| i.name == interface)
+            .with_context(|| format!("no interface {interface}"))?;
+        let ours = MacAddr(link.mac.context("interface has no MAC address")?.octets());
+        let question = match ip {
+            IpAddr::V4(target) => arp::build_request(ours, source_v4(&link), target),
+            IpAddr::V6(target) => ndp::build_solicitation(ours, source_v6(&link), target),
+        };
+        let config = datalink::Config {
+            read_timeout: Some(read_timeout),
+            write_timeout: Some(Duration::from_millis(100)),
+            promiscuous: false,
+            ..datalink::Config::default()
+        };
+        let (tx, rx) = match datalink::channel(&link, config)? {
+            Channel::Ethernet(tx, rx) => (tx, rx),
+            _ => bail!("not an Ethernet channel"),
+        };
+        Ok(Asker {
+            ours,
+            ip,
+            question,
+            tx,
+            rx,
+        })
+    }
+
+    fn ask(&mut self) -> Result<()> {
+        self.tx
+            .send_to(&self.question, None)
+            .context("frame larger than the send buffer")??;
+        Ok(())
+    }
+
+    /// The MAC of the next answer received for the address, if one comes within the read
+    /// timeout.
+    fn answer(&mut self) -> Result<Option<MacAddr>> {
+        let frame = match self.rx.next() {
+            Ok(frame) => frame,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Ok(None),
+            Err(e) => return Err(e).context("receive"),
+        };
+        let mac = match parse_frame(frame) {
+            Ok(Frame::Arp(Arp::Reply(reply))) if IpAddr::V4(reply.sender_ip) == self.ip => {
+                Some(reply.sender_mac)
+            }
+            Ok(Frame::Ndp(Ndp::Advertisement(na))) if IpAddr::V6(na.target) == self.ip => {
+                Some(na.claimed_mac())
+            }
+            _ => None,
+        };
+        Ok(mac.filter(|mac| *mac != self.ours))
+    }
 }
 
 fn source_v4(link: &NetworkInterface) -> Ipv4Addr {

@@ -7,6 +7,7 @@
 //!   lab demo               the README's demo
 //!   lab bench-controller   Service creation to address, through the real API server
 //!   lab bench-soak         speakers left alone under CPU load or packet loss: false alarms
+//!   lab bench-scale        100 light nodes: gossip, spread, first answer, idle cost, failover
 
 use std::time::Duration;
 
@@ -55,6 +56,34 @@ enum Command {
     BenchController {
         #[arg(long, default_value_t = 1000)]
         services: usize,
+    },
+    /// Many light nodes with a speaker each, many Services: gossip convergence, spread,
+    /// Service → first ARP/NDP answer, idle cost, failover with every speaker a member.
+    BenchScale {
+        #[arg(long, default_value_t = 100)]
+        nodes: usize,
+        /// Nodes with kube-proxy, which the failover trials' traffic goes through.
+        #[arg(long, default_value_t = 6)]
+        kube_proxies: usize,
+        #[arg(long, default_value_t = 1000)]
+        services: usize,
+        /// Spread Services created per second, one at a time (0: 32 at a time, at once).
+        #[arg(long, default_value_t = 20)]
+        create_rate: u32,
+        /// Services created one at a time to time their first answer, per family.
+        #[arg(long, default_value_t = 40)]
+        answer_samples: usize,
+        #[arg(long, default_value_t = 60)]
+        idle_seconds: u64,
+        #[arg(long, default_value_t = 30)]
+        trials: usize,
+        /// A flag for every speaker (repeat for several), e.g.
+        /// `--speaker-flag=--fast-failover-max-echo-rate=200`.
+        #[arg(long, allow_hyphen_values = true)]
+        speaker_flag: Vec<String>,
+        /// Write an SVG plot of the failover gaps here.
+        #[arg(long)]
+        plot: Option<std::path::PathBuf>,
     },
     /// Speakers left alone under stress; counts what moved although every owner lived.
     BenchSoak {
@@ -118,6 +147,35 @@ async fn main() -> Result<()> {
             hogs,
             loss,
         } => bench::soak(seconds, nodes, addresses, hogs, loss).await,
+        Command::BenchScale {
+            nodes,
+            kube_proxies,
+            services,
+            create_rate,
+            answer_samples,
+            idle_seconds,
+            trials,
+            speaker_flag,
+            plot,
+        } => {
+            let exe = std::env::current_exe()?;
+            let config = lab::scale::ScaleConfig {
+                nodes,
+                kube_proxies,
+                services,
+                pace: match create_rate {
+                    0 => lab::scale::Pace::AtOnce,
+                    rate => lab::scale::Pace::PerSecond(rate),
+                },
+                answer_samples,
+                idle: Duration::from_secs(idle_seconds),
+                trials,
+                speaker: exe.with_file_name("ferrolb-speaker"),
+                speaker_flags: speaker_flag,
+                controller: exe.with_file_name("ferrolb-controller"),
+            };
+            bench::scale(config, plot).await
+        }
     }
 }
 

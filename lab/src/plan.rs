@@ -5,10 +5,10 @@
 //! | LAN                  | 198.51.100.0/24               | 2001:db8::/64                 |
 //! | API server           | 198.51.100.1                  | 2001:db8::1                   |
 //! | client               | 198.51.100.10                 | 2001:db8::10                  |
-//! | node i (1-based)     | 198.51.100.(10+i)             | 2001:db8::(10+i)              |
-//! | foreign hosts        | 198.51.100.(100+k)            | 2001:db8::(100+k)             |
+//! | node i (1-based)     | 198.51.100.(10+i), i ≤ 150    | 2001:db8::(10+i)              |
+//! | foreign hosts        | 198.51.100.(170+k), k ≤ 25    | 2001:db8::(100+k)             |
 //! | example pool         | 198.51.100.200-198.51.100.250 | 2001:db8::c8-2001:db8::fa     |
-//! | pods of node i       | 203.0.113.(16i)/28            | 2001:db8:1:i::/64             |
+//! | pods of node i ≤ 15  | 203.0.113.(16i)/28            | 2001:db8:1:i::/64             |
 //! | - CNI bridge (gw)    | 203.0.113.(16i+1)             | 2001:db8:1:i::1               |
 //! | - CNI pods           | 203.0.113.(16i+2)-(16i+14)    | 2001:db8:1:i::2-100           |
 //! | Service cluster IPs  | 192.0.2.0/24                  | 2001:db8:2::/112              |
@@ -28,8 +28,13 @@ pub const SERVICE_CIDR_V6: &str = "2001:db8:2::/112";
 pub const CLUSTER_CIDRS: &str = "203.0.113.0/24,2001:db8:1::/48";
 pub const EXAMPLE_POOL_V4: &str = "198.51.100.200-198.51.100.250";
 pub const EXAMPLE_POOL_V6: &str = "2001:db8::c8-2001:db8::fa";
-/// At most this many nodes fit the plan (pods get a /28 each in 203.0.113.0/24).
-pub const MAX_NODES: usize = 15;
+/// At most this many nodes fit the plan: light nodes (no kubelet, no pods), for the scale
+/// bench. Their addresses end below the foreign hosts'.
+pub const MAX_NODES: usize = 150;
+/// At most this many nodes have pod ranges (a /28 each in 203.0.113.0/24), and so run kubelets.
+pub const MAX_NODES_WITH_PODS: usize = 15;
+/// At most this many foreign hosts fit between the nodes and the example pool.
+pub const MAX_FOREIGN_HOSTS: usize = 25;
 /// Pods on the host's network take no CNI address: the speaker's, and the few the kubelet
 /// tests bind to a node.
 pub const HOST_NETWORK_PODS_PER_NODE: usize = 4;
@@ -59,11 +64,16 @@ pub fn node_v6(i: usize) -> Ipv6Addr {
 }
 
 pub fn foreign_v4(k: usize) -> Ipv4Addr {
-    Ipv4Addr::new(198, 51, 100, 100 + k as u8)
+    Ipv4Addr::new(198, 51, 100, 170 + k as u8)
 }
 
 pub fn foreign_v6(k: usize) -> Ipv6Addr {
     lan_v6(0x100 + k as u16)
+}
+
+/// Whether node `node` has a pod range (and may run pods).
+pub fn has_pods(node: usize) -> bool {
+    (1..=MAX_NODES_WITH_PODS).contains(&node)
 }
 
 pub fn pod_cidr_v4(node: usize) -> String {
@@ -139,6 +149,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn nodes_foreign_hosts_and_the_example_pool_never_share_an_address() {
+        let pool_start: Ipv4Addr = EXAMPLE_POOL_V4.split('-').next().unwrap().parse().unwrap();
+        let mut seen = std::collections::BTreeSet::from([apiserver_v4(), client_v4()]);
+        for i in 1..=MAX_NODES {
+            assert!(seen.insert(node_v4(i)), "node {i}");
+        }
+        for k in 1..=MAX_FOREIGN_HOSTS {
+            assert!(seen.insert(foreign_v4(k)), "foreign host {k}");
+        }
+        assert!(seen.iter().all(|a| *a < pool_start), "{seen:?}");
+        let v6: std::collections::BTreeSet<Ipv6Addr> = (1..=MAX_NODES)
+            .map(node_v6)
+            .chain((1..=MAX_FOREIGN_HOSTS).map(foreign_v6))
+            .chain([apiserver_v6(), client_v6()])
+            .collect();
+        assert_eq!(v6.len(), MAX_NODES + MAX_FOREIGN_HOSTS + 2);
+        let (first, last) = EXAMPLE_POOL_V6.split_once('-').unwrap();
+        let (first, last): (Ipv6Addr, Ipv6Addr) = (first.parse().unwrap(), last.parse().unwrap());
+        assert!(v6.iter().all(|a| *a < first || *a > last), "{v6:?}");
+    }
+
+    #[test]
     fn an_ipv6_only_node_has_room_for_150_pods_and_a_dual_stack_node_for_13() {
         assert_eq!(cni_addresses(true), 255);
         assert_eq!(cni_addresses(false), 13);
@@ -149,7 +181,7 @@ mod tests {
 
     #[test]
     fn each_cni_range_is_inside_its_node_range_past_the_network_short_of_broadcast() {
-        for node in 1..=MAX_NODES {
+        for node in 1..=MAX_NODES_WITH_PODS {
             let network = u32::from(pod_v4(node, 0));
             assert!(u32::from(cni_gateway_v4(node)) > network);
             assert!(cni_gateway_v4(node) < cni_last_v4(node));

@@ -1647,3 +1647,72 @@ async fn stressed_speakers_move_nothing() {
         );
     }
 }
+
+/// Issue 12: a short run of `lab bench-scale` (the 100-node figures are in bench/RESULTS.md):
+/// 20 light nodes, past the 15 the address plan gives pods, with one speaker each and
+/// kube-proxy on three. Every speaker must count every node; 200 Services must each be
+/// answered by exactly one node, every node owning some; new Services must be answered on the
+/// LAN; the gossip must cost bytes and the speakers memory that can be read; and every hard
+/// node death must be taken over.
+#[tokio::test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
+async fn twenty_light_nodes_converge_spread_answer_and_fail_over() {
+    lab::require_lab!();
+    let config = lab::scale::ScaleConfig {
+        nodes: 20,
+        kube_proxies: 3,
+        services: 200,
+        pace: lab::scale::Pace::AtOnce,
+        answer_samples: 3,
+        idle: Duration::from_secs(5),
+        trials: 3,
+        speaker: speaker(),
+        speaker_flags: vec![],
+        controller: controller_binary(),
+    };
+    let report = lab::scale::run(&config).await.unwrap();
+    for line in report.lines() {
+        report_figures(&line);
+    }
+    assert_eq!(report.owned_per_node.len(), 20);
+    assert_eq!(report.owned_per_node.iter().sum::<usize>(), 200);
+    assert!(
+        report.owned_per_node.iter().all(|n| *n > 0),
+        "a node owns nothing: {:?}",
+        report.owned_per_node
+    );
+    assert_eq!(report.first_answer_v4.gaps_ms.len(), 3);
+    assert_eq!(report.first_answer_v6.gaps_ms.len(), 3);
+    assert_eq!(report.failover.gaps_ms.len(), 3);
+    for idle in [&report.idle_with_addresses, &report.idle_without] {
+        for (i, (bytes_in, bytes_out)) in idle
+            .gossip_in_per_second
+            .iter()
+            .zip(&idle.gossip_out_per_second)
+            .enumerate()
+        {
+            assert!(
+                *bytes_in > 0.0 && *bytes_out > 0.0,
+                "speaker {} counted no gossip bytes: in {bytes_in}, out {bytes_out}",
+                i + 1
+            );
+        }
+        assert!(idle.rss_kib.iter().all(|k| *k > 0));
+    }
+    // With 200 addresses over 20 nodes every node succeeds some owner, and asks it; with none,
+    // nobody asks anybody.
+    assert!(
+        report
+            .idle_with_addresses
+            .echo_per_second
+            .iter()
+            .all(|r| *r > 0.0),
+        "{:?}",
+        report.idle_with_addresses
+    );
+    assert!(
+        report.idle_without.watched_nodes.iter().all(|n| *n == 0.0),
+        "{:?}",
+        report.idle_without
+    );
+}

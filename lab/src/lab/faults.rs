@@ -71,7 +71,7 @@ impl Lab {
             self.restart_node_agent(i)?;
         }
         let node = &self.nodes[i - 1];
-        let kube_proxy = if node.kube_proxy.is_none() {
+        let kube_proxy = if node.proxied && node.kube_proxy.is_none() {
             Some(self.start_kube_proxy(
                 &node.ns,
                 &node.name,
@@ -242,6 +242,12 @@ impl Lab {
     /// A host on the LAN that is not a node and owns `ips` (the kernel answers ARP/NDP for
     /// them): a foreign claim on an address.
     pub fn add_foreign_host(&mut self, ips: &[IpAddr]) -> Result<NetNs> {
+        if self.foreign == plan::MAX_FOREIGN_HOSTS {
+            bail!(
+                "the address plan has room for {} foreign hosts",
+                plan::MAX_FOREIGN_HOSTS
+            );
+        }
         self.foreign += 1;
         let k = self.foreign;
         let ns = NetNs::create(&format!("{}-f{k}", self.prefix))?;

@@ -36,7 +36,7 @@ pub use install::{CONTROLLER_DEPLOYMENT, NAMESPACE as FERROLB_NAMESPACE, SPEAKER
 pub use network::Capture;
 
 use control_plane::lan_apiserver_url;
-use network::{attach, control_plane_pod_routes};
+use network::{attach, control_plane_pod_routes, room_for_neighbours};
 
 /// Every lab namespace starts with this, then 4 hex digits, then `-`.
 pub const PREFIX_STEM: &str = "flb";
@@ -82,6 +82,9 @@ pub struct LabConfig {
     pub kubelets: bool,
     /// How ferrolb runs.
     pub install: Install,
+    /// kube-proxy runs on nodes 1 to this many only (`None`: on every node). The scale bench's
+    /// light nodes run a speaker and nothing else; traffic goes through the first few.
+    pub kube_proxies: Option<usize>,
 }
 
 impl LabConfig {
@@ -92,6 +95,15 @@ impl LabConfig {
             nodes,
             pods: vec![1, nodes.clamp(1, 2)],
             ..Default::default()
+        }
+    }
+
+    /// `nodes` light nodes (up to [`plan::MAX_NODES`]): no kubelet, no pods, kube-proxy on the
+    /// first `kube_proxies` only. For the scale bench.
+    pub fn light(nodes: usize, kube_proxies: usize) -> LabConfig {
+        LabConfig {
+            kube_proxies: Some(kube_proxies),
+            ..LabConfig::bare(nodes)
         }
     }
 
@@ -120,6 +132,7 @@ impl Default for LabConfig {
             controller_manager: false,
             kubelets: true,
             install: Install::Processes,
+            kube_proxies: None,
         }
     }
 }
@@ -131,6 +144,8 @@ pub struct LabNode {
     pub ipv4: IpAddr,
     pub ipv6: IpAddr,
     kube_proxy: Option<Proc>,
+    /// Whether the node runs kube-proxy (and so gets it back when revived).
+    proxied: bool,
     speaker: Option<Proc>,
     heartbeat: Option<JoinHandle<()>>,
     /// The kubelet (with containerd beside it), when the lab runs them.
@@ -277,6 +292,13 @@ impl Lab {
                 config.nodes
             );
         }
+        if config.kubelets && config.nodes > plan::MAX_NODES_WITH_PODS {
+            bail!(
+                "nodes with kubelets need pod ranges: at most {}, not {}",
+                plan::MAX_NODES_WITH_PODS,
+                config.nodes
+            );
+        }
         if let Some(bad) = config.pods.iter().find(|n| **n == 0 || **n > config.nodes) {
             bail!(
                 "pod on node {bad}, but the lab has nodes 1 to {}",
@@ -317,6 +339,7 @@ impl Lab {
         }
         std::fs::create_dir_all(&dir)?;
         tracing::info!(%prefix, dir = %dir.display(), "starting lab");
+        room_for_neighbours(config.nodes)?;
 
         // The LAN: a bridge in its own namespace, so no node's iptables sees bridged frames.
         let lan = NetNs::create(&format!("{prefix}-lan"))?;

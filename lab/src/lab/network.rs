@@ -100,7 +100,7 @@ impl Capture {
 /// host-gw routing in node `i`: every other node's pods through that node (`replace`, so that
 /// it can run again after a link flap).
 pub(super) fn pod_routes(ns: &NetNs, i: usize, nodes: usize) -> Result<()> {
-    routes_to_pods(ns, (1..=nodes).filter(|j| *j != i))
+    routes_to_pods(ns, (1..=nodes).filter(|j| *j != i && plan::has_pods(*j)))
 }
 
 /// The control plane's way back to pods (with kubelets): every node's pods through that node,
@@ -157,6 +157,30 @@ fn veth(outer: &NetNs, outer_name: &str, inner: &NetNs) -> Result<()> {
         inner.name(),
     ];
     outer.ip(&args)?;
+    Ok(())
+}
+
+/// Makes room in the kernel's neighbour tables for a lab of `nodes` nodes. The tables are one
+/// per machine, shared by every namespace, and each node keeps an entry for every node it
+/// gossips with: 100 nodes need ~10,000 entries where 100 real machines need ~100 each. Past
+/// `gc_thresh3` (1024 by default) the kernel refuses new entries ("neighbor table overflow")
+/// and connections fail. Only raises the limits, never lowers them.
+pub(super) fn room_for_neighbours(nodes: usize) -> Result<()> {
+    let needed = (nodes + 8) * (nodes + 8) * 2;
+    for family in ["ipv4", "ipv6"] {
+        for (knob, value) in [
+            ("gc_thresh3", needed),
+            ("gc_thresh2", needed / 2),
+            ("gc_thresh1", needed / 8),
+        ] {
+            let path = format!("/proc/sys/net/{family}/neigh/default/{knob}");
+            let now: usize = std::fs::read_to_string(&path)?.trim().parse()?;
+            if now < value {
+                std::fs::write(&path, value.to_string())?;
+                tracing::info!(%path, from = now, to = value, "raised for the lab's nodes");
+            }
+        }
+    }
     Ok(())
 }
 

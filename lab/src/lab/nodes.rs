@@ -42,13 +42,15 @@ impl Lab {
         if agents.is_some() {
             service_routes(&ns)?;
         }
-        let (published, pod_cidrs) = if config.ipv6_only {
-            (vec![ipv6], vec![plan::pod_cidr_v6(i)])
+        let published = if config.ipv6_only {
+            vec![ipv6]
         } else {
-            (
-                vec![ipv4, ipv6],
-                vec![plan::pod_cidr_v4(i), plan::pod_cidr_v6(i)],
-            )
+            vec![ipv4, ipv6]
+        };
+        let pod_cidrs = match (plan::has_pods(i), config.ipv6_only) {
+            (false, _) => vec![],
+            (true, true) => vec![plan::pod_cidr_v6(i)],
+            (true, false) => vec![plan::pod_cidr_v4(i), plan::pod_cidr_v6(i)],
         };
         // A kubelet registers its Node (with --node-ip the same addresses) and renews its Lease.
         let (heartbeat, kubelet) = match agents {
@@ -61,14 +63,19 @@ impl Lab {
                 )
             }
         };
-        let kube_proxy = self.start_kube_proxy(&ns, &name, proxy_kubeconfig)?;
+        let proxied = config.kube_proxies.is_none_or(|n| i <= n);
+        let kube_proxy = match proxied {
+            true => Some(self.start_kube_proxy(&ns, &name, proxy_kubeconfig)?),
+            false => None,
+        };
         Ok(LabNode {
             index: i,
             name,
             ns,
             ipv4,
             ipv6,
-            kube_proxy: Some(kube_proxy),
+            kube_proxy,
+            proxied,
             speaker: None,
             heartbeat,
             kubelet,
@@ -106,7 +113,7 @@ impl Lab {
 
     pub(super) async fn wait_for_kube_proxies(&mut self, within: Duration) -> Result<()> {
         let deadline = Instant::now() + within;
-        for node in &mut self.nodes {
+        for node in self.nodes.iter_mut().filter(|n| n.proxied) {
             let ns = node.ns.clone();
             let target = SocketAddr::new(node.ipv4, 10256);
             loop {

@@ -1,0 +1,640 @@
+//! The scale run: many light nodes with a speaker each, many Services through the real API
+//! server and controller, and what that costs and how fast it is. Measures:
+//! - how long the gossip takes to converge (every speaker counting every node);
+//! - how evenly the addresses of one pool spread over the nodes;
+//! - Service created → the first ARP / NDP answer for its address on the LAN;
+//! - idle cost per speaker: CPU, gossip bytes, resident memory;
+//! - hard node death failover with every speaker in the membership (traffic goes through the
+//!   first few nodes, the only ones with kube-proxy, selected by their own advertisement).
+//!
+//! Prints nothing and asserts nothing about time: it returns a [`ScaleReport`], and the bench
+//! command prints it, the test checks what must hold whatever the machine's speed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Service;
+use kube::Api;
+use kube::runtime::{WatchStreamExt, watcher};
+
+use crate::figures::{Figures, metric, metric_sum};
+use crate::{Lab, LabConfig, plan};
+
+/// The label of the nodes traffic goes through (the ones running kube-proxy).
+const TRAFFIC_LABEL: &str = "bench.ferrolb.io/traffic";
+/// The spread pool: inside the LAN's /64, far from every node's and the example pool's.
+const SCALE_POOL: &str = "2001:db8::1:0/112";
+/// Addresses the first-answer samples ask for, out of the scale pool's top (IPv6) and the
+/// traffic pool (IPv4), so they never collide with the automatically assigned ones.
+fn sample_v6(k: usize) -> IpAddr {
+    IpAddr::V6(Ipv6Addr::new(
+        0x2001,
+        0xdb8,
+        0,
+        0,
+        0,
+        0,
+        1,
+        0xf000 + k as u16,
+    ))
+}
+fn sample_v4(k: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(198, 51, 100, 210 + k as u8))
+}
+/// The failover Service's addresses, one per trial in turn.
+fn trial_v4(trial: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(198, 51, 100, 200 + (trial % 10) as u8))
+}
+const MAX_V4_SAMPLES: usize = 40;
+
+#[derive(Debug, Clone)]
+pub struct ScaleConfig {
+    /// Light nodes, each with a speaker.
+    pub nodes: usize,
+    /// Nodes with kube-proxy, through which the failover trials' traffic goes (at least 2).
+    pub kube_proxies: usize,
+    /// Services with one IPv6 address each from the spread pool.
+    pub services: usize,
+    /// Services created one at a time for the first-answer latency, per family (IPv4 at most
+    /// 40).
+    pub answer_samples: usize,
+    /// How the spread Services are created. On two cores, 100 speakers and the API server
+    /// cannot take 1000 at once: the speakers' gossip starves and flaps.
+    pub pace: Pace,
+    /// How long the idle cost is measured.
+    pub idle: Duration,
+    /// Hard node death trials.
+    pub trials: usize,
+    pub speaker: PathBuf,
+    /// Extra flags for every speaker.
+    pub speaker_flags: Vec<String>,
+    pub controller: PathBuf,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ScaleReport {
+    pub nodes: usize,
+    pub services: usize,
+    /// From the first speaker's start to every speaker counting every node.
+    pub converged: Duration,
+    /// From the first Service's creation to every one having an address in status.
+    pub addressed: Duration,
+    /// From the first Service's creation to every address owned by exactly one speaker.
+    pub announced: Duration,
+    /// Addresses of the spread pool owned per node, node 1 first.
+    pub owned_per_node: Vec<usize>,
+    /// Service created → first ARP answer (IPv4) / NDP answer (IPv6), in ms.
+    pub first_answer_v4: Figures,
+    pub first_answer_v6: Figures,
+    /// The speakers' cost with every spread address in place, and again with none.
+    pub idle_with_addresses: Idle,
+    pub idle_without: Idle,
+    pub controller_rss_kib: u64,
+    /// Times the controller exited while the Services were created, and was started again.
+    pub controller_restarts: usize,
+    /// Hard node death gaps, ms.
+    pub failover: Figures,
+}
+
+/// Per speaker, over a window in which nothing changes.
+#[derive(Debug, Clone, Default)]
+pub struct Idle {
+    pub seconds: f64,
+    pub cpu_seconds_per_hour: Vec<f64>,
+    /// Gossip UDP payload bytes per second, in and out.
+    pub gossip_in_per_second: Vec<f64>,
+    pub gossip_out_per_second: Vec<f64>,
+    /// The fast path's echo requests per second, and the nodes it watches at the end.
+    pub echo_per_second: Vec<f64>,
+    pub watched_nodes: Vec<f64>,
+    /// Resident set at the end, KiB.
+    pub rss_kib: Vec<u64>,
+}
+
+impl Idle {
+    fn line(&self, what: &str) -> String {
+        let rss: Vec<f64> = self.rss_kib.iter().map(|k| *k as f64 / 1024.0).collect();
+        format!(
+            "FIGURES scale, {what}, idle for {:.0} s: per speaker CPU s per hour {}; gossip bytes/s in {}, out {}; echo requests/s {} to watched nodes {}; RSS MiB {}",
+            self.seconds,
+            stats(&self.cpu_seconds_per_hour),
+            stats(&self.gossip_in_per_second),
+            stats(&self.gossip_out_per_second),
+            stats(&self.echo_per_second),
+            stats(&self.watched_nodes),
+            stats(&rss),
+        )
+    }
+}
+
+/// Min, mean and max.
+fn stats(v: &[f64]) -> String {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let mean = s.iter().sum::<f64>() / s.len().max(1) as f64;
+    format!(
+        "min {:.1}, mean {:.1}, max {:.1}",
+        s.first().copied().unwrap_or(0.0),
+        mean,
+        s.last().copied().unwrap_or(0.0)
+    )
+}
+
+impl ScaleReport {
+    /// The report as lines of text, for the bench's output and the figures file.
+    pub fn lines(&self) -> Vec<String> {
+        let owned: Vec<f64> = self.owned_per_node.iter().map(|n| *n as f64).collect();
+        let what = format!("{} nodes", self.nodes);
+        vec![
+            format!(
+                "FIGURES scale, {what}: gossip converged (every speaker counts {} members) {:.2} s after the first speaker started",
+                self.nodes,
+                self.converged.as_secs_f64()
+            ),
+            format!(
+                "FIGURES scale, {what}: {} Services all addressed after {:.2} s, every address owned by exactly one speaker after {:.2} s; the controller restarted {} times meanwhile",
+                self.services,
+                self.addressed.as_secs_f64(),
+                self.announced.as_secs_f64(),
+                self.controller_restarts
+            ),
+            format!(
+                "FIGURES scale, {what}: addresses owned per node, {} addresses: {} (every node: {:?})",
+                self.services,
+                stats(&owned),
+                self.owned_per_node
+            ),
+            self.first_answer_v4.summary(&format!(
+                "scale, {what}: Service created -> first ARP answer"
+            )),
+            self.first_answer_v6.summary(&format!(
+                "scale, {what}: Service created -> first NDP answer"
+            )),
+            self.idle_with_addresses
+                .line(&format!("{what}, {} Services", self.services)),
+            self.idle_without.line(&format!("{what}, no Service")),
+            format!(
+                "FIGURES scale, {what}: controller RSS with {} Services {:.1} MiB",
+                self.services,
+                self.controller_rss_kib as f64 / 1024.0
+            ),
+            self.failover.summary(&format!(
+                "scale, {what}: hard node death, {} speakers in the membership",
+                self.nodes
+            )),
+        ]
+    }
+}
+
+/// Runs the whole scale run; the lab is torn down on return, also on failure.
+pub async fn run(config: &ScaleConfig) -> Result<ScaleReport> {
+    if config.kube_proxies < 2 || config.kube_proxies > config.nodes {
+        bail!(
+            "the failover trials need 2 to {} nodes with kube-proxy",
+            config.nodes
+        );
+    }
+    let mut lab = Lab::start(LabConfig {
+        // The failover Service's backend is outside the cluster: its Endpoints are mirrored.
+        controller_manager: true,
+        ..LabConfig::light(config.nodes, config.kube_proxies)
+    })
+    .await?;
+    let mut report = ScaleReport {
+        nodes: config.nodes,
+        services: config.services,
+        ..Default::default()
+    };
+    lab.apply(&format!(
+        "apiVersion: ferrolb.io/v1alpha1\nkind: IPAddressPool\nmetadata:\n  name: traffic\nspec:\n  addresses: [{}]\n  autoAssign: false\n---\napiVersion: ferrolb.io/v1alpha1\nkind: L2Advertisement\nmetadata:\n  name: traffic\nspec:\n  ipAddressPools: [traffic]\n  nodeSelectors: [{{matchLabels: {{{TRAFFIC_LABEL}: \"true\"}}}}]\n---\napiVersion: ferrolb.io/v1alpha1\nkind: IPAddressPool\nmetadata:\n  name: scale\nspec:\n  addresses: [{SCALE_POOL}]\n---\napiVersion: ferrolb.io/v1alpha1\nkind: L2Advertisement\nmetadata:\n  name: scale\nspec:\n  ipAddressPools: [scale]\n",
+        plan::EXAMPLE_POOL_V4
+    ))
+    .await?;
+    for i in 1..=config.kube_proxies {
+        lab.label_node(i, TRAFFIC_LABEL, Some("true")).await?;
+    }
+
+    let start = Instant::now();
+    let flags: Vec<&str> = config.speaker_flags.iter().map(String::as_str).collect();
+    for i in 1..=config.nodes {
+        lab.start_speaker_with(&config.speaker, i, &flags).await?;
+    }
+    every_speaker_counts(&lab, config.nodes, Duration::from_secs(300)).await?;
+    report.converged = start.elapsed();
+
+    // With the Deployment's 15 s Lease: the lab's default 4 s (for quick takeover tests) is
+    // lost when the API server answers slower than 2.7 s, as it does here while it creates
+    // Services for 100 watching speakers on two cores.
+    let options = crate::ControllerOptions {
+        lease_duration: Duration::from_secs(15),
+        ..Default::default()
+    };
+    lab.start_controller_with(&config.controller, 1, options.clone())
+        .await?;
+    tracing::info!(
+        converged_s = report.converged.as_secs_f64(),
+        "every speaker counts every node"
+    );
+    lab.kubectl(&["create", "namespace", "scale"]).await?;
+    let api: Api<Service> = Api::namespaced(lab.client(), "scale");
+    let start = Instant::now();
+    let creating = create_services(&api, config.services, config.pace, |i| {
+        serde_json::json!({
+            "metadata": {"name": format!("s{i}"), "annotations": {model::service::ANNOTATION_POOL: "scale"}},
+            "spec": single_stack("IPv6"),
+        })
+    });
+    tokio::pin!(creating);
+    // The controller exits when it cannot renew its Lease in time (the API server starved of
+    // CPU); its Deployment would start it again, and so does the bench, counting.
+    let created = loop {
+        tokio::select! {
+            created = &mut creating => break created?,
+            () = tokio::time::sleep(Duration::from_millis(500)) => {
+                if let Some(exit) = lab.controller_exited(1) {
+                    report.controller_restarts += 1;
+                    tracing::warn!(%exit, "the controller exited; starting it again");
+                    lab.start_controller_with(&config.controller, 1, options.clone()).await?;
+                }
+            }
+        }
+    };
+    report.addressed = created.all_addressed;
+    let owners = every_address_owned_once(&lab, config.services, Duration::from_secs(600)).await?;
+    report.announced = start.elapsed();
+    report.owned_per_node = (1..=config.nodes)
+        .map(|i| owners.values().filter(|n| **n == i).count())
+        .collect();
+    tracing::info!(
+        addressed_s = report.addressed.as_secs_f64(),
+        announced_s = report.announced.as_secs_f64(),
+        "every Service addressed and announced"
+    );
+
+    for k in 0..config.answer_samples {
+        let ms = first_answer_ms(&lab, &api, &format!("first-v6-{k}"), sample_v6(k)).await?;
+        report.first_answer_v6.gaps_ms.push(ms);
+    }
+    for k in 0..config.answer_samples.min(MAX_V4_SAMPLES) {
+        let ms = first_answer_ms(&lab, &api, &format!("first-v4-{k}"), sample_v4(k)).await?;
+        report.first_answer_v4.gaps_ms.push(ms);
+    }
+
+    tracing::info!(
+        v4 = ?report.first_answer_v4.gaps_ms,
+        v6 = ?report.first_answer_v6.gaps_ms,
+        "first answers (ms)"
+    );
+    report.idle_with_addresses = idle_cost(&lab, config.idle).await?;
+    let pid = lab
+        .controller_pid(1)
+        .context("the controller is not running")?;
+    report.controller_rss_kib = rss_kib(pid as i32)?;
+    // The failover trials run without the spread addresses: on two cores, 100 nodes' fast
+    // paths watching ten owners each (100,000 echo requests a second in all) starve the API
+    // server, which real nodes, each with its own CPUs, would not.
+    api.delete_collection(&Default::default(), &Default::default())
+        .await?;
+    every_address_owned_once(&lab, 0, Duration::from_secs(300)).await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    report.idle_without = idle_cost(&lab, config.idle).await?;
+
+    report.failover = failover_trials(&mut lab, config).await?;
+    Ok(report)
+}
+
+/// A single-stack LoadBalancer Service's spec on port 80, asking for no NodePorts (their
+/// default range holds 2768; L2 traffic takes kube-proxy's rules for the address itself).
+fn single_stack(family: &str) -> serde_json::Value {
+    serde_json::json!({"type": "LoadBalancer", "allocateLoadBalancerNodePorts": false, "ipFamilies": [family], "ipFamilyPolicy": "SingleStack", "ports": [{"port": 80}]})
+}
+
+/// Waits until every speaker's gossip counts `n` live members.
+async fn every_speaker_counts(lab: &Lab, n: usize, within: Duration) -> Result<()> {
+    let deadline = Instant::now() + within;
+    for i in 1..=lab.nodes().len() {
+        loop {
+            let text = lab.speaker_metrics(i).await.unwrap_or_default();
+            if metric(&text, "ferrolb_speaker_members") == Some(n as f64) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "speaker {i} counts {:?} members, not {n}",
+                    metric(&text, "ferrolb_speaker_members")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
+/// The owner (node) of every address of the spread pool, once `n` of them are each owned by
+/// exactly one speaker, from the speakers' `ferrolb_speaker_owned_address` series.
+async fn every_address_owned_once(
+    lab: &Lab,
+    n: usize,
+    within: Duration,
+) -> Result<BTreeMap<String, usize>> {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut owners: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for i in 1..=lab.nodes().len() {
+            let text = lab.speaker_metrics(i).await.unwrap_or_default();
+            for address in owned_addresses(&text) {
+                if address.starts_with("2001:db8::1:") {
+                    owners.entry(address).or_default().push(i);
+                }
+            }
+        }
+        let twice: Vec<_> = owners.iter().filter(|(_, o)| o.len() > 1).collect();
+        if owners.len() == n && twice.is_empty() {
+            return Ok(owners.into_iter().map(|(a, o)| (a, o[0])).collect());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} of {n} addresses owned; owned by several nodes: {twice:?}",
+                owners.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The addresses a speaker's metrics say it owns.
+fn owned_addresses(metrics: &str) -> Vec<String> {
+    metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("ferrolb_speaker_owned_address{address=\""))
+        .filter_map(|rest| rest.split_once("\"} "))
+        .filter(|(_, value)| value.trim() == "1")
+        .map(|(address, _)| address.to_string())
+        .collect()
+}
+
+/// Creates Service `name` asking for `ip` while the client asks the LAN who has `ip` every
+/// 5 ms; the time from the creation call to the first answer, in ms.
+async fn first_answer_ms(lab: &Lab, api: &Api<Service>, name: &str, ip: IpAddr) -> Result<f64> {
+    let family = if ip.is_ipv4() { "IPv4" } else { "IPv6" };
+    let svc: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "annotations": {model::service::ANNOTATION_IPS: ip.to_string()}},
+        "spec": single_stack(family),
+    }))?;
+    let ns = lab.client_ns.clone();
+    let asking = tokio::task::spawn_blocking(move || {
+        crate::l2query::first_answer(
+            &ns,
+            "eth0",
+            ip,
+            Duration::from_millis(5),
+            Duration::from_secs(20),
+        )
+    });
+    // The question is on the wire before the Service exists.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let created = Instant::now();
+    api.create(&Default::default(), &svc).await?;
+    let answered = asking
+        .await??
+        .with_context(|| format!("nobody answered for {ip} within 20 s of creating {name}"))?;
+    Ok(answered.saturating_duration_since(created).as_secs_f64() * 1e3)
+}
+
+/// CPU, gossip bytes, echo requests and resident memory of every speaker over `idle`.
+async fn idle_cost(lab: &Lab, idle: Duration) -> Result<Idle> {
+    let nodes = lab.nodes().len();
+    let pids: Vec<i32> = (1..=nodes)
+        .map(|i| lab.speaker_process(i))
+        .collect::<Result<_>>()?;
+    let counters = |text: &str| {
+        let bytes = |direction: &str| {
+            metric_sum(
+                text,
+                "ferrolb_speaker_gossip_bytes_total",
+                &format!("direction=\"{direction}\""),
+            )
+        };
+        let echo = metric(text, "ferrolb_speaker_fast_path_echo_requests_total").unwrap_or(0.0);
+        [bytes("in"), bytes("out"), echo]
+    };
+    let mut before = vec![];
+    for (i, pid) in (1..=nodes).zip(&pids) {
+        let text = lab.speaker_metrics(i).await?;
+        before.push((crate::soak::cpu_seconds(*pid)?, counters(&text)));
+    }
+    let start = Instant::now();
+    tokio::time::sleep(idle).await;
+    let seconds = start.elapsed().as_secs_f64();
+    let mut out = Idle {
+        seconds,
+        ..Default::default()
+    };
+    for (i, pid) in (1..=nodes).zip(&pids) {
+        let text = lab.speaker_metrics(i).await?;
+        let (cpu, [bytes_in, bytes_out, echo]) = before[i - 1];
+        let [now_in, now_out, now_echo] = counters(&text);
+        out.cpu_seconds_per_hour
+            .push((crate::soak::cpu_seconds(*pid)? - cpu) * 3600.0 / seconds);
+        out.gossip_in_per_second.push((now_in - bytes_in) / seconds);
+        out.gossip_out_per_second
+            .push((now_out - bytes_out) / seconds);
+        out.echo_per_second.push((now_echo - echo) / seconds);
+        out.watched_nodes
+            .push(metric(&text, "ferrolb_speaker_fast_path_watched_nodes").unwrap_or(0.0));
+        out.rss_kib.push(rss_kib(*pid)?);
+    }
+    Ok(out)
+}
+
+fn rss_kib(pid: i32) -> Result<u64> {
+    let text = crate::process::proc_status(pid as u32, "VmRSS")?;
+    Ok(text.trim_end_matches(" kB").trim().parse()?)
+}
+
+/// Hard node death trials on Service `hello` (a selectorless Service in front of a host
+/// outside the cluster), each on the next address of the traffic pool, so the owner varies.
+async fn failover_trials(lab: &mut Lab, config: &ScaleConfig) -> Result<Figures> {
+    let backend = lab.add_external_backend("outside")?;
+    lab.expose_external("default", "hello", backend.ipv4)
+        .await?;
+    let mut figures = Figures::default();
+    for trial in 0..config.trials {
+        let vip = trial_v4(trial);
+        lab.kubectl(&[
+            "annotate",
+            "--overwrite",
+            "service",
+            "hello",
+            &format!("{}={vip}", model::service::ANNOTATION_IPS),
+        ])
+        .await?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while lab.ingress("default", "hello").await? != [vip] {
+            if Instant::now() > deadline {
+                bail!("trial {trial}: hello never got {vip}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for i in 1..=config.kube_proxies {
+            while !lab.proxy_programs(i, vip)? {
+                if Instant::now() > deadline {
+                    bail!("trial {trial}: kube-proxy on node {i} never programmed {vip}");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        let victim = lab.agreed_owner(vip, Duration::from_secs(60)).await?;
+        lab.settle(vip).await?;
+        let gap = lab
+            .time_hard_death(victim, vip)
+            .await
+            .with_context(|| format!("trial {trial}"))?;
+        figures.gaps_ms.push(gap.as_secs_f64() * 1e3);
+        tracing::info!(trial, victim, gap_ms = gap.as_secs_f64() * 1e3, "node died");
+        lab.revive_node(victim).await?;
+        let flags: Vec<&str> = config.speaker_flags.iter().map(String::as_str).collect();
+        lab.start_speaker_with(&config.speaker, victim, &flags)
+            .await?;
+        every_speaker_counts(lab, config.nodes, Duration::from_secs(120)).await?;
+    }
+    drop(backend);
+    Ok(figures)
+}
+
+/// What [`create_services`] measured.
+pub struct Created {
+    /// Until the API server had answered the last creation.
+    pub all_created: Duration,
+    /// Until every Service had an address in its status.
+    pub all_addressed: Duration,
+    /// Each Service's time from its creation call to its first status with an address.
+    pub latencies: Vec<Duration>,
+}
+
+/// How [`create_services`] paces its creations.
+#[derive(Debug, Clone, Copy)]
+pub enum Pace {
+    /// As fast as the API server takes them, 32 at a time.
+    AtOnce,
+    /// One at a time, at most this many a second.
+    PerSecond(u32),
+}
+
+/// Creates `n` Services (`service(i)` is the i-th, a JSON object) at `pace`, while a watch
+/// records when each first shows an address in `status.loadBalancer.ingress`.
+pub async fn create_services(
+    api: &Api<Service>,
+    n: usize,
+    pace: Pace,
+    service: impl Fn(usize) -> serde_json::Value,
+) -> Result<Created> {
+    const LIMIT: Duration = Duration::from_secs(900);
+    let created: Arc<Mutex<HashMap<String, Instant>>> = Default::default();
+    let watch = {
+        let (api, created) = (api.clone(), created.clone());
+        tokio::spawn(async move {
+            let mut latencies = vec![];
+            let mut stream = watcher(api, watcher::Config::default())
+                .applied_objects()
+                .boxed();
+            while let Some(Ok(svc)) = stream.next().await {
+                let has_ip = svc
+                    .status
+                    .and_then(|s| s.load_balancer)
+                    .and_then(|l| l.ingress)
+                    .is_some_and(|i| !i.is_empty());
+                let name = svc.metadata.name.unwrap_or_default();
+                if has_ip && let Some(t) = created.lock().expect("not poisoned").remove(&name) {
+                    latencies.push(t.elapsed());
+                    if latencies.len() == n {
+                        break;
+                    }
+                }
+            }
+            latencies
+        })
+    };
+    let services: Vec<Service> = (0..n)
+        .map(|i| serde_json::from_value(service(i)))
+        .collect::<Result<_, _>>()?;
+    let failed = Mutex::new(Vec::<String>::new());
+    let start = Instant::now();
+    let (concurrency, gap) = match pace {
+        Pace::AtOnce => (32, Duration::ZERO),
+        Pace::PerSecond(rate) => (1, Duration::from_secs(1) / rate.max(1)),
+    };
+    futures::stream::iter(services)
+        .for_each_concurrent(concurrency, |svc| {
+            let (api, created, failed) = (api.clone(), created.clone(), &failed);
+            async move {
+                let name = svc.metadata.name.clone().unwrap_or_default();
+                created
+                    .lock()
+                    .expect("not poisoned")
+                    .insert(name.clone(), Instant::now());
+                if let Err(e) = api.create(&Default::default(), &svc).await {
+                    failed
+                        .lock()
+                        .expect("not poisoned")
+                        .push(format!("{name}: {e}"));
+                }
+                tokio::time::sleep(gap).await;
+            }
+        })
+        .await;
+    let all_created = start.elapsed();
+    let failed = failed.into_inner().expect("not poisoned");
+    if let Some(first) = failed.first() {
+        watch.abort();
+        bail!(
+            "{} of {n} creations failed; the first: {first}",
+            failed.len()
+        );
+    }
+    let latencies = tokio::time::timeout(LIMIT, watch)
+        .await
+        .context("not every Service got an address")??;
+    Ok(Created {
+        all_created,
+        all_addressed: start.elapsed(),
+        latencies,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owned_addresses_are_read_from_the_speakers_series() {
+        let text = "# TYPE ferrolb_speaker_owned_address gauge\nferrolb_speaker_owned_address{address=\"2001:db8::1:5\"} 1\nferrolb_speaker_owned_address{address=\"198.51.100.200\"} 1\nferrolb_speaker_owned_address{address=\"2001:db8::1:6\"} 0\nferrolb_speaker_members 3\n";
+        assert_eq!(owned_addresses(text), ["2001:db8::1:5", "198.51.100.200"]);
+    }
+
+    #[test]
+    fn sample_and_trial_addresses_stay_in_their_pools_and_apart() {
+        let v4: std::collections::BTreeSet<_> = (0..MAX_V4_SAMPLES)
+            .map(sample_v4)
+            .chain((0..10).map(trial_v4))
+            .collect();
+        assert_eq!(v4.len(), MAX_V4_SAMPLES + 10);
+        let last: IpAddr = "198.51.100.250".parse().unwrap();
+        assert!(v4.iter().all(|a| *a <= last));
+        // Inside 2001:db8::1:0/112, above the lowest 10,000 the Services get.
+        for k in [0, 999] {
+            let IpAddr::V6(a) = sample_v6(k) else {
+                panic!("an IPv6 sample")
+            };
+            let s = a.segments();
+            assert_eq!(s[..7], [0x2001, 0xdb8, 0, 0, 0, 0, 1]);
+            assert!(s[7] >= 10_000);
+        }
+        assert_eq!(SCALE_POOL, "2001:db8::1:0/112");
+    }
+}
