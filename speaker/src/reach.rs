@@ -92,14 +92,17 @@ pub fn start(config: Config, metrics: Metrics) -> (Watcher, watch::Receiver<BTre
 /// socket needs, without unsafe code.
 struct Family {
     v6: bool,
+    /// Our requests' identifier: the socket lets through only replies carrying it.
+    identifier: u16,
     socket: Option<UdpSocket>,
     failed: bool,
 }
 
 impl Family {
-    fn new(v6: bool) -> Family {
+    fn new(v6: bool, identifier: u16) -> Family {
         Family {
             v6,
+            identifier,
             socket: None,
             failed: false,
         }
@@ -112,8 +115,13 @@ impl Family {
             } else {
                 (Domain::IPV4, Protocol::ICMPV4)
             };
+            let filter: Vec<socket2::SockFilter> = echo::reply_filter(self.v6, self.identifier)
+                .into_iter()
+                .map(|(code, jt, jf, k)| socket2::SockFilter::new(code, jt, jf, k))
+                .collect();
             match Socket::new(domain, Type::RAW, Some(protocol)).and_then(|s| {
                 s.set_nonblocking(true)?;
+                s.attach_filter(&filter)?;
                 Ok(s)
             }) {
                 Ok(socket) => self.socket = Some(socket.into()),
@@ -155,9 +163,12 @@ fn run(
     verdict: &watch::Sender<BTreeSet<NodeName>>,
 ) {
     let mut reach: Reach<NodeName> = Reach::new(config);
-    let mut families = [Family::new(false), Family::new(true)];
     // Tells our replies from other programs' on the node (ping uses its PID the same way).
     let identifier = (std::process::id() as u16) ^ 0xfe11;
+    let mut families = [
+        Family::new(false, identifier),
+        Family::new(true, identifier),
+    ];
     let mut unreachable = BTreeSet::new();
     loop {
         // The latest list only.

@@ -55,9 +55,132 @@ pub fn reply(v6: bool, identifier: u16, packet: &[u8]) -> Option<u16> {
     Some(u16::from_be_bytes([message[6], message[7]]))
 }
 
+/// One classic BPF instruction (`struct sock_filter`): code, jump if true, jump if false, k.
+pub type BpfInstruction = (u16, u8, u8, u32);
+
+const BPF_LD_B_ABS: u16 = 0x30;
+const BPF_LD_H_ABS: u16 = 0x28;
+const BPF_LD_B_IND: u16 = 0x50;
+const BPF_LD_H_IND: u16 = 0x48;
+const BPF_LDX_B_MSH: u16 = 0xb1;
+const BPF_JEQ_K: u16 = 0x15;
+const BPF_RET_K: u16 = 0x06;
+
+/// A socket filter that lets through only what [`reply`] could accept: echo replies carrying
+/// `identifier`. A raw ICMP socket otherwise gets a copy of every ICMP message the node
+/// receives (the echo requests other speakers send it, its neighbour discovery, anyone's
+/// pings), and the thread would wake for each. The kernel runs it before queueing, on the same
+/// bytes the socket would read: from the IP header for IPv4, from the ICMPv6 header for IPv6.
+pub fn reply_filter(v6: bool, identifier: u16) -> Vec<BpfInstruction> {
+    let id = u32::from(identifier);
+    if v6 {
+        vec![
+            (BPF_LD_B_ABS, 0, 0, 0),
+            (BPF_JEQ_K, 0, 3, u32::from(ECHO_REPLY_V6)),
+            (BPF_LD_H_ABS, 0, 0, 4),
+            (BPF_JEQ_K, 0, 1, id),
+            (BPF_RET_K, 0, 0, 0xffff),
+            (BPF_RET_K, 0, 0, 0),
+        ]
+    } else {
+        vec![
+            // X = the IP header's length, from its low nibble.
+            (BPF_LDX_B_MSH, 0, 0, 0),
+            (BPF_LD_B_IND, 0, 0, 0),
+            (BPF_JEQ_K, 0, 3, u32::from(ECHO_REPLY_V4)),
+            (BPF_LD_H_IND, 0, 0, 4),
+            (BPF_JEQ_K, 0, 1, id),
+            (BPF_RET_K, 0, 0, 0xffff),
+            (BPF_RET_K, 0, 0, 0),
+        ]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs the few classic BPF instructions [`reply_filter`] uses over `packet`, as the kernel
+    /// would: a load past the end rejects the packet.
+    fn run_filter(program: &[BpfInstruction], packet: &[u8]) -> bool {
+        let (mut a, mut x, mut pc) = (0u32, 0usize, 0usize);
+        let byte = |at: usize| packet.get(at).map(|b| u32::from(*b));
+        let half = |at: usize| Some(byte(at)? << 8 | byte(at + 1)?);
+        loop {
+            let (code, jt, jf, k) = program[pc];
+            pc += 1;
+            let loaded = match code {
+                BPF_LD_B_ABS => byte(k as usize),
+                BPF_LD_H_ABS => half(k as usize),
+                BPF_LD_B_IND => byte(x + k as usize),
+                BPF_LD_H_IND => half(x + k as usize),
+                BPF_LDX_B_MSH => {
+                    x = usize::from(packet[k as usize] & 0x0f) * 4;
+                    continue;
+                }
+                BPF_JEQ_K => {
+                    pc += usize::from(if a == k { jt } else { jf });
+                    continue;
+                }
+                BPF_RET_K => return k != 0,
+                other => panic!("instruction {other:#x} not modelled"),
+            };
+            match loaded {
+                Some(value) => a = value,
+                None => return false,
+            }
+        }
+    }
+
+    fn ipv4_packet(message: &[u8]) -> Vec<u8> {
+        let mut packet = vec![
+            0x45, 0, 0, 0, 0, 0, 0, 0, 64, 1, 0, 0, 198, 51, 100, 12, 198, 51, 100, 11,
+        ];
+        packet.extend_from_slice(message);
+        packet
+    }
+
+    #[test]
+    fn the_filter_passes_exactly_the_replies_reply_accepts() {
+        for v6 in [false, true] {
+            let program = reply_filter(v6, 0xfe11);
+            let wrap = |message: &[u8]| {
+                if v6 {
+                    message.to_vec()
+                } else {
+                    ipv4_packet(message)
+                }
+            };
+            let mut ours = request(v6, 0xfe11, 7);
+            ours[0] = if v6 { ECHO_REPLY_V6 } else { ECHO_REPLY_V4 };
+            if !v6 {
+                ours[2..4].fill(0);
+                let sum = checksum::internet(&ours);
+                ours[2..4].copy_from_slice(&sum.to_be_bytes());
+            }
+            let packet = wrap(&ours);
+            assert!(run_filter(&program, &packet), "v6 {v6}: our reply");
+            assert_eq!(reply(v6, 0xfe11, &packet), Some(7));
+            // Someone's echo request to this node, another program's reply, a truncated one.
+            let theirs = wrap(&request(v6, 0xfe11, 7));
+            assert!(!run_filter(&program, &theirs), "v6 {v6}: a request");
+            let mut other = ours;
+            other[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
+            assert!(!run_filter(&program, &wrap(&other)), "v6 {v6}: another id");
+            assert!(
+                !run_filter(&program, &wrap(&ours[..5])),
+                "v6 {v6}: truncated"
+            );
+        }
+        // An IPv4 header with options: the filter finds the message after it.
+        let program = reply_filter(false, 0xfe11);
+        let mut reply_v4 = request(false, 0xfe11, 9);
+        reply_v4[0] = ECHO_REPLY_V4;
+        let mut packet = ipv4_packet(&reply_v4);
+        packet[0] = 0x46;
+        packet.splice(20..20, [1, 1, 1, 0]);
+        assert!(run_filter(&program, &packet));
+    }
 
     /// What the kernel sends back for our request: type 0, the checksum adjusted, behind an
     /// IPv4 header of `ihl` words.
