@@ -81,6 +81,8 @@ pub struct Metrics {
     pub elected: Counter,
     /// Owned addresses not taken over because the previous owner still announces them.
     pub fenced_addresses: Gauge,
+    /// Services read from the watch cache into the election: what the watch events cost.
+    pub service_reads: Counter,
 }
 
 impl Metrics {
@@ -91,6 +93,7 @@ impl Metrics {
             disagreements: Gauge::default(),
             elected: Counter::default(),
             fenced_addresses: Gauge::default(),
+            service_reads: Counter::default(),
             contested_addresses: Gauge::default(),
             contests: Counter::default(),
             takeover_seconds: Histogram::new([
@@ -132,6 +135,11 @@ impl Metrics {
             "speaker_fenced_addresses",
             "Addresses this node elects itself for but does not take over, because the owner the gossip declared down still announces them (a gossip partition)",
             m.fenced_addresses.clone(),
+        );
+        r.register(
+            "speaker_service_reads",
+            "Services read from the watch cache into the election: a change reads the Services it can move; a relist, or a change of a pool's or advertisement's spec, all of them",
+            m.service_reads.clone(),
         );
         r.register(
             "speaker_election_disagreements",
@@ -216,6 +224,8 @@ struct Memory {
     last_disagreement_count: Option<tokio::time::Instant>,
     /// The last owner other than this node each address had: whom a takeover is from.
     other_owner: BTreeMap<IpAddr, NodeName>,
+    /// The pools and advertisements the Services were last read against.
+    advertising: Option<crate::view::Advertising>,
     /// Addresses a foreign host answers for, with who.
     conflicts: BTreeMap<IpAddr, (String, MacAddr)>,
     /// Interfaces each owned address is announced on, from the announcer.
@@ -546,7 +556,7 @@ impl Speaker {
     fn apply_changes(&self, memory: &mut Memory, changes: BTreeSet<Change>) {
         let context = self.stores.context(self.classes);
         let mut services: BTreeSet<(String, String)> = BTreeSet::new();
-        let mut all_services = false;
+        let (mut all_services, mut advertising_event) = (false, false);
         let mut nodes: BTreeSet<String> = BTreeSet::new();
         for change in changes {
             match change {
@@ -559,7 +569,8 @@ impl Speaker {
                 Change::Node(name) => {
                     nodes.insert(name);
                 }
-                Change::Advertising | Change::AllServices => all_services = true,
+                Change::Advertising => advertising_event = true,
+                Change::AllServices => all_services = true,
                 Change::AllNodes => {
                     nodes.extend(memory.nodes.keys().cloned());
                     nodes.extend(self.stores.node_names());
@@ -588,6 +599,14 @@ impl Speaker {
         // Which nodes an advertisement selects changes with the Nodes' labels (and with Nodes
         // coming and going), which only matters when an advertisement selects nodes at all.
         all_services |= labels_changed && context.selects_nodes();
+        // The controller rewrites a pool's status after allocations; only a new spec matters.
+        if advertising_event || memory.advertising.is_none() {
+            let now = context.advertising();
+            if memory.advertising.as_ref() != Some(&now) {
+                all_services = true;
+                memory.advertising = Some(now);
+            }
+        }
         if all_services {
             let present: BTreeSet<(String, String)> =
                 self.stores.service_names().into_iter().collect();
@@ -612,6 +631,7 @@ impl Speaker {
         name: String,
         context: &Context,
     ) {
+        self.metrics.service_reads.inc();
         let input = self.stores.service_input(&namespace, &name, context);
         let names = (namespace, name);
         let key = input.as_ref().map(|i| i.facts.service.clone());

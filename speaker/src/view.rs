@@ -53,6 +53,13 @@ pub struct ServiceInput {
 /// EndpointSlices by the namespace and name of their Service.
 type SlicesByService = BTreeMap<(String, String), Vec<Arc<EndpointSlice>>>;
 
+/// The pools and advertisements as the election reads them: their specs, not their status.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Advertising {
+    pools: Vec<Pool>,
+    advertisements: Vec<model::Advertisement>,
+}
+
 /// What every Service's input is read against, read once for a batch of changes.
 pub struct Context {
     pools: Vec<Pool>,
@@ -320,6 +327,20 @@ pub fn internal_ip(node: &Node) -> Option<IpAddr> {
 }
 
 impl Context {
+    /// The pools and advertisements, in name order. A pool's status (its usage, rewritten by
+    /// the controller after every allocation) is not part of it: only a change of this makes
+    /// every Service worth reading again.
+    pub fn advertising(&self) -> Advertising {
+        let mut pools = self.pools.clone();
+        pools.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut advertisements = self.advertisements.clone();
+        advertisements.sort_by(|a, b| a.name.cmp(&b.name));
+        Advertising {
+            pools,
+            advertisements,
+        }
+    }
+
     /// Whether some advertisement picks nodes by label (else the Nodes' labels do not matter
     /// to the election).
     pub fn selects_nodes(&self) -> bool {

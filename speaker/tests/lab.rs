@@ -1716,3 +1716,72 @@ async fn twenty_light_nodes_converge_spread_answer_and_fail_over() {
         report.idle_without
     );
 }
+
+/// The controller rewrites a pool's status (its usage) after allocations; a speaker must not
+/// read every Service again for that, only for a change of a pool's or advertisement's spec.
+/// With 10,000 Services, each status write cost every speaker a pass over all of them: during
+/// a mass creation the speakers took the machine's CPUs from the API server. Seen failing
+/// before the fix: 5 status writes read the 20 Services 100 more times.
+#[tokio::test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
+async fn a_pool_status_write_reads_no_service_and_a_spec_change_reads_them_all() {
+    lab::require_lab!();
+    let mut lab = lab_with_speakers(LabConfig::bare(2)).await;
+    let mut ips = vec![];
+    for n in 0..20 {
+        let name = format!("reads-{n}");
+        lab.expose(&ServiceSpec::new("default", &name))
+            .await
+            .unwrap();
+        let vip = ip(&format!("198.51.100.{}", 200 + n));
+        lab.set_ingress("default", &name, &[vip]).await.unwrap();
+        ips.push(vip);
+    }
+    for vip in &ips {
+        lab.agreed_owner(*vip, Duration::from_secs(60))
+            .await
+            .unwrap();
+    }
+    let reads = |text: &str| metric(text, "ferrolb_speaker_service_reads_total").unwrap_or(-1.0);
+    let before = reads(&lab.speaker_metrics(1).await.unwrap());
+    assert!(before >= 20.0, "the Services were read: {before}");
+    for assigned in 1..=5 {
+        let status = json!({"status": {"ipv4": {"capacity": 51, "assigned": assigned, "available": 51 - assigned}}});
+        lab.kubectl(&[
+            "patch",
+            "ipaddresspool",
+            "lan",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status.to_string(),
+        ])
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after_status = reads(&lab.speaker_metrics(1).await.unwrap());
+    assert!(
+        after_status - before < 20.0,
+        "5 pool status writes read {} Services",
+        after_status - before
+    );
+    // A new label on the pool is part of what advertisements select by: every Service again.
+    lab.kubectl(&["label", "ipaddresspool", "lan", "tier=test"])
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = reads(&lab.speaker_metrics(1).await.unwrap());
+        if now - after_status >= 20.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a pool's new label read {} Services, not every one",
+            now - after_status
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
