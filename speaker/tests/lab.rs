@@ -583,6 +583,10 @@ async fn hard_death_trials(lab: &mut Lab, api_down: bool, trials: usize) -> lab:
             lab.start_apiserver().await.unwrap();
             let back = k8s_openapi::jiff::Timestamp::now();
             lab.restart_kube_proxies().unwrap();
+            // Seen once in CI: the node lifecycle controller, its watches backing off after
+            // the restarts, marked the pods' node NotReady, and kube-proxy had no ready
+            // endpoint for the next address. A fresh one lists at once.
+            lab.restart_controller_manager().unwrap();
             // Every living node reports in before the next outage (see lease_renewed_since):
             // the test times the speakers, not the node lifecycle controller.
             for i in (1..=lab.nodes().len()).filter(|i| *i != victim) {

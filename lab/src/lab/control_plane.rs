@@ -344,6 +344,18 @@ impl Lab {
         }
     }
 
+    /// Restarts kube-controller-manager, when the lab runs it. After API server restarts its
+    /// watches back off (up to 30 s), and its node lifecycle controller counts the Lease
+    /// renewals it has not yet seen as silence: two outages close together can make it mark a
+    /// live node NotReady and that node's pods unready. A fresh one lists at once.
+    pub fn restart_controller_manager(&mut self) -> Result<()> {
+        if let Some(mut old) = self.controller_manager.take() {
+            old.kill();
+            self.controller_manager = Some(self.start_controller_manager(self.agents.is_some())?);
+        }
+        Ok(())
+    }
+
     /// Starts kube-apiserver again with the same flags and waits until it is ready.
     pub async fn start_apiserver(&mut self) -> Result<()> {
         if self.apiserver.is_none() {
