@@ -145,9 +145,15 @@ pub fn proc_status(pid: u32, field: &str) -> Result<String> {
         .with_context(|| format!("no {field} in /proc/{pid}/status"))
 }
 
+/// A process's resident set now, in KiB (`VmRSS` of `/proc/PID/status`).
+pub fn rss_kib(pid: u32) -> Result<u64> {
+    let text = proc_status(pid, "VmRSS")?;
+    Ok(text.trim_end_matches(" kB").trim().parse()?)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::proc_status;
+    use super::{proc_status, rss_kib};
 
     #[test]
     fn proc_status_reads_whole_field_names() {
@@ -156,5 +162,15 @@ mod tests {
         assert!(proc_status(me, "VmRSS").unwrap().ends_with(" kB"));
         // "Vm" is a prefix of several fields but not a field.
         assert!(proc_status(me, "Vm").is_err());
+    }
+
+    #[test]
+    fn rss_is_read_in_kib_and_grows_with_touched_memory() {
+        let me = std::process::id();
+        let before = rss_kib(me).unwrap();
+        let touched = vec![1u8; 64 << 20];
+        let after = rss_kib(me).unwrap();
+        assert!(after >= before + 32 * 1024, "{before} KiB -> {after} KiB");
+        drop(std::hint::black_box(touched));
     }
 }

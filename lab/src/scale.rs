@@ -294,7 +294,7 @@ pub async fn run(config: &ScaleConfig) -> Result<ScaleReport> {
     let pid = lab
         .controller_pid(1)
         .context("the controller is not running")?;
-    report.controller_rss_kib = rss_kib(pid as i32)?;
+    report.controller_rss_kib = crate::process::rss_kib(pid)?;
     // The failover trials run without the spread addresses: on two cores, 100 nodes' fast
     // paths watching ten owners each (100,000 echo requests a second in all) starve the API
     // server, which real nodes, each with its own CPUs, would not.
@@ -447,14 +447,9 @@ async fn idle_cost(lab: &Lab, idle: Duration) -> Result<Idle> {
         out.echo_per_second.push((now_echo - echo) / seconds);
         out.watched_nodes
             .push(metric(&text, "ferrolb_speaker_fast_path_watched_nodes").unwrap_or(0.0));
-        out.rss_kib.push(rss_kib(*pid)?);
+        out.rss_kib.push(crate::process::rss_kib(*pid as u32)?);
     }
     Ok(out)
-}
-
-fn rss_kib(pid: i32) -> Result<u64> {
-    let text = crate::process::proc_status(pid as u32, "VmRSS")?;
-    Ok(text.trim_end_matches(" kB").trim().parse()?)
 }
 
 /// Hard node death trials on Service `hello` (a selectorless Service in front of a host

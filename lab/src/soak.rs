@@ -258,10 +258,7 @@ pub async fn soak(lab: &Lab, duration: Duration, stress: &Stress) -> Result<Soak
     let delta = |key: &str| after.get(key).unwrap_or(&0.0) - before.get(key).unwrap_or(&0.0);
     let rss_kib = pids
         .iter()
-        .map(|pid| {
-            let text = crate::process::proc_status(*pid as u32, "VmRSS")?;
-            Ok(text.trim_end_matches(" kB").trim().parse::<u64>()?)
-        })
+        .map(|pid| crate::process::rss_kib(*pid as u32))
         .collect::<Result<_>>()?;
     Ok(SoakReport {
         seconds,
