@@ -138,15 +138,15 @@ async fn main() -> Result<()> {
         } => lab::down(&p),
         Command::Down { .. } => anyhow::bail!("say which lab (`lab status` lists them) or --all"),
         Command::Status => status(),
-        Command::Demo => demo::run().await,
-        Command::BenchController { services } => bench::controller(services).await,
+        Command::Demo => or_signal(demo::run()).await,
+        Command::BenchController { services } => or_signal(bench::controller(services)).await,
         Command::BenchSoak {
             seconds,
             nodes,
             addresses,
             hogs,
             loss,
-        } => bench::soak(seconds, nodes, addresses, hogs, loss).await,
+        } => or_signal(bench::soak(seconds, nodes, addresses, hogs, loss)).await,
         Command::BenchScale {
             nodes,
             kube_proxies,
@@ -174,8 +174,24 @@ async fn main() -> Result<()> {
                 speaker_flags: speaker_flag,
                 controller: exe.with_file_name("ferrolb-controller"),
             };
-            bench::scale(config, plot).await
+            or_signal(bench::scale(config, plot)).await
         }
+    }
+}
+
+/// Runs a command that starts a lab until it ends or SIGINT or SIGTERM comes: the command is
+/// then dropped, which tears its lab down (the signals' default would leave the lab's
+/// processes and namespaces behind).
+async fn or_signal(work: impl std::future::Future<Output = Result<()>>) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        result = work => result,
+        r = tokio::signal::ctrl_c() => {
+            r?;
+            anyhow::bail!("interrupted (SIGINT); the lab is torn down")
+        }
+        _ = term.recv() => anyhow::bail!("terminated (SIGTERM); the lab is torn down"),
     }
 }
 
