@@ -1,6 +1,6 @@
 //! ferrolb's speaker: which node announces each external address, and the announcing.
 //!
-//! - [`view`]: the watches, and the facts the election reads from them;
+//! - [`view`]: the watches, and the facts the election reads from them, kept in [`cache`]s;
 //! - [`membership`]: the speakers' SWIM gossip, authenticated with the cluster's key;
 //! - [`announce`]: ARP and NDP on raw sockets (the election and the announcer's state machine
 //!   are pure and live in `speaker-core`);
@@ -10,6 +10,7 @@
 //! - [`fault`]: a test-only hook that makes one loop panic or stall.
 
 pub mod announce;
+pub mod cache;
 pub mod fault;
 pub mod membership;
 pub mod reach;

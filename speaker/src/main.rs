@@ -125,7 +125,11 @@ async fn main() -> anyhow::Result<()> {
     .await?;
 
     let (changes_tx, changes) = tokio::sync::mpsc::unbounded_channel();
-    let stores = Stores::start(&client, changes_tx);
+    // Which Services are ferrolb's; the controller's `--handle-unclassed` must say the same.
+    let classes = model::ClassPolicy {
+        handle_unclassed: args.handle_unclassed,
+    };
+    let stores = Stores::start(&client, classes, changes_tx);
     stores.wait_ready().await;
     let gossip_addr = run::gossip_addr(&stores, &args.node_name, args.gossip_port)?;
     let ms = |v: Option<u64>| v.map(Duration::from_millis);
@@ -188,9 +192,6 @@ async fn main() -> anyhow::Result<()> {
         links,
         metrics,
         allowed_interfaces: args.interfaces,
-        classes: model::ClassPolicy {
-            handle_unclassed: args.handle_unclassed,
-        },
         gossip_addr,
         gossip_port: args.gossip_port,
         heartbeat,

@@ -14,7 +14,7 @@ use common::events::{EventType, Note, Recorder};
 use k8s_openapi::api::core::v1::{ObjectReference, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
-use kube::{Api, Client, Resource};
+use kube::{Api, Client};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
@@ -123,7 +123,6 @@ impl Reports {
         tokio::spawn(write_conditions(client.clone(), stores.clone(), wanted));
         tokio::spawn(publish_notices(
             Recorder::new(client, MANAGER, node),
-            stores,
             notice_rx,
         ));
         Reports {
@@ -161,7 +160,7 @@ async fn write_conditions(
             let Some(svc) = stores.service(service) else {
                 continue;
             };
-            let existing = existing_condition(&svc);
+            let existing = svc.announced.clone();
             if existing.as_ref().is_some_and(|c| same(c, want)) {
                 continue;
             }
@@ -169,7 +168,7 @@ async fn write_conditions(
                 Some(c) if (c.status == "True") == want.announced => c.last_transition_time.clone(),
                 _ => Time(k8s_openapi::jiff::Timestamp::now()),
             };
-            let patch = condition_patch(service, want, transition, svc.metadata.generation);
+            let patch = condition_patch(service, want, transition, svc.generation);
             let api = Api::<Service>::namespaced(client.clone(), &service.namespace);
             let params = PatchParams::apply(MANAGER).force();
             match tokio::time::timeout(
@@ -213,37 +212,22 @@ pub fn condition_patch(
     })
 }
 
-fn existing_condition(svc: &Service) -> Option<Condition> {
-    svc.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == CONDITION)
-        .cloned()
-}
-
 fn same(existing: &Condition, want: &Wanted) -> bool {
     (existing.status == "True") == want.announced
         && existing.reason == want.reason
         && existing.message == want.message
 }
 
-async fn publish_notices(
-    recorder: Recorder,
-    stores: Stores,
-    mut notices: mpsc::UnboundedReceiver<Notice>,
-) {
+async fn publish_notices(recorder: Recorder, mut notices: mpsc::UnboundedReceiver<Notice>) {
     while let Some(notice) = notices.recv().await {
-        let reference = match stores.service(&notice.service) {
-            Some(svc) => svc.object_ref(&()),
-            None => ObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Service".into()),
-                name: Some(notice.service.name.clone()),
-                namespace: Some(notice.service.namespace.clone()),
-                ..ObjectReference::default()
-            },
+        // The UID ties the Event to this Service, not a later one of the same name.
+        let reference = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Service".into()),
+            name: Some(notice.service.name.clone()),
+            namespace: Some(notice.service.namespace.clone()),
+            uid: (!notice.service.uid.is_empty()).then(|| notice.service.uid.clone()),
+            ..ObjectReference::default()
         };
         let note = Note {
             type_: if notice.warning {

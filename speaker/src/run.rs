@@ -25,10 +25,9 @@ use tokio::sync::mpsc;
 use crate::announce::{self, Announcer, Desired, Link};
 use crate::membership::{Membership, View};
 use crate::report::{Notice, Reports, Wanted};
-use crate::view::{Change, Context, Stores};
-use kube::ResourceExt;
-use model::{Labels, ServiceKey};
-use speaker_core::decide::{Decision, Elector, NoOwner, NodeFacts};
+use crate::view::{Change, Context, NodeRecord, Stores};
+use model::ServiceKey;
+use speaker_core::decide::{Decision, Elector, NoOwner};
 
 /// How often the loops' heartbeats and the contested addresses are checked. (Links are not
 /// polled: `Speaker::links` changes when the kernel says they do.)
@@ -174,8 +173,6 @@ pub struct Speaker {
     pub metrics: Metrics,
     /// The `--interfaces` flag: interfaces the speaker may ever use (empty: any).
     pub allowed_interfaces: Vec<String>,
-    /// Which Services are ferrolb's; the controller's `--handle-unclassed` must say the same.
-    pub classes: model::ClassPolicy,
     /// The address other speakers reach this one at; the interface holding it is the one whose
     /// loss makes this speaker leave.
     pub gossip_addr: SocketAddr,
@@ -212,7 +209,7 @@ struct Memory {
     /// The addresses this node owns.
     owned: BTreeSet<IpAddr>,
     /// The Nodes as last read, to tell which of their changes matter.
-    nodes: BTreeMap<String, NodeSeen>,
+    nodes: BTreeMap<String, Arc<NodeRecord>>,
     /// The key each Service (by namespace and name) is held under in the elector.
     service_keys: BTreeMap<(String, String), ServiceKey>,
     /// The conditions this speaker wants on Services, and the Services whose wanted
@@ -247,16 +244,14 @@ struct Memory {
     /// Owned addresses not taken over because their previous owner, declared down by the
     /// gossip alone, still announces them (its node, if known, and MAC).
     fenced: BTreeMap<IpAddr, (Option<String>, MacAddr)>,
-}
-
-/// What of a Node the election reads.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct NodeSeen {
-    facts: NodeFacts,
-    /// What advertisements' node selectors read.
-    labels: Labels,
-    /// Where its speaker gossips.
-    gossip_ip: Option<IpAddr>,
+    /// What the announcer was last told to announce, the links and silent members it was
+    /// worked out with (when they change, every entry is worked out again), and the
+    /// addresses whose entry must be worked out again at the next election.
+    desired: BTreeMap<IpAddr, Desired>,
+    desired_from: Option<(Vec<Link>, BTreeSet<NodeName>)>,
+    dirty: BTreeSet<IpAddr>,
+    /// The peers' MACs the announcer was last told.
+    peer_macs: BTreeSet<MacAddr>,
 }
 
 /// Another speaker answering for an address this node owns.
@@ -554,7 +549,7 @@ impl Speaker {
 
     /// Reads again what a batch of watch changes names, into the elector.
     fn apply_changes(&self, memory: &mut Memory, changes: BTreeSet<Change>) {
-        let context = self.stores.context(self.classes);
+        let context = self.stores.context();
         let mut services: BTreeSet<(String, String)> = BTreeSet::new();
         let (mut all_services, mut advertising_event) = (false, false);
         let mut nodes: BTreeSet<String> = BTreeSet::new();
@@ -579,11 +574,7 @@ impl Speaker {
         }
         let (mut labels_changed, mut seeds_changed) = (false, false);
         for name in nodes {
-            let seen = self.stores.node(&name).map(|node| NodeSeen {
-                facts: crate::view::node_facts(&node),
-                labels: node.labels().clone(),
-                gossip_ip: crate::view::internal_ip(&node),
-            });
+            let seen = self.stores.node(&name);
             let before = memory.nodes.get(&name);
             labels_changed |= before.map(|b| &b.labels) != seen.as_ref().map(|s| &s.labels);
             seeds_changed |= before.map(|b| b.gossip_ip) != seen.as_ref().map(|s| s.gossip_ip);
@@ -642,6 +633,8 @@ impl Speaker {
         }
         match input {
             Some(input) => {
+                // Its facts (a reported conflict) may change how its addresses are announced.
+                memory.dirty.extend(input.facts.addresses.iter().copied());
                 for (ip, advertisements) in input.advertisements {
                     memory.elector.set_advertisements(ip, advertisements);
                 }
@@ -663,6 +656,8 @@ impl Speaker {
             // for every address; it announces nothing instead. A stuck membership task is as
             // good as unknown: the peers are declaring this node down.
             self.announcer.set_desired(BTreeMap::new());
+            memory.desired.clear();
+            memory.desired_from = None;
             return;
         }
         // Members the fast path finds silent are elected without at once: the membership
@@ -685,63 +680,105 @@ impl Speaker {
         self.after_election(memory, &changed, &live);
         self.watch_owners(memory, &changed, &view, &unreachable);
 
-        let mut desired = BTreeMap::new();
-        for ip in &memory.owned {
-            let Some(decision) = memory.elector.decisions().get(ip) else {
-                continue;
-            };
-            let interfaces = announce::choose_interfaces(
-                *ip,
-                decision.interfaces.as_deref(),
-                &self.allowed_interfaces,
-                &memory.links,
-            );
-            if interfaces.is_empty() {
-                if changed.contains_key(ip) {
-                    tracing::warn!(%ip, "owned, but no interface to announce it on");
+        // Only the addresses whose entry may have moved are worked out again, and the
+        // announcer is told only of a change: with a thousand owned addresses, redoing them
+        // all on every watch event was most of a busy speaker's time.
+        let inputs = (memory.links.clone(), unreachable.clone());
+        let ips: BTreeSet<IpAddr> = if memory.desired_from.as_ref() != Some(&inputs) {
+            memory.desired_from = Some(inputs);
+            memory.dirty.clear();
+            memory
+                .owned
+                .iter()
+                .chain(memory.desired.keys())
+                .copied()
+                .collect()
+        } else {
+            let mut ips = std::mem::take(&mut memory.dirty);
+            ips.extend(changed.keys());
+            ips
+        };
+        let mut moved = false;
+        for ip in ips {
+            moved |= match self.desired(memory, ip, &unreachable, changed.contains_key(&ip)) {
+                Some(now) if memory.desired.get(&ip) != Some(&now) => {
+                    memory.desired.insert(ip, now);
+                    true
                 }
-                continue;
-            }
-            // A takeover from a ferrolb node skips the probe; a first announcement, or one
-            // after a reported conflict, does not.
-            let conflict_reported = decision.services.iter().any(|key| {
-                memory
-                    .elector
-                    .service(key)
-                    .is_some_and(|s| s.conflict_reported)
-            });
-            let known = memory.known.contains(ip);
-            // A takeover from an owner the fast path did not find silent (the gossip alone
-            // declared it down, or it is handing over) is fenced: it goes ahead only if that
-            // owner does not defend the address, so a gossip partition between two live nodes
-            // leaves one of them answering.
-            let fence = known
-                && memory
-                    .other_owner
-                    .get(ip)
-                    .is_some_and(|before| !unreachable.contains(before));
-            desired.insert(
-                *ip,
-                Desired {
-                    interfaces,
-                    probe: !known || conflict_reported,
-                    fence,
-                },
-            );
+                Some(_) => false,
+                None => memory.desired.remove(&ip).is_some(),
+            };
         }
-        self.announcer.set_desired(desired);
+        if moved {
+            self.announcer.set_desired(memory.desired.clone());
+        }
         // Known from now on: the next owner takes it over without a probe (after the
         // desired set above, or a first announcement would skip its probe).
-        memory.known.extend(changed.keys().filter(|ip| {
-            memory
+        for ip in changed.keys() {
+            let owned = memory
                 .elector
                 .decisions()
-                .get(*ip)
-                .is_some_and(|d| d.owner.is_ok())
-        }));
+                .get(ip)
+                .is_some_and(|d| d.owner.is_ok());
+            if owned && memory.known.insert(*ip) {
+                memory.dirty.insert(*ip);
+            }
+        }
         let peer_macs: BTreeSet<MacAddr> = view.peer_macs.keys().map(|mac| MacAddr(*mac)).collect();
-        self.announcer.set_peer_macs(peer_macs);
+        if peer_macs != memory.peer_macs {
+            memory.peer_macs = peer_macs.clone();
+            self.announcer.set_peer_macs(peer_macs);
+        }
         self.report(memory, &changed, &live);
+    }
+
+    /// How this node announces `ip`: `None` unless it owns it and has an interface for it.
+    fn desired(
+        &self,
+        memory: &Memory,
+        ip: IpAddr,
+        unreachable: &BTreeSet<NodeName>,
+        changed: bool,
+    ) -> Option<Desired> {
+        if !memory.owned.contains(&ip) {
+            return None;
+        }
+        let decision = memory.elector.decisions().get(&ip)?;
+        let interfaces = announce::choose_interfaces(
+            ip,
+            decision.interfaces.as_deref(),
+            &self.allowed_interfaces,
+            &memory.links,
+        );
+        if interfaces.is_empty() {
+            if changed {
+                tracing::warn!(%ip, "owned, but no interface to announce it on");
+            }
+            return None;
+        }
+        // A takeover from a ferrolb node skips the probe; a first announcement, or one
+        // after a reported conflict, does not.
+        let conflict_reported = decision.services.iter().any(|key| {
+            memory
+                .elector
+                .service(key)
+                .is_some_and(|s| s.conflict_reported)
+        });
+        let known = memory.known.contains(&ip);
+        // A takeover from an owner the fast path did not find silent (the gossip alone
+        // declared it down, or it is handing over) is fenced: it goes ahead only if that
+        // owner does not defend the address, so a gossip partition between two live nodes
+        // leaves one of them answering.
+        let fence = known
+            && memory
+                .other_owner
+                .get(&ip)
+                .is_some_and(|before| !unreachable.contains(before));
+        Some(Desired {
+            interfaces,
+            probe: !known || conflict_reported,
+            fence,
+        })
     }
 
     /// What follows from the addresses whose decision changed: this node's share, takeovers
@@ -886,7 +923,7 @@ impl Speaker {
                 d.services.iter().any(|key| {
                     self.stores
                         .service(key)
-                        .is_some_and(|svc| announced_by(&svc).is_some_and(|w| w != owner.as_str()))
+                        .is_some_and(|svc| svc.announced_by().is_some_and(|w| w != owner.as_str()))
                 })
             })
             .count();
@@ -913,6 +950,7 @@ impl Speaker {
             return;
         }
         let reporter_for_unowned = live.first() == Some(&self.me);
+        let mut moved = false;
         let decisions = memory.elector.decisions();
         for service in services {
             let addresses: Vec<(IpAddr, &Decision)> = memory
@@ -932,7 +970,7 @@ impl Speaker {
                 .filter_map(|(ip, d)| d.owner.as_ref().err().map(|e| (*ip, *e)))
                 .collect();
             if !(owned_by_me || (reporter_for_unowned && !unowned.is_empty())) {
-                memory.wanted.remove(&service);
+                moved |= memory.wanted.remove(&service).is_some();
                 continue;
             }
             let want = if let Some((ip, (interface, mac))) = addresses
@@ -951,7 +989,7 @@ impl Speaker {
             } else if let Some((ip, why)) = unowned.first() {
                 if *why == NoOwner::NotAdvertised {
                     // The controller reports this one, on the Service and the pool.
-                    memory.wanted.remove(&service);
+                    moved |= memory.wanted.remove(&service).is_some();
                     continue;
                 }
                 // Once per cause: when the address loses its owner, or the reason changes.
@@ -977,9 +1015,15 @@ impl Speaker {
                     .collect();
                 Wanted::announced(&text.join(" and "), &self.me)
             };
-            memory.wanted.insert(service, want);
+            if memory.wanted.get(&service) != Some(&want) {
+                memory.wanted.insert(service, want);
+                moved = true;
+            }
         }
-        self.reports.set_conditions(memory.wanted.clone());
+        // Copying every wanted condition is worth it only when one changed.
+        if moved {
+            self.reports.set_conditions(memory.wanted.clone());
+        }
     }
 }
 
@@ -997,20 +1041,8 @@ pub fn gossip_addr(stores: &Stores, node: &str, port: u16) -> anyhow::Result<Soc
     let node_object = stores
         .node(node)
         .with_context(|| format!("no Node named {node:?}; --node-name must be this node's name"))?;
-    let ip = crate::view::internal_ip(&node_object)
+    let ip = node_object
+        .gossip_ip
         .with_context(|| format!("Node {node} has no InternalIP address to gossip on"))?;
     Ok(SocketAddr::new(ip, port))
-}
-
-/// The node a Service's `Announced` condition says announces it: the last word of a True
-/// condition's message (the admission policy makes every writer sign it so).
-fn announced_by(svc: &k8s_openapi::api::core::v1::Service) -> Option<&str> {
-    let condition = svc
-        .status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == model::service::ANNOUNCED_CONDITION && c.status == "True")?;
-    condition.message.rsplit(' ').next()
 }

@@ -1,7 +1,8 @@
-//! The speaker's picture of the cluster: reflectors over Services, EndpointSlices, Nodes, pools
-//! and advertisements, the [`Change`]s they see, and the facts the election reads from them.
+//! The speaker's picture of the cluster: watches over Services, EndpointSlices, Nodes, pools
+//! and advertisements, kept as the facts the election reads from them, and the [`Change`]s
+//! they see.
 //!
-//! The stores keep the last state they saw: when the API server goes away the watchers retry
+//! The caches keep the last state they saw: when the API server goes away the watchers retry
 //! with backoff and the speaker goes on electing, and failing over, from that state.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -9,16 +10,16 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use crds::{IPAddressPool, L2Advertisement};
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::reflector::{self, Store};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::runtime::watcher;
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Client, ResourceExt};
 use model::{ClassPolicy, Labels, Pool, ServiceKey, TrafficPolicy};
 use speaker_core::election::NodeName;
 use tokio::sync::mpsc;
 
+use crate::cache::{Cache, Watch};
 use speaker_core::decide::{Advertisement, EXCLUDE_LABEL, NodeFacts, ServiceFacts};
 
 /// What a watch event changed, as far as the election cares.
@@ -50,8 +51,95 @@ pub struct ServiceInput {
     pub advertisements: BTreeMap<IpAddr, Vec<Advertisement>>,
 }
 
+/// What the speaker keeps of a Service of ours (of a class it takes, and `LoadBalancer`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceRecord {
+    pub key: ServiceKey,
+    /// `status.loadBalancer.ingress`.
+    pub ingress: Vec<IpAddr>,
+    pub allocated_from: Option<String>,
+    pub traffic_policy: TrafficPolicy,
+    pub conflict_reported: bool,
+    pub generation: Option<i64>,
+    /// The `Announced` condition as the API server has it.
+    pub announced: Option<Condition>,
+}
+
+impl ServiceRecord {
+    /// The record of a Service ferrolb announces for, read through the one Service parser;
+    /// `None` for anybody else's.
+    pub fn of(svc: &Service, classes: ClassPolicy) -> Option<ServiceRecord> {
+        let service = crds::read::service(svc);
+        service.is_ours(classes).then(|| ServiceRecord {
+            key: service.key,
+            ingress: service.ingress,
+            allocated_from: service.allocated_from,
+            traffic_policy: service.traffic_policy,
+            conflict_reported: service.conflict_reported,
+            generation: svc.metadata.generation,
+            announced: svc
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .and_then(|c| {
+                    c.iter()
+                        .find(|c| c.type_ == model::service::ANNOUNCED_CONDITION)
+                })
+                .cloned(),
+        })
+    }
+
+    /// The node the `Announced` condition says announces the Service: the last word of a
+    /// True condition's message (the admission policy makes every writer sign it so).
+    pub fn announced_by(&self) -> Option<&str> {
+        let condition = self.announced.as_ref().filter(|c| c.status == "True")?;
+        condition.message.rsplit(' ').next()
+    }
+}
+
+/// What the speaker keeps of an EndpointSlice: its Service, and the nodes it has a usable
+/// endpoint on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SliceRecord {
+    pub namespace: String,
+    pub service: String,
+    pub endpoint_nodes: BTreeSet<NodeName>,
+}
+
+impl SliceRecord {
+    pub fn of(slice: &EndpointSlice) -> Option<SliceRecord> {
+        Some(SliceRecord {
+            namespace: slice.namespace().unwrap_or_default(),
+            service: slice.labels().get(SERVICE_NAME_LABEL)?.clone(),
+            endpoint_nodes: endpoint_nodes(slice),
+        })
+    }
+}
+
+/// What of a Node the election reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRecord {
+    pub name: String,
+    pub facts: NodeFacts,
+    /// What advertisements' node selectors read.
+    pub labels: Labels,
+    /// Where its speaker gossips.
+    pub gossip_ip: Option<IpAddr>,
+}
+
+impl NodeRecord {
+    pub fn of(node: &Node) -> NodeRecord {
+        NodeRecord {
+            name: node.name_any(),
+            facts: node_facts(node),
+            labels: node.labels().clone(),
+            gossip_ip: internal_ip(node),
+        }
+    }
+}
+
 /// EndpointSlices by the namespace and name of their Service.
-type SlicesByService = BTreeMap<(String, String), Vec<Arc<EndpointSlice>>>;
+type SlicesByService = BTreeMap<(String, String), Vec<Arc<SliceRecord>>>;
 
 /// The pools and advertisements as the election reads them: their specs, not their status.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -64,118 +152,128 @@ pub struct Advertising {
 pub struct Context {
     pools: Vec<Pool>,
     advertisements: Vec<model::Advertisement>,
-    nodes: Vec<Arc<Node>>,
-    /// The store, read only if a Local Service needs it: most batches never clone it.
-    slices: Store<EndpointSlice>,
+    nodes: Vec<Arc<NodeRecord>>,
+    /// The cache, read only if a Local Service needs it: most batches never index it.
+    slices: Cache<SliceRecord>,
     /// The slices by Service, built the first time a Local Service asks.
     slices_by_service: std::sync::OnceLock<SlicesByService>,
-    classes: ClassPolicy,
 }
 
-/// The reflectors' stores.
+/// The watch caches.
 #[derive(Clone)]
 pub struct Stores {
-    pub services: Store<Service>,
-    pub slices: Store<EndpointSlice>,
-    pub nodes: Store<Node>,
-    pub pools: Store<IPAddressPool>,
-    pub advertisements: Store<L2Advertisement>,
+    services: Cache<ServiceRecord>,
+    slices: Cache<SliceRecord>,
+    nodes: Cache<NodeRecord>,
+    pools: Cache<Pool>,
+    advertisements: Cache<model::Advertisement>,
 }
 
 impl Stores {
-    /// Starts one reflector per kind; each watch event that matters to the election is sent
+    /// Starts one watch per kind; each event that changes what the election reads is sent
     /// to `changes`.
-    pub fn start(client: &Client, changes: mpsc::UnboundedSender<Change>) -> Stores {
+    pub fn start(
+        client: &Client,
+        classes: ClassPolicy,
+        changes: mpsc::UnboundedSender<Change>,
+    ) -> Stores {
         Stores {
-            services: reflect(
+            services: Cache::start(
                 Api::all(client.clone()),
                 watcher::Config::default(),
-                &changes,
-                |svc: &Service| Change::Service {
-                    namespace: svc.namespace().unwrap_or_default(),
-                    name: svc.name_any(),
+                Watch {
+                    project: Box::new(move |svc: &Service| ServiceRecord::of(svc, classes)),
+                    changed: |svc: &Service| Change::Service {
+                        namespace: svc.namespace().unwrap_or_default(),
+                        name: svc.name_any(),
+                    },
+                    relisted: Change::AllServices,
                 },
-                Change::AllServices,
+                changes.clone(),
             ),
-            slices: reflect(
+            slices: Cache::start(
                 Api::all(client.clone()),
                 watcher::Config::default().labels(SERVICE_NAME_LABEL),
-                &changes,
-                |slice: &EndpointSlice| Change::Endpoints {
-                    namespace: slice.namespace().unwrap_or_default(),
-                    service: slice
-                        .labels()
-                        .get(SERVICE_NAME_LABEL)
-                        .cloned()
-                        .unwrap_or_default(),
+                Watch {
+                    project: Box::new(SliceRecord::of),
+                    changed: |slice: &EndpointSlice| Change::Endpoints {
+                        namespace: slice.namespace().unwrap_or_default(),
+                        service: slice
+                            .labels()
+                            .get(SERVICE_NAME_LABEL)
+                            .cloned()
+                            .unwrap_or_default(),
+                    },
+                    relisted: Change::AllServices,
                 },
-                Change::AllServices,
+                changes.clone(),
             ),
-            nodes: reflect(
+            nodes: Cache::start(
                 Api::all(client.clone()),
                 watcher::Config::default(),
-                &changes,
-                |node: &Node| Change::Node(node.name_any()),
-                Change::AllNodes,
+                Watch {
+                    project: Box::new(|node: &Node| Some(NodeRecord::of(node))),
+                    changed: |node: &Node| Change::Node(node.name_any()),
+                    relisted: Change::AllNodes,
+                },
+                changes.clone(),
             ),
-            pools: reflect(
+            pools: Cache::start(
                 Api::all(client.clone()),
                 watcher::Config::default(),
-                &changes,
-                |_: &IPAddressPool| Change::Advertising,
-                Change::Advertising,
+                Watch {
+                    // The spec only: the controller rewrites a pool's status (its usage)
+                    // after allocations, which changes nothing here.
+                    project: Box::new(|pool: &IPAddressPool| Some(crds::read::pool(pool))),
+                    changed: |_| Change::Advertising,
+                    relisted: Change::Advertising,
+                },
+                changes.clone(),
             ),
-            advertisements: reflect(
+            advertisements: Cache::start(
                 Api::all(client.clone()),
                 watcher::Config::default(),
-                &changes,
-                |_: &L2Advertisement| Change::Advertising,
-                Change::Advertising,
+                Watch {
+                    project: Box::new(|ad: &L2Advertisement| Some(crds::read::advertisement(ad))),
+                    changed: |_| Change::Advertising,
+                    relisted: Change::Advertising,
+                },
+                changes,
             ),
         }
     }
 
-    /// Waits until every store has had its first complete list.
+    /// Waits until every cache has had its first complete list.
     pub async fn wait_ready(&self) {
         let _ = tokio::join!(
-            self.services.wait_until_ready(),
-            self.slices.wait_until_ready(),
-            self.nodes.wait_until_ready(),
-            self.pools.wait_until_ready(),
-            self.advertisements.wait_until_ready(),
+            self.services.wait_ready(),
+            self.slices.wait_ready(),
+            self.nodes.wait_ready(),
+            self.pools.wait_ready(),
+            self.advertisements.wait_ready(),
         );
     }
 
-    /// The stores' pools, advertisements, Nodes and EndpointSlices as they are now, read
-    /// through the model: the same pools and advertisements the controller decides from.
-    pub fn context(&self, classes: ClassPolicy) -> Context {
+    /// The pools, advertisements, Nodes and EndpointSlices as they are now, read through the
+    /// model: the same pools and advertisements the controller decides from.
+    pub fn context(&self) -> Context {
         Context {
-            pools: self
-                .pools
-                .state()
-                .iter()
-                .map(|p| crds::read::pool(p))
-                .collect(),
+            pools: self.pools.all().iter().map(|p| Pool::clone(p)).collect(),
             advertisements: self
                 .advertisements
-                .state()
+                .all()
                 .iter()
-                .map(|ad| crds::read::advertisement(ad))
+                .map(|ad| model::Advertisement::clone(ad))
                 .collect(),
-            nodes: self.nodes.state(),
+            nodes: self.nodes.all(),
             slices: self.slices.clone(),
             slices_by_service: std::sync::OnceLock::new(),
-            classes,
         }
     }
 
-    /// Every Service in the store by namespace and name.
+    /// Every Service of ours by namespace and name.
     pub fn service_names(&self) -> Vec<(String, String)> {
-        self.services
-            .state()
-            .iter()
-            .map(|svc| (svc.namespace().unwrap_or_default(), svc.name_any()))
-            .collect()
+        self.services.keys()
     }
 
     /// The election's input from one Service, if it is ours and holds addresses of our
@@ -186,13 +284,7 @@ impl Stores {
         name: &str,
         context: &Context,
     ) -> Option<ServiceInput> {
-        let svc = self
-            .services
-            .get(&reflector::ObjectRef::new(name).within(namespace))?;
-        let service = crds::read::service(&svc);
-        if !service.is_ours(context.classes) {
-            return None;
-        }
+        let service = self.services.get(namespace, name)?;
         let mut addresses = BTreeSet::new();
         let mut advertisements = BTreeMap::new();
         for ip in &service.ingress {
@@ -219,11 +311,15 @@ impl Stores {
         Some(ServiceInput {
             facts: ServiceFacts {
                 endpoint_nodes: if local {
-                    endpoint_nodes(context.slices_of(&service.key))
+                    context
+                        .slices_of(&service.key)
+                        .iter()
+                        .flat_map(|s| s.endpoint_nodes.iter().cloned())
+                        .collect()
                 } else {
                     BTreeSet::new()
                 },
-                service: service.key,
+                service: service.key.clone(),
                 addresses: addresses.into_iter().collect(),
                 local,
                 conflict_reported: service.conflict_reported,
@@ -235,85 +331,40 @@ impl Stores {
     /// Where the other speakers listen: every Node's first InternalIP (IPv4 preferred).
     pub fn gossip_seeds(&self, port: u16) -> Vec<SocketAddr> {
         self.nodes
-            .state()
+            .all()
             .iter()
-            .filter_map(|n| internal_ip(n))
+            .filter_map(|n| n.gossip_ip)
             .map(|ip| SocketAddr::new(ip, port))
             .collect()
     }
 
-    /// A Node by name, from the store.
-    pub fn node(&self, name: &str) -> Option<Arc<Node>> {
-        self.nodes.get(&reflector::ObjectRef::new(name))
+    /// A Node by name.
+    pub fn node(&self, name: &str) -> Option<Arc<NodeRecord>> {
+        self.nodes.get("", name)
     }
 
-    /// Every Node's name in the store.
+    /// Every Node's name.
     pub fn node_names(&self) -> Vec<String> {
-        self.nodes.state().iter().map(|n| n.name_any()).collect()
+        self.nodes
+            .keys()
+            .into_iter()
+            .map(|(_, name)| name)
+            .collect()
     }
 
-    /// A Service by key, from the store; not a later Service of the same name.
-    pub fn service(&self, service: &ServiceKey) -> Option<Arc<Service>> {
+    /// A Service by key; not a later Service of the same name.
+    pub fn service(&self, service: &ServiceKey) -> Option<Arc<ServiceRecord>> {
         self.services
-            .get(&reflector::ObjectRef::new(&service.name).within(&service.namespace))
-            .filter(|svc| svc.metadata.uid.as_deref().unwrap_or_default() == service.uid)
+            .get(&service.namespace, &service.name)
+            .filter(|svc| svc.key.uid == service.uid)
     }
 }
 
 /// The label that ties an EndpointSlice to its Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-/// A reflector whose events go to `changes`: `one` for an object applied or deleted,
-/// `relisted` when a (re)list completes.
-fn reflect<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    changes: &mpsc::UnboundedSender<Change>,
-    one: fn(&K) -> Change,
-    relisted: Change,
-) -> Store<K>
-where
-    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
-{
-    let (store, writer) = reflector::store::<K>();
-    let changes = changes.clone();
-    let kind = K::kind(&K::DynamicType::default()).to_string();
-    let stream = reflector::reflector(writer, common::watch(api, config));
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        let mut failing = false;
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(event) => {
-                    if std::mem::take(&mut failing) {
-                        tracing::info!(kind, "watch is back");
-                    }
-                    let change = match &event {
-                        watcher::Event::Apply(object) | watcher::Event::Delete(object) => {
-                            one(object)
-                        }
-                        watcher::Event::InitDone => relisted.clone(),
-                        watcher::Event::Init | watcher::Event::InitApply(_) => continue,
-                    };
-                    if changes.send(change).is_err() {
-                        return;
-                    }
-                }
-                // The store keeps its last state; the speaker goes on from it.
-                Err(e) if !failing => {
-                    failing = true;
-                    tracing::warn!(kind, "watch failing, working from the last state: {e}");
-                }
-                Err(_) => {}
-            }
-        }
-    });
-    store
-}
-
 /// The internal address of a Node the speakers gossip on.
-pub fn internal_ip(node: &Node) -> Option<IpAddr> {
+fn internal_ip(node: &Node) -> Option<IpAddr> {
     let addresses = node.status.as_ref()?.addresses.as_ref()?;
     let ips: Vec<IpAddr> = addresses
         .iter()
@@ -348,16 +399,14 @@ impl Context {
     }
 
     /// The EndpointSlices of a Service.
-    fn slices_of(&self, service: &ServiceKey) -> &[Arc<EndpointSlice>] {
+    fn slices_of(&self, service: &ServiceKey) -> &[Arc<SliceRecord>] {
         let index = self.slices_by_service.get_or_init(|| {
             let mut index = SlicesByService::new();
-            for slice in self.slices.state() {
-                if let Some(name) = slice.labels().get(SERVICE_NAME_LABEL) {
-                    index
-                        .entry((slice.namespace().unwrap_or_default(), name.clone()))
-                        .or_default()
-                        .push(slice.clone());
-                }
+            for slice in self.slices.all() {
+                index
+                    .entry((slice.namespace.clone(), slice.service.clone()))
+                    .or_default()
+                    .push(slice);
             }
             index
         });
@@ -367,8 +416,8 @@ impl Context {
     }
 }
 
-/// The election's view of a Node, and the address its speaker gossips on.
-pub fn node_facts(node: &Node) -> NodeFacts {
+/// The election's view of a Node.
+fn node_facts(node: &Node) -> NodeFacts {
     let network_unavailable = node
         .status
         .as_ref()
@@ -387,12 +436,13 @@ pub fn node_facts(node: &Node) -> NodeFacts {
     }
 }
 
-/// Nodes with an endpoint of the Service that is ready, or serving while terminating (its
+/// Nodes with an endpoint in the slice that is ready, or serving while terminating (its
 /// connections still work, and kube-proxy still uses it when nothing else is ready).
-fn endpoint_nodes(slices: &[Arc<EndpointSlice>]) -> BTreeSet<NodeName> {
-    slices
+fn endpoint_nodes(slice: &EndpointSlice) -> BTreeSet<NodeName> {
+    slice
+        .endpoints
         .iter()
-        .flat_map(|s| s.endpoints.iter().flatten())
+        .flatten()
         .filter(|e| {
             let c = e.conditions.clone().unwrap_or_default();
             c.ready.unwrap_or(true) || c.serving.unwrap_or(false)
@@ -403,20 +453,124 @@ fn endpoint_nodes(slices: &[Arc<EndpointSlice>]) -> BTreeSet<NodeName> {
 }
 
 /// The election's view of an advertisement: the nodes its selectors pick now.
-fn advertisement(ad: &model::Advertisement, nodes: &[Arc<Node>]) -> Advertisement {
+fn advertisement(ad: &model::Advertisement, nodes: &[Arc<NodeRecord>]) -> Advertisement {
     let selected = ad.selects_some_nodes.then(|| {
         nodes
             .iter()
-            .filter(|n| {
-                let labels: Labels = n.labels().clone();
-                ad.selects_node(&labels)
-            })
-            .map(|n| NodeName::new(n.name_any()))
+            .filter(|n| ad.selects_node(&n.labels))
+            .map(|n| NodeName::new(n.name.as_str()))
             .collect()
     });
     Advertisement {
         name: ad.name.clone(),
         nodes: selected,
         interfaces: (!ad.interfaces.is_empty()).then(|| ad.interfaces.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ServiceStatus;
+    use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, ServiceSpec};
+    use k8s_openapi::api::discovery::v1::EndpointConditions;
+
+    const OURS: ClassPolicy = ClassPolicy {
+        handle_unclassed: true,
+    };
+
+    fn service(type_: &str, class: Option<&str>) -> Service {
+        let mut svc = Service::default();
+        svc.metadata.name = Some("web".into());
+        svc.metadata.namespace = Some("shop".into());
+        svc.metadata.uid = Some("u1".into());
+        svc.metadata.generation = Some(3);
+        svc.spec = Some(ServiceSpec {
+            type_: Some(type_.into()),
+            load_balancer_class: class.map(Into::into),
+            external_traffic_policy: Some("Local".into()),
+            ..ServiceSpec::default()
+        });
+        svc.status = Some(ServiceStatus {
+            load_balancer: Some(LoadBalancerStatus {
+                ingress: Some(vec![LoadBalancerIngress {
+                    ip: Some("192.0.2.10".into()),
+                    ..LoadBalancerIngress::default()
+                }]),
+            }),
+            conditions: Some(vec![Condition {
+                type_: model::service::ANNOUNCED_CONDITION.into(),
+                status: "True".into(),
+                reason: "Announced".into(),
+                message: "192.0.2.10 is announced by node node-2".into(),
+                last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+                ),
+                observed_generation: Some(3),
+            }]),
+        });
+        svc
+    }
+
+    #[test]
+    fn a_service_of_ours_keeps_what_the_election_and_the_report_read() {
+        let record = ServiceRecord::of(&service("LoadBalancer", None), OURS).expect("ours");
+        assert_eq!(record.key, ServiceKey::new("shop", "web", "u1"));
+        assert_eq!(record.ingress, ["192.0.2.10".parse::<IpAddr>().unwrap()]);
+        assert_eq!(record.traffic_policy, TrafficPolicy::Local);
+        assert_eq!(record.generation, Some(3));
+        assert_eq!(record.announced_by(), Some("node-2"));
+    }
+
+    #[test]
+    fn anybody_elses_service_is_not_kept() {
+        assert!(ServiceRecord::of(&service("ClusterIP", None), OURS).is_none());
+        assert!(ServiceRecord::of(&service("LoadBalancer", Some("other.io/lb")), OURS).is_none());
+        let unclassed_elsewhere = ClassPolicy {
+            handle_unclassed: false,
+        };
+        assert!(ServiceRecord::of(&service("LoadBalancer", None), unclassed_elsewhere).is_none());
+        assert!(
+            ServiceRecord::of(
+                &service("LoadBalancer", Some(model::service::LOAD_BALANCER_CLASS)),
+                unclassed_elsewhere
+            )
+            .is_some()
+        );
+    }
+
+    #[test]
+    fn a_slice_keeps_the_nodes_of_its_ready_or_serving_endpoints() {
+        use k8s_openapi::api::discovery::v1::Endpoint;
+        let endpoint = |node: &str, ready: Option<bool>, serving: Option<bool>| Endpoint {
+            addresses: vec!["192.0.2.100".into()],
+            node_name: Some(node.into()),
+            conditions: Some(EndpointConditions {
+                ready,
+                serving,
+                terminating: None,
+            }),
+            ..Endpoint::default()
+        };
+        let mut slice = EndpointSlice {
+            address_type: "IPv4".into(),
+            endpoints: Some(vec![
+                endpoint("ready", Some(true), Some(true)),
+                endpoint("unknown", None, None),
+                endpoint("terminating-serving", Some(false), Some(true)),
+                endpoint("not-ready", Some(false), Some(false)),
+            ]),
+            ..EndpointSlice::default()
+        };
+        slice.metadata.namespace = Some("shop".into());
+        assert_eq!(SliceRecord::of(&slice), None, "a slice of no Service");
+        slice.metadata.labels = Some([(SERVICE_NAME_LABEL.to_string(), "web".to_string())].into());
+        let record = SliceRecord::of(&slice).expect("a slice of web");
+        assert_eq!(
+            (record.namespace.as_str(), record.service.as_str()),
+            ("shop", "web")
+        );
+        let nodes: Vec<&str> = record.endpoint_nodes.iter().map(|n| n.as_str()).collect();
+        assert_eq!(nodes, ["ready", "terminating-serving", "unknown"]);
     }
 }
