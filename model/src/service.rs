@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::address::Family;
 use crate::selector::Labels;
@@ -29,11 +30,26 @@ pub const CONFLICT_REASON: &str = "AddressConflict";
 
 /// A Service's identity. The UID tells a Service from a later one of the same name: what was
 /// held by a deleted Service is never mistaken for its successor's.
+///
+/// Its parts are shared by every clone: the election and the binaries' maps hold a key per
+/// Service several times over, which at 10,000 Services was megabytes of copied strings.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ServiceKey {
+pub struct ServiceKey(Arc<KeyParts>);
+
+/// What a [`ServiceKey`] is made of; its fields read through the key (`key.name`).
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct KeyParts {
     pub namespace: String,
     pub name: String,
     pub uid: String,
+}
+
+impl std::ops::Deref for ServiceKey {
+    type Target = KeyParts;
+
+    fn deref(&self) -> &KeyParts {
+        &self.0
+    }
 }
 
 impl ServiceKey {
@@ -42,11 +58,11 @@ impl ServiceKey {
         name: impl Into<String>,
         uid: impl Into<String>,
     ) -> ServiceKey {
-        ServiceKey {
+        ServiceKey(Arc::new(KeyParts {
             namespace: namespace.into(),
             name: name.into(),
             uid: uid.into(),
-        }
+        }))
     }
 
     /// Whether both name the same namespace and name, whatever their UIDs.
