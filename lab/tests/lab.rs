@@ -529,3 +529,76 @@ async fn every_fault_works_and_teardown_leaves_nothing() {
     assert!(!alive, "etcd ({etcd}) still runs");
     assert!(!lab::running_prefixes().unwrap().contains(&prefix));
 }
+
+/// Processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+        .map(|cmdline| String::from_utf8_lossy(&cmdline).replace('\0', " "))
+        .filter(|cmdline| cmdline.contains(needle))
+        .collect()
+}
+
+/// A bench stopped with Ctrl-C (SIGINT) takes its lab with it: no process, namespace or
+/// directory of it is left for `lab down --all` to find.
+#[test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
+fn a_bench_stopped_with_sigint_tears_its_lab_down() {
+    lab::require_lab!();
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    use std::io::{BufRead, BufReader};
+    let mut bench = std::process::Command::new(env!("CARGO_BIN_EXE_lab"))
+        .args([
+            "bench-soak",
+            "--seconds",
+            "120",
+            "--nodes",
+            "2",
+            "--addresses",
+            "2",
+        ])
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut prefix = None;
+    let mut lines = BufReader::new(bench.stderr.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if line.contains("lab is up")
+            && let Some((_, rest)) = line.split_once("prefix=")
+        {
+            prefix = rest.split_whitespace().next().map(str::to_string);
+            break;
+        }
+    }
+    let prefix = prefix.expect("the bench logged its lab's prefix");
+    let dir = std::env::temp_dir().join(format!("ferrolb-lab-{prefix}"));
+    let started = Instant::now();
+    while processes_mentioning(&dir.display().to_string()).is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the lab runs nothing"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Let the lab's speakers start, so there is something to tear down.
+    std::thread::sleep(Duration::from_secs(3));
+    kill(Pid::from_raw(bench.id() as i32), Signal::SIGINT).unwrap();
+    // Read the rest so the bench never blocks on a full pipe while it tears down.
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = bench.wait().unwrap();
+    assert!(!status.success(), "an interrupted bench says so: {rest:?}");
+
+    let left = processes_mentioning(&dir.display().to_string());
+    let namespaces = lab::netns::list(|n| n.starts_with(&format!("{prefix}-"))).unwrap();
+    // Whatever the assertions find, nothing stays behind for the next test.
+    lab::down(&prefix).unwrap();
+    assert!(left.is_empty(), "{left:#?}");
+    assert!(namespaces.is_empty(), "{namespaces:?}");
+    assert!(!dir.exists(), "{} is left", dir.display());
+}
