@@ -82,6 +82,8 @@ impl Control {
     }
 
     pub fn run(mut self, inputs: Receiver<Input>) {
+        // An input read while looking for newer desired sets, handled next.
+        let mut pending = None;
         loop {
             self.heartbeat.beat();
             match crate::fault::due(crate::fault::Loop::Announcer) {
@@ -96,10 +98,14 @@ impl Control {
                 at.saturating_duration_since(Instant::now())
                     .min(super::HEARTBEAT)
             });
-            let received = inputs.recv_timeout(wait);
+            let received = match pending.take() {
+                Some(input) => Ok(input),
+                None => inputs.recv_timeout(wait),
+            };
             let now = Instant::now();
             let out = match received {
                 Ok(Input::Desired(desired)) => {
+                    let desired = newest_desired(desired, &inputs, &mut pending);
                     self.rescan();
                     self.machine.set_desired(now, &desired)
                 }
@@ -153,7 +159,12 @@ impl Control {
     fn apply(&mut self, out: Output) {
         // Answer before announcing: a GARP makes neighbours ask.
         self.sync_ports();
-        for send in &out.sends {
+        for (i, send) in out.sends.iter().enumerate() {
+            // A takeover of a thousand addresses is thousands of frames, which on a loaded
+            // node take longer than the stuck-loop limit: sending is progress, not a hang.
+            if i % 64 == 63 {
+                self.heartbeat.beat();
+            }
             self.send(send);
         }
         // State first, so that whoever reacts to an event sees it in `answering()`.
@@ -285,5 +296,64 @@ impl Control {
                 }
             }
         }
+    }
+}
+
+/// The newest of a run of desired sets queued one after another: the speaker's loop sends a
+/// whole set on every change, and while the announcer is busy (sending a takeover's
+/// announcements, say) applying each of a backlog in turn only delays the newest, and holds
+/// every copy in memory meanwhile. The first other input ends the run and is handed back in
+/// `pending`, so nothing else is reordered.
+fn newest_desired(
+    mut desired: BTreeMap<IpAddr, Desired>,
+    inputs: &Receiver<Input>,
+    pending: &mut Option<Input>,
+) -> BTreeMap<IpAddr, Desired> {
+    while let Ok(input) = inputs.try_recv() {
+        match input {
+            Input::Desired(newer) => desired = newer,
+            other => {
+                *pending = Some(other);
+                break;
+            }
+        }
+    }
+    desired
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desired(ip: &str) -> BTreeMap<IpAddr, Desired> {
+        BTreeMap::from([(
+            ip.parse().unwrap(),
+            Desired {
+                interfaces: vec!["eth0".into()],
+                probe: false,
+                fence: false,
+            },
+        )])
+    }
+
+    #[test]
+    fn a_run_of_desired_sets_is_read_as_its_newest_and_the_next_input_waits() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        for ip in ["192.0.2.2", "192.0.2.3"] {
+            tx.send(Input::Desired(desired(ip))).unwrap();
+        }
+        tx.send(Input::Audit(vec!["192.0.2.9".parse().unwrap()]))
+            .unwrap();
+        tx.send(Input::Desired(desired("192.0.2.4"))).unwrap();
+
+        let mut pending = None;
+        let newest = newest_desired(desired("192.0.2.1"), &rx, &mut pending);
+        assert_eq!(newest, desired("192.0.2.3"));
+        assert!(
+            matches!(&pending, Some(Input::Audit(ips)) if ips.len() == 1),
+            "the audit is kept, not skipped"
+        );
+        // The set sent after the audit is read after it, not folded into the run before it.
+        assert!(matches!(rx.try_recv(), Ok(Input::Desired(d)) if d == desired("192.0.2.4")));
     }
 }
