@@ -33,6 +33,10 @@ pub(crate) enum Input {
     Shutdown,
 }
 
+/// How often the links are read again and unopenable interfaces retried without a change of
+/// the link watch (what the speaker loop's turns used to drive).
+const RESCAN_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
 pub(crate) struct Control {
     machine: Machine,
     metrics: Metrics,
@@ -47,6 +51,8 @@ pub(crate) struct Control {
     /// Interfaces that could not be opened since the last scan: retried after the next one,
     /// not on every tick.
     unopenable: BTreeSet<String>,
+    /// When the links are next read again even if the link watch saw no change.
+    next_rescan: Instant,
     release_waiters: Vec<oneshot::Sender<()>>,
     /// Shared with every port: when set, they answer nothing.
     muted: Arc<AtomicBool>,
@@ -75,6 +81,7 @@ impl Control {
             link_watch,
             ports: BTreeMap::new(),
             unopenable: BTreeSet::new(),
+            next_rescan: Instant::now(),
             release_waiters: Vec::new(),
             muted,
             heartbeat,
@@ -103,6 +110,12 @@ impl Control {
                 None => inputs.recv_timeout(wait),
             };
             let now = Instant::now();
+            // The announcer's own schedule, not the speaker loop's: the loop sends a desired
+            // set only when it changed, and a re-created interface or one that could not be
+            // opened must be looked at again all the same.
+            if self.link_watch.has_changed().unwrap_or(false) || now >= self.next_rescan {
+                self.rescan();
+            }
             let out = match received {
                 Ok(Input::Desired(desired)) => {
                     let desired = newest_desired(desired, &inputs, &mut pending);
@@ -139,6 +152,7 @@ impl Control {
     /// went away or changed (a re-created interface has a new index): they are reopened if
     /// still needed.
     fn rescan(&mut self) {
+        self.next_rescan = Instant::now() + RESCAN_EVERY;
         self.links = self.link_watch.borrow_and_update().clone();
         let own = self
             .links
