@@ -145,6 +145,24 @@ pub fn proc_status(pid: u32, field: &str) -> Result<String> {
         .with_context(|| format!("no {field} in /proc/{pid}/status"))
 }
 
+/// Every process whose command line contains `text`, as `PID: command line`: what a torn-down
+/// lab must have left none of.
+pub fn mentioning(text: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            cmdline
+                .contains(text)
+                .then(|| format!("{}: {cmdline}", entry.file_name().to_string_lossy()))
+        })
+        .collect()
+}
+
 /// A process's resident set now, in KiB (`VmRSS` of `/proc/PID/status`).
 pub fn rss_kib(pid: u32) -> Result<u64> {
     let text = proc_status(pid, "VmRSS")?;

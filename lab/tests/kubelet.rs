@@ -570,23 +570,6 @@ fn kubelet_sysctls() -> Vec<String> {
     .collect()
 }
 
-/// Processes whose command line names `text`.
-fn processes_naming(text: &str) -> Vec<String> {
-    let mut found = vec![];
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if cmdline.contains(text) {
-                found.push(format!(
-                    "{}: {cmdline}",
-                    entry.file_name().to_string_lossy()
-                ));
-            }
-        }
-    }
-    found
-}
-
 /// A `lab up` killed with SIGKILL leaves its kubelets, containerds, pods and everything they
 /// touched behind; `lab down --all` removes it all: namespaces, processes, cgroups, the host
 /// directories, and the machine's sysctls as they were.
@@ -613,12 +596,12 @@ fn down_all_removes_a_killed_kubelet_cluster() {
     let client = client.expect("lab up printed CLIENT= before it ended");
     let prefix = client.strip_suffix("-client").unwrap().to_string();
     // The cluster runs pods: the speakers, the controllers.
-    assert!(!processes_naming("ferrolb-speaker").is_empty());
+    assert!(!lab::process::mentioning("ferrolb-speaker").is_empty());
     up.kill().unwrap();
     up.wait().unwrap();
     let dir = std::env::temp_dir().join(format!("ferrolb-lab-{prefix}"));
     assert!(
-        !processes_naming(&dir.display().to_string()).is_empty(),
+        !lab::process::mentioning(&dir.display().to_string()).is_empty(),
         "the kubelets outlive the killed lab"
     );
 
@@ -629,7 +612,7 @@ fn down_all_removes_a_killed_kubelet_cluster() {
     assert!(out.status.success(), "{out:?}");
     let namespaces = lab::netns::list(|n| n.starts_with(&prefix)).unwrap();
     assert!(namespaces.is_empty(), "{namespaces:?}");
-    let left = processes_naming(&dir.display().to_string());
+    let left = lab::process::mentioning(&dir.display().to_string());
     assert!(left.is_empty(), "{left:#?}");
     assert!(!dir.exists(), "{} is left", dir.display());
     let cgroups: Vec<_> = std::fs::read_dir("/sys/fs/cgroup")

@@ -530,17 +530,6 @@ async fn every_fault_works_and_teardown_leaves_nothing() {
     assert!(!lab::running_prefixes().unwrap().contains(&prefix));
 }
 
-/// Processes whose command line mentions `needle`.
-fn processes_mentioning(needle: &str) -> Vec<String> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
-        .map(|cmdline| String::from_utf8_lossy(&cmdline).replace('\0', " "))
-        .filter(|cmdline| cmdline.contains(needle))
-        .collect()
-}
-
 /// A bench stopped with Ctrl-C (SIGINT) takes its lab with it: no process, namespace or
 /// directory of it is left for `lab down --all` to find.
 #[test]
@@ -579,7 +568,7 @@ fn a_bench_stopped_with_sigint_tears_its_lab_down() {
     let prefix = prefix.expect("the bench logged its lab's prefix");
     let dir = std::env::temp_dir().join(format!("ferrolb-lab-{prefix}"));
     let started = Instant::now();
-    while processes_mentioning(&dir.display().to_string()).is_empty() {
+    while lab::process::mentioning(&dir.display().to_string()).is_empty() {
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "the lab runs nothing"
@@ -594,7 +583,7 @@ fn a_bench_stopped_with_sigint_tears_its_lab_down() {
     let status = bench.wait().unwrap();
     assert!(!status.success(), "an interrupted bench says so: {rest:?}");
 
-    let left = processes_mentioning(&dir.display().to_string());
+    let left = lab::process::mentioning(&dir.display().to_string());
     let namespaces = lab::netns::list(|n| n.starts_with(&format!("{prefix}-"))).unwrap();
     // Whatever the assertions find, nothing stays behind for the next test.
     lab::down(&prefix).unwrap();
