@@ -18,6 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use model::ServiceKey;
 
@@ -29,12 +30,17 @@ use crate::election::{self, ElectionKey, NodeName, ServiceAddresses};
 pub struct Elector {
     nodes: BTreeMap<NodeName, NodeFacts>,
     services: BTreeMap<ServiceKey, ServiceFacts>,
-    advertisements: BTreeMap<IpAddr, Vec<Advertisement>>,
+    advertisements: BTreeMap<IpAddr, Arc<[Advertisement]>>,
+    /// Each distinct list of covering advertisements, once: the thousands of addresses of a
+    /// pool share one list instead of holding a copy each.
+    coverings: Vec<Arc<[Advertisement]>>,
     live: BTreeSet<NodeName>,
     /// The Services holding each address.
-    holders: BTreeMap<IpAddr, BTreeSet<ServiceKey>>,
+    /// (Sorted vectors, not sets: nearly every address has one Service and every group one
+    /// address, and a one-element set costs a whole tree node.)
+    holders: BTreeMap<IpAddr, Vec<ServiceKey>>,
     /// The addresses elected under each key.
-    groups: BTreeMap<ElectionKey, BTreeSet<IpAddr>>,
+    groups: BTreeMap<ElectionKey, Vec<IpAddr>>,
     decisions: BTreeMap<IpAddr, Decision>,
     /// Addresses whose Services or advertisements changed since the last settle.
     touched: BTreeSet<IpAddr>,
@@ -76,7 +82,9 @@ impl Elector {
             for address in &old.addresses {
                 self.touched.insert(*address);
                 if let Some(holders) = self.holders.get_mut(address) {
-                    holders.remove(key);
+                    if let Ok(at) = holders.binary_search(key) {
+                        holders.remove(at);
+                    }
                     if holders.is_empty() {
                         self.holders.remove(address);
                     }
@@ -86,10 +94,10 @@ impl Elector {
         if let Some(facts) = facts {
             for address in &facts.addresses {
                 self.touched.insert(*address);
-                self.holders
-                    .entry(*address)
-                    .or_default()
-                    .insert(key.clone());
+                let holders = self.holders.entry(*address).or_default();
+                if let Err(at) = holders.binary_search(key) {
+                    holders.insert(at, key.clone());
+                }
             }
             self.services.insert(key.clone(), facts);
         }
@@ -98,11 +106,28 @@ impl Elector {
     /// The advertisements covering an address's pool (empty: none). Kept while a Service
     /// holds the address.
     pub fn set_advertisements(&mut self, address: IpAddr, advertisements: Vec<Advertisement>) {
-        if self.advertisements.get(&address) == Some(&advertisements) {
+        if self
+            .advertisements
+            .get(&address)
+            .is_some_and(|held| **held == *advertisements)
+        {
             return;
         }
         self.touched.insert(address);
-        self.advertisements.insert(address, advertisements);
+        let shared = self.shared(advertisements);
+        self.advertisements.insert(address, shared);
+    }
+
+    /// The held copy of a list of advertisements, made if there is none.
+    fn shared(&mut self, advertisements: Vec<Advertisement>) -> Arc<[Advertisement]> {
+        if let Some(held) = self.coverings.iter().find(|c| ***c == *advertisements) {
+            return held.clone();
+        }
+        // Lists no address holds any more (a pool or advertisement changed) are let go.
+        self.coverings.retain(|c| Arc::strong_count(c) > 1);
+        let shared: Arc<[Advertisement]> = advertisements.into();
+        self.coverings.push(shared.clone());
+        shared
     }
 
     /// A node's facts (`None`: the Node is gone).
@@ -218,7 +243,7 @@ impl Elector {
                         Ok(node) => self.interfaces(*address, node),
                         Err(_) => None,
                     },
-                    services: self.holders[address].iter().cloned().collect(),
+                    services: self.holders[address].to_vec(),
                 };
                 if self.decisions.get(address) != Some(&decision) {
                     let before = self.decisions.insert(*address, decision);
@@ -266,7 +291,11 @@ impl Elector {
         let keys = election::election_keys(&held);
         let groups = election::group_by_key(&keys);
         let regrouped = groups.keys().copied().collect();
-        self.groups.extend(groups);
+        self.groups.extend(
+            groups
+                .into_iter()
+                .map(|(key, group)| (key, group.into_iter().collect())),
+        );
         regrouped
     }
 
@@ -275,7 +304,7 @@ impl Elector {
     fn owner<'a>(
         &self,
         key: &ElectionKey,
-        group: &BTreeSet<IpAddr>,
+        group: &[IpAddr],
         pool: impl IntoIterator<Item = &'a NodeName>,
     ) -> Result<(NodeName, Option<NodeName>), NoOwner> {
         let mut candidates: BTreeSet<&NodeName> = pool.into_iter().collect();
@@ -331,7 +360,7 @@ impl Elector {
     /// `owner`; `None` when one of them leaves it open.
     fn interfaces(&self, address: IpAddr, owner: &NodeName) -> Option<Vec<String>> {
         let mut union = BTreeSet::new();
-        for ad in self.advertisements.get(&address)? {
+        for ad in self.advertisements.get(&address)?.iter() {
             if ad.nodes.as_ref().is_some_and(|n| !n.contains(owner)) {
                 continue;
             }
