@@ -110,10 +110,7 @@ async fn main() -> anyhow::Result<()> {
     let election = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
     let page: common::http::Pages = vec![("/election", {
         let election = election.clone();
-        Arc::new(move || {
-            let lines = election.lock().expect("not poisoned");
-            lines.values().map(String::as_str).collect::<String>()
-        })
+        Arc::new(move || run::render_election(&election.lock().expect("not poisoned")))
     })];
     let _http = common::http::serve(
         args.metrics_addr,

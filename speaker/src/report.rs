@@ -2,23 +2,25 @@
 //!
 //! One speaker reports on each Service: its addresses' owner, or, when nobody owns them, the live
 //! speaker whose node name sorts first. Writes go through a task of their own so that an API
-//! server that is slow or gone never delays an election or a takeover; the condition is
-//! re-checked against the Service every few seconds and rewritten when it differs, so it comes
-//! back right after an outage.
+//! server that is slow or gone never delays an election or a takeover. A condition is checked
+//! against the Service when it is wanted anew and whenever the Service changes, and rewritten
+//! when it differs; a failed write is retried every few seconds, so it comes back right after
+//! an outage.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::events::{EventType, Note, Recorder};
 use k8s_openapi::api::core::v1::{ObjectReference, Service};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::json;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc};
 
-use crate::view::Stores;
+use crate::view::{Announced, Stores};
 use model::ServiceKey;
 use speaker_core::decide::NoOwner;
 use speaker_core::election::NodeName;
@@ -37,7 +39,7 @@ pub const MANAGER: &str = "ferrolb-speaker";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Wanted {
     pub announced: bool,
-    pub reason: String,
+    pub reason: &'static str,
     pub message: String,
 }
 
@@ -46,7 +48,7 @@ impl Wanted {
     pub fn announced(addresses: &str, node: &NodeName) -> Wanted {
         Wanted {
             announced: true,
-            reason: "Announced".into(),
+            reason: "Announced",
             message: format!("{addresses} announced from node {}", node.as_str()),
         }
     }
@@ -55,7 +57,7 @@ impl Wanted {
     pub fn conflict(ip: IpAddr, interface: &str, mac: &MacAddr, node: &NodeName) -> Wanted {
         Wanted {
             announced: false,
-            reason: model::service::CONFLICT_REASON.into(),
+            reason: model::service::CONFLICT_REASON,
             message: format!(
                 "{ip} is answered on {interface} by {mac}, a host that is not a ferrolb speaker, as seen from node {}",
                 node.as_str()
@@ -68,7 +70,7 @@ impl Wanted {
     pub fn two_owners(ip: IpAddr, other: Option<&str>, mac: &MacAddr, node: &NodeName) -> Wanted {
         Wanted {
             announced: true,
-            reason: "TwoOwners".into(),
+            reason: "TwoOwners",
             message: format!(
                 "{ip} is also answered by node {} ({mac}): their gossip does not reach each other; announced from node {}",
                 other.unwrap_or("unknown"),
@@ -81,7 +83,7 @@ impl Wanted {
     pub fn unowned(ip: IpAddr, why: NoOwner, node: &NodeName) -> Wanted {
         Wanted {
             announced: false,
-            reason: why.reason().into(),
+            reason: why.reason(),
             message: format!(
                 "{ip}: {}; reported by node {}",
                 why.explain(),
@@ -112,32 +114,68 @@ pub struct Notice {
 /// Handles to the reporting tasks.
 #[derive(Clone)]
 pub struct Reports {
-    conditions: watch::Sender<BTreeMap<ServiceKey, Wanted>>,
+    wants: Arc<Mutex<Wants>>,
+    wake: Arc<Notify>,
     notices: mpsc::UnboundedSender<Notice>,
+}
+
+/// The conditions wanted, shared by the loop and the writer: one copy, however many Services.
+#[derive(Default)]
+struct Wants {
+    wanted: BTreeMap<ServiceKey, Wanted>,
+    /// Services to check against the API server's (the watch cache's) copy.
+    check: BTreeSet<ServiceKey>,
 }
 
 impl Reports {
     pub fn start(client: Client, stores: Stores, node: &str) -> Reports {
-        let (conditions, wanted) = watch::channel(BTreeMap::new());
         let (notices, notice_rx) = mpsc::unbounded_channel();
-        tokio::spawn(write_conditions(client.clone(), stores.clone(), wanted));
+        let reports = Reports {
+            wants: Arc::default(),
+            wake: Arc::default(),
+            notices,
+        };
+        tokio::spawn(write_conditions(
+            client.clone(),
+            stores,
+            reports.wants.clone(),
+            reports.wake.clone(),
+        ));
         tokio::spawn(publish_notices(
             Recorder::new(client, MANAGER, node),
             notice_rx,
         ));
-        Reports {
-            conditions,
-            notices,
-        }
+        reports
     }
 
-    /// The conditions of every Service this speaker reports on (the others are left alone).
-    pub fn set_conditions(&self, wanted: BTreeMap<ServiceKey, Wanted>) {
-        self.conditions.send_if_modified(|current| {
-            let changed = *current != wanted;
-            *current = wanted;
-            changed
-        });
+    /// The condition this speaker wants on a Service (`None`: it leaves the Service's
+    /// condition to another speaker). Whether that changed what it wants.
+    pub fn want(&self, service: &ServiceKey, want: Option<Wanted>) -> bool {
+        let mut wants = self.wants.lock().expect("not poisoned");
+        let changed = match want {
+            Some(want) if wants.wanted.get(service) != Some(&want) => {
+                wants.wanted.insert(service.clone(), want);
+                wants.check.insert(service.clone());
+                true
+            }
+            Some(_) => false,
+            None => wants.wanted.remove(service).is_some(),
+        };
+        drop(wants);
+        if changed {
+            self.wake.notify_one();
+        }
+        changed
+    }
+
+    /// The Service changed (someone may have overwritten the condition): checked again if
+    /// this speaker wants a condition on it.
+    pub fn recheck(&self, service: &ServiceKey) {
+        let mut wants = self.wants.lock().expect("not poisoned");
+        if wants.wanted.contains_key(service) && wants.check.insert(service.clone()) {
+            drop(wants);
+            self.wake.notify_one();
+        }
     }
 
     pub fn notice(&self, notice: Notice) {
@@ -146,45 +184,90 @@ impl Reports {
     }
 }
 
-const RESYNC: Duration = Duration::from_secs(5);
+/// How soon a failed write is tried again.
+const RETRY: Duration = Duration::from_secs(5);
+/// Every wanted condition is checked again this often, whatever the events said.
+const SWEEP: Duration = Duration::from_secs(60);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 async fn write_conditions(
     client: Client,
     stores: Stores,
-    mut wanted: watch::Receiver<BTreeMap<ServiceKey, Wanted>>,
+    wants: Arc<Mutex<Wants>>,
+    wake: Arc<Notify>,
 ) {
+    let mut failed: BTreeSet<ServiceKey> = BTreeSet::new();
+    let mut next_sweep = tokio::time::Instant::now() + SWEEP;
     loop {
-        let current = wanted.borrow_and_update().clone();
-        for (service, want) in &current {
-            let Some(svc) = stores.service(service) else {
-                continue;
-            };
-            let existing = svc.announced.clone();
-            if existing.as_ref().is_some_and(|c| same(c, want)) {
-                continue;
-            }
-            let transition = match &existing {
-                Some(c) if (c.status == "True") == want.announced => c.last_transition_time.clone(),
-                _ => Time(k8s_openapi::jiff::Timestamp::now()),
-            };
-            let patch = condition_patch(service, want, transition, svc.generation);
-            let api = Api::<Service>::namespaced(client.clone(), &service.namespace);
-            let params = PatchParams::apply(MANAGER).force();
-            match tokio::time::timeout(
-                WRITE_TIMEOUT,
-                api.patch_status(&service.name, &params, &Patch::Apply(&patch)),
-            )
-            .await
-            {
-                Ok(Ok(_)) => tracing::debug!(%service, "condition written"),
-                Ok(Err(e)) => tracing::warn!(%service, "cannot write the condition: {e}"),
-                Err(_) => tracing::warn!(%service, "cannot write the condition: timed out"),
+        let batch: Vec<(ServiceKey, Wanted)> = {
+            let mut wants = wants.lock().expect("not poisoned");
+            let check = std::mem::take(&mut wants.check);
+            check
+                .into_iter()
+                .filter_map(|key| wants.wanted.get(&key).map(|w| (key, w.clone())))
+                .collect()
+        };
+        for (service, want) in batch {
+            if !write_condition(&client, &stores, &service, &want).await {
+                failed.insert(service);
             }
         }
-        // On a change at once; otherwise re-check, so what failed or was overwritten is mended.
-        if let Ok(Err(_)) = tokio::time::timeout(RESYNC, wanted.changed()).await {
-            return;
+        let wait = if failed.is_empty() {
+            next_sweep.saturating_duration_since(tokio::time::Instant::now())
+        } else {
+            RETRY
+        };
+        if tokio::time::timeout(wait, wake.notified()).await.is_err() {
+            let mut wants = wants.lock().expect("not poisoned");
+            let mut again = std::mem::take(&mut failed);
+            if tokio::time::Instant::now() >= next_sweep {
+                next_sweep = tokio::time::Instant::now() + SWEEP;
+                again.extend(wants.wanted.keys().cloned());
+            }
+            wants.check.extend(again);
+        }
+    }
+}
+
+/// Writes the condition if the Service's differs; whether it is as wanted now (a Service not
+/// in the cache yet is checked again when it arrives).
+async fn write_condition(
+    client: &Client,
+    stores: &Stores,
+    service: &ServiceKey,
+    want: &Wanted,
+) -> bool {
+    let Some(svc) = stores.service(service) else {
+        return true;
+    };
+    let existing = svc.announced.as_ref();
+    if existing.is_some_and(|c| same(c, want)) {
+        return true;
+    }
+    let transition = match existing {
+        Some(c) if c.status == want.announced => c.last_transition_time.clone(),
+        _ => Time(k8s_openapi::jiff::Timestamp::now()),
+    };
+    let patch = condition_patch(service, want, transition, svc.generation);
+    let api = Api::<Service>::namespaced(client.clone(), &service.namespace);
+    let params = PatchParams::apply(MANAGER).force();
+    match tokio::time::timeout(
+        WRITE_TIMEOUT,
+        api.patch_status(&service.name, &params, &Patch::Apply(&patch)),
+    )
+    .await
+    {
+        Ok(Ok(_)) => {
+            tracing::debug!(%service, "condition written");
+            true
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(%service, "cannot write the condition: {e}");
+            false
+        }
+        Err(_) => {
+            tracing::warn!(%service, "cannot write the condition: timed out");
+            false
         }
     }
 }
@@ -212,10 +295,10 @@ pub fn condition_patch(
     })
 }
 
-fn same(existing: &Condition, want: &Wanted) -> bool {
-    (existing.status == "True") == want.announced
-        && existing.reason == want.reason
-        && existing.message == want.message
+fn same(existing: &Announced, want: &Wanted) -> bool {
+    existing.status == want.announced
+        && *existing.reason == *want.reason
+        && *existing.message == *want.message
 }
 
 async fn publish_notices(recorder: Recorder, mut notices: mpsc::UnboundedReceiver<Notice>) {

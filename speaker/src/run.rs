@@ -182,11 +182,29 @@ pub struct Speaker {
     pub membership_heartbeat: common::health::Heartbeat,
     pub announcer_heartbeat: common::health::Heartbeat,
     /// The lines of `/election`: this speaker's owner (or reason for none) per address.
-    pub election: Arc<std::sync::Mutex<BTreeMap<IpAddr, String>>>,
+    pub election: Arc<std::sync::Mutex<ElectionPage>>,
     /// The failover's fast path: told which owners this node succeeds (`None`: off), and which
     /// of them answer no echo request; this node elects without those.
     pub reach: Option<crate::reach::Watcher>,
     pub unreachable: tokio::sync::watch::Receiver<BTreeSet<NodeName>>,
+}
+
+/// Each address's owner, or why it has none, as this speaker elected it: written out only
+/// when `/election` is read (a line per address kept as text would be most of the page's
+/// memory).
+pub type ElectionPage = BTreeMap<IpAddr, Result<NodeName, NoOwner>>;
+
+/// The `/election` page: one line per address, its owner or `-` and the reason for none.
+pub fn render_election(page: &ElectionPage) -> String {
+    use std::fmt::Write;
+    let mut text = String::new();
+    for (ip, owner) in page {
+        let _ = match owner {
+            Ok(owner) => writeln!(text, "{ip} {}", owner.as_str()),
+            Err(why) => writeln!(text, "{ip} - {}", why.reason()),
+        };
+    }
+    text
 }
 
 /// What the loop remembers between elections.
@@ -212,9 +230,8 @@ struct Memory {
     nodes: BTreeMap<String, Arc<NodeRecord>>,
     /// The key each Service (by namespace and name) is held under in the elector.
     service_keys: BTreeMap<(String, String), ServiceKey>,
-    /// The conditions this speaker wants on Services, and the Services whose wanted
-    /// condition must be worked out again (all of them with `report_all`).
-    wanted: BTreeMap<ServiceKey, Wanted>,
+    /// The Services whose wanted condition must be worked out again (all of them with
+    /// `report_all`).
     to_report: BTreeSet<ServiceKey>,
     report_all: bool,
     /// When disagreements with the Services' conditions were last counted.
@@ -639,6 +656,8 @@ impl Speaker {
                     memory.elector.set_advertisements(ip, advertisements);
                 }
                 let key = input.facts.service.clone();
+                // Its condition as the API server has it may no longer be the one wanted.
+                self.reports.recheck(&key);
                 memory.elector.set_service(&key, Some(input.facts));
                 memory.service_keys.insert(names, key);
             }
@@ -655,8 +674,9 @@ impl Speaker {
             // Until the membership is known this speaker could think itself alone and answer
             // for every address; it announces nothing instead. A stuck membership task is as
             // good as unknown: the peers are declaring this node down.
-            self.announcer.set_desired(BTreeMap::new());
-            memory.desired.clear();
+            let gone = std::mem::take(&mut memory.desired);
+            self.announcer
+                .update(gone.into_keys().map(|ip| (ip, None)).collect());
             memory.desired_from = None;
             return;
         }
@@ -698,20 +718,22 @@ impl Speaker {
             ips.extend(changed.keys());
             ips
         };
-        let mut moved = false;
+        let mut moves = BTreeMap::new();
         for ip in ips {
-            moved |= match self.desired(memory, ip, &unreachable, changed.contains_key(&ip)) {
+            match self.desired(memory, ip, &unreachable, changed.contains_key(&ip)) {
                 Some(now) if memory.desired.get(&ip) != Some(&now) => {
-                    memory.desired.insert(ip, now);
-                    true
+                    memory.desired.insert(ip, now.clone());
+                    moves.insert(ip, Some(now));
                 }
-                Some(_) => false,
-                None => memory.desired.remove(&ip).is_some(),
-            };
+                Some(_) => {}
+                None => {
+                    if memory.desired.remove(&ip).is_some() {
+                        moves.insert(ip, None);
+                    }
+                }
+            }
         }
-        if moved {
-            self.announcer.set_desired(memory.desired.clone());
-        }
+        self.announcer.update(moves);
         // Known from now on: the next owner takes it over without a probe (after the
         // desired set above, or a first announcement would skip its probe).
         for ip in changed.keys() {
@@ -837,10 +859,10 @@ impl Speaker {
                             if *owner != self.me {
                                 memory.other_owner.insert(*ip, owner.clone());
                             }
-                            page.insert(*ip, format!("{ip} {}\n", owner.as_str()));
+                            page.insert(*ip, Ok(owner.clone()));
                         }
                         Err(why) => {
-                            page.insert(*ip, format!("{ip} - {}\n", why.reason()));
+                            page.insert(*ip, Err(*why));
                         }
                     }
                 }
@@ -950,7 +972,6 @@ impl Speaker {
             return;
         }
         let reporter_for_unowned = live.first() == Some(&self.me);
-        let mut moved = false;
         let decisions = memory.elector.decisions();
         for service in services {
             let addresses: Vec<(IpAddr, &Decision)> = memory
@@ -970,7 +991,7 @@ impl Speaker {
                 .filter_map(|(ip, d)| d.owner.as_ref().err().map(|e| (*ip, *e)))
                 .collect();
             if !(owned_by_me || (reporter_for_unowned && !unowned.is_empty())) {
-                moved |= memory.wanted.remove(&service).is_some();
+                self.reports.want(&service, None);
                 continue;
             }
             let want = if let Some((ip, (interface, mac))) = addresses
@@ -989,7 +1010,7 @@ impl Speaker {
             } else if let Some((ip, why)) = unowned.first() {
                 if *why == NoOwner::NotAdvertised {
                     // The controller reports this one, on the Service and the pool.
-                    moved |= memory.wanted.remove(&service).is_some();
+                    self.reports.want(&service, None);
                     continue;
                 }
                 // Once per cause: when the address loses its owner, or the reason changes.
@@ -1015,14 +1036,7 @@ impl Speaker {
                     .collect();
                 Wanted::announced(&text.join(" and "), &self.me)
             };
-            if memory.wanted.get(&service) != Some(&want) {
-                memory.wanted.insert(service, want);
-                moved = true;
-            }
-        }
-        // Copying every wanted condition is worth it only when one changed.
-        if moved {
-            self.reports.set_conditions(memory.wanted.clone());
+            self.reports.want(&service, Some(want));
         }
     }
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crds::{IPAddressPool, L2Advertisement};
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use model::{ClassPolicy, Labels, Pool, ServiceKey, TrafficPolicy};
@@ -62,7 +62,17 @@ pub struct ServiceRecord {
     pub conflict_reported: bool,
     pub generation: Option<i64>,
     /// The `Announced` condition as the API server has it.
-    pub announced: Option<Condition>,
+    pub announced: Option<Announced>,
+}
+
+/// What the speaker reads of a Service's `Announced` condition: whether it should be written
+/// again, and who it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announced {
+    pub status: bool,
+    pub reason: Box<str>,
+    pub message: Box<str>,
+    pub last_transition_time: Time,
 }
 
 impl ServiceRecord {
@@ -85,14 +95,19 @@ impl ServiceRecord {
                     c.iter()
                         .find(|c| c.type_ == model::service::ANNOUNCED_CONDITION)
                 })
-                .cloned(),
+                .map(|c| Announced {
+                    status: c.status == "True",
+                    reason: c.reason.as_str().into(),
+                    message: c.message.as_str().into(),
+                    last_transition_time: c.last_transition_time.clone(),
+                }),
         })
     }
 
     /// The node the `Announced` condition says announces the Service: the last word of a
     /// True condition's message (the admission policy makes every writer sign it so).
     pub fn announced_by(&self) -> Option<&str> {
-        let condition = self.announced.as_ref().filter(|c| c.status == "True")?;
+        let condition = self.announced.as_ref().filter(|c| c.status)?;
         condition.message.rsplit(' ').next()
     }
 }
@@ -498,16 +513,18 @@ mod tests {
                     ..LoadBalancerIngress::default()
                 }]),
             }),
-            conditions: Some(vec![Condition {
-                type_: model::service::ANNOUNCED_CONDITION.into(),
-                status: "True".into(),
-                reason: "Announced".into(),
-                message: "192.0.2.10 is announced by node node-2".into(),
-                last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                    k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
-                ),
-                observed_generation: Some(3),
-            }]),
+            conditions: Some(vec![
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                    type_: model::service::ANNOUNCED_CONDITION.into(),
+                    status: "True".into(),
+                    reason: "Announced".into(),
+                    message: "192.0.2.10 is announced by node node-2".into(),
+                    last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                        k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+                    ),
+                    observed_generation: Some(3),
+                },
+            ]),
         });
         svc
     }

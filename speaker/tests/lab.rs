@@ -202,6 +202,29 @@ async fn the_classic_example_through_real_arp_and_ndp_one_answer_per_address() {
         .await
         .unwrap();
     assert!(events.contains(&owner_name), "{events}");
+    // Someone else's write over the condition is mended as soon as the speaker sees it.
+    lab.kubectl(&[
+        "patch",
+        "svc",
+        "hello",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"conditions":[{"type":"ferrolb.io/Announced","status":"False","reason":"Tampered","message":"written over by the test","lastTransitionTime":"2026-01-01T00:00:00Z"}]}}"#,
+    ])
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let (status, reason, message) = condition_when(&lab, "hello", |s, r, m| {
+        s == "True" && r == "Announced" && m.contains(&owner_name)
+    })
+    .await;
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "Announced"),
+        "not mended: {message}"
+    );
+    eprintln!("condition mended after {:?}", started.elapsed());
     let metrics = lab.speaker_metrics(owner).await.unwrap();
     assert!(
         metric_sum(&metrics, "ferrolb_speaker_requests_answered_total", "arp") >= 1.0,

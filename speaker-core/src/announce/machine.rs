@@ -115,6 +115,10 @@ pub struct Machine {
     own: BTreeSet<MacAddr>,
     peers: BTreeSet<MacAddr>,
     addrs: BTreeMap<IpAddr, Entry>,
+    /// What is answered, defended or watched where may have changed since
+    /// [`Machine::take_views_changed`]: set on every change of an entry's phase or interfaces,
+    /// so that the shell works the views out only then, not on every tick and overheard claim.
+    views_changed: bool,
 }
 
 impl Machine {
@@ -124,6 +128,7 @@ impl Machine {
             own: BTreeSet::new(),
             peers: BTreeSet::new(),
             addrs: BTreeMap::new(),
+            views_changed: false,
         }
     }
 
@@ -143,6 +148,7 @@ impl Machine {
                 && peers.contains(&by)
             {
                 entry.phase = answering(now);
+                self.views_changed = true;
             }
         }
         self.peers = peers;
@@ -150,79 +156,101 @@ impl Machine {
         out
     }
 
-    /// The complete set of addresses to own now. An address with no interface is as good as
-    /// absent: there is nowhere to announce it. An announced address whose interfaces change
-    /// is announced anew on its new set and stops being answered at once where it left: a
-    /// per-interface release would need a successor on a LAN we no longer serve.
+    /// The complete set of addresses to own now: [`Machine::update`] with every address this
+    /// machine holds and is not given as absent.
     pub fn set_desired(&mut self, now: Instant, desired: &BTreeMap<IpAddr, Desired>) -> Output {
+        let mut changes: BTreeMap<IpAddr, Option<&Desired>> =
+            self.addrs.keys().map(|ip| (*ip, None)).collect();
+        changes.extend(desired.iter().map(|(ip, want)| (*ip, Some(want))));
+        self.update(now, changes)
+    }
+
+    /// What changed in the set of addresses to own: `Some` to own an address so, `None` to
+    /// own it no longer. An address with no interface is as good as absent: there is nowhere
+    /// to announce it. An announced address whose interfaces change is announced anew on its
+    /// new set and stops being answered at once where it left: a per-interface release would
+    /// need a successor on a LAN we no longer serve. The work is that of the changes, however
+    /// many addresses are held.
+    pub fn update<'a>(
+        &mut self,
+        now: Instant,
+        changes: impl IntoIterator<Item = (IpAddr, Option<&'a Desired>)>,
+    ) -> Output {
         let mut out = Output::default();
-        for (&ip, want) in desired {
-            let interfaces: BTreeSet<String> = want.interfaces.iter().cloned().collect();
-            if interfaces.is_empty() {
-                continue;
-            }
-            let Some(entry) = self.addrs.get_mut(&ip) else {
-                let phase = if want.fence {
-                    probing(now, self.config.fence_wait, true)
-                } else if want.probe {
-                    probing(now, self.config.probe_wait, false)
-                } else {
-                    answering(now)
-                };
-                self.addrs.insert(ip, Entry { interfaces, phase });
-                continue;
-            };
-            let moved = entry.interfaces != interfaces;
-            entry.interfaces = interfaces;
-            match entry.phase {
-                // Back before a successor took over: answer again and tell the LAN anew.
-                Phase::Releasing { .. } => entry.phase = answering(now),
-                Phase::Answering { .. } if moved => entry.phase = answering(now),
-                Phase::Probing { fence, .. } if moved => {
-                    let wait = if fence {
-                        self.config.fence_wait
-                    } else {
-                        self.config.probe_wait
-                    };
-                    entry.phase = probing(now, wait, fence);
-                }
-                // The owner that defended it is no longer to be waited for (it went silent).
-                Phase::Fenced { .. } | Phase::Probing { fence: true, .. } if !want.fence => {
-                    entry.phase = answering(now);
-                }
-                _ => {}
+        for (ip, want) in changes {
+            match want.filter(|want| !want.interfaces.is_empty()) {
+                Some(want) => self.want(now, ip, want),
+                None => self.unwant(now, ip),
             }
         }
-        let grace = self.config.release_grace;
-        self.addrs.retain(|ip, entry| {
-            if desired.get(ip).is_some_and(|d| !d.interfaces.is_empty()) {
-                return true;
-            }
-            match entry.phase {
-                Phase::Probing { .. } | Phase::Conflicted { .. } | Phase::Fenced { .. } => false,
-                Phase::Answering {
-                    ref peer_announced, ..
-                } => {
-                    let mut pending = entry.interfaces.clone();
-                    let mut successor = None;
-                    for (interface, (mac, at)) in peer_announced {
-                        if now.saturating_duration_since(*at) <= grace && pending.remove(interface)
-                        {
-                            successor = successor.or(Some(*mac));
-                        }
-                    }
-                    entry.phase = Phase::Releasing {
-                        until: now + grace,
-                        pending,
-                        successor,
-                    };
-                    true
-                }
-                Phase::Releasing { .. } => true,
-            }
-        });
         self.advance(now, &mut out);
         out
+    }
+
+    fn want(&mut self, now: Instant, ip: IpAddr, want: &Desired) {
+        let interfaces: BTreeSet<String> = want.interfaces.iter().cloned().collect();
+        self.views_changed = true;
+        let Some(entry) = self.addrs.get_mut(&ip) else {
+            let phase = if want.fence {
+                probing(now, self.config.fence_wait, true)
+            } else if want.probe {
+                probing(now, self.config.probe_wait, false)
+            } else {
+                answering(now)
+            };
+            self.addrs.insert(ip, Entry { interfaces, phase });
+            return;
+        };
+        let moved = entry.interfaces != interfaces;
+        entry.interfaces = interfaces;
+        match entry.phase {
+            // Back before a successor took over: answer again and tell the LAN anew.
+            Phase::Releasing { .. } => entry.phase = answering(now),
+            Phase::Answering { .. } if moved => entry.phase = answering(now),
+            Phase::Probing { fence, .. } if moved => {
+                let wait = if fence {
+                    self.config.fence_wait
+                } else {
+                    self.config.probe_wait
+                };
+                entry.phase = probing(now, wait, fence);
+            }
+            // The owner that defended it is no longer to be waited for (it went silent).
+            Phase::Fenced { .. } | Phase::Probing { fence: true, .. } if !want.fence => {
+                entry.phase = answering(now);
+            }
+            _ => {}
+        }
+    }
+
+    fn unwant(&mut self, now: Instant, ip: IpAddr) {
+        let Some(entry) = self.addrs.get_mut(&ip) else {
+            return;
+        };
+        let grace = self.config.release_grace;
+        match entry.phase {
+            Phase::Probing { .. } | Phase::Conflicted { .. } | Phase::Fenced { .. } => {
+                self.addrs.remove(&ip);
+            }
+            Phase::Answering {
+                ref peer_announced, ..
+            } => {
+                let mut pending = entry.interfaces.clone();
+                let mut successor = None;
+                for (interface, (mac, at)) in peer_announced {
+                    if now.saturating_duration_since(*at) <= grace && pending.remove(interface) {
+                        successor = successor.or(Some(*mac));
+                    }
+                }
+                entry.phase = Phase::Releasing {
+                    until: now + grace,
+                    pending,
+                    successor,
+                };
+            }
+            Phase::Releasing { .. } => return,
+        }
+        self.views_changed = true;
     }
 
     /// Someone stated on `claim.interface` that `claim.ip` is at `claim.mac`.
@@ -249,12 +277,14 @@ impl Machine {
                     retry_at: now + self.config.conflict_retry,
                     by: claim.mac,
                 };
+                self.views_changed = true;
                 out.events.push(conflict);
             }
             Phase::Probing { fence: true, .. } if claim.kind.announces() => {
                 entry.phase = Phase::Fenced {
                     retry_at: now + self.config.fence_retry,
                 };
+                self.views_changed = true;
                 out.events.push(Event::Fenced {
                     ip: claim.ip,
                     interface: claim.interface.clone(),
@@ -287,6 +317,7 @@ impl Machine {
             } if claim.kind.announces() => {
                 let first_here = pending.remove(&claim.interface);
                 *successor = successor.or(first_here.then_some(claim.mac));
+                self.views_changed |= first_here;
             }
             _ => {}
         }
@@ -351,6 +382,12 @@ impl Machine {
             .min()
     }
 
+    /// Whether the views ([`Machine::answering`], [`Machine::answered_on`],
+    /// [`Machine::defended_on`], [`Machine::watched_on`]) may have changed since the last call.
+    pub fn take_views_changed(&mut self) -> bool {
+        std::mem::take(&mut self.views_changed)
+    }
+
     /// Addresses answered for now, including those being released.
     pub fn answering(&self) -> BTreeSet<IpAddr> {
         self.addrs
@@ -407,6 +444,7 @@ impl Machine {
 
     fn advance(&mut self, now: Instant, out: &mut Output) {
         let config = &self.config;
+        let views_changed = &mut self.views_changed;
         let mut finished = Vec::new();
         for (&ip, entry) in &mut self.addrs {
             let send_all = |out: &mut Output, packet| {
@@ -424,11 +462,13 @@ impl Machine {
                 && now >= retry_at
             {
                 entry.phase = probing(now, config.probe_wait, false);
+                *views_changed = true;
             }
             if let Phase::Fenced { retry_at, .. } = entry.phase
                 && now >= retry_at
             {
                 entry.phase = probing(now, config.fence_wait, true);
+                *views_changed = true;
             }
             if let Phase::Probing {
                 sent,
@@ -444,6 +484,7 @@ impl Machine {
                 }
                 if *sent >= PROBES && now >= *until {
                     entry.phase = answering(now);
+                    *views_changed = true;
                 }
             }
             if let Phase::Releasing {
@@ -493,6 +534,7 @@ impl Machine {
         }
         for (ip, successor) in finished {
             self.addrs.remove(&ip);
+            self.views_changed = true;
             out.events.push(Event::Released { ip, successor });
         }
     }

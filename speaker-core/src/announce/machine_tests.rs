@@ -519,3 +519,158 @@ fn a_late_tick_sends_overdue_steps_once_and_refresh_follows_the_burst() {
     );
     assert_eq!(m.next_deadline(), Some(t.at(24_400)));
 }
+
+#[test]
+fn an_update_moves_only_the_addresses_it_names() {
+    let (mut m, t) = machine();
+    let other: IpAddr = "192.0.2.11".parse().unwrap();
+    let want = |interface: &str| Desired {
+        interfaces: vec![interface.to_string()],
+        probe: false,
+        fence: false,
+    };
+    m.update(
+        t.at(0),
+        [(vip(), Some(&want("eth0"))), (other, Some(&want("eth0")))],
+    );
+    m.tick(t.at(5_000));
+    assert!(answered_on(&m, "eth0"));
+    // Only `other` goes; `vip` is not named, so it is kept as it is (no new burst).
+    let out = m.update(t.at(5_001), [(other, None)]);
+    assert!(out.sends.is_empty(), "{out:?}");
+    assert_eq!(
+        m.answering(),
+        [vip(), other].into(),
+        "other is being released"
+    );
+    m.tick(t.at(10_000));
+    assert_eq!(m.answering(), [vip()].into());
+    // With no interface an address is as good as absent.
+    m.update(t.at(10_001), [(vip(), Some(&want("eth0")).map(|_| &EMPTY))]);
+    m.tick(t.at(20_000));
+    assert!(m.answering().is_empty());
+}
+
+static EMPTY: Desired = Desired {
+    interfaces: Vec::new(),
+    probe: false,
+    fence: false,
+};
+
+/// What the shell reads of a machine to set its sockets up.
+type Views = (
+    BTreeSet<IpAddr>,
+    BTreeMap<String, BTreeSet<IpAddr>>,
+    BTreeMap<String, BTreeSet<IpAddr>>,
+    BTreeMap<String, BTreeSet<IpAddr>>,
+);
+
+fn views(m: &Machine) -> Views {
+    (
+        m.answering(),
+        m.answered_on(),
+        m.defended_on(),
+        m.watched_on(),
+    )
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Want {
+        ip: u8,
+        interfaces: u8,
+        probe: bool,
+        fence: bool,
+    },
+    Unwant {
+        ip: u8,
+    },
+    Claim {
+        ip: u8,
+        interface: u8,
+        who: u8,
+        kind: u8,
+    },
+    Peers {
+        with_foreign: bool,
+    },
+    Tick,
+}
+
+fn step() -> impl proptest::strategy::Strategy<Value = (Step, u64)> {
+    use proptest::prelude::*;
+    let step = prop_oneof![
+        (0..4u8, 0..4u8, any::<bool>(), any::<bool>()).prop_map(
+            |(ip, interfaces, probe, fence)| {
+                Step::Want {
+                    ip,
+                    interfaces,
+                    probe,
+                    fence,
+                }
+            }
+        ),
+        (0..4u8).prop_map(|ip| Step::Unwant { ip }),
+        (0..4u8, 0..2u8, 0..3u8, 0..4u8).prop_map(|(ip, interface, who, kind)| Step::Claim {
+            ip,
+            interface,
+            who,
+            kind
+        }),
+        any::<bool>().prop_map(|with_foreign| Step::Peers { with_foreign }),
+        Just(Step::Tick),
+    ];
+    (step, 0..3_000u64)
+}
+
+proptest::proptest! {
+    /// The shell skips working the views out when the machine says they did not change: that
+    /// must never hide a change, whatever the inputs and their timing.
+    #[test]
+    fn the_views_never_change_unannounced(steps in proptest::collection::vec(step(), 1..60)) {
+        let (mut m, t) = machine();
+        let mut now = 0;
+        let mut seen = views(&m);
+        m.take_views_changed();
+        let ip = |n: u8| IpAddr::from([192, 0, 2, 20 + n]);
+        let interface = |n: u8| ["eth0", "eth1"][usize::from(n % 2)].to_string();
+        for (step, wait) in steps {
+            now += wait;
+            let at = t.at(now);
+            match step {
+                Step::Want { ip: n, interfaces, probe, fence } => {
+                    let want = Desired {
+                        interfaces: (0..2).filter(|i| interfaces & (1 << i) != 0).map(interface).collect(),
+                        probe,
+                        fence,
+                    };
+                    m.update(at, [(ip(n), Some(&want))]);
+                }
+                Step::Unwant { ip: n } => {
+                    m.update(at, [(ip(n), None)]);
+                }
+                Step::Claim { ip: n, interface: i, who, kind } => {
+                    let claim = Claim {
+                        interface: interface(i),
+                        ip: ip(n),
+                        mac: [OURS, PEER, FOREIGN][usize::from(who)],
+                        kind: [ClaimKind::ArpRequest, ClaimKind::ArpReply, ClaimKind::Gratuitous, ClaimKind::Advertisement][usize::from(kind)],
+                    };
+                    m.claim(at, &claim);
+                }
+                Step::Peers { with_foreign } => {
+                    let peers = if with_foreign { [PEER, FOREIGN].into() } else { [PEER].into() };
+                    m.set_peer_macs(at, peers);
+                }
+                Step::Tick => {
+                    m.tick(at);
+                }
+            }
+            let now_views = views(&m);
+            if !m.take_views_changed() {
+                proptest::prop_assert_eq!(&now_views, &seen);
+            }
+            seen = now_views;
+        }
+    }
+}

@@ -22,7 +22,7 @@ use super::{Config, Desired, Event, Metrics};
 use speaker_core::announce::machine::{Claim, Machine, Output, Packet, Send};
 
 pub(crate) enum Input {
-    Desired(BTreeMap<IpAddr, Desired>),
+    Desired(Wanted),
     Peers(BTreeSet<MacAddr>),
     Claim(Claim),
     /// Ask the LAN who else answers for these owned addresses.
@@ -31,6 +31,35 @@ pub(crate) enum Input {
     ReleaseAll(oneshot::Sender<()>),
     /// Every handle is gone: stop answering and close everything.
     Shutdown,
+}
+
+/// What to own: the complete set, or what changed in it (`None`: no longer).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Wanted {
+    All(BTreeMap<IpAddr, Desired>),
+    Changes(BTreeMap<IpAddr, Option<Desired>>),
+}
+
+impl Wanted {
+    /// `self`, then `newer`, as one.
+    fn then(self, newer: Wanted) -> Wanted {
+        match (self, newer) {
+            (_, Wanted::All(newer)) => Wanted::All(newer),
+            (Wanted::All(mut all), Wanted::Changes(changes)) => {
+                for (ip, want) in changes {
+                    match want {
+                        Some(want) => all.insert(ip, want),
+                        None => all.remove(&ip),
+                    };
+                }
+                Wanted::All(all)
+            }
+            (Wanted::Changes(mut older), Wanted::Changes(changes)) => {
+                older.extend(changes);
+                Wanted::Changes(older)
+            }
+        }
+    }
 }
 
 /// How often the links are read again and unopenable interfaces retried without a change of
@@ -53,6 +82,9 @@ pub(crate) struct Control {
     unopenable: BTreeSet<String>,
     /// When the links are next read again even if the link watch saw no change.
     next_rescan: Instant,
+    /// The ports must be set up again (the links were read again) even if the machine's views
+    /// did not change.
+    ports_stale: bool,
     release_waiters: Vec<oneshot::Sender<()>>,
     /// Shared with every port: when set, they answer nothing.
     muted: Arc<AtomicBool>,
@@ -82,6 +114,7 @@ impl Control {
             ports: BTreeMap::new(),
             unopenable: BTreeSet::new(),
             next_rescan: Instant::now(),
+            ports_stale: true,
             release_waiters: Vec::new(),
             muted,
             heartbeat,
@@ -117,10 +150,14 @@ impl Control {
                 self.rescan();
             }
             let out = match received {
-                Ok(Input::Desired(desired)) => {
-                    let desired = newest_desired(desired, &inputs, &mut pending);
+                Ok(Input::Desired(wanted)) => {
                     self.rescan();
-                    self.machine.set_desired(now, &desired)
+                    match newest_desired(wanted, &inputs, &mut pending) {
+                        Wanted::All(all) => self.machine.set_desired(now, &all),
+                        Wanted::Changes(changes) => self
+                            .machine
+                            .update(now, changes.iter().map(|(ip, want)| (*ip, want.as_ref()))),
+                    }
                 }
                 Ok(Input::Peers(peers)) => self.machine.set_peer_macs(now, peers),
                 Ok(Input::Claim(claim)) => self.machine.claim(now, &claim),
@@ -168,11 +205,17 @@ impl Control {
                 .any(|l| &l.name == name && l.index == port.index && l.mac == port.mac())
         });
         self.unopenable.clear();
+        self.ports_stale = true;
     }
 
     fn apply(&mut self, out: Output) {
-        // Answer before announcing: a GARP makes neighbours ask.
-        self.sync_ports();
+        // Only when something moved: working the views out is a pass over every address, and
+        // most inputs (ticks, claims overheard) move none.
+        let views_changed = self.machine.take_views_changed();
+        if views_changed || std::mem::take(&mut self.ports_stale) {
+            // Answer before announcing: a GARP makes neighbours ask.
+            self.sync_ports();
+        }
         for (i, send) in out.sends.iter().enumerate() {
             // A takeover of a thousand addresses is thousands of frames, which on a loaded
             // node take longer than the stuck-loop limit: sending is progress, not a hang.
@@ -182,16 +225,18 @@ impl Control {
             self.send(send);
         }
         // State first, so that whoever reacts to an event sees it in `answering()`.
-        let answering = self.machine.answering();
-        self.metrics
-            .announced_addresses
-            .set(i64::try_from(answering.len()).unwrap_or(i64::MAX));
-        let released = answering.is_empty();
-        self.answering.send_if_modified(|current| {
-            let changed = *current != answering;
-            *current = answering;
-            changed
-        });
+        if views_changed {
+            let answering = self.machine.answering();
+            self.metrics
+                .announced_addresses
+                .set(i64::try_from(answering.len()).unwrap_or(i64::MAX));
+            self.answering.send_if_modified(|current| {
+                let changed = *current != answering;
+                *current = answering;
+                changed
+            });
+        }
+        let released = self.answering.borrow().is_empty();
 
         for event in out.events {
             match &event {
@@ -313,19 +358,18 @@ impl Control {
     }
 }
 
-/// The newest of a run of desired sets queued one after another: the speaker's loop sends a
-/// whole set on every change, and while the announcer is busy (sending a takeover's
-/// announcements, say) applying each of a backlog in turn only delays the newest, and holds
-/// every copy in memory meanwhile. The first other input ends the run and is handed back in
-/// `pending`, so nothing else is reordered.
+/// A run of desired sets and changes queued one after another, as one: while the announcer
+/// is busy (sending a takeover's announcements, say), an address changed twice is worked on
+/// once, as it is now. The first other input ends the run and is handed back in `pending`, so
+/// nothing else is reordered.
 fn newest_desired(
-    mut desired: BTreeMap<IpAddr, Desired>,
+    mut desired: Wanted,
     inputs: &Receiver<Input>,
     pending: &mut Option<Input>,
-) -> BTreeMap<IpAddr, Desired> {
+) -> Wanted {
     while let Ok(input) = inputs.try_recv() {
         match input {
-            Input::Desired(newer) => desired = newer,
+            Input::Desired(newer) => desired = desired.then(newer),
             other => {
                 *pending = Some(other);
                 break;
@@ -339,35 +383,68 @@ fn newest_desired(
 mod tests {
     use super::*;
 
-    fn desired(ip: &str) -> BTreeMap<IpAddr, Desired> {
-        BTreeMap::from([(
-            ip.parse().unwrap(),
-            Desired {
-                interfaces: vec!["eth0".into()],
-                probe: false,
-                fence: false,
-            },
-        )])
+    fn want() -> Desired {
+        Desired {
+            interfaces: vec!["eth0".into()],
+            probe: false,
+            fence: false,
+        }
+    }
+
+    fn all(ip: &str) -> Wanted {
+        Wanted::All(BTreeMap::from([(ip.parse().unwrap(), want())]))
+    }
+
+    fn change(ip: &str, owned: bool) -> Wanted {
+        Wanted::Changes(BTreeMap::from([(ip.parse().unwrap(), owned.then(want))]))
     }
 
     #[test]
     fn a_run_of_desired_sets_is_read_as_its_newest_and_the_next_input_waits() {
         let (tx, rx) = std::sync::mpsc::channel();
         for ip in ["192.0.2.2", "192.0.2.3"] {
-            tx.send(Input::Desired(desired(ip))).unwrap();
+            tx.send(Input::Desired(all(ip))).unwrap();
         }
         tx.send(Input::Audit(vec!["192.0.2.9".parse().unwrap()]))
             .unwrap();
-        tx.send(Input::Desired(desired("192.0.2.4"))).unwrap();
+        tx.send(Input::Desired(all("192.0.2.4"))).unwrap();
 
         let mut pending = None;
-        let newest = newest_desired(desired("192.0.2.1"), &rx, &mut pending);
-        assert_eq!(newest, desired("192.0.2.3"));
+        let newest = newest_desired(all("192.0.2.1"), &rx, &mut pending);
+        assert_eq!(newest, all("192.0.2.3"));
         assert!(
             matches!(&pending, Some(Input::Audit(ips)) if ips.len() == 1),
             "the audit is kept, not skipped"
         );
         // The set sent after the audit is read after it, not folded into the run before it.
-        assert!(matches!(rx.try_recv(), Ok(Input::Desired(d)) if d == desired("192.0.2.4")));
+        assert!(matches!(rx.try_recv(), Ok(Input::Desired(d)) if d == all("192.0.2.4")));
+    }
+
+    #[test]
+    fn a_run_of_changes_is_read_as_one_with_the_newest_of_each_address() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        tx.send(Input::Desired(change("192.0.2.2", false))).unwrap();
+        tx.send(Input::Desired(change("192.0.2.3", true))).unwrap();
+        tx.send(Input::Desired(change("192.0.2.1", false))).unwrap();
+        let mut pending = None;
+        let run = newest_desired(change("192.0.2.1", true), &rx, &mut pending);
+        let expected: BTreeMap<IpAddr, Option<Desired>> = BTreeMap::from([
+            ("192.0.2.1".parse().unwrap(), None),
+            ("192.0.2.2".parse().unwrap(), None),
+            ("192.0.2.3".parse().unwrap(), Some(want())),
+        ]);
+        assert_eq!(run, Wanted::Changes(expected));
+
+        // Changes after a complete set are applied to it; a complete set replaces everything.
+        tx.send(Input::Desired(change("192.0.2.1", false))).unwrap();
+        tx.send(Input::Desired(change("192.0.2.5", true))).unwrap();
+        let run = newest_desired(all("192.0.2.1"), &rx, &mut pending);
+        assert_eq!(run, all("192.0.2.5"));
+        tx.send(Input::Desired(all("192.0.2.6"))).unwrap();
+        assert_eq!(
+            newest_desired(change("192.0.2.7", true), &rx, &mut pending),
+            all("192.0.2.6")
+        );
+        assert!(pending.is_none());
     }
 }

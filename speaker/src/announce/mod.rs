@@ -49,7 +49,7 @@ pub use links::{Link, announce_macs, choose_interfaces, scan_links};
 pub use metrics::Metrics;
 pub use speaker_core::announce::{Config, Desired, Event};
 
-use control::{Control, Input};
+use control::{Control, Input, Wanted};
 
 /// A cheap handle on the announcer's threads; when the last clone is dropped they stop
 /// answering and close their sockets.
@@ -117,7 +117,18 @@ impl Announcer {
     /// The complete set of addresses this node owns now, with their interfaces. Idempotent;
     /// call it on every change (it also takes the interfaces' latest state).
     pub fn set_desired(&self, desired: BTreeMap<IpAddr, Desired>) {
-        let _ = self.inner.input.send(Input::Desired(desired));
+        let _ = self.inner.input.send(Input::Desired(Wanted::All(desired)));
+    }
+
+    /// What changed in the set of addresses this node owns (`None`: owned no longer): the
+    /// work, and the message, are the size of the change, not of the set.
+    pub fn update(&self, changes: BTreeMap<IpAddr, Option<Desired>>) {
+        if !changes.is_empty() {
+            let _ = self
+                .inner
+                .input
+                .send(Input::Desired(Wanted::Changes(changes)));
+        }
     }
 
     /// MACs of the other ferrolb speakers' interfaces: their answers to our probe, and their
