@@ -228,8 +228,6 @@ struct Memory {
     owned: BTreeSet<IpAddr>,
     /// The Nodes as last read, to tell which of their changes matter.
     nodes: BTreeMap<String, Arc<NodeRecord>>,
-    /// The key each Service (by namespace and name) is held under in the elector.
-    service_keys: BTreeMap<(String, String), ServiceKey>,
     /// The Services whose wanted condition must be worked out again (all of them with
     /// `report_all`).
     to_report: BTreeSet<ServiceKey>,
@@ -618,7 +616,12 @@ impl Speaker {
         if all_services {
             let present: BTreeSet<(String, String)> =
                 self.stores.service_names().into_iter().collect();
-            services.extend(memory.service_keys.keys().cloned());
+            services.extend(
+                memory
+                    .elector
+                    .services()
+                    .map(|key| (key.namespace.clone(), key.name.clone())),
+            );
             services.extend(present);
         }
         for (namespace, name) in services {
@@ -641,29 +644,28 @@ impl Speaker {
     ) {
         self.metrics.service_reads.inc();
         let input = self.stores.service_input(&namespace, &name, context);
-        let names = (namespace, name);
-        let key = input.as_ref().map(|i| i.facts.service.clone());
-        if let Some(old) = memory.service_keys.get(&names)
-            && Some(old) != key.as_ref()
-        {
-            memory.elector.set_service(old, None);
+        let key = input.as_ref().map(|i| &i.facts.service);
+        // What the elector holds under this name: a deleted Service, or one re-created since
+        // under a new UID, goes.
+        let stale: Vec<ServiceKey> = memory
+            .elector
+            .services_named(&namespace, &name)
+            .filter(|old| Some(*old) != key)
+            .cloned()
+            .collect();
+        for old in stale {
+            memory.elector.set_service(&old, None);
         }
-        match input {
-            Some(input) => {
-                // Its facts (a reported conflict) may change how its addresses are announced.
-                memory.dirty.extend(input.facts.addresses.iter().copied());
-                for (ip, advertisements) in input.advertisements {
-                    memory.elector.set_advertisements(ip, advertisements);
-                }
-                let key = input.facts.service.clone();
-                // Its condition as the API server has it may no longer be the one wanted.
-                self.reports.recheck(&key);
-                memory.elector.set_service(&key, Some(input.facts));
-                memory.service_keys.insert(names, key);
+        if let Some(input) = input {
+            // Its facts (a reported conflict) may change how its addresses are announced.
+            memory.dirty.extend(input.facts.addresses.iter().copied());
+            for (ip, advertisements) in input.advertisements {
+                memory.elector.set_advertisements(ip, advertisements);
             }
-            None => {
-                memory.service_keys.remove(&names);
-            }
+            let key = input.facts.service.clone();
+            // Its condition as the API server has it may no longer be the one wanted.
+            self.reports.recheck(&key);
+            memory.elector.set_service(&key, Some(input.facts));
         }
     }
 
@@ -964,7 +966,7 @@ impl Speaker {
     ) {
         let services: Vec<ServiceKey> = if std::mem::take(&mut memory.report_all) {
             memory.to_report.clear();
-            memory.service_keys.values().cloned().collect()
+            memory.elector.services().cloned().collect()
         } else {
             std::mem::take(&mut memory.to_report).into_iter().collect()
         };

@@ -173,6 +173,24 @@ impl Elector {
         self.services.get(key)
     }
 
+    /// The Services held.
+    pub fn services(&self) -> impl Iterator<Item = &ServiceKey> {
+        self.services.keys()
+    }
+
+    /// The Services held under a namespace and name, whatever their UIDs (keys sort by
+    /// namespace, name, then UID): what a caller that knows only the name must let go.
+    pub fn services_named<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> impl Iterator<Item = &'a ServiceKey> {
+        self.services
+            .range(ServiceKey::new(namespace, name, "")..)
+            .map(|(key, _)| key)
+            .take_while(move |key| key.namespace == namespace && key.name == name)
+    }
+
     /// Elects what the changes since the last settle may have changed. Returns the addresses
     /// whose decision changed, appeared or went away, each with its decision before.
     pub fn settle(&mut self) -> BTreeMap<IpAddr, Option<Decision>> {

@@ -194,6 +194,35 @@ mod tests {
     }
 
     #[test]
+    fn services_named_finds_every_uid_of_one_name_and_no_other_name() {
+        let mut elector = Elector::new();
+        let held = [
+            ("shop", "web", "u1"),
+            ("shop", "web", "u2"),
+            ("shop", "web-2", "u3"),
+            ("shop", "wea", "u4"),
+            ("shopping", "web", "u5"),
+        ];
+        for (n, (namespace, name, uid)) in held.iter().enumerate() {
+            let key = ServiceKey::new(*namespace, *name, *uid);
+            let mut facts = service(name, &[&format!("192.0.2.{}", n + 1)]);
+            facts.service = key.clone();
+            elector.set_service(&key, Some(facts));
+        }
+        let uids = |namespace: &str, name: &str| -> Vec<String> {
+            elector
+                .services_named(namespace, name)
+                .map(|key| key.uid.clone())
+                .collect()
+        };
+        assert_eq!(uids("shop", "web"), ["u1", "u2"]);
+        assert_eq!(uids("shop", "web-2"), ["u3"]);
+        assert_eq!(uids("shopping", "web"), ["u5"]);
+        assert!(uids("shop", "we").is_empty());
+        assert_eq!(elector.services().count(), held.len());
+    }
+
+    #[test]
     fn every_address_gets_the_rendezvous_owner_among_live_nodes() {
         let f = facts(vec![service("web", &["192.0.2.10"])]);
         let live = names(&["a", "b", "c"]);
