@@ -84,7 +84,10 @@ struct Args {
     log: common::LogArgs,
 }
 
-#[tokio::main]
+// Two workers whatever the node's size: the speaker's tasks need no more, and every worker
+// thread that allocates gets a malloc arena of its own, which on a 64-core node would grow the
+// resident set with the core count.
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     args.log.init()?;
