@@ -58,8 +58,9 @@ fn main() {
         elector.set_live(live.clone());
         elector.settle();
         let change = region.change();
-        let held = change.bytes_allocated as isize - change.bytes_deallocated as isize
-            + change.bytes_reallocated;
+        // A realloc's growth or shrinkage is already in `bytes_allocated` or
+        // `bytes_deallocated`; `bytes_reallocated` repeats it, so it is not added.
+        let held = change.bytes_allocated as isize - change.bytes_deallocated as isize;
         println!(
             "{SERVICES} Services, {nodes:>3} nodes  {:>6.2} MiB  {:>5} bytes/Service",
             held as f64 / (1024.0 * 1024.0),
