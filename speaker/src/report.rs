@@ -149,23 +149,20 @@ impl Reports {
     }
 
     /// The condition this speaker wants on a Service (`None`: it leaves the Service's
-    /// condition to another speaker). Whether that changed what it wants.
-    pub fn want(&self, service: &ServiceKey, want: Option<Wanted>) -> bool {
+    /// condition to another speaker).
+    pub fn want(&self, service: &ServiceKey, want: Option<Wanted>) {
         let mut wants = self.wants.lock().expect("not poisoned");
-        let changed = match want {
-            Some(want) if wants.wanted.get(service) != Some(&want) => {
-                wants.wanted.insert(service.clone(), want);
-                wants.check.insert(service.clone());
-                true
-            }
-            Some(_) => false,
-            None => wants.wanted.remove(service).is_some(),
+        let Some(want) = want else {
+            // Nothing to write: the condition is left to whoever reports on the Service now.
+            wants.wanted.remove(service);
+            return;
         };
-        drop(wants);
-        if changed {
+        if wants.wanted.get(service) != Some(&want) {
+            wants.wanted.insert(service.clone(), want);
+            wants.check.insert(service.clone());
+            drop(wants);
             self.wake.notify_one();
         }
-        changed
     }
 
     /// The Service changed (someone may have overwritten the condition): checked again if

@@ -546,7 +546,7 @@ fn an_update_moves_only_the_addresses_it_names() {
     m.tick(t.at(10_000));
     assert_eq!(m.answering(), [vip()].into());
     // With no interface an address is as good as absent.
-    m.update(t.at(10_001), [(vip(), Some(&want("eth0")).map(|_| &EMPTY))]);
+    m.update(t.at(10_001), [(vip(), Some(&EMPTY))]);
     m.tick(t.at(20_000));
     assert!(m.answering().is_empty());
 }

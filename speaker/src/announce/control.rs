@@ -150,15 +150,12 @@ impl Control {
                 self.rescan();
             }
             let out = match received {
-                Ok(Input::Desired(wanted)) => {
-                    self.rescan();
-                    match newest_desired(wanted, &inputs, &mut pending) {
-                        Wanted::All(all) => self.machine.set_desired(now, &all),
-                        Wanted::Changes(changes) => self
-                            .machine
-                            .update(now, changes.iter().map(|(ip, want)| (*ip, want.as_ref()))),
-                    }
-                }
+                Ok(Input::Desired(wanted)) => match newest_desired(wanted, &inputs, &mut pending) {
+                    Wanted::All(all) => self.machine.set_desired(now, &all),
+                    Wanted::Changes(changes) => self
+                        .machine
+                        .update(now, changes.iter().map(|(ip, want)| (*ip, want.as_ref()))),
+                },
                 Ok(Input::Peers(peers)) => self.machine.set_peer_macs(now, peers),
                 Ok(Input::Claim(claim)) => self.machine.claim(now, &claim),
                 Ok(Input::Audit(ips)) => {
@@ -185,12 +182,14 @@ impl Control {
         debug!("announcer stopped");
     }
 
-    /// Takes the interfaces as the link watch last saw them, and closes ports whose interface
-    /// went away or changed (a re-created interface has a new index): they are reopened if
-    /// still needed.
+    /// Takes the interfaces as the link watch last saw them (on a change of the link watch, and
+    /// every [`RESCAN_EVERY`]), and closes ports whose interface went away or changed (a
+    /// re-created interface has a new index): they are reopened if still needed.
     fn rescan(&mut self) {
         self.next_rescan = Instant::now() + RESCAN_EVERY;
-        self.links = self.link_watch.borrow_and_update().clone();
+        let links = self.link_watch.borrow_and_update().clone();
+        let links_changed = links != self.links;
+        self.links = links;
         let own = self
             .links
             .iter()
@@ -199,13 +198,17 @@ impl Control {
             .collect();
         self.machine.set_own_macs(own);
         let links = &self.links;
+        let open = self.ports.len();
         self.ports.retain(|name, port| {
             links
                 .iter()
                 .any(|l| &l.name == name && l.index == port.index && l.mac == port.mac())
         });
+        // The ports are set up again only if this scan can change them: setting them up is a
+        // pass over every owned address, and the scan runs twice a second.
+        self.ports_stale |=
+            links_changed || self.ports.len() != open || !self.unopenable.is_empty();
         self.unopenable.clear();
-        self.ports_stale = true;
     }
 
     fn apply(&mut self, out: Output) {

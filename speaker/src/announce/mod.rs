@@ -77,7 +77,8 @@ impl Drop for Inner {
 impl Announcer {
     /// Starts the control thread, in the calling thread's network namespace (see the module
     /// documentation), with the interfaces from `links` ([`watch_links`], called in the same
-    /// namespace), read again on every [`Announcer::set_desired`]. Needs no tokio runtime.
+    /// namespace), read again when that watch changes and twice a second. Needs no tokio
+    /// runtime.
     ///
     /// # Panics
     ///
