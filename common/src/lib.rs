@@ -73,12 +73,29 @@ impl LogArgs {
 /// saying why, before its liveness probe (from 10 s on, three failures) kills it silently.
 const CONNECT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(15);
 
+/// How long a request may go without a byte from the API server. Longer than a quiet watch
+/// lasts ([`WATCH_TIMEOUT_SECS`]), so that only a dead connection reaches it.
+pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(75);
+
+/// How long the API server keeps a watch open before the watcher opens the next. kube's
+/// watcher takes a watch that stays silent 5 s past this as dead and opens another; kube's
+/// default (290 s) left a speaker or controller blind to changes for five minutes after a
+/// silent connection loss. A watch a minute costs a request per kind and minute; bookmarks
+/// keep its resource version fresh, so it does not list again.
+pub const WATCH_TIMEOUT_SECS: u32 = 60;
+
 /// A client for the cluster the process runs in (or `KUBECONFIG`), once the API server answers
 /// `/version` (retried for [`CONNECT_PATIENCE`]).
 pub async fn connect() -> Result<kube::Client, Error> {
     // kube's rustls needs a process-wide crypto provider; a second install is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let config = kube::Config::infer().await?;
+    let mut config = kube::Config::infer().await?;
+    // A connection can die without a word: the API server restarts, or the load balancer in
+    // front of it fails over, while the path is cut, and the reset is lost. A request waiting
+    // on such a connection (a list, say) would wait forever, since kube sets no read timeout
+    // by default; with one, it fails and is retried on a new connection.
+    config.read_timeout = Some(READ_TIMEOUT);
+    config.reset_reader_on_write = true;
     let url = config.cluster_url.to_string();
     let client = kube::Client::try_from(config).map_err(Error::Client)?;
     let deadline = tokio::time::Instant::now() + CONNECT_PATIENCE;
@@ -133,8 +150,8 @@ pub fn watch_backoff() -> impl kube::runtime::utils::Backoff {
     )
 }
 
-/// A watch of `api` as both binaries keep one: retried with [`watch_backoff`], and without
-/// managed fields, which nothing of ours reads and which are most of a cached object's bytes
+/// A watch of `api` as both binaries keep one: renewed every [`WATCH_TIMEOUT_SECS`], retried
+/// with [`watch_backoff`], and without managed fields, which nothing of ours reads and which are most of a cached object's bytes
 /// (10,000 Services held 117 MiB of controller memory with them, 49 MiB without).
 pub fn watch<K>(
     api: kube::Api<K>,
@@ -147,7 +164,7 @@ where
 {
     use kube::ResourceExt;
     use kube::runtime::WatchStreamExt;
-    kube::runtime::watcher(api, config)
+    kube::runtime::watcher(api, config.timeout(WATCH_TIMEOUT_SECS))
         .backoff(watch_backoff())
         .modify(|o| o.managed_fields_mut().clear())
 }

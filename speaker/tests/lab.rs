@@ -1128,6 +1128,45 @@ async fn gossip_timing_flags_are_used_and_nonsense_is_refused() {
     assert!(used.contains("400ms") && !used.contains("500ms"), "{log}");
 }
 
+/// A connection to the API server can die without a word: the API server's host forgets it
+/// (a reboot, or its address moving to another host) while the resets are lost. The speaker's
+/// watches on it then heard nothing until kube's watch timeout, five minutes, and a Service
+/// created meanwhile went unseen by this speaker. Its watches are renewed every minute
+/// (`common::WATCH_TIMEOUT_SECS`), and one silent for 5 s past that is replaced.
+#[tokio::test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
+async fn a_silently_dead_api_connection_is_replaced_within_a_minute() {
+    lab::require_lab!();
+    let mut lab = lab_with_speakers(LabConfig::bare(2)).await;
+    lab.cut_api_path(1, true).unwrap();
+    lab.forget_api_connections(1).unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    lab.cut_api_path(1, false).unwrap();
+    let late = ip("198.51.100.210");
+    expose(&mut lab, "late", "Cluster", "SingleStack", &[late]).await;
+    let started = Instant::now();
+    // A watch renewed a minute apart, its silence noticed 5 s later, and a retry's backoff.
+    let deadline = started + Duration::from_secs(90);
+    let seen = |page: &str| page.lines().any(|l| l.starts_with(&format!("{late} ")));
+    loop {
+        let page = election(&lab, 1).await;
+        if seen(&page) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "speaker 1 never saw the Service created after its connection died:\n{page}\n{}",
+            speaker_logs(&lab)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!(
+        "FIGURES speaker 1 saw the Service {:.1} s after it was created",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(seen(&election(&lab, 2).await), "speaker 2 saw it all along");
+}
+
 /// Issue 9, bug 1: a pool entry CEL cannot refuse (an IPv6 range written backwards) used to
 /// make every speaker drop the whole pool, IPv4 included. The good entries must go on being
 /// announced, and a Service that arrives after the bad entry gets announced too.

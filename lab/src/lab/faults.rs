@@ -155,6 +155,20 @@ impl Lab {
         Ok(())
     }
 
+    /// The API server's side forgets node `i`'s connections: their sockets are destroyed in
+    /// the control plane's namespace, as a reboot of its host or a move of its address to
+    /// another host would. The resets sent then reach the node only if its path is up; with
+    /// [`Self::cut_api_path`] on, the node's connections die without a word.
+    pub fn forget_api_connections(&self, i: usize) -> Result<()> {
+        let node = self.node(i);
+        // ss reads an IPv6 address only in brackets.
+        for peer in [node.ipv4.to_string(), format!("[{}]", node.ipv6)] {
+            self.cp
+                .exec("ss", &["-K", "state", "established", "dst", &peer])?;
+        }
+        Ok(())
+    }
+
     /// Cuts (or restores) the speakers' gossip between nodes `i` and `j` (UDP 9652, both
     /// families, both ways, in node `i`'s namespace) and nothing else: a gossip partition
     /// between two live nodes, whose ARP, NDP and API server stay reachable.
