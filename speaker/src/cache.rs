@@ -16,8 +16,13 @@ use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 use tokio::sync::{mpsc, watch};
 
-/// An object's namespace (empty for a cluster-scoped one) and name.
-pub type Key = (String, String);
+/// An object's namespace (empty for a cluster-scoped one) and name, as `namespace/name`: one
+/// allocation per object instead of two (neither part can hold a `/`).
+type Key = Box<str>;
+
+fn key_of(namespace: &str, name: &str) -> Key {
+    format!("{namespace}/{name}").into_boxed_str()
+}
 
 /// Projections of the objects of one kind, by namespace and name.
 pub struct Cache<T> {
@@ -170,9 +175,7 @@ impl<T> Cache<T> {
     }
 
     pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<T>> {
-        self.read()
-            .get(&(namespace.to_string(), name.to_string()))
-            .cloned()
+        self.read().get(&key_of(namespace, name)).cloned()
     }
 
     /// Every object kept, in no particular order.
@@ -180,8 +183,15 @@ impl<T> Cache<T> {
         self.read().values().cloned().collect()
     }
 
-    pub fn keys(&self) -> Vec<Key> {
-        self.read().keys().cloned().collect()
+    /// Every object's namespace and name.
+    pub fn keys(&self) -> Vec<(String, String)> {
+        self.read()
+            .keys()
+            .map(|key| {
+                let (namespace, name) = key.split_once('/').unwrap_or(("", key));
+                (namespace.to_string(), name.to_string())
+            })
+            .collect()
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Key, Arc<T>>> {
@@ -195,7 +205,10 @@ impl<T> Cache<T> {
 }
 
 fn key<K: Resource>(object: &K) -> Key {
-    (object.namespace().unwrap_or_default(), object.name_any())
+    key_of(
+        object.meta().namespace.as_deref().unwrap_or_default(),
+        &object.name_any(),
+    )
 }
 
 #[cfg(test)]
@@ -322,6 +335,29 @@ mod tests {
         );
         assert!(contents(&cache).is_empty());
         assert_eq!(feed.apply(Event::Delete(a)), None);
+    }
+
+    #[test]
+    fn keys_come_back_as_namespace_and_name_for_namespaced_and_cluster_scoped_objects() {
+        let (mut feed, cache) = feed();
+        feed.apply(Event::Init);
+        feed.apply(Event::InitApply(svc("a", "LoadBalancer", "10.0.0.1")));
+        let mut cluster_scoped = svc("b", "LoadBalancer", "10.0.0.2");
+        cluster_scoped.metadata.namespace = None;
+        feed.apply(Event::InitApply(cluster_scoped));
+        feed.apply(Event::InitDone);
+        let mut keys = cache.keys();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                (String::new(), "b".to_string()),
+                ("ns".to_string(), "a".to_string())
+            ]
+        );
+        assert_eq!(cache.get("", "b").as_deref(), Some(&"10.0.0.2".to_string()));
+        assert_eq!(cache.get("ns", "b"), None);
+        assert_eq!(cache.get("", "a"), None);
     }
 
     #[test]

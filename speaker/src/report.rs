@@ -294,8 +294,7 @@ pub fn condition_patch(
 
 fn same(existing: &Announced, want: &Wanted) -> bool {
     existing.status == want.announced
-        && *existing.reason == *want.reason
-        && *existing.message == *want.message
+        && existing.digest == Announced::digest(want.reason, &want.message)
 }
 
 async fn publish_notices(recorder: Recorder, mut notices: mpsc::UnboundedReceiver<Notice>) {
@@ -330,6 +329,55 @@ async fn publish_notices(recorder: Recorder, mut notices: mpsc::UnboundedReceive
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The Service as the API server has it after `want` was written with its patch.
+    fn written(want: &Wanted) -> crate::view::ServiceRecord {
+        let key = ServiceKey::new("shop", "web", "u1");
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        let mut patch = condition_patch(&key, want, now, Some(1));
+        patch["metadata"]["uid"] = json!("u1");
+        patch["spec"] = json!({"type": "LoadBalancer"});
+        let svc: Service = serde_json::from_value(patch).unwrap();
+        let classes = model::ClassPolicy {
+            handle_unclassed: true,
+        };
+        crate::view::ServiceRecord::of(&svc, classes).expect("ours")
+    }
+
+    #[test]
+    fn a_written_condition_reads_back_as_the_same_and_any_change_as_different() {
+        let me = NodeName::new("node-2");
+        let want = Wanted::announced("198.51.100.200 on eth0", &me);
+        let record = written(&want);
+        let existing = record.announced.as_ref().unwrap();
+        assert!(same(existing, &want));
+        assert_eq!(record.announced_by(), Some("node-2"));
+
+        let elsewhere = Wanted::announced("198.51.100.200 on eth1", &me);
+        assert!(!same(existing, &elsewhere), "another message");
+        let other_reason = Wanted {
+            reason: "TwoOwners",
+            ..want.clone()
+        };
+        assert!(!same(existing, &other_reason), "another reason");
+        let unannounced = Wanted {
+            announced: false,
+            ..want.clone()
+        };
+        assert!(!same(existing, &unannounced), "another status");
+
+        let ip: IpAddr = "198.51.100.200".parse().unwrap();
+        let unowned = written(&Wanted::unowned(ip, NoOwner::NoLiveSpeaker, &me));
+        assert!(same(
+            unowned.announced.as_ref().unwrap(),
+            &Wanted::unowned(ip, NoOwner::NoLiveSpeaker, &me)
+        ));
+        assert_eq!(
+            unowned.announced_by(),
+            None,
+            "a False condition names no announcer"
+        );
+    }
 
     #[test]
     fn every_condition_message_names_its_writer_as_the_admission_policy_reads_it() {

@@ -219,9 +219,9 @@ struct Memory {
     /// The announcer stopped beating: it is muted and this node has left the membership, so
     /// the peers take its addresses over.
     announcer_stuck: bool,
-    /// Addresses some speaker owned since this one joined: taking one of them over is a
-    /// failover or a handover, not a first announcement, so it skips the probe.
-    known: BTreeSet<IpAddr>,
+    /// What the loop keeps of each address the election decides, one entry each (three maps
+    /// cost an IpAddr key and a tree node apiece, per address).
+    addresses: BTreeMap<IpAddr, Remembered>,
     /// The facts, and every address's decision at the last election.
     elector: Elector,
     /// The addresses this node owns.
@@ -234,8 +234,6 @@ struct Memory {
     report_all: bool,
     /// When disagreements with the Services' conditions were last counted.
     last_disagreement_count: Option<tokio::time::Instant>,
-    /// The last owner other than this node each address had: whom a takeover is from.
-    other_owner: BTreeMap<IpAddr, NodeName>,
     /// The pools and advertisements the Services were last read against.
     advertising: Option<crate::view::Advertising>,
     /// Addresses a foreign host answers for, with who.
@@ -249,8 +247,6 @@ struct Memory {
     /// Addresses this node took over because their owner left the membership, since when:
     /// the takeover's duration ends with the first announcement.
     taking_over: BTreeMap<IpAddr, tokio::time::Instant>,
-    /// Since when each address has had its current decision.
-    decided_at: BTreeMap<IpAddr, tokio::time::Instant>,
     /// Addresses this node is the successor of, with their owner: the nodes the fast path
     /// watches.
     succeeding: BTreeMap<IpAddr, NodeName>,
@@ -267,6 +263,17 @@ struct Memory {
     dirty: BTreeSet<IpAddr>,
     /// The peers' MACs the announcer was last told.
     peer_macs: BTreeSet<MacAddr>,
+}
+
+/// What the loop remembers of an address while the election decides it.
+struct Remembered {
+    /// Since when it has had its current owner (or reason for none).
+    decided_at: tokio::time::Instant,
+    /// Its last owner other than this node: whom a takeover is from.
+    other_owner: Option<NodeName>,
+    /// Some speaker owned it since this one joined: taking it over is a failover or a
+    /// handover, not a first announcement, so it skips the probe.
+    known: bool,
 }
 
 /// Another speaker answering for an address this node owns.
@@ -480,7 +487,10 @@ impl Speaker {
                         .takeover_seconds
                         .observe(since.elapsed().as_secs_f64());
                 }
-                let before = memory.other_owner.get(&ip);
+                let before = memory
+                    .addresses
+                    .get(&ip)
+                    .and_then(|a| a.other_owner.as_ref());
                 let note = format!(
                     "{ip} is announced from node {} on {}{}",
                     self.me.as_str(),
@@ -744,7 +754,10 @@ impl Speaker {
                 .decisions()
                 .get(ip)
                 .is_some_and(|d| d.owner.is_ok());
-            if owned && memory.known.insert(*ip) {
+            if owned
+                && let Some(remembered) = memory.addresses.get_mut(ip)
+                && !std::mem::replace(&mut remembered.known, true)
+            {
                 memory.dirty.insert(*ip);
             }
         }
@@ -788,15 +801,15 @@ impl Speaker {
                 .service(key)
                 .is_some_and(|s| s.conflict_reported)
         });
-        let known = memory.known.contains(&ip);
+        let remembered = memory.addresses.get(&ip);
+        let known = remembered.is_some_and(|a| a.known);
         // A takeover from an owner the fast path did not find silent (the gossip alone
         // declared it down, or it is handing over) is fenced: it goes ahead only if that
         // owner does not defend the address, so a gossip partition between two live nodes
         // leaves one of them answering.
         let fence = known
-            && memory
-                .other_owner
-                .get(&ip)
+            && remembered
+                .and_then(|a| a.other_owner.as_ref())
                 .is_some_and(|before| !unreachable.contains(before));
         Some(Desired {
             interfaces,
@@ -853,13 +866,18 @@ impl Speaker {
             }
             match decision {
                 Some(decision) => {
+                    let remembered = memory.addresses.entry(*ip).or_insert(Remembered {
+                        decided_at: now,
+                        other_owner: None,
+                        known: false,
+                    });
                     if owner_changed {
-                        memory.decided_at.insert(*ip, now);
+                        remembered.decided_at = now;
                     }
                     match &decision.owner {
                         Ok(owner) => {
                             if *owner != self.me {
-                                memory.other_owner.insert(*ip, owner.clone());
+                                remembered.other_owner = Some(owner.clone());
                             }
                             page.insert(*ip, Ok(owner.clone()));
                         }
@@ -868,9 +886,10 @@ impl Speaker {
                         }
                     }
                 }
+                // The address left the election (its Service went): a later Service given
+                // it announces it for the first time.
                 None => {
-                    memory.decided_at.remove(ip);
-                    memory.other_owner.remove(ip);
+                    memory.addresses.remove(ip);
                     page.remove(ip);
                 }
             }
@@ -938,9 +957,9 @@ impl Speaker {
             .iter()
             .filter(|(ip, _)| {
                 memory
-                    .decided_at
+                    .addresses
                     .get(*ip)
-                    .is_some_and(|at| now.duration_since(*at) >= DISAGREEMENT_GRACE)
+                    .is_some_and(|a| now.duration_since(a.decided_at) >= DISAGREEMENT_GRACE)
             })
             .filter(|(_, d)| {
                 let Ok(owner) = &d.owner else { return false };

@@ -66,13 +66,28 @@ pub struct ServiceRecord {
 }
 
 /// What the speaker reads of a Service's `Announced` condition: whether it should be written
-/// again, and who it names.
+/// again, and who it names. Its reason and message are kept as a digest: the text (a hundred
+/// bytes a Service) is only ever compared with the condition wanted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Announced {
     pub status: bool,
-    pub reason: Box<str>,
-    pub message: Box<str>,
+    /// [`Announced::digest`] of the reason and message.
+    pub digest: u64,
+    /// The node a True condition names: its message's last word (the admission policy makes
+    /// every writer sign it so).
+    pub by: Option<Box<str>>,
     pub last_transition_time: Time,
+}
+
+impl Announced {
+    /// A digest of a condition's reason and message. std's `DefaultHasher::new` is the same in
+    /// every run; a collision would only delay a rewrite until the text changes again.
+    pub fn digest(reason: &str, message: &str) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::hash::DefaultHasher::new();
+        (reason, message).hash(&mut hasher);
+        hasher.finish()
+    }
 }
 
 impl ServiceRecord {
@@ -97,18 +112,19 @@ impl ServiceRecord {
                 })
                 .map(|c| Announced {
                     status: c.status == "True",
-                    reason: c.reason.as_str().into(),
-                    message: c.message.as_str().into(),
+                    digest: Announced::digest(&c.reason, &c.message),
+                    by: (c.status == "True")
+                        .then(|| c.message.rsplit(' ').next())
+                        .flatten()
+                        .map(Box::from),
                     last_transition_time: c.last_transition_time.clone(),
                 }),
         })
     }
 
-    /// The node the `Announced` condition says announces the Service: the last word of a
-    /// True condition's message (the admission policy makes every writer sign it so).
+    /// The node the `Announced` condition says announces the Service.
     pub fn announced_by(&self) -> Option<&str> {
-        let condition = self.announced.as_ref().filter(|c| c.status)?;
-        condition.message.rsplit(' ').next()
+        self.announced.as_ref()?.by.as_deref()
     }
 }
 
