@@ -151,8 +151,9 @@ pub fn watch_backoff() -> impl kube::runtime::utils::Backoff {
 }
 
 /// A watch of `api` as both binaries keep one: renewed every [`WATCH_TIMEOUT_SECS`], retried
-/// with [`watch_backoff`], and without managed fields, which nothing of ours reads and which are most of a cached object's bytes
-/// (10,000 Services held 117 MiB of controller memory with them, 49 MiB without).
+/// with [`watch_backoff`], and without managed fields, which nothing of ours reads and which
+/// are most of a cached object's bytes (10,000 Services held 117 MiB of controller memory with
+/// them, 49 MiB without).
 pub fn watch<K>(
     api: kube::Api<K>,
     config: kube::runtime::watcher::Config,
