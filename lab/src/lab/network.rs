@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 use super::{Lab, args};
 use crate::netns::NetNs;
@@ -56,6 +56,8 @@ impl Lab {
         name: &str,
     ) -> Result<Capture> {
         let log = self.dir.join(format!("capture-{name}.txt"));
+        // A capture of the same name before this one must not count as this one's start.
+        let _ = std::fs::remove_file(&log);
         let proc = Proc::spawn(
             ns,
             &format!("tcpdump-{name}"),
@@ -71,8 +73,15 @@ impl Lab {
             ]),
             &log,
         )?;
-        // tcpdump needs a moment before it sees packets.
-        std::thread::sleep(Duration::from_millis(300));
+        // tcpdump says "listening on" once its filter is in place; a fixed pause was too short
+        // on a loaded machine, and the capture missed the packets it was started for.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string(&log).is_ok_and(|l| l.contains("listening on")) {
+            if std::time::Instant::now() > deadline {
+                bail!("tcpdump on {interface} did not start within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         Ok(Capture { proc, log })
     }
 }
