@@ -65,6 +65,12 @@ struct Args {
     #[arg(long)]
     gossip_suspicion_ms: Option<u64>,
 
+    /// Local health: a speaker that finds itself slow (late timers, failed probes, suspicions
+    /// it had to refute) probes less often and gives its suspects up to this many times longer
+    /// before declaring them down, so a starved node does not fail over live ones; 1: off.
+    #[arg(long)]
+    gossip_local_health_max: Option<u32>,
+
     /// Watch the owners of the addresses this node would take over with ICMP echo requests,
     /// and take over as soon as one stops answering (~100 ms), ahead of the gossip's verdict.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -140,9 +146,10 @@ async fn main() -> anyhow::Result<()> {
             probe_period: ms(args.gossip_probe_period_ms),
             probe_rtt: ms(args.gossip_probe_timeout_ms),
             suspect_to_down_after: ms(args.gossip_suspicion_ms),
+            max_health_multiplier: args.gossip_local_health_max,
         },
     );
-    tracing::info!(nodes, probe_period = ?timing.probe_period, probe_timeout = ?timing.probe_rtt, suspicion = ?timing.suspect_to_down_after, "gossip timing");
+    tracing::info!(nodes, probe_period = ?timing.probe_period, probe_timeout = ?timing.probe_rtt, suspicion = ?timing.suspect_to_down_after, local_health_max = timing.max_health_multiplier, "gossip timing");
 
     // Before the announcer and the loop, which both follow it.
     let links = announce::watch_links()?;

@@ -5,7 +5,9 @@
 use std::net::{SocketAddr, SocketAddrV6};
 use std::time::Duration;
 
-use foca::{AccumulatingRuntime, Foca, NoCustomBroadcast, OwnedNotification, PostcardCodec};
+use foca::{
+    AccumulatingRuntime, Codec, Foca, NoCustomBroadcast, OwnedNotification, PostcardCodec, Timer,
+};
 use rand::rngs::StdRng;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -13,6 +15,7 @@ use tokio::time::{Instant, sleep_until};
 use tracing::{debug, info, warn};
 
 use super::envelope::{Envelope, Kind, MAX_DATAGRAM, Rejected};
+use super::health::LocalHealth;
 use super::identity::MemberId;
 use super::key::GossipKey;
 use super::macs::{MacRecord, PeerMacs};
@@ -61,6 +64,12 @@ pub(crate) struct Driver {
     peer_macs: PeerMacs,
     runtime: AccumulatingRuntime<MemberId>,
     timers: TimerQueue,
+    health: LocalHealth,
+    /// Suspicions foca raised so far (each a failed probe of ours).
+    suspicions_raised: u64,
+    /// Our incarnation in the last datagram we sent: it rises only when we refute a suspicion
+    /// about us (foca has no getter and no notification for it).
+    incarnation: Option<foca::Incarnation>,
     /// Whom to announce ourselves to, and when; empty until the first `set_seeds`.
     seeds: Seeds,
     joining: Joining,
@@ -93,6 +102,12 @@ impl Driver {
         let foca_config = timing.foca_config()?;
         let local = socket.local_addr()?;
         let foca = new_swim(me, &foca_config);
+        // A timer half a round trip late: we were starved, not merely scheduled.
+        let health = LocalHealth::new(
+            timing.max_health_multiplier,
+            timing.probe_rtt / 2,
+            timing.probe_period,
+        );
         let driver = Driver {
             socket,
             local,
@@ -104,6 +119,9 @@ impl Driver {
             peer_macs: PeerMacs::default(),
             runtime: AccumulatingRuntime::new(),
             timers: TimerQueue::default(),
+            health,
+            suspicions_raised: 0,
+            incarnation: None,
             seeds: Seeds::default(),
             joining: Joining::default(),
             left: false,
@@ -263,6 +281,9 @@ impl Driver {
         self.foca = new_swim(me, &self.foca_config);
         self.runtime = AccumulatingRuntime::new();
         self.timers.clear();
+        self.health.reset();
+        self.metrics.health_score.set(0);
+        self.incarnation = None;
         self.left = false;
         self.connected = false;
         self.joining = Joining::default();
@@ -280,9 +301,42 @@ impl Driver {
 
     async fn fire_timers(&mut self) {
         let now = Instant::now();
-        while let Some(event) = self.timers.pop_due(now) {
-            let result = self.foca.handle_timer(event, &mut self.runtime);
+        while let Some(due) = self.timers.pop_due(now) {
+            if self.health.woke(now, due.late) {
+                self.health_worse(true);
+            }
+            let verdict = matches!(
+                due.event,
+                Timer::ProbeRandomMember(_) | Timer::ChangeSuspectToDown { .. }
+            );
+            if verdict && !due.deferred && self.health.is_late(due.late) {
+                // We were starved, and so perhaps were our peers: the ack or refutation that
+                // would spare one may not have been sent yet. Listen for one more round trip,
+                // from when we woke, before judging.
+                self.metrics.deferred_verdicts.inc();
+                self.timers
+                    .defer(due, Instant::now() + self.timing.probe_rtt);
+                continue;
+            }
+            let probe_round = matches!(due.event, Timer::ProbeRandomMember(_));
+            let suspicions = self.suspicions_raised;
+            let result = self.foca.handle_timer(due.event, &mut self.runtime);
             self.after_swim(result).await;
+            if probe_round && self.connected && self.suspicions_raised == suspicions {
+                self.health.probe_succeeded();
+                self.metrics.health_score.set(self.health.score().into());
+            }
+        }
+    }
+
+    /// The score rose. `ours` says the evidence is about our own time (a late wake-up, a
+    /// suspicion of us): then the suspicions already pending are stretched too. A failed probe
+    /// is not such evidence (the peer may well be dead), so it slows later rounds only and
+    /// a real death is still declared at the base timing.
+    fn health_worse(&mut self, ours: bool) {
+        self.metrics.health_score.set(self.health.score().into());
+        if ours {
+            self.timers.stretch_suspicions(self.health.multiplier());
         }
     }
 
@@ -399,13 +453,32 @@ impl Driver {
             debug!(%error, suppressed, "gossip message not handled");
         }
         while let Some((to, payload)) = self.runtime.to_send() {
+            self.note_incarnation(&payload);
             self.send(Kind::Gossip, to.addr, &payload).await;
         }
         let now = Instant::now();
+        let mut probe_failed = false;
         while let Some((after, event)) = self.runtime.to_schedule() {
-            if !self.left {
-                self.timers.schedule(now, after, event);
+            if self.left {
+                continue;
             }
+            match event {
+                Timer::ProbeRandomMember(_) => {
+                    self.timers.schedule(now, self.health.scale(after), event);
+                }
+                // foca raises a suspicion only when a probe of ours failed.
+                Timer::ChangeSuspectToDown { .. } => {
+                    self.suspicions_raised += 1;
+                    probe_failed = true;
+                    let multiplier = self.health.multiplier();
+                    self.timers
+                        .schedule_suspicion(now, after, multiplier, event);
+                }
+                _ => self.timers.schedule(now, after, event),
+            }
+        }
+        if probe_failed && self.health.probe_failed() {
+            self.health_worse(false);
         }
         let mut changed = false;
         let mut new_peers = vec![];
@@ -422,6 +495,26 @@ impl Driver {
         }
         for to in new_peers {
             self.send_macs(to).await;
+        }
+    }
+
+    /// Reads our incarnation from a datagram foca made: a rise means we refuted a suspicion.
+    fn note_incarnation(&mut self, payload: &[u8]) {
+        let Ok(header) = Codec::<MemberId>::decode_header(&mut PostcardCodec, payload) else {
+            return;
+        };
+        let refuted = self
+            .incarnation
+            .is_some_and(|before| header.src_incarnation > before);
+        self.incarnation = Some(header.src_incarnation);
+        if refuted {
+            debug!(
+                incarnation = header.src_incarnation,
+                "refuted a suspicion about this speaker"
+            );
+            if self.health.refuted() {
+                self.health_worse(true);
+            }
         }
     }
 

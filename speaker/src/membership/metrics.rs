@@ -64,6 +64,12 @@ pub struct Metrics {
     pub packets: Family<DirectionLabels, Counter>,
     /// Their UDP payload bytes: what the gossip costs the network (headers not counted).
     pub bytes: Family<DirectionLabels, Counter>,
+    /// Local health: 0 when this speaker has no sign of being slow; its probe period and
+    /// suspicions are stretched by score + 1.
+    pub health_score: Gauge,
+    /// Probe rounds and suspicions judged one round trip later because their timer fired
+    /// late (this speaker was starved).
+    pub deferred_verdicts: Counter,
 }
 
 impl Metrics {
@@ -95,6 +101,16 @@ impl Metrics {
             "UDP payload bytes of the gossip datagrams received and sent",
             m.bytes.clone(),
         );
+        r.register(
+            "speaker_gossip_health_score",
+            "Local health score: evidence that this speaker is slow; timeouts are stretched by score + 1",
+            m.health_score.clone(),
+        );
+        r.register(
+            "speaker_gossip_deferred_verdicts",
+            "Probe rounds and suspicions judged a round trip later because their timer fired late",
+            m.deferred_verdicts.clone(),
+        );
         m
     }
 
@@ -106,6 +122,8 @@ impl Metrics {
             auth_failures: Counter::default(),
             packets: Family::default(),
             bytes: Family::default(),
+            health_score: Gauge::default(),
+            deferred_verdicts: Counter::default(),
         }
     }
 

@@ -14,6 +14,7 @@
 
 mod driver;
 pub mod envelope;
+mod health;
 pub mod identity;
 pub mod key;
 pub mod macs;

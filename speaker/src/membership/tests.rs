@@ -128,6 +128,19 @@ async fn converged_trio(prefix: &str) -> [Speaker; 3] {
     trio
 }
 
+/// Gives every speaker all the others as seeds and waits until each has joined them all.
+async fn converge(speakers: &mut [Speaker]) {
+    let all: Vec<SocketAddr> = speakers.iter().map(|s| s.addr).collect();
+    for s in speakers.iter() {
+        s.handle.set_seeds(all.clone());
+    }
+    let names: Vec<String> = speakers.iter().map(|s| s.node.clone()).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    for s in speakers.iter_mut() {
+        s.wait_for_members(&names).await;
+    }
+}
+
 /// Polls a counter (at most [`WAIT`]) until `done` holds for it.
 async fn wait_for_count(what: &str, read: impl Fn() -> u64, done: impl Fn(u64) -> bool) {
     let started = Instant::now();
@@ -490,15 +503,7 @@ async fn soak_stable_cluster_has_no_false_downs() {
         let name = format!("soak-{i}");
         speakers.push(Speaker::start_timed(&name, &k, localhost, timing.clone()).await);
     }
-    let all: Vec<SocketAddr> = speakers.iter().map(|s| s.addr).collect();
-    for s in &speakers {
-        s.handle.set_seeds(all.clone());
-    }
-    let names: Vec<String> = speakers.iter().map(|s| s.node.clone()).collect();
-    let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    for s in &mut speakers {
-        s.wait_for_members(&names).await;
-    }
+    converge(&mut speakers).await;
     sleep(Duration::from_secs(seconds)).await;
     let downs: Vec<u64> = speakers
         .iter()
@@ -509,4 +514,113 @@ async fn soak_stable_cluster_has_no_false_downs() {
         timing.suspect_to_down_after
     );
     assert!(downs.iter().all(|d| *d == 0), "false downs: {downs:?}");
+}
+
+/// Five speakers, each on its own thread and runtime, each starved for `STALL` between runs
+/// of 100-400 ms, at its own phase: a machine whose CPUs are taken, where a speaker is stopped
+/// at any point of an exchange (after its ping left, before the ack is read). Returns the downs
+/// each declared and the highest health score each reached; with local health on, one
+/// speaker is then killed and must be declared down by the others within [`WAIT`].
+async fn famine(max_health_multiplier: u32) -> (Vec<u64>, Vec<i64>) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const STALL: Duration = Duration::from_millis(400);
+    const SECONDS: u64 = 10;
+    let k = cluster_key();
+    let timing = Timing {
+        max_health_multiplier,
+        ..Timing::default()
+    };
+    let localhost: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let starve = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    let mut speakers = Vec::new();
+    for i in 0..5u32 {
+        let (started, speaker) = tokio::sync::oneshot::channel();
+        let (k, timing, starve, stop) = (k.clone(), timing.clone(), starve.clone(), stop.clone());
+        threads.push(std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let name = format!("famine{max_health_multiplier}-{i}");
+                let _ = started.send(Speaker::start_timed(&name, &k, localhost, timing).await);
+                // Each speaker's famine has its own phase and rhythm: runs of 100-400 ms.
+                let mut lcg = u64::from(i) * 7919 + 1;
+                while !stop.load(Ordering::Relaxed) {
+                    if starve.load(Ordering::Relaxed) {
+                        // Blocks this speaker's only thread: no timer fires, no datagram is read.
+                        std::thread::sleep(STALL);
+                    }
+                    lcg = lcg
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    sleep(Duration::from_millis(100 + (lcg >> 33) % 301)).await;
+                }
+            });
+        }));
+        speakers.push(speaker.await.unwrap());
+    }
+    converge(&mut speakers).await;
+    starve.store(true, Ordering::Relaxed);
+    let mut worst = vec![0; speakers.len()];
+    for _ in 0..SECONDS * 20 {
+        sleep(Duration::from_millis(50)).await;
+        for (worst, s) in worst.iter_mut().zip(&speakers) {
+            *worst = (*worst).max(s.metrics.health_score.get());
+        }
+    }
+    let downs = speakers
+        .iter()
+        .map(|s| s.metrics.changes(Change::Down))
+        .collect();
+    if max_health_multiplier > 1 {
+        // A speaker that really dies (its task stops, as a crash) is still declared down by
+        // the starved others, if later.
+        let dead = speakers.remove(0);
+        let killed = Instant::now();
+        drop(dead.handle);
+        for s in &mut speakers {
+            s.wait_until("the dead speaker gone", |view| {
+                !view.members.contains_key(&dead.node)
+            })
+            .await;
+        }
+        eprintln!(
+            "a speaker killed during the famine was declared down by all after {:?}",
+            killed.elapsed()
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    drop(speakers);
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    (downs, worst)
+}
+
+/// Lifeguard's point, on a famine that stops every speaker for most of the time: speakers
+/// that find their own timers late stretch their timeouts and judge only after listening
+/// again, and declare nobody down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_starved_cluster_declares_nobody_down() {
+    let (downs, worst) = famine(Timing::default().max_health_multiplier).await;
+    eprintln!("with local health: downs {downs:?}, highest scores {worst:?}");
+    assert!(
+        worst.iter().all(|s| *s > 0),
+        "every speaker saw its famine: {worst:?}"
+    );
+    assert!(downs.iter().all(|d| *d == 0), "false downs: {downs:?}");
+}
+
+/// The same famine without local health: live members are declared down. This is what the
+/// test above guards against, and shows that its famine is one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_local_health_a_starved_cluster_declares_live_members_down() {
+    let (downs, worst) = famine(1).await;
+    eprintln!("without local health: downs {downs:?}");
+    assert_eq!(worst, vec![0; 5], "no score without local health");
+    assert!(downs.iter().sum::<u64>() > 0, "no false down: {downs:?}");
 }

@@ -9,6 +9,9 @@ use foca::PeriodicParams;
 
 use super::envelope::{MAX_DATAGRAM, OVERHEAD};
 
+/// Past this, a starved speaker would take minutes to declare a dead peer down.
+pub const MAX_HEALTH_MULTIPLIER: u32 = 32;
+
 /// The SWIM timing. The defaults are tuned for a LAN (sub-millisecond round trips) so that
 /// a member that dies without a word is declared down in roughly 250-400 ms:
 ///
@@ -54,6 +57,11 @@ pub struct Timing {
     /// How long after the first `set_seeds` an unanswered speaker concludes it is alone
     /// (`View::joined` becomes true).
     pub alone_after: Duration,
+    /// Local health (Lifeguard): a speaker with evidence that it is itself slow (its timers
+    /// fire late, its probes fail, it had to refute a suspicion) stretches its probe period
+    /// and its suspicions by up to this factor, and judges no probe or suspicion on a late
+    /// wake-up before it has listened for another `probe_rtt`. 1 turns this off.
+    pub max_health_multiplier: u32,
 }
 
 impl Default for Timing {
@@ -68,6 +76,8 @@ impl Default for Timing {
             gossip_interval: Duration::from_millis(50),
             announce_interval: Duration::from_secs(2),
             alone_after: Duration::from_secs(3),
+            // memberlist's AwarenessMaxMultiplier.
+            max_health_multiplier: 8,
         }
     }
 }
@@ -78,6 +88,7 @@ pub struct Overrides {
     pub probe_period: Option<Duration>,
     pub probe_rtt: Option<Duration>,
     pub suspect_to_down_after: Option<Duration>,
+    pub max_health_multiplier: Option<u32>,
 }
 
 impl Timing {
@@ -98,6 +109,9 @@ impl Timing {
                 .unwrap_or(base.suspect_to_down_after.mul_f64(scale)),
             max_transmissions: NonZeroU8::new(transmissions.max(base.max_transmissions.get()))
                 .expect("at least the default"),
+            max_health_multiplier: overrides
+                .max_health_multiplier
+                .unwrap_or(base.max_health_multiplier),
             ..base
         }
     }
@@ -109,6 +123,11 @@ impl Timing {
             "gossip timing: probe_rtt (--gossip-probe-timeout-ms, {:?}) must be non-zero and below probe_period (--gossip-probe-period-ms, {:?})",
             self.probe_rtt,
             self.probe_period
+        );
+        ensure!(
+            (1..=MAX_HEALTH_MULTIPLIER).contains(&self.max_health_multiplier),
+            "gossip timing: the local health multiplier (--gossip-local-health-max, {}) must be 1 to {MAX_HEALTH_MULTIPLIER}",
+            self.max_health_multiplier
         );
         for (name, value) in [
             ("suspect_to_down_after", self.suspect_to_down_after),
@@ -177,18 +196,21 @@ mod tests {
             probe_period: Some(Duration::from_millis(200)),
             probe_rtt: Some(Duration::from_millis(80)),
             suspect_to_down_after: Some(Duration::from_millis(500)),
+            max_health_multiplier: Some(1),
         };
         let tuned = Timing::for_members(100, set);
         assert_eq!(
             (
                 tuned.probe_period,
                 tuned.probe_rtt,
-                tuned.suspect_to_down_after
+                tuned.suspect_to_down_after,
+                tuned.max_health_multiplier
             ),
             (
                 Duration::from_millis(200),
                 Duration::from_millis(80),
-                Duration::from_millis(500)
+                Duration::from_millis(500),
+                1
             )
         );
         let broken = Overrides {
@@ -217,5 +239,13 @@ mod tests {
         };
         let error = no_suspicion.foca_config().unwrap_err().to_string();
         assert!(error.contains("suspect_to_down_after"), "{error}");
+        for multiplier in [0, MAX_HEALTH_MULTIPLIER + 1] {
+            let unhealthy = Timing {
+                max_health_multiplier: multiplier,
+                ..Timing::default()
+            };
+            let error = unhealthy.foca_config().unwrap_err().to_string();
+            assert!(error.contains("--gossip-local-health-max"), "{error}");
+        }
     }
 }
