@@ -453,7 +453,20 @@ impl Driver {
             debug!(%error, suppressed, "gossip message not handled");
         }
         while let Some((to, payload)) = self.runtime.to_send() {
-            self.note_incarnation(&payload);
+            if let Ok(header) = Codec::<MemberId>::decode_header(&mut PostcardCodec, &payload[..]) {
+                self.note_incarnation(header.src_incarnation);
+                if header.message == foca::Message::TurnUndead
+                    && self.foca.iter_members().any(|m| m.id() == &header.dst)
+                {
+                    // foca 2.0.0 tells a suspect "you are down" when the suspicion's timer
+                    // fires even if the suspect refuted meanwhile and stays a live member;
+                    // the suspect would rejoin as a new generation, a flap of every address
+                    // it owns for a suspicion nobody upheld. A member we hold alive is never
+                    // told it is down.
+                    self.metrics.turn_undead_withheld.inc();
+                    continue;
+                }
+            }
             self.send(Kind::Gossip, to.addr, &payload).await;
         }
         let now = Instant::now();
@@ -498,20 +511,13 @@ impl Driver {
         }
     }
 
-    /// Reads our incarnation from a datagram foca made: a rise means we refuted a suspicion.
-    fn note_incarnation(&mut self, payload: &[u8]) {
-        let Ok(header) = Codec::<MemberId>::decode_header(&mut PostcardCodec, payload) else {
-            return;
-        };
-        let refuted = self
-            .incarnation
-            .is_some_and(|before| header.src_incarnation > before);
-        self.incarnation = Some(header.src_incarnation);
+    /// Our incarnation in a datagram foca made: a rise means we refuted a suspicion.
+    fn note_incarnation(&mut self, incarnation: foca::Incarnation) {
+        let refuted = self.incarnation.is_some_and(|before| incarnation > before);
+        self.incarnation = Some(incarnation);
         if refuted {
-            debug!(
-                incarnation = header.src_incarnation,
-                "refuted a suspicion about this speaker"
-            );
+            self.metrics.refutations.inc();
+            debug!(incarnation, "refuted a suspicion about this speaker");
             if self.health.refuted() {
                 self.health_worse(true);
             }

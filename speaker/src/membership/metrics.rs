@@ -70,6 +70,11 @@ pub struct Metrics {
     /// Probe rounds and suspicions judged one round trip later because their timer fired
     /// late (this speaker was starved).
     pub deferred_verdicts: Counter,
+    /// Suspicions of this speaker that it refuted: others did not hear from it in time.
+    pub refutations: Counter,
+    /// "You are down" messages foca wanted to send to a member we hold alive (it refuted the
+    /// suspicion in time), withheld.
+    pub turn_undead_withheld: Counter,
 }
 
 impl Metrics {
@@ -111,6 +116,16 @@ impl Metrics {
             "Probe rounds and suspicions judged a round trip later because their timer fired late",
             m.deferred_verdicts.clone(),
         );
+        r.register(
+            "speaker_gossip_refutations",
+            "Suspicions of this speaker that it refuted",
+            m.refutations.clone(),
+        );
+        r.register(
+            "speaker_gossip_down_notices_withheld",
+            "Messages telling a live member it was declared down, withheld (it had refuted in time)",
+            m.turn_undead_withheld.clone(),
+        );
         m
     }
 
@@ -124,6 +139,8 @@ impl Metrics {
             bytes: Family::default(),
             health_score: Gauge::default(),
             deferred_verdicts: Counter::default(),
+            refutations: Counter::default(),
+            turn_undead_withheld: Counter::default(),
         }
     }
 
