@@ -298,8 +298,15 @@ pub async fn run(config: &ScaleConfig) -> Result<ScaleReport> {
     // The failover trials run without the spread addresses: on two cores, 100 nodes' fast
     // paths watching ten owners each (100,000 echo requests a second in all) starve the API
     // server, which real nodes, each with its own CPUs, would not.
-    api.delete_collection(&Default::default(), &Default::default())
-        .await?;
+    // Retried: after the idle measurement its pooled connection may be gone ("connection
+    // closed before message completed" ended a 100-node run here), and the delete is
+    // idempotent.
+    crate::soak::retried(|| async {
+        Ok(api
+            .delete_collection(&Default::default(), &Default::default())
+            .await?)
+    })
+    .await?;
     every_address_owned_once(&lab, 0, Duration::from_secs(300)).await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
     report.idle_without = idle_cost(&lab, config.idle).await?;

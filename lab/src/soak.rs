@@ -41,6 +41,9 @@ pub struct SoakReport {
     pub ownership_changes: f64,
     /// Times a second answering speaker was found.
     pub contests: f64,
+    /// Gossip verdicts a starved speaker put off by a round trip (local health at work; not
+    /// a false alarm).
+    pub deferred_verdicts: f64,
     /// CPU seconds each speaker used, and its resident set at the end (KiB).
     pub cpu_seconds: Vec<f64>,
     pub rss_kib: Vec<u64>,
@@ -55,7 +58,7 @@ impl SoakReport {
     pub fn summary(&self, what: &str) -> String {
         let hours = self.seconds / 3600.0 * self.speakers as f64;
         format!(
-            "FIGURES soak, {what}: {:.0} s x {} speakers; member downs {} ({:.2} per speaker-hour), fast-path verdicts {}, ownership changes {}, contests {}; speaker CPU seconds per hour {:?}; speaker RSS KiB {:?}",
+            "FIGURES soak, {what}: {:.0} s x {} speakers; member downs {} ({:.2} per speaker-hour), fast-path verdicts {}, ownership changes {}, contests {}, verdicts deferred by starved speakers {}; speaker CPU seconds per hour {:?}; speaker RSS KiB {:?}",
             self.seconds,
             self.speakers,
             self.member_downs,
@@ -63,6 +66,7 @@ impl SoakReport {
             self.fast_path_verdicts,
             self.ownership_changes,
             self.contests,
+            self.deferred_verdicts,
             self.cpu_seconds
                 .iter()
                 .map(|s| (s * 3600.0 / self.seconds).round())
@@ -83,6 +87,7 @@ async fn counters(lab: &Lab) -> Result<BTreeMap<&'static str, f64>> {
             "ferrolb_speaker_fast_path_verdicts",
             "ferrolb_speaker_ownership_changes",
             "ferrolb_speaker_contests",
+            "ferrolb_speaker_gossip_deferred_verdicts",
         ] {
             anyhow::ensure!(
                 text.contains(&format!("# TYPE {family} counter")),
@@ -106,6 +111,10 @@ async fn counters(lab: &Lab) -> Result<BTreeMap<&'static str, f64>> {
             (
                 "contests",
                 metric(&text, "ferrolb_speaker_contests_total").unwrap_or(0.0),
+            ),
+            (
+                "deferred",
+                metric(&text, "ferrolb_speaker_gossip_deferred_verdicts_total").unwrap_or(0.0),
             ),
         ] {
             *sums.entry(key).or_insert(0.0) += value;
@@ -267,6 +276,7 @@ pub async fn soak(lab: &Lab, duration: Duration, stress: &Stress) -> Result<Soak
         fast_path_verdicts: delta("verdicts"),
         ownership_changes: delta("ownership"),
         contests: delta("contests"),
+        deferred_verdicts: delta("deferred"),
         cpu_seconds: cpu_after
             .iter()
             .zip(&cpu_before)
@@ -276,7 +286,8 @@ pub async fn soak(lab: &Lab, duration: Duration, stress: &Stress) -> Result<Soak
     })
 }
 
-async fn retried<T, F: std::future::Future<Output = Result<T>>>(
+/// `read` until it succeeds, at most ten times 200 ms apart; the last error otherwise.
+pub(crate) async fn retried<T, F: std::future::Future<Output = Result<T>>>(
     mut read: impl FnMut() -> F,
 ) -> Result<T> {
     let mut last = None;

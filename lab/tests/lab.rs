@@ -125,6 +125,8 @@ async fn schema_manifests_and_rbac_against_the_real_api_server() {
             "handleUnclassed=false",
             "--set",
             "speaker.gossip.suspicionMs=400",
+            "--set",
+            "speaker.gossip.localHealthMax=4",
         ],
     )
     .await;
@@ -141,6 +143,10 @@ async fn schema_manifests_and_rbac_against_the_real_api_server() {
     assert!(!rendered.contains("--handle-unclassed"), "{rendered}");
     assert!(
         custom.contains("- --gossip-suspicion-ms=400") && !rendered.contains("--gossip-suspicion"),
+        "{custom}"
+    );
+    assert!(
+        custom.contains("- --gossip-local-health-max=4") && !rendered.contains("--gossip-local"),
         "{custom}"
     );
     lab.kubectl_as(
