@@ -65,8 +65,6 @@ pub(crate) struct Driver {
     runtime: AccumulatingRuntime<MemberId>,
     timers: TimerQueue,
     health: LocalHealth,
-    /// Suspicions foca raised so far (each a failed probe of ours).
-    suspicions_raised: u64,
     /// Our incarnation in the last datagram we sent: it rises only when we refute a suspicion
     /// about us (foca has no getter and no notification for it).
     incarnation: Option<foca::Incarnation>,
@@ -120,7 +118,6 @@ impl Driver {
             runtime: AccumulatingRuntime::new(),
             timers: TimerQueue::default(),
             health,
-            suspicions_raised: 0,
             incarnation: None,
             seeds: Seeds::default(),
             joining: Joining::default(),
@@ -319,10 +316,9 @@ impl Driver {
                 continue;
             }
             let probe_round = matches!(due.event, Timer::ProbeRandomMember(_));
-            let suspicions = self.suspicions_raised;
             let result = self.foca.handle_timer(due.event, &mut self.runtime);
-            self.after_swim(result).await;
-            if probe_round && self.connected && self.suspicions_raised == suspicions {
+            let probe_failed = self.after_swim(result).await;
+            if probe_round && self.connected && !probe_failed {
                 self.health.probe_succeeded();
                 self.metrics.health_score.set(self.health.score().into());
             }
@@ -444,7 +440,8 @@ impl Driver {
 
     /// Carries out what foca asked for during one interaction: datagrams, timers,
     /// notifications.
-    async fn after_swim(&mut self, result: Result<(), foca::Error>) {
+    /// Returns whether foca raised a suspicion, i.e. a probe of ours failed.
+    async fn after_swim(&mut self, result: Result<(), foca::Error>) -> bool {
         if let Err(error) = result
             && let Some(suppressed) = self.swim_log.allow()
         {
@@ -481,7 +478,6 @@ impl Driver {
                 }
                 // foca raises a suspicion only when a probe of ours failed.
                 Timer::ChangeSuspectToDown { .. } => {
-                    self.suspicions_raised += 1;
                     probe_failed = true;
                     let multiplier = self.health.multiplier();
                     self.timers
@@ -509,6 +505,7 @@ impl Driver {
         for to in new_peers {
             self.send_macs(to).await;
         }
+        probe_failed
     }
 
     /// Our incarnation in a datagram foca made: a rise means we refuted a suspicion.

@@ -73,11 +73,7 @@ impl LocalHealth {
         self.late_counted_until = Some(now + self.late_window);
         let windows = late.as_nanos() / self.late_window.as_nanos().max(1);
         let points = u32::try_from(windows).unwrap_or(u32::MAX).max(1);
-        let before = self.score;
-        for _ in 0..points.min(self.max_multiplier) {
-            self.worse();
-        }
-        self.score > before
+        self.add(points)
     }
 
     /// A probe round went well.
@@ -91,8 +87,16 @@ impl LocalHealth {
     }
 
     fn worse(&mut self) -> bool {
+        self.add(1)
+    }
+
+    /// Raises the score by `points`, clamped; whether it rose.
+    fn add(&mut self, points: u32) -> bool {
         let before = self.score;
-        self.score = (self.score + 1).min(self.max_multiplier - 1);
+        self.score = self
+            .score
+            .saturating_add(points)
+            .min(self.max_multiplier - 1);
         self.score > before
     }
 }

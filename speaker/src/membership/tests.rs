@@ -523,45 +523,43 @@ async fn soak_stable_cluster_has_no_false_downs() {
 /// speaker is then killed and must be declared down by the others within [`WAIT`].
 async fn famine(max_health_multiplier: u32) -> (Vec<u64>, Vec<i64>) {
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    const STALL: Duration = Duration::from_millis(400);
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    const STALL_MS: u64 = 400;
     const SECONDS: u64 = 10;
     let k = cluster_key();
     let timing = Timing {
         max_health_multiplier,
         ..Timing::default()
     };
-    let localhost: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let starve = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
     let mut speakers = Vec::new();
-    for i in 0..5u32 {
-        let (started, speaker) = tokio::sync::oneshot::channel();
-        let (k, timing, starve, stop) = (k.clone(), timing.clone(), starve.clone(), stop.clone());
-        threads.push(std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let name = format!("famine{max_health_multiplier}-{i}");
-                let _ = started.send(Speaker::start_timed(&name, &k, localhost, timing).await);
-                // Each speaker's famine has its own phase and rhythm: runs of 100-400 ms.
-                let mut lcg = u64::from(i) * 7919 + 1;
-                while !stop.load(Ordering::Relaxed) {
-                    if starve.load(Ordering::Relaxed) {
-                        // Blocks this speaker's only thread: no timer fires, no datagram is read.
-                        std::thread::sleep(STALL);
-                    }
-                    lcg = lcg
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    sleep(Duration::from_millis(100 + (lcg >> 33) % 301)).await;
-                }
-            });
-        }));
+    for i in 0..5u64 {
+        let stall = Arc::new(AtomicU64::new(0));
+        let (speaker, thread) = speaker_on_own_thread(
+            format!("famine{max_health_multiplier}-{i}"),
+            k.clone(),
+            timing.clone(),
+            stall.clone(),
+            stop.clone(),
+        );
+        threads.push(thread);
         speakers.push(speaker.await.unwrap());
+        // Each speaker's famine has its own phase and rhythm: runs of 100-400 ms.
+        let (starve, stop) = (starve.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut lcg = i * 7919 + 1;
+            while !stop.load(Ordering::Relaxed) {
+                if starve.load(Ordering::Relaxed) {
+                    stall.store(STALL_MS, Ordering::Relaxed);
+                }
+                lcg = lcg
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                sleep(Duration::from_millis(STALL_MS + 100 + (lcg >> 33) % 301)).await;
+            }
+        });
     }
     converge(&mut speakers).await;
     let generation = |s: &Speaker| s.view.borrow().members[&s.node].generation;
