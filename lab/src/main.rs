@@ -62,7 +62,8 @@ enum Command {
     BenchScale {
         #[arg(long, default_value_t = 100)]
         nodes: usize,
-        /// Nodes with kube-proxy, which the failover trials' traffic goes through.
+        /// Nodes with kube-proxy, which the failover trials' traffic goes through (0 is
+        /// allowed with `--trials 0`: a run for memory and spread).
         #[arg(long, default_value_t = 6)]
         kube_proxies: usize,
         #[arg(long, default_value_t = 1000)]
@@ -77,6 +78,11 @@ enum Command {
         idle_seconds: u64,
         #[arg(long, default_value_t = 30)]
         trials: usize,
+        /// Start the speakers only once every Service has its address: each then reads the
+        /// Services in one list instead of following every creation (on two cores, 100
+        /// speakers following 10,000 creations starve the API server).
+        #[arg(long)]
+        speakers_last: bool,
         /// A flag for every speaker (repeat for several), e.g.
         /// `--speaker-flag=--fast-failover-max-echo-rate=200`.
         #[arg(long, allow_hyphen_values = true)]
@@ -155,6 +161,7 @@ async fn main() -> Result<()> {
             answer_samples,
             idle_seconds,
             trials,
+            speakers_last,
             speaker_flag,
             plot,
         } => {
@@ -170,6 +177,7 @@ async fn main() -> Result<()> {
                 answer_samples,
                 idle: Duration::from_secs(idle_seconds),
                 trials,
+                speakers_last,
                 speaker: exe.with_file_name("ferrolb-speaker"),
                 speaker_flags: speaker_flag,
                 controller: exe.with_file_name("ferrolb-controller"),

@@ -70,6 +70,8 @@ pub struct ScaleConfig {
     pub idle: Duration,
     /// Hard node death trials.
     pub trials: usize,
+    /// Start the speakers once every Service has its address, rather than before the first.
+    pub speakers_last: bool,
     pub speaker: PathBuf,
     /// Extra flags for every speaker.
     pub speaker_flags: Vec<String>,
@@ -97,8 +99,42 @@ pub struct ScaleReport {
     pub controller_rss_kib: u64,
     /// Times the controller exited while the Services were created, and was started again.
     pub controller_restarts: usize,
+    /// False alarms from convergence to the first failover trial, summed over the speakers
+    /// (every speaker stays alive meanwhile, so each counts).
+    pub false_alarms: FalseAlarms,
     /// Hard node death gaps, ms.
     pub failover: Figures,
+}
+
+/// What the speakers counted between two readings while none of them died.
+#[derive(Debug, Clone, Default)]
+pub struct FalseAlarms {
+    pub seconds: f64,
+    /// Members declared down, as each speaker saw it.
+    pub downs: f64,
+    /// Members seen back as a new generation, and speakers told they had been declared down.
+    pub restarts: f64,
+    pub rejoins: f64,
+    /// Fast-path verdicts: a watched node answered no echo request for the silence.
+    pub fast_path_verdicts: f64,
+}
+
+impl FalseAlarms {
+    async fn since(
+        lab: &Lab,
+        before: &BTreeMap<&'static str, f64>,
+        start: Instant,
+    ) -> Result<FalseAlarms> {
+        let after = crate::soak::retried(|| crate::soak::counters(lab)).await?;
+        let delta = |key: &str| after.get(key).unwrap_or(&0.0) - before.get(key).unwrap_or(&0.0);
+        Ok(FalseAlarms {
+            seconds: start.elapsed().as_secs_f64(),
+            downs: delta("downs"),
+            restarts: delta("restarts"),
+            rejoins: delta("rejoins"),
+            fast_path_verdicts: delta("verdicts"),
+        })
+    }
 }
 
 /// Per speaker, over a window in which nothing changes.
@@ -164,6 +200,17 @@ impl ScaleReport {
                 self.controller_restarts
             ),
             format!(
+                "FIGURES scale, {what}: from convergence to the first failover trial ({:.0} s, no speaker died), summed over the speakers: members declared down {}, members restarted {}, speakers rejoined {}, fast-path verdicts {} ({:.2} downs per speaker-hour)",
+                self.false_alarms.seconds,
+                self.false_alarms.downs,
+                self.false_alarms.restarts,
+                self.false_alarms.rejoins,
+                self.false_alarms.fast_path_verdicts,
+                self.false_alarms.downs
+                    / (self.false_alarms.seconds / 3600.0 * self.nodes as f64)
+                        .max(f64::MIN_POSITIVE)
+            ),
+            format!(
                 "FIGURES scale, {what}: addresses owned per node, {} addresses: {} (every node: {:?})",
                 self.services,
                 stats(&owned),
@@ -193,7 +240,9 @@ impl ScaleReport {
 
 /// Runs the whole scale run; the lab is torn down on return, also on failure.
 pub async fn run(config: &ScaleConfig) -> Result<ScaleReport> {
-    if config.kube_proxies < 2 || config.kube_proxies > config.nodes {
+    // Without trials (a run for memory and spread) no traffic flows, and kube-proxy, which
+    // rewrites its rules for every Service, may be left out.
+    if config.kube_proxies > config.nodes || (config.trials > 0 && config.kube_proxies < 2) {
         bail!(
             "the failover trials need 2 to {} nodes with kube-proxy",
             config.nodes
@@ -219,13 +268,11 @@ pub async fn run(config: &ScaleConfig) -> Result<ScaleReport> {
         lab.label_node(i, TRAFFIC_LABEL, Some("true")).await?;
     }
 
-    let start = Instant::now();
-    let flags: Vec<&str> = config.speaker_flags.iter().map(String::as_str).collect();
-    for i in 1..=config.nodes {
-        lab.start_speaker_with(&config.speaker, i, &flags).await?;
+    // The speakers' false-alarm counters from when they all count each other on.
+    let mut quiet = None;
+    if !config.speakers_last {
+        quiet = Some(start_speakers(&mut lab, config, &mut report).await?);
     }
-    every_speaker_counts(&lab, config.nodes, Duration::from_secs(300)).await?;
-    report.converged = start.elapsed();
 
     // With the Deployment's 15 s Lease: the lab's default 4 s (for quick takeover tests) is
     // lost when the API server answers slower than 2.7 s, as it does here while it creates
@@ -236,10 +283,6 @@ pub async fn run(config: &ScaleConfig) -> Result<ScaleReport> {
     };
     lab.start_controller_with(&config.controller, 1, options.clone())
         .await?;
-    tracing::info!(
-        converged_s = report.converged.as_secs_f64(),
-        "every speaker counts every node"
-    );
     lab.kubectl(&["create", "namespace", "scale"]).await?;
     let api: Api<Service> = Api::namespaced(lab.client(), "scale");
     let start = Instant::now();
@@ -265,6 +308,10 @@ pub async fn run(config: &ScaleConfig) -> Result<ScaleReport> {
         }
     };
     report.addressed = created.all_addressed;
+    let (counted, quiet_since) = match quiet {
+        Some(quiet) => quiet,
+        None => start_speakers(&mut lab, config, &mut report).await?,
+    };
     let owners = every_address_owned_once(&lab, config.services, Duration::from_secs(600)).await?;
     report.announced = start.elapsed();
     report.owned_per_node = (1..=config.nodes)
@@ -280,7 +327,13 @@ pub async fn run(config: &ScaleConfig) -> Result<ScaleReport> {
         let ms = first_answer_ms(&lab, &api, &format!("first-v6-{k}"), sample_v6(k)).await?;
         report.first_answer_v6.gaps_ms.push(ms);
     }
-    for k in 0..config.answer_samples.min(MAX_V4_SAMPLES) {
+    // The IPv4 samples come from the traffic pool, advertised only by nodes with kube-proxy.
+    let v4_samples = if config.kube_proxies == 0 {
+        0
+    } else {
+        config.answer_samples.min(MAX_V4_SAMPLES)
+    };
+    for k in 0..v4_samples {
         let ms = first_answer_ms(&lab, &api, &format!("first-v4-{k}"), sample_v4(k)).await?;
         report.first_answer_v4.gaps_ms.push(ms);
     }
@@ -310,9 +363,34 @@ pub async fn run(config: &ScaleConfig) -> Result<ScaleReport> {
     every_address_owned_once(&lab, 0, Duration::from_secs(300)).await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
     report.idle_without = idle_cost(&lab, config.idle).await?;
+    report.false_alarms = FalseAlarms::since(&lab, &counted, quiet_since).await?;
 
-    report.failover = failover_trials(&mut lab, config).await?;
+    if config.trials > 0 {
+        report.failover = failover_trials(&mut lab, config).await?;
+    }
     Ok(report)
+}
+
+/// Starts a speaker on every node and waits until each counts every node; returns their
+/// summed counters then, and when they were read.
+async fn start_speakers(
+    lab: &mut Lab,
+    config: &ScaleConfig,
+    report: &mut ScaleReport,
+) -> Result<(BTreeMap<&'static str, f64>, Instant)> {
+    let start = Instant::now();
+    let flags: Vec<&str> = config.speaker_flags.iter().map(String::as_str).collect();
+    for i in 1..=config.nodes {
+        lab.start_speaker_with(&config.speaker, i, &flags).await?;
+    }
+    every_speaker_counts(lab, config.nodes, Duration::from_secs(300)).await?;
+    report.converged = start.elapsed();
+    tracing::info!(
+        converged_s = report.converged.as_secs_f64(),
+        "every speaker counts every node"
+    );
+    let counted = crate::soak::retried(|| crate::soak::counters(lab)).await?;
+    Ok((counted, Instant::now()))
 }
 
 /// A single-stack LoadBalancer Service's spec on port 80, asking for no NodePorts (their

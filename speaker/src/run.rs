@@ -46,9 +46,13 @@ const STUCK_AFTER: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ChangeLabels {
-    /// `acquired` or `released`.
+    /// One of [`OWNERSHIP_CHANGES`].
     pub change: String,
 }
+
+const ACQUIRED: &str = "acquired";
+const RELEASED: &str = "released";
+const OWNERSHIP_CHANGES: [&str; 2] = [ACQUIRED, RELEASED];
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AddressLabels {
@@ -145,6 +149,10 @@ impl Metrics {
             "Addresses whose Service condition names an announcing node other than the owner this speaker elects (after 2 s)",
             m.disagreements.clone(),
         );
+        // Both series from the start: a node that never owned an address exports 0, not nothing.
+        for change in OWNERSHIP_CHANGES {
+            m.count(change, 0);
+        }
         m
     }
 
@@ -898,10 +906,10 @@ impl Speaker {
             .fenced_addresses
             .set(i64::try_from(memory.fenced.len()).unwrap_or(i64::MAX));
         if acquired > 0 {
-            self.metrics.count("acquired", acquired);
+            self.metrics.count(ACQUIRED, acquired);
         }
         if released > 0 {
-            self.metrics.count("released", released);
+            self.metrics.count(RELEASED, released);
         }
     }
 
@@ -1080,4 +1088,28 @@ pub fn gossip_addr(stores: &Stores, node: &str, port: u16) -> anyhow::Result<Soc
         .gossip_ip
         .with_context(|| format!("Node {node} has no InternalIP address to gossip on"))?;
     Ok(SocketAddr::new(ip, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus_client::registry::Registry;
+
+    use super::Metrics;
+
+    #[test]
+    fn ownership_series_exist_before_any_change() {
+        let mut registry = Registry::default();
+        let _metrics = Metrics::register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "ferrolb_speaker_ownership_changes_total{change=\"acquired\"} 0",
+            "ferrolb_speaker_ownership_changes_total{change=\"released\"} 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from\n{text}"
+            );
+        }
+    }
 }

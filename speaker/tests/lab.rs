@@ -1732,6 +1732,7 @@ async fn twenty_light_nodes_converge_spread_answer_and_fail_over() {
         answer_samples: 3,
         idle: Duration::from_secs(5),
         trials: 3,
+        speakers_last: false,
         speaker: speaker(),
         speaker_flags: vec![],
         controller: controller_binary(),

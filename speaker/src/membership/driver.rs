@@ -564,6 +564,7 @@ impl Driver {
                     generation = new.generation,
                     "gossip member restarted"
                 );
+                self.metrics.changed(Change::Restarted);
                 true
             }
             OwnedNotification::Active => {
@@ -589,6 +590,7 @@ impl Driver {
                     generation = id.generation,
                     "the gossip cluster declared this speaker down; rejoined as a new generation"
                 );
+                self.metrics.changed(Change::Rejoined);
                 // foca keeps its old roster but waits for a peer to talk to us again; seeds
                 // are announced to eagerly until then.
                 self.connected = false;

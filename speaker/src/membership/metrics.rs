@@ -10,6 +10,19 @@ use prometheus_client::registry::Registry;
 pub enum Change {
     Up,
     Down,
+    /// Another member came back as a new generation (a restart, or a false "down" it heard).
+    Restarted,
+    /// This speaker heard it had been declared down, and rejoined as a new generation.
+    Rejoined,
+}
+
+impl Change {
+    const ALL: [Change; 4] = [
+        Change::Up,
+        Change::Down,
+        Change::Restarted,
+        Change::Rejoined,
+    ];
 }
 
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
@@ -25,6 +38,8 @@ impl EncodeLabelValue for Change {
             match self {
                 Change::Up => "up",
                 Change::Down => "down",
+                Change::Restarted => "restarted",
+                Change::Rejoined => "rejoined",
             },
         )
     }
@@ -88,9 +103,14 @@ impl Metrics {
         );
         r.register(
             "speaker_member_changes",
-            "Gossip members that came up or went down",
+            "Gossip members that came up, went down or restarted; rejoined: this speaker, declared down",
             m.member_changes.clone(),
         );
+        // Every series from the start: a scrape before the first change reads 0, not nothing,
+        // and increase() in an alert sees the first one.
+        for change in Change::ALL {
+            let _ = m.member_changes.get_or_create(&ChangeLabels { change });
+        }
         r.register(
             "speaker_gossip_auth_failures",
             "Gossip datagrams dropped as not authentic under our key",
@@ -182,6 +202,7 @@ mod tests {
         m.members.set(3);
         m.changed(Change::Up);
         m.changed(Change::Down);
+        m.changed(Change::Down);
         m.auth_failures.inc();
         m.packet(Direction::In, 100);
         m.packet(Direction::Out, 60);
@@ -191,7 +212,9 @@ mod tests {
         for line in [
             "ferrolb_speaker_members 3",
             "ferrolb_speaker_member_changes_total{change=\"up\"} 1",
-            "ferrolb_speaker_member_changes_total{change=\"down\"} 1",
+            "ferrolb_speaker_member_changes_total{change=\"down\"} 2",
+            "ferrolb_speaker_member_changes_total{change=\"restarted\"} 0",
+            "ferrolb_speaker_member_changes_total{change=\"rejoined\"} 0",
             "ferrolb_speaker_gossip_auth_failures_total 1",
             "ferrolb_speaker_gossip_packets_total{direction=\"in\"} 1",
             "ferrolb_speaker_gossip_packets_total{direction=\"out\"} 2",
