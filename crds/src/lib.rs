@@ -1,15 +1,21 @@
 //! The `ferrolb.io/v1alpha1` API, and the one place API objects become `model` values.
 //!
-//! `IPAddressPool` and `L2Advertisement` are cluster-scoped. Syntax is validated by the CRD
+//! Every kind is cluster-scoped: `IPAddressPool`, `L2Advertisement`, and for BGP mode
+//! `BGPPeer`, `BGPAdvertisement` and `BFDProfile`. Syntax is validated by the CRD
 //! schema (CEL rules in [`schema`]); cross-object facts such as overlapping pools are reported
 //! by the controller in conditions and Events. [`read`] converts Services, pools and
 //! advertisements into the model both binaries decide from.
 
+pub mod bgp;
 pub mod l2;
 pub mod pool;
 pub mod read;
 pub mod schema;
 
+pub use bgp::{
+    BFDProfile, BFDProfileSpec, BGPAdvertisement, BGPAdvertisementSpec, BGPPeer, BGPPeerSpec,
+    BGPPeerStatus, BGPSessionStatus,
+};
 pub use l2::{L2Advertisement, L2AdvertisementSpec};
 pub use pool::{
     FamilyUsage, IPAddressPool, IPAddressPoolSpec, IPAddressPoolStatus, ServiceAllocation,
@@ -28,6 +34,9 @@ pub fn crds() -> Vec<(&'static str, CustomResourceDefinition)> {
     vec![
         ("ipaddresspools.yaml", IPAddressPool::crd()),
         ("l2advertisements.yaml", L2Advertisement::crd()),
+        ("bgppeers.yaml", BGPPeer::crd()),
+        ("bgpadvertisements.yaml", BGPAdvertisement::crd()),
+        ("bfdprofiles.yaml", BFDProfile::crd()),
     ]
 }
 

@@ -97,6 +97,50 @@ async fn schema_manifests_and_rbac_against_the_real_api_server() {
         .to_string();
     assert!(err.contains("'198.51.100.5/24' has host bits set"), "{err}");
 
+    // BGP mode's kinds: the API server compiles their rules (durations, IPs, communities) and
+    // enforces the ranges the client-side evaluator leaves out.
+    let bgp = "apiVersion: ferrolb.io/v1alpha1\nkind: BGPPeer\nmetadata:\n  name: tor\nspec:\n  myASN: 4200000001\n  peerASN: 64500\n  peerAddress: 2001:db8::1\n  holdTime: 9s\n  keepaliveTime: 3s\n  bfdProfile: fast\n---\napiVersion: ferrolb.io/v1alpha1\nkind: BGPAdvertisement\nmetadata:\n  name: lan\nspec:\n  ipAddressPools: [lan]\n  communities: [65535:65281, large:4200000001:1:2, no-export]\n  localPref: 200\n---\napiVersion: ferrolb.io/v1alpha1\nkind: BFDProfile\nmetadata:\n  name: fast\nspec:\n  receiveInterval: 300\n  transmitInterval: 300\n  detectMultiplier: 3\n";
+    lab.kubectl_as(
+        &lab.lan_kubeconfig,
+        &["apply", "--dry-run=server", "-f", "-"],
+        Some(bgp),
+    )
+    .await
+    .unwrap();
+    for (object, message) in [
+        (
+            "kind: BGPPeer\nmetadata:\n  name: p\nspec:\n  myASN: 64512\n  peerASN: 64500\n  peerAddress: 198.51.100.1\n  holdTime: 90s\n  keepaliveTime: 2m",
+            "keepaliveTime must be shorter than holdTime",
+        ),
+        (
+            "kind: BGPPeer\nmetadata:\n  name: p\nspec:\n  myASN: 4294967295\n  peerASN: 64500\n  peerAddress: 198.51.100.1",
+            "spec.myASN: Invalid value",
+        ),
+        (
+            "kind: BGPPeer\nmetadata:\n  name: p\nspec:\n  myASN: 64512\n  peerASN: 64500\n  peerAddress: fe80::1",
+            "'fe80::1' is not a unicast address of a host",
+        ),
+        (
+            "kind: BGPAdvertisement\nmetadata:\n  name: a\nspec:\n  communities: [65536:1]\n  aggregationLength: 33",
+            "'65536:1' is not a community",
+        ),
+        (
+            "kind: BFDProfile\nmetadata:\n  name: f\nspec:\n  detectMultiplier: 1",
+            "spec.detectMultiplier: Invalid value",
+        ),
+    ] {
+        let err = lab
+            .kubectl_as(
+                &lab.lan_kubeconfig,
+                &["apply", "--dry-run=server", "-f", "-"],
+                Some(&format!("apiVersion: ferrolb.io/v1alpha1\n{object}\n")),
+            )
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(message), "{object}: {err}");
+    }
+
     // The install forms: the all-in-one YAML and the Helm chart's rendering are accepted.
     lab.kubectl(&[
         "apply",
