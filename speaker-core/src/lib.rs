@@ -8,10 +8,12 @@
 //! - [`arp`], [`ndp`]: parsing and building ARP and IPv6 Neighbor Discovery frames.
 //! - [`frame`]: one parser for everything an announce socket receives.
 //! - [`reach`]: the failover's fast path, echo requests to the nodes this one succeeds.
+//! - [`bfd`]: BFD sessions (RFC 5880) for BGP mode: state machine and Control packets.
 //! - [`ethernet`], [`mac`]: the link-layer pieces both codecs share.
 
 pub mod announce;
 pub mod arp;
+pub mod bfd;
 pub mod decide;
 pub mod election;
 pub mod ethernet;

@@ -1,0 +1,15 @@
+//! Arbitrary bytes into the BFD Control packet decoder: it may not panic, and what it accepts
+//! encodes back to the same 24 bytes (the length byte normalised).
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use speaker_core::bfd::{ControlPacket, LEN};
+
+fuzz_target!(|payload: &[u8]| {
+    if let Ok(packet) = ControlPacket::decode(payload) {
+        let mut expected = payload[..LEN].to_vec();
+        expected[3] = LEN as u8;
+        assert_eq!(packet.encode().to_vec(), expected);
+    }
+});
