@@ -9,11 +9,13 @@
 //! - [`frame`]: one parser for everything an announce socket receives.
 //! - [`reach`]: the failover's fast path, echo requests to the nodes this one succeeds.
 //! - [`bfd`]: BFD sessions (RFC 5880) for BGP mode: state machine and Control packets.
+//! - [`bgp`]: a BGP session's state machine (RFC 4271 §8) for a speaker that only originates.
 //! - [`ethernet`], [`mac`]: the link-layer pieces both codecs share.
 
 pub mod announce;
 pub mod arp;
 pub mod bfd;
+pub mod bgp;
 pub mod decide;
 pub mod election;
 pub mod ethernet;
