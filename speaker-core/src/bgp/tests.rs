@@ -1,6 +1,7 @@
 use super::*;
 
-fn config() -> PeerConfig {
+/// A node of a 4-byte AS peering with AS 64500 over both families (the wire tests use it too).
+pub(crate) fn config() -> PeerConfig {
     PeerConfig {
         local_asn: 4_200_000_001,
         peer_asn: 64500,

@@ -1,5 +1,4 @@
 use std::net::{IpAddr, Ipv4Addr};
-use std::time::Duration;
 
 use netgauze_bgp_pkt::BgpMessage;
 use netgauze_bgp_pkt::path_attribute::{AsPath, MpReach, MpUnreach, PathAttributeValue};
@@ -14,15 +13,7 @@ use super::*;
 fn config(local_asn: u32) -> PeerConfig {
     PeerConfig {
         local_asn,
-        peer_asn: 64500,
-        router_id: Ipv4Addr::new(198, 51, 100, 11),
-        hold_time: Duration::from_secs(90),
-        keepalive_time: None,
-        connect_retry: Duration::from_secs(5),
-        families: Families {
-            ipv4: true,
-            ipv6: true,
-        },
+        ..crate::bgp::tests::config()
     }
 }
 
