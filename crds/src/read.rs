@@ -1,12 +1,15 @@
-//! The one place API objects become the model: Services, pools, advertisements and label
-//! selectors, each read once here and handed to the controller and the speaker as `model`
+//! The one place API objects become the model: Services, pools, advertisements (L2 and BGP),
+//! BGP peers, BFD profiles and label selectors, each read once here and handed to the controller and the speaker as `model`
 //! values.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use model::bgp::{self, BfdProfile, BgpAdvertisement, BgpPeer};
 use model::service::{
     ANNOTATION_ALLOCATED_FROM, ANNOTATION_IPS, ANNOTATION_POOL, ANNOTATION_SHARING,
     ANNOUNCED_CONDITION, CONFLICT_REASON,
@@ -17,7 +20,8 @@ use model::{
     TrafficPolicy,
 };
 
-use crate::{IPAddressPool, L2Advertisement};
+use crate::schema::{BgpDuration, IpAddress, PoolName};
+use crate::{BFDProfile, BGPAdvertisement, BGPPeer, IPAddressPool, L2Advertisement};
 
 /// The MetalLB annotation prefixes, read as equivalents of ours.
 const METALLB_PREFIXES: [&str; 2] = ["metallb.io/", "metallb.universe.tf/"];
@@ -185,16 +189,128 @@ pub fn pool(pool: &IPAddressPool) -> Pool {
 /// An advertisement in the model's terms.
 pub fn advertisement(ad: &L2Advertisement) -> Advertisement {
     let spec = &ad.spec;
+    Advertisement {
+        interfaces: spec.interfaces.iter().map(|i| i.0.clone()).collect(),
+        ..scope(
+            &ad.metadata,
+            &spec.ip_address_pools,
+            &spec.ip_address_pool_selectors,
+            &spec.node_selectors,
+        )
+    }
+}
+
+/// Which pools an advertisement (or, with none, a peer) covers and which nodes it selects:
+/// one reading for L2 and BGP alike.
+fn scope(
+    metadata: &ObjectMeta,
+    pools: &[PoolName],
+    pool_selectors: &[meta::LabelSelector],
+    node_selectors: &[meta::LabelSelector],
+) -> Advertisement {
     let mut invalid_selectors = Vec::new();
     Advertisement {
-        name: ad.metadata.name.clone().unwrap_or_default(),
-        pools: spec.ip_address_pools.iter().map(|p| p.0.clone()).collect(),
-        pool_selectors: selectors(&spec.ip_address_pool_selectors, &mut invalid_selectors),
-        node_selectors: selectors(&spec.node_selectors, &mut invalid_selectors),
-        selects_some_pools: !spec.ip_address_pool_selectors.is_empty(),
-        selects_some_nodes: !spec.node_selectors.is_empty(),
-        interfaces: spec.interfaces.iter().map(|i| i.0.clone()).collect(),
+        name: metadata.name.clone().unwrap_or_default(),
+        pools: pools.iter().map(|p| p.0.clone()).collect(),
+        pool_selectors: selectors(pool_selectors, &mut invalid_selectors),
+        node_selectors: selectors(node_selectors, &mut invalid_selectors),
+        selects_some_pools: !pool_selectors.is_empty(),
+        selects_some_nodes: !node_selectors.is_empty(),
+        interfaces: vec![],
         invalid_selectors,
+    }
+}
+
+/// A `BGPPeer` in the model's terms, defaults applied. The schema admits only readable
+/// values; one that still cannot be read (an object older than a rule) is an error to report.
+pub fn bgp_peer(peer: &BGPPeer) -> Result<BgpPeer, String> {
+    let spec = &peer.spec;
+    let address = |a: &IpAddress| {
+        a.0.parse::<IpAddr>()
+            .map_err(|_| format!("'{}' is not an address", a.0))
+    };
+    let duration = |d: &Option<BgpDuration>, default: Option<Duration>| match d {
+        None => Ok(default),
+        Some(d) => d
+            .seconds()
+            .map(|s| Some(Duration::from_secs(s)))
+            .ok_or_else(|| format!("'{}' is not a duration in whole seconds", d.0)),
+    };
+    Ok(BgpPeer {
+        name: peer.metadata.name.clone().unwrap_or_default(),
+        local_asn: spec.my_asn.0,
+        peer_asn: spec.peer_asn.0,
+        address: address(&spec.peer_address)?,
+        port: u16::try_from(spec.peer_port)
+            .map_err(|_| format!("port {} is out of range", spec.peer_port))?,
+        source: spec.source_address.as_ref().map(address).transpose()?,
+        hold_time: duration(&spec.hold_time, Some(bgp::DEFAULT_HOLD_TIME))?
+            .unwrap_or(bgp::DEFAULT_HOLD_TIME),
+        keepalive_time: duration(&spec.keepalive_time, None)?,
+        connect_time: duration(&spec.connect_time, Some(bgp::DEFAULT_CONNECT_TIME))?
+            .unwrap_or(bgp::DEFAULT_CONNECT_TIME),
+        ebgp_multi_hop: spec.ebgp_multi_hop,
+        password_secret: spec.password_secret.as_ref().map(|s| s.name.0.clone()),
+        nodes: scope(&peer.metadata, &[], &[], &spec.node_selectors),
+        bfd_profile: spec.bfd_profile.as_ref().map(|p| p.0.clone()),
+    })
+}
+
+/// A `BGPAdvertisement` in the model's terms, defaults applied.
+pub fn bgp_advertisement(ad: &BGPAdvertisement) -> Result<BgpAdvertisement, String> {
+    let spec = &ad.spec;
+    let length = |value: Option<i32>, max: u8| match value {
+        None => Ok(max),
+        Some(v) => u8::try_from(v)
+            .ok()
+            .filter(|v| *v <= max)
+            .ok_or_else(|| format!("aggregation length {v} is out of 0-{max}")),
+    };
+    Ok(BgpAdvertisement {
+        scope: scope(
+            &ad.metadata,
+            &spec.ip_address_pools,
+            &spec.ip_address_pool_selectors,
+            &spec.node_selectors,
+        ),
+        aggregation_length: length(spec.aggregation_length, 32)?,
+        aggregation_length_v6: length(spec.aggregation_length_v6, 128)?,
+        local_pref: spec
+            .local_pref
+            .map(|p| u32::try_from(p).map_err(|_| format!("localPref {p} is out of range")))
+            .transpose()?,
+        communities: spec
+            .communities
+            .iter()
+            .map(|c| bgp::Community::parse(&c.0).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?,
+        peers: spec.peers.iter().map(|p| p.0.clone()).collect(),
+    })
+}
+
+/// A `BFDProfile` in the model's terms, defaults applied (out-of-range values, which the
+/// schema refuses, are clamped).
+pub fn bfd_profile(profile: &BFDProfile) -> BfdProfile {
+    let spec = &profile.spec;
+    let name = profile.metadata.name.clone().unwrap_or_default();
+    let defaults = BfdProfile::defaults(&name);
+    let ms = |v: Option<i32>, default: Duration| {
+        v.map_or(default, |v| {
+            Duration::from_millis(u64::try_from(v.clamp(10, 60_000)).unwrap_or(300))
+        })
+    };
+    let byte = |v: Option<i32>, default: u8, min: i32, max: i32| {
+        v.map_or(default, |v| {
+            u8::try_from(v.clamp(min, max)).unwrap_or(default)
+        })
+    };
+    BfdProfile {
+        receive_interval: ms(spec.receive_interval, defaults.receive_interval),
+        transmit_interval: ms(spec.transmit_interval, defaults.transmit_interval),
+        detect_multiplier: byte(spec.detect_multiplier, defaults.detect_multiplier, 2, 255),
+        passive: spec.passive_mode,
+        minimum_ttl: byte(spec.minimum_ttl, defaults.minimum_ttl, 1, 254),
+        name,
     }
 }
 
@@ -511,5 +627,105 @@ mod tests {
         assert!(read.conflict_reported);
         s.status = None;
         assert!(!service(&s).conflict_reported);
+    }
+
+    #[test]
+    fn bgp_objects_are_read_with_their_defaults() {
+        let peer: BGPPeer = serde_json::from_value(json!({
+            "apiVersion": "ferrolb.io/v1alpha1", "kind": "BGPPeer",
+            "metadata": {"name": "tor"},
+            "spec": {"myASN": 4200000001u32, "peerASN": 64500, "peerAddress": "2001:db8::1"},
+        }))
+        .unwrap();
+        let read = bgp_peer(&peer).unwrap();
+        assert_eq!(
+            (read.name.as_str(), read.local_asn, read.peer_asn, read.port),
+            ("tor", 4_200_000_001, 64500, 179)
+        );
+        assert_eq!(read.address, "2001:db8::1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            (read.hold_time, read.keepalive_time, read.connect_time),
+            (Duration::from_secs(90), None, Duration::from_secs(5))
+        );
+        assert!(!read.ibgp() && !read.nodes.selects_some_nodes && read.bfd_profile.is_none());
+
+        let peer: BGPPeer = serde_json::from_value(json!({
+            "apiVersion": "ferrolb.io/v1alpha1", "kind": "BGPPeer",
+            "metadata": {"name": "tor"},
+            "spec": {"myASN": 64500, "peerASN": 64500, "peerAddress": "198.51.100.1",
+                     "sourceAddress": "198.51.100.11", "peerPort": 1179,
+                     "holdTime": "1h30m", "keepaliveTime": "3m", "connectTime": "10s",
+                     "passwordSecret": {"name": "tor-md5"}, "bfdProfile": "fast",
+                     "nodeSelectors": [{"matchLabels": {"rack": "1"}}]},
+        }))
+        .unwrap();
+        let read = bgp_peer(&peer).unwrap();
+        assert_eq!(read.hold_time, Duration::from_secs(5400));
+        assert_eq!(read.keepalive_time, Some(Duration::from_secs(180)));
+        assert_eq!(read.connect_time, Duration::from_secs(10));
+        assert_eq!(read.port, 1179);
+        assert_eq!(read.password_secret.as_deref(), Some("tor-md5"));
+        assert!(read.ibgp() && read.nodes.selects_some_nodes);
+        assert!(read.nodes.selects_node(&model::labels_of([("rack", "1")])));
+        assert!(!read.nodes.selects_node(&model::labels_of([("rack", "2")])));
+
+        let ad: BGPAdvertisement = serde_json::from_value(json!({
+            "apiVersion": "ferrolb.io/v1alpha1", "kind": "BGPAdvertisement",
+            "metadata": {"name": "lan"},
+            "spec": {"ipAddressPools": ["lan"], "communities": ["no-export", "large:1:2:3"],
+                     "localPref": 200, "aggregationLength": 24},
+        }))
+        .unwrap();
+        let read = bgp_advertisement(&ad).unwrap();
+        assert_eq!(
+            read.communities,
+            [
+                bgp::Community::Standard(0xFFFF_FF01),
+                bgp::Community::Large(1, 2, 3)
+            ]
+        );
+        assert_eq!(
+            (read.aggregation_length, read.aggregation_length_v6),
+            (24, 128)
+        );
+        assert_eq!(read.local_pref, Some(200));
+        assert!(read.scope.covers_pool("lan", &model::Labels::new()));
+        assert!(!read.scope.covers_pool("wan", &model::Labels::new()));
+        assert!(read.to_peer("any"));
+
+        let profile: BFDProfile = serde_json::from_value(json!({
+            "apiVersion": "ferrolb.io/v1alpha1", "kind": "BFDProfile",
+            "metadata": {"name": "fast"}, "spec": {"receiveInterval": 100},
+        }))
+        .unwrap();
+        let read = bfd_profile(&profile);
+        assert_eq!(read.receive_interval, Duration::from_millis(100));
+        assert_eq!(read.transmit_interval, Duration::from_millis(300));
+        assert_eq!((read.detect_multiplier, read.minimum_ttl), (3, 254));
+    }
+
+    #[test]
+    fn unreadable_bgp_values_are_errors_not_defaults() {
+        // Admitted by no schema, but an object older than a rule may hold them.
+        let peer: BGPPeer = serde_json::from_value(json!({
+            "apiVersion": "ferrolb.io/v1alpha1", "kind": "BGPPeer",
+            "metadata": {"name": "tor"},
+            "spec": {"myASN": 64512, "peerASN": 64500, "peerAddress": "198.51.100.1", "holdTime": "90"},
+        }))
+        .unwrap();
+        assert_eq!(
+            bgp_peer(&peer).unwrap_err(),
+            "'90' is not a duration in whole seconds"
+        );
+        let ad: BGPAdvertisement = serde_json::from_value(json!({
+            "apiVersion": "ferrolb.io/v1alpha1", "kind": "BGPAdvertisement",
+            "metadata": {"name": "lan"}, "spec": {"communities": ["65536:1"]},
+        }))
+        .unwrap();
+        assert!(
+            bgp_advertisement(&ad)
+                .unwrap_err()
+                .contains("'65536:1' is not a community")
+        );
     }
 }

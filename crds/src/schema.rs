@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use model::address::{
     AddressError, AddressRange, Family, NEVER_ANNOUNCED, never_announced_ranges, parse_block,
 };
+use model::bgp::WELL_KNOWN_COMMUNITIES;
 
 /// The `JsonSchema` of a string or number type whose schema is written out whole: inlined
 /// where it is used, never a `$ref`.
@@ -313,15 +314,6 @@ written_schema!(BgpDuration, {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Community(pub String);
-
-/// Well-known communities by name, and their values (RFC 1997, RFC 3765, RFC 7999).
-pub const WELL_KNOWN_COMMUNITIES: [(&str, u32); 5] = [
-    ("no-export", 0xFFFF_FF01),
-    ("no-advertise", 0xFFFF_FF02),
-    ("no-export-subconfed", 0xFFFF_FF03),
-    ("no-peer", 0xFFFF_FF04),
-    ("blackhole", 0xFFFF_029A),
-];
 
 written_schema!(Community, {
     let names: Vec<String> = WELL_KNOWN_COMMUNITIES

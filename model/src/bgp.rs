@@ -1,0 +1,199 @@
+//! BGP mode in the model's terms: peers, advertisements and BFD profiles with their defaults
+//! applied and their strings parsed, so that the speaker decides from plain values.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use crate::advertisement::Advertisement;
+
+/// Defaults where a `BGPPeer` leaves a field out (README, "BGP mode").
+pub const DEFAULT_PORT: u16 = 179;
+pub const DEFAULT_HOLD_TIME: Duration = Duration::from_secs(90);
+pub const DEFAULT_CONNECT_TIME: Duration = Duration::from_secs(5);
+
+/// A router the selected nodes open a session to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BgpPeer {
+    pub name: String,
+    pub local_asn: u32,
+    pub peer_asn: u32,
+    pub address: IpAddr,
+    pub port: u16,
+    pub source: Option<IpAddr>,
+    pub hold_time: Duration,
+    /// `None`: a third of the negotiated hold time.
+    pub keepalive_time: Option<Duration>,
+    pub connect_time: Duration,
+    pub ebgp_multi_hop: bool,
+    /// The Secret (in ferrolb's namespace) holding the TCP MD5 password.
+    pub password_secret: Option<String>,
+    /// Which nodes open a session: the node selectors of an advertisement-shaped scope (its
+    /// pool fields unused).
+    pub nodes: Advertisement,
+    pub bfd_profile: Option<String>,
+}
+
+impl BgpPeer {
+    pub fn ibgp(&self) -> bool {
+        self.local_asn == self.peer_asn
+    }
+}
+
+/// What is advertised to which peers, and with which attributes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BgpAdvertisement {
+    /// Which pools, and from which nodes: the same rules as an L2Advertisement's.
+    pub scope: Advertisement,
+    pub aggregation_length: u8,
+    pub aggregation_length_v6: u8,
+    pub local_pref: Option<u32>,
+    pub communities: Vec<Community>,
+    /// Peer names; empty: every peer.
+    pub peers: Vec<String>,
+}
+
+impl BgpAdvertisement {
+    pub fn to_peer(&self, peer: &str) -> bool {
+        self.peers.is_empty() || self.peers.iter().any(|p| p == peer)
+    }
+}
+
+/// BFD timers for the sessions of peers that name the profile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BfdProfile {
+    pub name: String,
+    pub receive_interval: Duration,
+    pub transmit_interval: Duration,
+    pub detect_multiplier: u8,
+    pub passive: bool,
+    pub minimum_ttl: u8,
+}
+
+impl BfdProfile {
+    /// A profile named `name` with MetalLB's and FRR's defaults (300 ms × 3).
+    pub fn defaults(name: &str) -> BfdProfile {
+        BfdProfile {
+            name: name.to_string(),
+            receive_interval: Duration::from_millis(300),
+            transmit_interval: Duration::from_millis(300),
+            detect_multiplier: 3,
+            passive: false,
+            minimum_ttl: 254,
+        }
+    }
+}
+
+/// A BGP community as sent on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Community {
+    /// RFC 1997: two 16-bit halves in one 32-bit value.
+    Standard(u32),
+    /// RFC 8092: global administrator and two local values.
+    Large(u32, u32, u32),
+}
+
+/// Well-known communities by name (RFC 1997, RFC 3765, RFC 7999).
+pub const WELL_KNOWN_COMMUNITIES: [(&str, u32); 5] = [
+    ("no-export", 0xFFFF_FF01),
+    ("no-advertise", 0xFFFF_FF02),
+    ("no-export-subconfed", 0xFFFF_FF03),
+    ("no-peer", 0xFFFF_FF04),
+    ("blackhole", 0xFFFF_029A),
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("'{0}' is not a community: write 65535:65281, large:64512:1:2 or a well-known name")]
+pub struct CommunityError(pub String);
+
+impl Community {
+    /// `65535:65281`, `large:64512:1:2` or a well-known name; the same shapes the CRD's rule
+    /// admits.
+    pub fn parse(s: &str) -> Result<Community, CommunityError> {
+        let error = || CommunityError(s.to_string());
+        if let Some((_, value)) = WELL_KNOWN_COMMUNITIES.iter().find(|(name, _)| *name == s) {
+            return Ok(Community::Standard(*value));
+        }
+        let number = |part: &str, digits: usize| -> Option<u64> {
+            (!part.is_empty() && part.len() <= digits && part.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| part.parse().ok())
+                .flatten()
+        };
+        if let Some(rest) = s.strip_prefix("large:") {
+            let parts: Vec<u32> = rest
+                .split(':')
+                .map(|p| number(p, 10).and_then(|n| u32::try_from(n).ok()))
+                .collect::<Option<_>>()
+                .ok_or_else(error)?;
+            return match parts[..] {
+                [global, first, second] => Ok(Community::Large(global, first, second)),
+                _ => Err(error()),
+            };
+        }
+        let halves: Vec<u32> = s
+            .split(':')
+            .map(|p| {
+                number(p, 5)
+                    .and_then(|n| u16::try_from(n).ok())
+                    .map(u32::from)
+            })
+            .collect::<Option<_>>()
+            .ok_or_else(error)?;
+        match halves[..] {
+            [high, low] => Ok(Community::Standard((high << 16) | low)),
+            _ => Err(error()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn communities_are_read_as_the_crd_rule_admits_them() {
+        for (text, expected) in [
+            ("65535:65281", Some(Community::Standard(0xFFFF_FF01))),
+            ("0:0", Some(Community::Standard(0))),
+            ("64512:7", Some(Community::Standard((64512 << 16) | 7))),
+            ("no-export", Some(Community::Standard(0xFFFF_FF01))),
+            ("blackhole", Some(Community::Standard(0xFFFF_029A))),
+            (
+                "large:4294967295:1:2",
+                Some(Community::Large(u32::MAX, 1, 2)),
+            ),
+            ("65536:1", None),
+            ("1:65536", None),
+            ("1:2:3", None),
+            ("1", None),
+            (":1", None),
+            (" 1:2", None),
+            ("-1:2", None),
+            ("large:4294967296:1:2", None),
+            ("large:1:2", None),
+            ("large:1:2:3:4", None),
+            ("NO_EXPORT", None),
+            ("", None),
+        ] {
+            assert_eq!(Community::parse(text).ok(), expected, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn an_advertisement_without_peers_goes_to_every_peer() {
+        let ad = BgpAdvertisement {
+            scope: Advertisement::default(),
+            aggregation_length: 32,
+            aggregation_length_v6: 128,
+            local_pref: None,
+            communities: vec![],
+            peers: vec![],
+        };
+        assert!(ad.to_peer("tor-a"));
+        let named = BgpAdvertisement {
+            peers: vec!["tor-b".into()],
+            ..ad
+        };
+        assert!(!named.to_peer("tor-a"));
+        assert!(named.to_peer("tor-b"));
+    }
+}
