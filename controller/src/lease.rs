@@ -37,6 +37,9 @@ pub struct Timing {
 /// short stall of the leader hands over needlessly.
 pub const MIN_DURATION_SECONDS: u64 = 3;
 
+/// Reads and writes a release may take when the Lease keeps changing under it.
+const RELEASE_ATTEMPTS: u32 = 3;
+
 impl Timing {
     pub fn from_duration_seconds(seconds: u64) -> Result<Timing, String> {
         if !(MIN_DURATION_SECONDS..=3600).contains(&seconds) {
@@ -203,30 +206,44 @@ impl Elector {
     /// Gives the Lease up (client-go's `ReleaseOnCancel`): on a graceful stop the standby takes
     /// over at once instead of after the whole duration. Only a Lease still ours is touched.
     pub async fn release(&mut self) {
-        let result = async {
-            let Some(mut lease) = self.api.get_opt(&self.name).await? else {
-                return Ok(());
-            };
-            let mut spec = lease.spec.clone().unwrap_or_default();
-            if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
-                return Ok(());
+        // A renewal cancelled when the leader stopped may still reach the API server after
+        // the read below: the write then meets a newer resourceVersion (409), and is retried
+        // on a fresh read rather than leaving the standby to wait out the whole duration.
+        for attempt in 1..=RELEASE_ATTEMPTS {
+            match self.try_release().await {
+                Ok(()) => {
+                    tracing::info!("released the Lease");
+                    return;
+                }
+                Err(kube::Error::Api(e)) if e.code == 409 && attempt < RELEASE_ATTEMPTS => {
+                    tracing::info!("the Lease changed while being released; trying again");
+                }
+                Err(e) => {
+                    tracing::warn!("cannot release the Lease: {e}");
+                    return;
+                }
             }
-            let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
-            spec.holder_identity = None;
-            spec.lease_duration_seconds = Some(1);
-            spec.renew_time = Some(now.clone());
-            spec.acquire_time = Some(now);
-            lease.spec = Some(spec);
-            self.api
-                .replace(&lease.name_any(), &PostParams::default(), &lease)
-                .await
-                .map(|_| ())
         }
-        .await;
-        match result {
-            Ok(()) => tracing::info!("released the Lease"),
-            Err(e) => tracing::warn!("cannot release the Lease: {e}"),
+    }
+
+    async fn try_release(&mut self) -> Result<(), kube::Error> {
+        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+            return Ok(());
+        };
+        let mut spec = lease.spec.clone().unwrap_or_default();
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return Ok(());
         }
+        let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
+        spec.holder_identity = None;
+        spec.lease_duration_seconds = Some(1);
+        spec.renew_time = Some(now.clone());
+        spec.acquire_time = Some(now);
+        lease.spec = Some(spec);
+        self.api
+            .replace(&lease.name_any(), &PostParams::default(), &lease)
+            .await
+            .map(|_| ())
     }
 
     /// One round of client-go's `tryAcquireOrRenew`.
