@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use model::address::{
     AddressError, AddressRange, Family, NEVER_ANNOUNCED, never_announced_ranges, parse_block,
 };
-use model::bgp::WELL_KNOWN_COMMUNITIES;
+use model::bgp::{AS_TRANS, WELL_KNOWN_COMMUNITIES};
 
 /// The `JsonSchema` of a string or number type whose schema is written out whole: inlined
 /// where it is used, never a `$ref`.
@@ -246,9 +246,6 @@ written_schema!(IpAddress, {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Asn(pub u32);
-
-/// AS_TRANS (RFC 6793): the 2-byte stand-in for a 4-byte ASN, owned by nobody.
-pub const AS_TRANS: u32 = 23456;
 
 written_schema!(Asn, {
     json_schema!({

@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use crate::advertisement::Advertisement;
 
+/// AS_TRANS (RFC 6793): the 2-byte stand-in for a 4-byte ASN in OPEN, owned by nobody.
+pub const AS_TRANS: u16 = 23456;
+
 /// Defaults where a `BGPPeer` leaves a field out (README, "BGP mode").
 pub const DEFAULT_PORT: u16 = 179;
 pub const DEFAULT_HOLD_TIME: Duration = Duration::from_secs(90);

@@ -16,6 +16,8 @@ mod packet;
 
 use std::time::{Duration, Instant};
 
+use model::bgp::BfdProfile;
+
 pub use packet::{ControlPacket, DecodeError, Diag, LEN, State};
 
 /// RFC 5880 §6.8.3: while a session is not Up, packets go no faster than once a second.
@@ -34,15 +36,21 @@ pub struct Config {
     pub passive: bool,
 }
 
-impl Default for Config {
-    /// MetalLB's and FRR's defaults: 300 ms × 3.
-    fn default() -> Self {
+impl From<&BfdProfile> for Config {
+    fn from(profile: &BfdProfile) -> Self {
         Config {
-            desired_min_tx: Duration::from_millis(300),
-            required_min_rx: Duration::from_millis(300),
-            detect_mult: 3,
-            passive: false,
+            desired_min_tx: profile.transmit_interval,
+            required_min_rx: profile.receive_interval,
+            detect_mult: profile.detect_multiplier,
+            passive: profile.passive,
         }
+    }
+}
+
+impl Default for Config {
+    /// A `BFDProfile` that sets nothing (MetalLB's and FRR's defaults: 300 ms × 3).
+    fn default() -> Self {
+        Config::from(&BfdProfile::defaults(""))
     }
 }
 

@@ -21,15 +21,6 @@ impl State {
     fn from_code(code: u8) -> State {
         State::ALL[usize::from(code & 0b11)]
     }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            State::AdminDown => "AdminDown",
-            State::Down => "Down",
-            State::Init => "Init",
-            State::Up => "Up",
-        }
-    }
 }
 
 /// Why the local system last changed state (RFC 5880 §4.1, `Diag`); unknown codes are kept.

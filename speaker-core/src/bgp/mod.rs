@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 
 pub use notification::{Notification, describe};
 
-/// AS_TRANS (RFC 6793): what a 4-byte ASN is written as in OPEN's 2-byte field.
-pub const AS_TRANS: u16 = 23456;
+pub use model::bgp::AS_TRANS;
 
 /// The hold time an OPEN is waited for with (RFC 4271 §8.2.2 suggests 4 minutes).
 pub const OPEN_HOLD: Duration = Duration::from_secs(240);

@@ -359,13 +359,5 @@ fn v6_nlri(prefixes: &[Prefix]) -> Result<Vec<Ipv6UnicastAddress>, String> {
         .collect()
 }
 
-/// For tests and callers that hold addresses: the host prefix of each.
-pub fn host_prefix(ip: IpAddr) -> Prefix {
-    match ip {
-        IpAddr::V4(_) => (ip, 32),
-        IpAddr::V6(_) => (ip, 128),
-    }
-}
-
 #[cfg(test)]
 mod tests;

@@ -17,6 +17,14 @@ fn config(local_asn: u32) -> PeerConfig {
     }
 }
 
+/// An address alone: /32 or /128.
+fn host_prefix(ip: IpAddr) -> Prefix {
+    match ip {
+        IpAddr::V4(_) => (ip, 32),
+        IpAddr::V6(_) => (ip, 128),
+    }
+}
+
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
