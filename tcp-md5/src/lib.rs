@@ -107,13 +107,16 @@ mod tests {
         assert!(TcpMd5Sig::new("127.0.0.1".parse().unwrap(), &[0; 81]).is_err());
     }
 
-    /// A loopback listener that signs with `key` and echoes one byte per connection.
-    fn echo_listener(key: &[u8]) -> SocketAddr {
-        let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-        set_key(listener.as_fd(), "127.0.0.1".parse().unwrap(), key).unwrap();
-        listener
-            .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
-            .unwrap();
+    /// A listener on loopback `ip` that signs with `key` and echoes one byte per connection.
+    fn echo_listener(ip: IpAddr, key: &[u8]) -> SocketAddr {
+        let listener = Socket::new(
+            Domain::for_address(SocketAddr::new(ip, 0)),
+            Type::STREAM,
+            None,
+        )
+        .unwrap();
+        set_key(listener.as_fd(), ip, key).unwrap();
+        listener.bind(&SocketAddr::new(ip, 0).into()).unwrap();
         listener.listen(8).unwrap();
         let address = listener.local_addr().unwrap().as_socket().unwrap();
         // Ends with the test process; only signed connections ever reach accept().
@@ -130,7 +133,7 @@ mod tests {
 
     /// Whether a connection signed with `key` (none: unsigned) gets its byte back.
     fn echoed(to: SocketAddr, key: Option<&[u8]>) -> bool {
-        let mut socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        let mut socket = Socket::new(Domain::for_address(to), Type::STREAM, None).unwrap();
         if let Some(key) = key {
             set_key(socket.as_fd(), to.ip(), key).unwrap();
         }
@@ -150,10 +153,13 @@ mod tests {
 
     #[test]
     fn only_a_connection_signed_with_the_same_key_gets_through() {
-        let listener = echo_listener(b"s3cret");
-        assert!(echoed(listener, Some(b"s3cret")));
-        assert!(!echoed(listener, Some(b"wrong")));
-        assert!(!echoed(listener, None));
+        // Both families: the key's address is laid out differently in each.
+        for ip in ["127.0.0.1", "::1"] {
+            let listener = echo_listener(ip.parse().unwrap(), b"s3cret");
+            assert!(echoed(listener, Some(b"s3cret")), "{ip}");
+            assert!(!echoed(listener, Some(b"wrong")), "{ip}");
+            assert!(!echoed(listener, None), "{ip}");
+        }
         // And a signed connection to an unsigned listener is refused by it too.
         let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let plain_address = plain.local_addr().unwrap();
