@@ -116,12 +116,14 @@ impl Lab {
             // Past the default 110 where the CNI has room (IPv6-only), down to the room it has
             // where it does not (dual-stack): see `plan::max_pods_per_kubelet`.
             "maxPods": plan::max_pods_per_kubelet(self.ipv6_only),
-            // The host disk is fuller than the default thresholds allow; the lab's pods are tiny.
+            // The lab's pods write next to nothing, but they share the host's disk with a build
+            // tree; a percentage of a large disk (1% of 252 GB is 2.5 GB) evicted every pod of a
+            // CI run whose build had left 2 GB free. Absolute floors keep the kubelet's guard.
             "evictionHard": {
                 "memory.available": "50Mi",
-                "nodefs.available": "1%",
+                "nodefs.available": "256Mi",
                 "nodefs.inodesFree": "1%",
-                "imagefs.available": "1%",
+                "imagefs.available": "256Mi",
                 "imagefs.inodesFree": "1%",
             },
             // The imported images cannot be pulled again.
