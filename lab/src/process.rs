@@ -1,6 +1,7 @@
 //! Processes the lab starts (etcd, kube-apiserver, kube-proxy, ferrolb): each inside a
 //! namespace, its output in a log file, stopped when its handle drops.
 
+use std::ffi::OsStr;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -37,7 +38,7 @@ impl Proc {
         name: &str,
         program: &Path,
         args: &[String],
-        env: &[(&str, &Path)],
+        env: &[(&str, &OsStr)],
         log: &Path,
     ) -> Result<Proc> {
         let mut cmd = ns.command(program);
