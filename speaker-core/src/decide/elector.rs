@@ -22,7 +22,10 @@ use std::sync::Arc;
 
 use model::ServiceKey;
 
-use super::{Advertisement, Decision, Facts, NoOwner, NodeFacts, ServiceFacts};
+use super::{
+    Advertisement, Decision, Facts, NoOwner, NodeFacts, ServiceFacts, cordoned, excluded, selects,
+    serves_local,
+};
 use crate::election::{self, ElectionKey, NodeName, ServiceAddresses};
 
 /// The facts, the live members and the decisions, and what changed since the last settle.
@@ -336,37 +339,28 @@ impl Elector {
                 return Err(NoOwner::NoLiveSpeaker);
             }
             // A node may announce when any covering advertisement selects it.
-            candidates.retain(|node| {
-                ads.iter()
-                    .any(|ad| ad.nodes.as_ref().is_none_or(|n| n.contains(*node)))
-            });
+            candidates.retain(|node| ads.iter().any(|ad| selects(ad.nodes.as_ref(), node)));
             if candidates.is_empty() {
                 return Err(NoOwner::NoSelectedNode);
             }
-            candidates.retain(|node| self.nodes.get(*node).is_none_or(|n| !n.excluded));
+            candidates.retain(|node| !excluded(&self.nodes, node));
             if candidates.is_empty() {
                 return Err(NoOwner::AllExcluded);
             }
-            // Local Services: a node must have an endpoint of some Local Service on the
-            // address, or kube-proxy drops the traffic it attracts.
             let local: Vec<&ServiceFacts> = self.holders[address]
                 .iter()
                 .map(|key| &self.services[key])
                 .filter(|s| s.local)
                 .collect();
-            if !local.is_empty() {
-                candidates.retain(|node| local.iter().any(|s| s.endpoint_nodes.contains(*node)));
-                if candidates.is_empty() {
-                    return Err(NoOwner::NoReadyEndpoint);
-                }
+            candidates.retain(|node| serves_local(&local, node));
+            if candidates.is_empty() {
+                return Err(NoOwner::NoReadyEndpoint);
             }
         }
         // Cordoned nodes only when no other is left, for the successor as for the owner.
         let mut ranked = election::ranked(key, candidates);
         let pick = |nodes: &[&NodeName]| {
-            let uncordoned = nodes
-                .iter()
-                .position(|node| self.nodes.get(*node).is_none_or(|n| !n.cordoned));
+            let uncordoned = nodes.iter().position(|node| !cordoned(&self.nodes, node));
             uncordoned.or((!nodes.is_empty()).then_some(0))
         };
         let owner = ranked.remove(pick(&ranked).expect("candidates is not empty"));
@@ -379,7 +373,7 @@ impl Elector {
     fn interfaces(&self, address: IpAddr, owner: &NodeName) -> Option<Vec<String>> {
         let mut union = BTreeSet::new();
         for ad in self.advertisements.get(&address)?.iter() {
-            if ad.nodes.as_ref().is_some_and(|n| !n.contains(owner)) {
+            if !selects(ad.nodes.as_ref(), owner) {
                 continue;
             }
             union.extend(ad.interfaces.as_ref()?.iter().cloned());

@@ -18,6 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+pub mod bgp;
 mod elector;
 
 pub use elector::Elector;
@@ -131,6 +132,28 @@ pub struct Decision {
     pub services: Vec<ServiceKey>,
 }
 
+/// Stage 2 for one node and one advertisement: its `nodeSelectors` select the node.
+pub(crate) fn selects(ad_nodes: Option<&BTreeSet<NodeName>>, node: &NodeName) -> bool {
+    ad_nodes.is_none_or(|nodes| nodes.contains(node))
+}
+
+/// Stage 3: excluded by label or `NetworkUnavailable`. A node the watch has not seen (yet) is
+/// not excluded: its speaker is live, and the label is the exception.
+pub(crate) fn excluded(nodes: &BTreeMap<NodeName, NodeFacts>, node: &NodeName) -> bool {
+    nodes.get(node).is_some_and(|n| n.excluded)
+}
+
+/// Stage 4: with `local`, the `externalTrafficPolicy: Local` Services holding an address, the
+/// node must have an endpoint of one of them, or kube-proxy drops the traffic it attracts.
+pub(crate) fn serves_local(local: &[&ServiceFacts], node: &NodeName) -> bool {
+    local.is_empty() || local.iter().any(|s| s.endpoint_nodes.contains(node))
+}
+
+/// Stage 5's test.
+pub(crate) fn cordoned(nodes: &BTreeMap<NodeName, NodeFacts>, node: &NodeName) -> bool {
+    nodes.get(node).is_some_and(|n| n.cordoned)
+}
+
 /// Elects an owner for every address of every Service in `facts`: an [`Elector`] run from
 /// nothing.
 pub fn decide(facts: &Facts, live: &BTreeSet<NodeName>) -> BTreeMap<IpAddr, Decision> {
@@ -145,15 +168,15 @@ mod tests {
     use super::*;
     use crate::election;
 
-    fn names(list: &[&str]) -> BTreeSet<NodeName> {
+    pub(crate) fn names(list: &[&str]) -> BTreeSet<NodeName> {
         list.iter().map(|n| NodeName::from(*n)).collect()
     }
 
-    fn ip(s: &str) -> IpAddr {
+    pub(crate) fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
 
-    fn service(name: &str, addresses: &[&str]) -> ServiceFacts {
+    pub(crate) fn service(name: &str, addresses: &[&str]) -> ServiceFacts {
         ServiceFacts {
             service: ServiceKey::new("default", name, name),
             addresses: addresses.iter().map(|a| ip(a)).collect(),
