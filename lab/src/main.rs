@@ -83,6 +83,11 @@ enum Command {
         /// speakers following 10,000 creations starve the API server).
         #[arg(long)]
         speakers_last: bool,
+        /// How long the gossip may take to converge, and the addresses to be owned once,
+        /// before the run fails (100 speakers each listing 10,000 Services on two cores
+        /// take longer than the default).
+        #[arg(long, default_value_t = 300)]
+        settle_seconds: u64,
         /// A flag for every speaker (repeat for several), e.g.
         /// `--speaker-flag=--fast-failover-max-echo-rate=200`.
         #[arg(long, allow_hyphen_values = true)]
@@ -162,6 +167,7 @@ async fn main() -> Result<()> {
             idle_seconds,
             trials,
             speakers_last,
+            settle_seconds,
             speaker_flag,
             plot,
         } => {
@@ -178,6 +184,7 @@ async fn main() -> Result<()> {
                 idle: Duration::from_secs(idle_seconds),
                 trials,
                 speakers_last,
+                settle: Duration::from_secs(settle_seconds),
                 speaker: exe.with_file_name("ferrolb-speaker"),
                 speaker_flags: speaker_flag,
                 controller: exe.with_file_name("ferrolb-controller"),

@@ -72,6 +72,8 @@ pub struct ScaleConfig {
     pub trials: usize,
     /// Start the speakers once every Service has its address, rather than before the first.
     pub speakers_last: bool,
+    /// How long convergence and single ownership may take before the run fails.
+    pub settle: Duration,
     pub speaker: PathBuf,
     /// Extra flags for every speaker.
     pub speaker_flags: Vec<String>,
@@ -312,7 +314,7 @@ pub async fn run(config: &ScaleConfig) -> Result<ScaleReport> {
         Some(quiet) => quiet,
         None => start_speakers(&mut lab, config, &mut report).await?,
     };
-    let owners = every_address_owned_once(&lab, config.services, Duration::from_secs(600)).await?;
+    let owners = every_address_owned_once(&lab, config.services, config.settle * 2).await?;
     report.announced = start.elapsed();
     report.owned_per_node = (1..=config.nodes)
         .map(|i| owners.values().filter(|n| **n == i).count())
@@ -360,7 +362,7 @@ pub async fn run(config: &ScaleConfig) -> Result<ScaleReport> {
             .await?)
     })
     .await?;
-    every_address_owned_once(&lab, 0, Duration::from_secs(300)).await?;
+    every_address_owned_once(&lab, 0, config.settle).await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
     report.idle_without = idle_cost(&lab, config.idle).await?;
     report.false_alarms = FalseAlarms::since(&lab, &counted, quiet_since).await?;
@@ -383,7 +385,7 @@ async fn start_speakers(
     for i in 1..=config.nodes {
         lab.start_speaker_with(&config.speaker, i, &flags).await?;
     }
-    every_speaker_counts(lab, config.nodes, Duration::from_secs(300)).await?;
+    every_speaker_counts(lab, config.nodes, config.settle).await?;
     report.converged = start.elapsed();
     tracing::info!(
         converged_s = report.converged.as_secs_f64(),

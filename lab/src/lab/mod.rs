@@ -15,7 +15,7 @@ mod observe;
 mod workloads;
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Result, bail};
@@ -180,7 +180,29 @@ impl Drop for Teardown {
         if let Err(e) = down(&self.prefix) {
             eprintln!("lab {}: teardown: {e:#}", self.prefix);
         }
+        keep_logs(&self.dir);
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// With `FERROLB_LAB_KEEP_LOGS=DIR`, the processes' logs of a lab being torn down are moved
+/// there (for a bench run's post-mortem); otherwise they go with the lab.
+fn keep_logs(lab_dir: &Path) {
+    let Some(keep) = std::env::var_os("FERROLB_LAB_KEEP_LOGS") else {
+        return;
+    };
+    let keep = Path::new(&keep);
+    let moved = std::fs::create_dir_all(keep).and_then(|()| {
+        for entry in std::fs::read_dir(lab_dir)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "log") {
+                std::fs::rename(&path, keep.join(path.file_name().expect("a file")))?;
+            }
+        }
+        Ok(())
+    });
+    if let Err(e) = moved {
+        eprintln!("keeping the logs in {}: {e}", keep.display());
     }
 }
 
