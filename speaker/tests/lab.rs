@@ -1733,6 +1733,7 @@ async fn twenty_light_nodes_converge_spread_answer_and_fail_over() {
         idle: Duration::from_secs(5),
         trials: 3,
         speakers_last: false,
+        settle: Duration::from_secs(300),
         speaker: speaker(),
         speaker_flags: vec![],
         controller: controller_binary(),

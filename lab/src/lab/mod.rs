@@ -177,10 +177,11 @@ struct Teardown {
 
 impl Drop for Teardown {
     fn drop(&mut self) {
+        // Before `down`, which removes the lab's directory with its logs.
+        keep_logs(&self.dir);
         if let Err(e) = down(&self.prefix) {
             eprintln!("lab {}: teardown: {e:#}", self.prefix);
         }
-        keep_logs(&self.dir);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
