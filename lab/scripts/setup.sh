@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Everything a fresh Debian machine needs before the demo or the tests: the kernel-side tools
 # the lab drives (iproute2, iptables for kube-proxy, tcpdump for ARP captures, ping for the pod
-# network, runc for the kubelets' containerd, buildah for the images the lab builds offline), the
-# Kubernetes binaries, built from the Go module proxy and cached (lab/scripts/build-k8s.sh), and
-# the images that need no cargo build (lab/scripts/build-image.sh; ferrolb's is built by the lab).
+# network, runc for the kubelets' containerd, buildah for the images the lab builds offline), FRR
+# for BGP mode's tests, the Kubernetes binaries, built from the Go module proxy and cached
+# (lab/scripts/build-k8s.sh), and the images that need no cargo build (lab/scripts/build-image.sh;
+# ferrolb's is built by the lab).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
@@ -17,6 +18,22 @@ if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >&2
   apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${need[@]}" | sort -u) >&2
+fi
+
+# FRR (bgpd, vtysh) is the router BGP mode's tests peer with, each run in a namespace of its
+# own. Its package would start the daemons on the host: a policy-rc.d keeps them stopped.
+if [ ! -x /usr/lib/frr/bgpd ] || ! command -v vtysh >/dev/null 2>&1; then
+  echo "[setup] installing frr" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  guard=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    guard=1
+  fi
+  apt-get update -qq >&2
+  apt-get install -y -qq --no-install-recommends frr >&2
+  [ -z "$guard" ] || rm -f /usr/sbin/policy-rc.d
 fi
 
 if ! command -v go >/dev/null 2>&1; then

@@ -18,6 +18,7 @@ pub mod pki;
 pub mod plan;
 pub mod probe;
 pub mod process;
+pub mod router;
 pub mod scale;
 pub mod soak;
 

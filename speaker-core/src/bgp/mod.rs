@@ -9,6 +9,7 @@
 //! [`Input`]s and the timers' expiry, and carries out the [`Output`]s in order.
 
 mod notification;
+pub mod rib;
 pub mod wire;
 
 use std::net::Ipv4Addr;

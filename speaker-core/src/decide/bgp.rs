@@ -62,7 +62,7 @@ pub struct Facts {
 
 /// The path attributes ferrolb chooses for one route (the rest, next hop and AS path, come
 /// from the session).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Attributes {
     /// Sent to iBGP peers only (RFC 4271 §5.1.5).
     pub local_pref: Option<u32>,

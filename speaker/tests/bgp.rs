@@ -1,0 +1,336 @@
+//! BGP mode's sessions against a real router: FRR's bgpd in one namespace, the speaker's
+//! session task in another, a veth between them on documentation prefixes. What the router
+//! received is read from the router itself (`vtysh ... json`). Runs with FERROLB_LAB=1 as root.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use lab::netns::{NetNs, Scratch};
+use lab::router::Frr;
+use model::bgp::Community;
+use speaker::bgp::{Peer, Status};
+use speaker_core::bgp::rib::Routes;
+use speaker_core::bgp::{Families, PeerConfig, State};
+use speaker_core::decide::bgp::Attributes;
+use tokio::sync::watch;
+
+const ROUTER_V4: &str = "192.0.2.1";
+const NODE_V4: &str = "192.0.2.11";
+const ROUTER_V6: &str = "2001:db8::1";
+const NODE_V6: &str = "2001:db8::11";
+
+/// A node namespace and a router namespace joined by a veth.
+struct Link {
+    node: Scratch,
+    router: Scratch,
+}
+
+fn link(tag: &str) -> Link {
+    let node = Scratch::new(&format!("{tag}n")).unwrap();
+    let router = Scratch::new(&format!("{tag}r")).unwrap();
+    node.ip(&[
+        "link",
+        "add",
+        "n0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "r0",
+        "netns",
+        router.name(),
+    ])
+    .unwrap();
+    for (ns, dev, v4, v6) in [
+        (&node, "n0", NODE_V4, NODE_V6),
+        (&router, "r0", ROUTER_V4, ROUTER_V6),
+    ] {
+        ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", dev])
+            .unwrap();
+        ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", dev, "nodad"])
+            .unwrap();
+        ns.ip(&["link", "set", dev, "up"]).unwrap();
+        ns.ip(&["link", "set", "lo", "up"]).unwrap();
+    }
+    Link { node, router }
+}
+
+/// bgpd as AS `router_asn` with the node as a neighbour in AS `node_asn`, `extra` lines in
+/// the neighbour's and the address family's configuration.
+fn frr_config(router_asn: u32, node: &str, node_asn: u32, neighbor_extra: &str) -> String {
+    let afi = if node.contains(':') { "ipv6" } else { "ipv4" };
+    format!(
+        "frr defaults datacenter\n\
+         log stdout debugging\n\
+         router bgp {router_asn}\n \
+         bgp router-id 192.0.2.1\n \
+         no bgp ebgp-requires-policy\n \
+         neighbor {node} remote-as {node_asn}\n \
+         {neighbor_extra}\n \
+         address-family {afi} unicast\n  \
+         neighbor {node} activate\n \
+         exit-address-family\n!\n"
+    )
+}
+
+/// The session task, run in the node's namespace on its own thread and runtime.
+struct Session {
+    routes: watch::Sender<Routes>,
+    status: watch::Receiver<Status>,
+    stop: watch::Sender<bool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Session {
+    fn start(ns: &NetNs, peer: Peer, routes: Routes) -> Session {
+        let (routes_tx, routes_rx) = watch::channel(routes);
+        let (status_tx, status_rx) = watch::channel(Status::default());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let ns = ns.clone();
+        let thread = std::thread::spawn(move || {
+            ns.enter_for_thread().unwrap();
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(speaker::bgp::run(peer, routes_rx, status_tx, stop_rx));
+        });
+        Session {
+            routes: routes_tx,
+            status: status_rx,
+            stop: stop_tx,
+            thread: Some(thread),
+        }
+    }
+
+    fn status(&self) -> Status {
+        self.status.borrow().clone()
+    }
+
+    /// Stops it and waits for the task to end.
+    fn stop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(thread) = self.thread.take() {
+            thread.join().unwrap();
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if self.thread.is_some() && !std::thread::panicking() {
+            self.stop();
+        }
+    }
+}
+
+fn peer(router: &str, local_asn: u32, peer_asn: u32, password: Option<&str>) -> Peer {
+    Peer {
+        name: "tor".into(),
+        address: SocketAddr::new(router.parse().unwrap(), 179),
+        source: None,
+        password: password.map(|p| p.as_bytes().to_vec()),
+        config: PeerConfig {
+            local_asn,
+            peer_asn,
+            router_id: Ipv4Addr::new(192, 0, 2, 11),
+            hold_time: Duration::from_secs(9),
+            keepalive_time: None,
+            connect_retry: Duration::from_secs(1),
+            families: Families::default(),
+        },
+    }
+}
+
+fn net(s: &str) -> IpNet {
+    s.parse().unwrap()
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or fails with `what` and `context()`.
+fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Option<T>,
+    context: impl Fn() -> String,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(t) = check() {
+            return t;
+        }
+        if Instant::now() > deadline {
+            panic!("{what} not within {timeout:?}\n{}", context());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn context(frr: &Frr, session: &Session) -> String {
+    format!(
+        "session: {:?}\nbgpd's log:\n{}",
+        session.status(),
+        frr.log_tail(20)
+    )
+}
+
+/// The one path bgpd holds for `prefix`, once it holds one.
+fn path_of(frr: &Frr, session: &Session, prefix: &str) -> serde_json::Value {
+    wait_for(
+        &format!("a path for {prefix} at the router"),
+        Duration::from_secs(20),
+        || frr.paths(prefix).ok().and_then(|p| p.into_iter().next()),
+        || context(frr, session),
+    )
+}
+
+fn next_hops(path: &serde_json::Value) -> Vec<String> {
+    path["nexthops"]
+        .as_array()
+        .map(|hops| {
+            hops.iter()
+                .filter_map(|h| h["ip"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
+fn ebgp_over_ipv4_routes_arrive_with_their_attributes_and_are_withdrawn() {
+    lab::require_lab!();
+    let link = link("bgp4");
+    let frr = Frr::start(&link.router, &frr_config(64512, NODE_V4, 64513, "")).unwrap();
+    let attributes = Attributes {
+        local_pref: Some(300),
+        communities: [
+            Community::parse("64513:7").unwrap(),
+            Community::parse("large:64513:1:2").unwrap(),
+        ]
+        .into(),
+    };
+    let routes: Routes = [
+        (net("203.0.113.10/32"), attributes.clone()),
+        (net("198.51.100.0/24"), Attributes::default()),
+        // Another family: not on this IPv4 session.
+        (net("2001:db8:ff::10/128"), Attributes::default()),
+    ]
+    .into();
+    let mut session = Session::start(&link.node, peer(ROUTER_V4, 64513, 64512, None), routes);
+
+    let path = path_of(&frr, &session, "203.0.113.10/32");
+    let shown = path.to_string();
+    assert_eq!(next_hops(&path), [NODE_V4], "{shown}");
+    assert_eq!(path["aspath"]["string"], "64513", "{shown}");
+    assert_eq!(path["community"]["string"], "64513:7", "{shown}");
+    assert_eq!(path["largeCommunity"]["string"], "64513:1:2", "{shown}");
+    // LOCAL_PREF is not sent over eBGP (RFC 4271 §5.1.5).
+    assert!(path.get("locPrf").is_none_or(|p| p != 300), "{shown}");
+    path_of(&frr, &session, "198.51.100.0/24");
+    assert_eq!(session.status().state, State::Established);
+    assert_eq!(session.status().advertised, 2, "{:?}", session.status());
+
+    // One prefix withdrawn, one kept.
+    session
+        .routes
+        .send_modify(|r| drop(r.remove(&net("203.0.113.10/32"))));
+    wait_for(
+        "the withdrawal at the router",
+        Duration::from_secs(20),
+        || frr.paths("203.0.113.10/32").ok().filter(|p| p.is_empty()),
+        || context(&frr, &session),
+    );
+    assert_eq!(frr.paths("198.51.100.0/24").unwrap().len(), 1);
+
+    // A stop closes the session with a Cease; the router drops what it received.
+    session.stop();
+    assert_eq!(session.status().state, State::Idle);
+    wait_for(
+        "the router dropping the node's routes",
+        Duration::from_secs(20),
+        || frr.paths("198.51.100.0/24").ok().filter(|p| p.is_empty()),
+        || frr.log_tail(20),
+    );
+    let neighbor = frr.json(&format!("show bgp neighbors {NODE_V4}")).unwrap();
+    // Cease (6), Administrative Shutdown (2): RFC 4486.
+    assert_eq!(
+        neighbor[NODE_V4]["lastErrorCodeSubcode"], "0602",
+        "{}",
+        neighbor[NODE_V4]
+    );
+}
+
+#[test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
+fn ibgp_over_ipv6_carries_local_pref_and_the_ipv6_next_hop() {
+    lab::require_lab!();
+    let link = link("bgp6");
+    let frr = Frr::start(&link.router, &frr_config(64512, NODE_V6, 64512, "")).unwrap();
+    let routes: Routes = [
+        (
+            net("2001:db8:ff::10/128"),
+            Attributes {
+                local_pref: Some(150),
+                communities: [Community::parse("no-export").unwrap()].into(),
+            },
+        ),
+        (net("203.0.113.10/32"), Attributes::default()),
+    ]
+    .into();
+    let session = Session::start(&link.node, peer(ROUTER_V6, 64512, 64512, None), routes);
+    let path = path_of(&frr, &session, "2001:db8:ff::10/128");
+    let shown = path.to_string();
+    assert!(next_hops(&path).contains(&NODE_V6.to_string()), "{shown}");
+    assert_eq!(path["locPrf"], 150, "{shown}");
+    assert_eq!(path["community"]["string"], "no-export", "{shown}");
+    // iBGP: an empty AS path.
+    assert_eq!(path["aspath"]["length"], 0, "{shown}");
+    assert!(frr.paths("203.0.113.10/32").unwrap_or_default().is_empty());
+}
+
+#[test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
+fn an_md5_password_signs_the_session_and_a_wrong_one_gets_none() {
+    lab::require_lab!();
+    let link = link("bgpm");
+    let frr = Frr::start(
+        &link.router,
+        &frr_config(
+            64512,
+            NODE_V4,
+            64513,
+            &format!("neighbor {NODE_V4} password s3cret"),
+        ),
+    )
+    .unwrap();
+    let routes: Routes = [(net("203.0.113.20/32"), Attributes::default())].into();
+
+    let mut wrong = Session::start(
+        &link.node,
+        peer(ROUTER_V4, 64513, 64512, Some("guess")),
+        routes.clone(),
+    );
+    // The router's kernel drops segments with a wrong signature: no connection, ever.
+    std::thread::sleep(Duration::from_secs(5));
+    let status = wrong.status();
+    assert_eq!(status.established, 0, "{status:?}");
+    assert_ne!(frr.neighbor_state(NODE_V4).unwrap(), "Established");
+    wrong.stop();
+
+    let right = Session::start(
+        &link.node,
+        peer(ROUTER_V4, 64513, 64512, Some("s3cret")),
+        routes,
+    );
+    path_of(&frr, &right, "203.0.113.20/32");
+    assert_eq!(frr.neighbor_state(NODE_V4).unwrap(), "Established");
+    // And without a password the router refuses the same way.
+    drop(right);
+    let unsigned = Session::start(
+        &link.node,
+        peer(ROUTER_V4, 64513, 64512, None),
+        Routes::new(),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(unsigned.status().established, 0, "{:?}", unsigned.status());
+}
