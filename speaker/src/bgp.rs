@@ -11,6 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
 use std::time::Instant;
 
+use speaker_core::bfd::State as BfdState;
 use speaker_core::bgp::rib::{self, Routes};
 use speaker_core::bgp::wire::{self, Message};
 use speaker_core::bgp::{Input, Negotiated, Output, PeerConfig, Session, State};
@@ -44,6 +45,8 @@ pub struct Status {
     pub updates_sent: u64,
     /// Times it reached Established.
     pub established: u64,
+    /// The BFD session's state, for peers with a BFD profile.
+    pub bfd: Option<BfdState>,
 }
 
 impl Default for Status {
@@ -54,6 +57,7 @@ impl Default for Status {
             advertised: 0,
             updates_sent: 0,
             established: 0,
+            bfd: None,
         }
     }
 }
@@ -65,12 +69,15 @@ struct Established {
 }
 
 /// Runs the session to `peer` until `stop` turns true: then it closes with a Cease (RFC 4486
-/// administrative shutdown) and returns. `routes` are the prefixes to advertise.
+/// administrative shutdown) and returns. `routes` are the prefixes to advertise; `bfd`, the
+/// state of the BFD session to the same router, if it has one: leaving Up takes the session
+/// down at once (RFC 5882 §4.3) instead of after the hold time.
 pub async fn run(
     mut peer: Peer,
     mut routes: watch::Receiver<Routes>,
     status: watch::Sender<Status>,
     mut stop: watch::Receiver<bool>,
+    mut bfd: Option<watch::Receiver<BfdState>>,
 ) {
     peer.config.families = speaker_core::bgp::Families {
         ipv4: peer.address.is_ipv4(),
@@ -85,6 +92,7 @@ pub async fn run(
     let mut established: Option<Established> = None;
     let mut sent = Routes::new();
     let mut stopping = *stop.borrow();
+    let mut bfd_up = false;
     let mut pending = session.handle(
         if stopping { Input::Stop } else { Input::Start },
         Instant::now(),
@@ -240,6 +248,22 @@ pub async fn run(
                         Err(_) => pending = session.handle(Input::TcpClosed, Instant::now()),
                     }
                 }
+            }
+            changed = async { bfd.as_mut().expect("guarded").changed().await }, if bfd.is_some() => {
+                let state = match changed {
+                    Ok(()) => bfd.as_mut().map(|b| *b.borrow_and_update()),
+                    // The BFD task is gone: the session goes on without it.
+                    Err(_) => None,
+                };
+                if state.is_none() {
+                    bfd = None;
+                }
+                let up = state == Some(BfdState::Up);
+                status.send_modify(|s| s.bfd = state);
+                if bfd_up && !up {
+                    pending = session.handle(Input::BfdDown, Instant::now());
+                }
+                bfd_up = up;
             }
             _ = stop.changed() => {
                 if *stop.borrow_and_update() {

@@ -4,13 +4,14 @@
 //! - [`membership`]: the speakers' SWIM gossip, authenticated with the cluster's key;
 //! - [`announce`]: ARP and NDP on raw sockets (the election and the announcer's state machine
 //!   are pure and live in `speaker-core`);
-//! - [`bgp`]: BGP mode's sessions to the routers;
+//! - [`bgp`], [`bfd`]: BGP mode's sessions to the routers, and BFD watching the paths to them;
 //! - [`reach`]: the failover's fast path, echo requests to the nodes this one succeeds;
 //! - [`report`]: the Service condition and Events;
 //! - [`run`]: the loop that ties them together;
 //! - [`fault`]: a test-only hook that makes one loop panic or stall.
 
 pub mod announce;
+pub mod bfd;
 pub mod bgp;
 pub mod cache;
 pub mod fault;

@@ -10,6 +10,7 @@ use lab::netns::{NetNs, Scratch};
 use lab::router::Frr;
 use model::bgp::Community;
 use speaker::bgp::{Peer, Status};
+use speaker_core::bfd::{Config as BfdConfig, State as BfdState};
 use speaker_core::bgp::rib::Routes;
 use speaker_core::bgp::{Families, PeerConfig, State};
 use speaker_core::decide::bgp::Attributes;
@@ -84,6 +85,11 @@ struct Session {
 
 impl Session {
     fn start(ns: &NetNs, peer: Peer, routes: Routes) -> Session {
+        Session::start_with_bfd(ns, peer, routes, None)
+    }
+
+    /// With a BFD session to the peer (the speaker's BFD task, in the same namespace).
+    fn start_with_bfd(ns: &NetNs, peer: Peer, routes: Routes, bfd: Option<BfdConfig>) -> Session {
         let (routes_tx, routes_rx) = watch::channel(routes);
         let (status_tx, status_rx) = watch::channel(Status::default());
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -94,7 +100,19 @@ impl Session {
                 .enable_all()
                 .build()
                 .unwrap()
-                .block_on(speaker::bgp::run(peer, routes_rx, status_tx, stop_rx));
+                .block_on(async move {
+                    let bfd_state = match bfd {
+                        Some(config) => {
+                            let hub = speaker::bfd::Bfd::start().await.unwrap();
+                            let state = hub.add(peer.address.ip(), None, config);
+                            // The hub lives as long as the session.
+                            std::mem::forget(hub);
+                            Some(state)
+                        }
+                        None => None,
+                    };
+                    speaker::bgp::run(peer, routes_rx, status_tx, stop_rx, bfd_state).await
+                });
         });
         Session {
             routes: routes_tx,
@@ -333,4 +351,77 @@ fn an_md5_password_signs_the_session_and_a_wrong_one_gets_none() {
     );
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(unsigned.status().established, 0, "{:?}", unsigned.status());
+}
+
+#[test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
+fn a_bfd_down_takes_the_session_down_before_the_hold_time_and_it_comes_back() {
+    lab::require_lab!();
+    let link = link("bgpb");
+    let frr = Frr::start_with_bfd(
+        &link.router,
+        &frr_config(
+            64512,
+            NODE_V4,
+            64513,
+            &format!("neighbor {NODE_V4} bfd\n neighbor {NODE_V4} timers 30 90"),
+        ),
+    )
+    .unwrap();
+    let routes: Routes = [(net("203.0.113.30/32"), Attributes::default())].into();
+    let mut config = peer(ROUTER_V4, 64513, 64512, None);
+    // A hold time only BFD can beat (the router's side says 90 s too: the smaller counts).
+    config.config.hold_time = Duration::from_secs(90);
+    let session = Session::start_with_bfd(&link.node, config, routes, Some(BfdConfig::default()));
+    path_of(&frr, &session, "203.0.113.30/32");
+    wait_for(
+        "BFD Up at both ends",
+        Duration::from_secs(20),
+        || {
+            let router_up = frr
+                .json("show bfd peers")
+                .ok()?
+                .as_array()?
+                .iter()
+                .any(|p| p["peer"] == NODE_V4 && p["status"] == "up");
+            (router_up && session.status().bfd == Some(BfdState::Up)).then_some(())
+        },
+        || context(&frr, &session),
+    );
+
+    // The path dies for the node: nothing from the router arrives any more.
+    let nft = |rule: &str| {
+        link.node
+            .exec("nft", &rule.split(' ').collect::<Vec<_>>())
+            .unwrap()
+    };
+    nft("add table inet cut");
+    nft("add chain inet cut input { type filter hook input priority 0 ; }");
+    nft(&format!(
+        "add rule inet cut input ip saddr {ROUTER_V4} drop"
+    ));
+    let cut = Instant::now();
+    let down = wait_for(
+        "the BGP session going down",
+        Duration::from_secs(30),
+        || (session.status().state != State::Established).then(|| session.status()),
+        || context(&frr, &session),
+    );
+    let after = cut.elapsed();
+    assert_eq!(
+        down.last_down.as_deref(),
+        Some("BFD declared the path to the router down"),
+        "{down:?}"
+    );
+    println!("BFD (300 ms x 3) took the session down {after:?} after the path was cut");
+
+    // The path heals: BFD comes Up again, the session re-establishes, the route is back.
+    nft("delete table inet cut");
+    wait_for(
+        "the session established again",
+        Duration::from_secs(30),
+        || (session.status().established >= 2).then_some(()),
+        || context(&frr, &session),
+    );
+    path_of(&frr, &session, "203.0.113.30/32");
 }
