@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use lab::netns::{NetNs, Scratch};
-use lab::router::Frr;
+use lab::router::{Bird, Frr, GoBgp, RoutePath};
 use model::bgp::Community;
 use speaker::bgp::{Peer, Status};
 use speaker_core::bfd::{Config as BfdConfig, State as BfdState};
@@ -424,4 +424,109 @@ fn a_bfd_down_takes_the_session_down_before_the_hold_time_and_it_comes_back() {
         || context(&frr, &session),
     );
     path_of(&frr, &session, "203.0.113.30/32");
+}
+
+/// eBGP over IPv4 against another router implementation: a route with standard and large
+/// communities arrives with the node as next hop and its AS as the path, and is withdrawn.
+fn interop(
+    link: &Link,
+    paths: impl Fn(&str) -> anyhow::Result<Vec<RoutePath>>,
+    established: impl Fn() -> anyhow::Result<bool>,
+    log: impl Fn() -> String,
+) {
+    let routes: Routes = [(
+        net("203.0.113.40/32"),
+        Attributes {
+            local_pref: None,
+            communities: [
+                Community::parse("64513:7").unwrap(),
+                Community::parse("large:64513:1:2").unwrap(),
+            ]
+            .into(),
+        },
+    )]
+    .into();
+    let mut session = Session::start(&link.node, peer(ROUTER_V4, 64513, 64512, None), routes);
+    let describe = |session: &Session| format!("session: {:?}\n{}", session.status(), log());
+    let path = wait_for(
+        "the route at the router",
+        Duration::from_secs(30),
+        || paths("203.0.113.40/32").ok()?.into_iter().next(),
+        || describe(&session),
+    );
+    assert_eq!(
+        path,
+        RoutePath {
+            next_hop: NODE_V4.into(),
+            as_path: vec![64513],
+            communities: vec!["64513:7".into()],
+            large_communities: vec!["64513:1:2".into()],
+            local_pref: path.local_pref,
+        },
+        "{}",
+        describe(&session)
+    );
+    assert!(established().unwrap(), "{}", describe(&session));
+    session.routes.send_modify(|r| r.clear());
+    wait_for(
+        "the withdrawal at the router",
+        Duration::from_secs(30),
+        || paths("203.0.113.40/32").ok().filter(|p| p.is_empty()),
+        || describe(&session),
+    );
+    session.stop();
+    wait_for(
+        "the router seeing the session close",
+        Duration::from_secs(30),
+        || (!established().ok()?).then_some(()),
+        &log,
+    );
+}
+
+#[test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
+fn bird2_takes_and_drops_the_routes() {
+    lab::require_lab!();
+    let link = link("bgpi");
+    let bird = Bird::start(
+        &link.router,
+        &format!(
+            "router id {ROUTER_V4};\n\
+             protocol device {{ }}\n\
+             protocol bgp node {{\n  \
+             local {ROUTER_V4} as 64512;\n  \
+             neighbor {NODE_V4} as 64513;\n  \
+             passive on;\n  \
+             ipv4 {{ import all; export none; }};\n}}\n"
+        ),
+    )
+    .unwrap();
+    interop(
+        &link,
+        |p| bird.paths(p),
+        || bird.established("node"),
+        || bird.log_tail(20),
+    );
+}
+
+#[test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
+fn gobgp_takes_and_drops_the_routes() {
+    lab::require_lab!();
+    let link = link("bgpg");
+    let gobgp = GoBgp::start(
+        &link.router,
+        &format!(
+            "[global.config]\n  as = 64512\n  router-id = \"{ROUTER_V4}\"\n\
+             [[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"{NODE_V4}\"\n    peer-as = 64513\n  \
+             [neighbors.transport.config]\n    passive-mode = true\n"
+        ),
+    )
+    .unwrap();
+    interop(
+        &link,
+        |p| gobgp.paths(p),
+        || gobgp.established(NODE_V4),
+        || gobgp.log_tail(20),
+    );
 }
