@@ -9,7 +9,12 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Instant;
 
+use nix::sys::socket::{
+    ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg, setsockopt, sockopt,
+};
 use speaker_core::bfd::{Config, ControlPacket, Session, State};
+use std::os::fd::AsRawFd;
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
@@ -40,6 +45,9 @@ impl Bfd {
         let v4 =
             UdpSocket::bind(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), CONTROL_PORT)).await?;
         let v6 = bind_v6_only(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), CONTROL_PORT))?;
+        // Each datagram's TTL / hop limit comes with it: RFC 5881 §5 takes only 255.
+        setsockopt(&v4, sockopt::Ipv4RecvTtl, &true).map_err(io::Error::from)?;
+        setsockopt(&v6, sockopt::Ipv6RecvHopLimit, &true).map_err(io::Error::from)?;
         let (commands, rx) = mpsc::unbounded_channel();
         tokio::spawn(serve(v4, v6, rx));
         Ok(Bfd { commands })
@@ -163,14 +171,14 @@ async fn serve(v4: UdpSocket, v6: UdpSocket, mut commands: mpsc::UnboundedReceiv
                     }
                 }
             },
-            received = v4.recv_from(&mut buf4) => {
+            received = v4.async_io(Interest::READABLE, || receive(&v4, &mut buf4)) => {
                 if let Ok((len, from)) = received {
-                    take(&mut sessions, from.ip(), &buf4[..len]).await;
+                    take(&mut sessions, from, &buf4[..len]).await;
                 }
             }
-            received = v6.recv_from(&mut buf6) => {
+            received = v6.async_io(Interest::READABLE, || receive(&v6, &mut buf6)) => {
                 if let Ok((len, from)) = received {
-                    take(&mut sessions, from.ip(), &buf6[..len]).await;
+                    take(&mut sessions, from, &buf6[..len]).await;
                 }
             }
             _ = sleep_until(deadline), if deadline.is_some() => {
@@ -187,6 +195,46 @@ async fn serve(v4: UdpSocket, v6: UdpSocket, mut commands: mpsc::UnboundedReceiv
                     }
                     entry.publish();
                 }
+            }
+        }
+    }
+}
+
+/// The next datagram that came with TTL (hop limit) 255, with its sender: from a neighbour on
+/// the link (RFC 5881 §5, the generalized TTL security of RFC 5082), not from farther away.
+/// Others are read and dropped; `WouldBlock` when the queue is empty.
+fn receive(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, IpAddr)> {
+    loop {
+        let mut iov = [io::IoSliceMut::new(buf)];
+        let mut space = nix::cmsg_space!(nix::libc::c_int);
+        let message = recvmsg::<SockaddrStorage>(
+            socket.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_DONTWAIT,
+        )
+        .map_err(io::Error::from)?;
+        let ttl = message
+            .cmsgs()
+            .map_err(io::Error::from)?
+            .find_map(|c| match c {
+                ControlMessageOwned::Ipv4Ttl(ttl) => Some(ttl),
+                ControlMessageOwned::Ipv6HopLimit(hops) => Some(hops),
+                _ => None,
+            });
+        let from = message.address.and_then(|a| {
+            a.as_sockaddr_in()
+                .map(|v4| IpAddr::V4(v4.ip()))
+                .or_else(|| a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
+        });
+        match (ttl, from) {
+            (Some(255), Some(from)) => return Ok((message.bytes, from)),
+            (ttl, from) => {
+                tracing::debug!(
+                    ?from,
+                    ?ttl,
+                    "BFD packet not from a neighbour on the link: dropped"
+                )
             }
         }
     }

@@ -530,3 +530,65 @@ fn gobgp_takes_and_drops_the_routes() {
         || gobgp.log_tail(20),
     );
 }
+
+/// BFD takes only packets sent with TTL 255 (RFC 5881 §5): a peer's packets with TTL 254
+/// (one router farther, or a forger off the link) leave the session Down; the same packets
+/// with 255 move it on (to Init: the peer says Down, so it is heard).
+#[test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
+fn bfd_takes_only_packets_sent_with_ttl_255() {
+    lab::require_lab!();
+    let link = link("bfdt");
+    let (state_tx, state_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let node = link.node.clone();
+    let hub = std::thread::spawn(move || {
+        node.enter_for_thread().unwrap();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async move {
+                let bfd = speaker::bfd::Bfd::start().await.unwrap();
+                let state = bfd.add(ROUTER_V4.parse().unwrap(), None, BfdConfig::default());
+                state_tx.send(state).unwrap();
+                let _ = stop_rx.await;
+            });
+    });
+    let state = state_rx.recv().unwrap();
+
+    let router = link.router.clone();
+    let send_for = move |ttl: u32, duration: Duration| {
+        let router = router.clone();
+        std::thread::spawn(move || {
+            router.enter_for_thread().unwrap();
+            let socket = std::net::UdpSocket::bind(format!("{ROUTER_V4}:49200")).unwrap();
+            socket.set_ttl(ttl).unwrap();
+            let peer = speaker_core::bfd::Session::new(BfdConfig::default(), 7, Instant::now());
+            let packet = peer.packet(false).encode();
+            let end = Instant::now() + duration;
+            // Bounded: one packet every 100 ms for `duration`.
+            while Instant::now() < end {
+                socket.send_to(&packet, format!("{NODE_V4}:3784")).unwrap();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+        .join()
+        .unwrap();
+    };
+
+    send_for(254, Duration::from_millis(1500));
+    assert_eq!(
+        *state.borrow(),
+        BfdState::Down,
+        "a TTL 254 packet was taken"
+    );
+    send_for(255, Duration::from_millis(500));
+    assert_eq!(
+        *state.borrow(),
+        BfdState::Init,
+        "a TTL 255 packet was not taken"
+    );
+    let _ = stop_tx.send(());
+    hub.join().unwrap();
+}
