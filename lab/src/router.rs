@@ -38,9 +38,11 @@ impl Frr {
         Ok(frr)
     }
 
-    /// Starts zebra, bfdd and bgpd in `ns`: BFD needs all three (bgpd asks bfdd for sessions
-    /// through zebra). bfdd runs with its defaults (300 ms × 3); `config` is bgpd's.
-    pub fn start_with_bfd(ns: &NetNs, config: &str) -> Result<Frr> {
+    /// Starts zebra, bfdd and bgpd in `ns`, a whole router: zebra installs bgpd's best routes
+    /// (several next hops with `maximum-paths`) in the namespace's kernel, and BFD works (bgpd
+    /// asks bfdd for sessions through zebra). bfdd runs with its defaults (300 ms × 3);
+    /// `config` is bgpd's.
+    pub fn start_router(ns: &NetNs, config: &str) -> Result<Frr> {
         let mut frr = Frr::prepare(ns)?;
         let (uid, gid) = frr_user()?;
         chown(&frr.dir, Some(uid), Some(gid))?;
@@ -54,7 +56,7 @@ impl Frr {
             "",
             &[&user[..], &["-z", &zserv, "--bfdctl", &bfdctl]].concat(),
         )?;
-        frr.spawn("bgpd", config, &["-S", "-n", "-z", &zserv])?;
+        frr.spawn("bgpd", config, &["-S", "-z", &zserv])?;
         frr.wait_ready()?;
         Ok(frr)
     }

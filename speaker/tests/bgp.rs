@@ -2,6 +2,7 @@
 //! session task in another, a veth between them on documentation prefixes. What the router
 //! received is read from the router itself (`vtysh ... json`). Runs with FERROLB_LAB=1 as root.
 
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -358,7 +359,7 @@ fn an_md5_password_signs_the_session_and_a_wrong_one_gets_none() {
 fn a_bfd_down_takes_the_session_down_before_the_hold_time_and_it_comes_back() {
     lab::require_lab!();
     let link = link("bgpb");
-    let frr = Frr::start_with_bfd(
+    let frr = Frr::start_router(
         &link.router,
         &frr_config(
             64512,
@@ -591,4 +592,190 @@ fn bfd_takes_only_packets_sent_with_ttl_255() {
     );
     let _ = stop_tx.send(());
     hub.join().unwrap();
+}
+
+/// Two nodes advertise one address; the router (FRR with zebra, `maximum-paths`, L4 hashing)
+/// installs both as next hops in its kernel, and connections from a client behind the router
+/// are served by both nodes. (Each node serves the address itself here, as kube-proxy's rules
+/// would deliver it on a real node.)
+#[test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
+fn the_router_spreads_connections_over_every_advertising_node() {
+    lab::require_lab!();
+    const SERVICE: &str = "203.0.113.50";
+    const CLIENT: &str = "198.51.100.2";
+    let router = Scratch::new("ecmpr").unwrap();
+    let client = Scratch::new("ecmpc").unwrap();
+    let nodes = [
+        Scratch::new("ecmp1").unwrap(),
+        Scratch::new("ecmp2").unwrap(),
+    ];
+    router
+        .ip(&["link", "add", "br0", "type", "bridge"])
+        .unwrap();
+    router
+        .ip(&["addr", "add", &format!("{ROUTER_V4}/24"), "dev", "br0"])
+        .unwrap();
+    router.ip(&["link", "set", "br0", "up"]).unwrap();
+    for (i, node) in nodes.iter().enumerate() {
+        let outer = format!("r{}", i + 1);
+        node.ip(&[
+            "link",
+            "add",
+            "n0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &outer,
+            "netns",
+            router.name(),
+        ])
+        .unwrap();
+        router
+            .ip(&["link", "set", &outer, "master", "br0"])
+            .unwrap();
+        router.ip(&["link", "set", &outer, "up"]).unwrap();
+        node.ip(&[
+            "addr",
+            "add",
+            &format!("192.0.2.{}/24", 11 + i),
+            "dev",
+            "n0",
+        ])
+        .unwrap();
+        node.ip(&["link", "set", "n0", "up"]).unwrap();
+        node.ip(&["link", "set", "lo", "up"]).unwrap();
+        node.ip(&["addr", "add", &format!("{SERVICE}/32"), "dev", "lo"])
+            .unwrap();
+        node.ip(&["route", "add", "198.51.100.0/24", "via", ROUTER_V4])
+            .unwrap();
+    }
+    client
+        .ip(&[
+            "link",
+            "add",
+            "c0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "rc",
+            "netns",
+            router.name(),
+        ])
+        .unwrap();
+    router
+        .ip(&["addr", "add", "198.51.100.1/24", "dev", "rc"])
+        .unwrap();
+    router.ip(&["link", "set", "rc", "up"]).unwrap();
+    client
+        .ip(&["addr", "add", &format!("{CLIENT}/24"), "dev", "c0"])
+        .unwrap();
+    client.ip(&["link", "set", "c0", "up"]).unwrap();
+    client
+        .ip(&["route", "add", "default", "via", "198.51.100.1"])
+        .unwrap();
+    router.sysctl("net.ipv4.ip_forward", "1").unwrap();
+    // Hash on ports too, so that one client's connections spread.
+    router
+        .sysctl("net.ipv4.fib_multipath_hash_policy", "1")
+        .unwrap();
+
+    let frr = Frr::start_router(
+        &router,
+        "frr defaults datacenter\n\
+         router bgp 64512\n \
+         bgp router-id 192.0.2.1\n \
+         no bgp ebgp-requires-policy\n \
+         neighbor 192.0.2.11 remote-as 64513\n \
+         neighbor 192.0.2.12 remote-as 64513\n \
+         address-family ipv4 unicast\n  \
+         maximum-paths 4\n \
+         exit-address-family\n!\n",
+    )
+    .unwrap();
+    let routes: Routes = [(net(&format!("{SERVICE}/32")), Attributes::default())].into();
+    let _sessions: Vec<Session> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, node)| {
+            let mut peer = peer(ROUTER_V4, 64513, 64512, None);
+            peer.config.router_id = Ipv4Addr::new(192, 0, 2, 11 + i as u8);
+            Session::start(node, peer, routes.clone())
+        })
+        .collect();
+    let installed = wait_for(
+        "two next hops for the address in the router's kernel",
+        Duration::from_secs(30),
+        || {
+            let route = router.ip(&["route", "show", SERVICE]).ok()?;
+            (route.contains("192.0.2.11") && route.contains("192.0.2.12")).then_some(route)
+        },
+        || frr.log_tail(20),
+    );
+    println!("the router's route: {installed}");
+
+    // Each node answers with its own name, until the client is done (20 s at most).
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let servers: Vec<_> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, node)| {
+            let node = NetNs::clone(node);
+            let done = done.clone();
+            std::thread::spawn(move || {
+                node.enter_for_thread().unwrap();
+                let listener = std::net::TcpListener::bind(format!("{SERVICE}:8080")).unwrap();
+                listener.set_nonblocking(true).unwrap();
+                let end = Instant::now() + Duration::from_secs(20);
+                while Instant::now() < end && !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((mut stream, _)) => {
+                            use std::io::Write;
+                            let _ = stream.write_all(format!("node-{}", i + 1).as_bytes());
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let client_ns = NetNs::clone(&client);
+    let served: BTreeMap<String, usize> = std::thread::spawn(move || {
+        client_ns.enter_for_thread().unwrap();
+        let mut served = BTreeMap::new();
+        // Bounded: 40 connections, each with a 2 s timeout.
+        for _ in 0..40 {
+            use std::io::Read;
+            let address: SocketAddr = format!("{SERVICE}:8080").parse().unwrap();
+            let Ok(mut stream) =
+                std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2))
+            else {
+                *served.entry("failed".to_string()).or_insert(0) += 1;
+                continue;
+            };
+            stream
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .unwrap();
+            let mut name = String::new();
+            let _ = stream.read_to_string(&mut name);
+            *served.entry(name).or_insert(0) += 1;
+        }
+        served
+    })
+    .join()
+    .unwrap();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    println!("40 connections through the router: {served:?}");
+    assert!(!served.contains_key("failed"), "{served:?}");
+    assert!(
+        served.get("node-1").is_some_and(|n| *n > 0)
+            && served.get("node-2").is_some_and(|n| *n > 0),
+        "every connection went to one node: {served:?}"
+    );
+    for server in servers {
+        server.join().unwrap();
+    }
 }
