@@ -28,22 +28,27 @@ struct Link {
     router: Scratch,
 }
 
-fn link(tag: &str) -> Link {
-    let node = Scratch::new(&format!("{tag}n")).unwrap();
-    let router = Scratch::new(&format!("{tag}r")).unwrap();
-    node.ip(&[
+/// A veth pair: `inner` in `ns`, `outer` in `other`.
+fn veth(ns: &NetNs, inner: &str, other: &NetNs, outer: &str) {
+    ns.ip(&[
         "link",
         "add",
-        "n0",
+        inner,
         "type",
         "veth",
         "peer",
         "name",
-        "r0",
+        outer,
         "netns",
-        router.name(),
+        other.name(),
     ])
     .unwrap();
+}
+
+fn link(tag: &str) -> Link {
+    let node = Scratch::new(&format!("{tag}n")).unwrap();
+    let router = Scratch::new(&format!("{tag}r")).unwrap();
+    veth(&node, "n0", &router, "r0");
     for (ns, dev, v4, v6) in [
         (&node, "n0", NODE_V4, NODE_V6),
         (&router, "r0", ROUTER_V4, ROUTER_V6),
@@ -619,19 +624,7 @@ fn the_router_spreads_connections_over_every_advertising_node() {
     router.ip(&["link", "set", "br0", "up"]).unwrap();
     for (i, node) in nodes.iter().enumerate() {
         let outer = format!("r{}", i + 1);
-        node.ip(&[
-            "link",
-            "add",
-            "n0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &outer,
-            "netns",
-            router.name(),
-        ])
-        .unwrap();
+        veth(node, "n0", &router, &outer);
         router
             .ip(&["link", "set", &outer, "master", "br0"])
             .unwrap();
@@ -651,20 +644,7 @@ fn the_router_spreads_connections_over_every_advertising_node() {
         node.ip(&["route", "add", "198.51.100.0/24", "via", ROUTER_V4])
             .unwrap();
     }
-    client
-        .ip(&[
-            "link",
-            "add",
-            "c0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "rc",
-            "netns",
-            router.name(),
-        ])
-        .unwrap();
+    veth(&client, "c0", &router, "rc");
     router
         .ip(&["addr", "add", "198.51.100.1/24", "dev", "rc"])
         .unwrap();
