@@ -211,7 +211,11 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         drop(listener);
         let live = Liveness::default();
-        let heart = live.register("loop", std::time::Duration::from_millis(50));
+        // A window far above the few milliseconds a request takes: a busy machine (the test
+        // command compiles beside it) once took over 50 ms between registering and the first
+        // check, and the loop was reported stuck.
+        let window = std::time::Duration::from_millis(1000);
+        let heart = live.register("loop", window);
         let pages: Pages = vec![("/extra", Arc::new(|| "an extra page\n".to_string()))];
         let _server = serve(addr, Arc::new(registry), ready.clone(), live, pages)
             .await
@@ -230,13 +234,14 @@ mod tests {
                 .await
                 .contains("ferrolb_test_things_total 3")
         );
+        heart.beat();
         assert!(get("/healthz").await.starts_with("HTTP/1.1 200"));
         assert!(get("/readyz").await.starts_with("HTTP/1.1 503"));
         ready.set(true);
         assert!(get("/readyz").await.starts_with("HTTP/1.1 200"));
         assert!(get("/nope").await.starts_with("HTTP/1.1 404"));
         assert!(get("/extra").await.ends_with("an extra page\n"));
-        tokio::time::sleep(std::time::Duration::from_millis(80)).await;
+        tokio::time::sleep(window + std::time::Duration::from_millis(200)).await;
         let stuck = get("/healthz").await;
         assert!(
             stuck.starts_with("HTTP/1.1 503") && stuck.contains("loop: no progress for"),
