@@ -142,14 +142,10 @@ pub async fn run(
                         next_hop,
                     };
                     sent.clear();
-                    let result = sync(
-                        &mut writer,
-                        &peer,
-                        &state,
-                        &routes.borrow_and_update(),
-                        &mut sent,
-                    )
-                    .await;
+                    // A copy: the watch's read guard must not be held across the writes (it
+                    // would block the owner's next update, and it is not Send).
+                    let wanted = routes.borrow_and_update().clone();
+                    let result = sync(&mut writer, &peer, &state, &wanted, &mut sent).await;
                     established = Some(state);
                     status.send_modify(|s| {
                         s.established += 1;
@@ -373,4 +369,39 @@ async fn sync(
     }
     *sent = wanted;
     Ok(messages.len() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+    use std::time::Duration;
+
+    /// The speaker spawns sessions on its multi-threaded runtime: the task must be `Send`
+    /// (a watch guard held across a write once made it not, which only a current-thread test
+    /// runtime let through).
+    #[test]
+    fn a_session_task_can_move_between_threads() {
+        fn send<T: Send>(_: &T) {}
+        let (_routes, routes) = watch::channel(Routes::new());
+        let (status, _status) = watch::channel(Status::default());
+        let (_stop, stop) = watch::channel(false);
+        let peer = Peer {
+            name: "tor".into(),
+            address: "192.0.2.1:179".parse().unwrap(),
+            source: None,
+            password: None,
+            config: PeerConfig {
+                local_asn: 64513,
+                peer_asn: 64512,
+                router_id: Ipv4Addr::new(192, 0, 2, 11),
+                hold_time: Duration::from_secs(90),
+                keepalive_time: None,
+                connect_retry: Duration::from_secs(5),
+                families: speaker_core::bgp::Families::default(),
+            },
+        };
+        let task = run(peer, routes, status, stop, None);
+        send(&task);
+    }
 }
