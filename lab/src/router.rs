@@ -33,7 +33,7 @@ impl Frr {
     /// (`-Z`, no route installation), as root (`-S`), listening on port 179 of every address.
     pub fn start(ns: &NetNs, config: &str) -> Result<Frr> {
         let mut frr = Frr::prepare(ns)?;
-        frr.spawn("bgpd", config, &["-S", "-Z", "-n"])?;
+        frr.spawn("bgpd", config, &["-S", "-Z", "-n"], false)?;
         frr.wait_ready()?;
         Ok(frr)
     }
@@ -48,15 +48,10 @@ impl Frr {
         chown(&frr.dir, Some(uid), Some(gid))?;
         let zserv = frr.dir.join("zserv.api").display().to_string();
         let bfdctl = frr.dir.join("bfdd.sock").display().to_string();
-        let user = ["-u", "frr", "-g", "frr"];
-        frr.spawn("zebra", "", &[&user[..], &["-z", &zserv]].concat())?;
+        frr.spawn_as_frr("zebra", "", &["-z", &zserv])?;
         wait_for_file(&frr.dir.join("zserv.api"))?;
-        frr.spawn(
-            "bfdd",
-            "",
-            &[&user[..], &["-z", &zserv, "--bfdctl", &bfdctl]].concat(),
-        )?;
-        frr.spawn("bgpd", config, &["-S", "-z", &zserv])?;
+        frr.spawn_as_frr("bfdd", "", &["-z", &zserv, "--bfdctl", &bfdctl])?;
+        frr.spawn("bgpd", config, &["-S", "-z", &zserv], false)?;
         frr.wait_ready()?;
         Ok(frr)
     }
@@ -77,10 +72,20 @@ impl Frr {
 
     /// Starts one daemon with its config, pid file and vty socket in this FRR's directory (no
     /// vty TCP port: vtysh talks over the socket), logging to `<daemon>.log` there.
-    fn spawn(&mut self, daemon: &str, config: &str, flags: &[&str]) -> Result<()> {
+    /// [`Frr::spawn`] as the package's `frr` user, who then owns its config.
+    fn spawn_as_frr(&mut self, daemon: &str, config: &str, flags: &[&str]) -> Result<()> {
+        self.spawn(
+            daemon,
+            config,
+            &[&["-u", "frr", "-g", "frr"], flags].concat(),
+            true,
+        )
+    }
+
+    fn spawn(&mut self, daemon: &str, config: &str, flags: &[&str], as_frr: bool) -> Result<()> {
         let conf = self.dir.join(format!("{daemon}.conf"));
         std::fs::write(&conf, config)?;
-        if flags.contains(&"frr") {
+        if as_frr {
             let (uid, gid) = frr_user()?;
             chown(&conf, Some(uid), Some(gid))?;
         }
