@@ -5,9 +5,10 @@
 //! it with itself as next hop, and the routers spread connections over them (ECMP). A node is
 //! eligible under one BGPAdvertisement covering the address's pool by the election's node
 //! stages (see [`super`]): selected by the advertisement's `nodeSelectors`, not excluded, and
-//! for `externalTrafficPolicy: Local` with a ready endpoint. A cordoned node withdraws while
-//! another live node is eligible under the same advertisement, so a drain moves traffic away
-//! before the pods go; a cluster whose every candidate is cordoned still serves.
+//! for `externalTrafficPolicy: Local` with a ready endpoint. A cordoned or stopping node
+//! withdraws while another live node is eligible under the same advertisement, so a drain or
+//! a rolling restart moves traffic away first; a cluster whose every candidate is cordoned
+//! still serves.
 //!
 //! With `aggregationLength` shorter than the address, the node advertises the aggregate
 //! covering it when it is eligible for any held address inside (the aggregate is the coarse
@@ -73,7 +74,8 @@ pub struct Attributes {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     Serving,
-    /// SIGTERM: every route is marked [`GRACEFUL_SHUTDOWN`] until the session closes.
+    /// SIGTERM: what another live node serves is withdrawn, the rest is marked
+    /// [`GRACEFUL_SHUTDOWN`] until the session closes.
     Stopping,
 }
 
@@ -82,8 +84,8 @@ pub enum Phase {
 pub enum NotAdvertised {
     /// The furthest election stage that left this node out, over the covering advertisements.
     Stage(NoOwner),
-    /// Cordoned, and another live node advertises it.
-    Cordoned,
+    /// Cordoned or stopping, and another live node advertises it.
+    Leaving,
     /// Eligible, but the advertisements name none of this node's peers.
     NoPeer,
 }
@@ -119,6 +121,9 @@ pub fn plan(
     let mut plan = Plan::default();
     // Which advertisement gave which localPref, per (peer, prefix).
     let mut local_prefs: BTreeMap<(String, IpNet), BTreeMap<String, u32>> = BTreeMap::new();
+    // A cordoned or stopping node withdraws what another live node serves, so the router
+    // moves new connections away while this node can still take them.
+    let leaving = phase == Phase::Stopping || cordoned(&facts.nodes, me);
     for (address, holders) in holders(facts) {
         let local = local_holders(&holders);
         let ads = facts
@@ -132,8 +137,8 @@ pub fn plan(
                 why = why.max(NotAdvertised::Stage(stage));
                 continue;
             }
-            if cordoned(&facts.nodes, me) && served_elsewhere(facts, ad, me, live, &local) {
-                why = why.max(NotAdvertised::Cordoned);
+            if leaving && served_elsewhere(facts, ad, me, live, &local) {
+                why = why.max(NotAdvertised::Leaving);
                 continue;
             }
             let prefix = ad.prefix(address);

@@ -196,7 +196,7 @@ fn a_cordoned_node_withdraws_while_another_live_node_advertises() {
     assert!(plan_a.routes.is_empty());
     assert_eq!(
         plan_a.not_advertised[&ip("192.0.2.10")],
-        NotAdvertised::Cordoned
+        NotAdvertised::Leaving
     );
     assert_eq!(
         advertisers(&facts, ip("192.0.2.10"), &all),
@@ -365,11 +365,12 @@ fn stopping_marks_every_route_graceful_shutdown() {
             ..spec("all")
         })],
     );
+    // The last live node: it keeps its routes, marked, until its session closes.
     let plan = plan(
         &facts,
         &node("a"),
         &peers(&["tor"]),
-        &nodes(&["a", "b", "c"]),
+        &nodes(&["a"]),
         Phase::Stopping,
     );
     assert_eq!(plan.routes["tor"].len(), 2);
@@ -379,6 +380,36 @@ fn stopping_marks_every_route_graceful_shutdown() {
             [community, GRACEFUL_SHUTDOWN].into()
         );
     }
+}
+
+#[test]
+fn a_stopping_node_withdraws_what_another_live_node_advertises() {
+    let facts = facts(
+        vec![
+            service("web", &["192.0.2.10"]),
+            local("db", &["192.0.2.20"], &["a"]),
+        ],
+        vec![everywhere("all")],
+    );
+    let plan = plan(
+        &facts,
+        &node("a"),
+        &peers(&["tor"]),
+        &nodes(&["a", "b", "c"]),
+        Phase::Stopping,
+    );
+    // b and c serve web: a withdraws it, and the router moves new connections before a's
+    // session closes. db's only endpoint is on a: kept, marked GRACEFUL_SHUTDOWN.
+    assert_eq!(prefixes(&plan, "tor"), ["192.0.2.20/32"]);
+    assert_eq!(
+        plan.not_advertised[&ip("192.0.2.10")],
+        NotAdvertised::Leaving
+    );
+    assert!(
+        plan.routes["tor"][&net("192.0.2.20/32")]
+            .communities
+            .contains(&GRACEFUL_SHUTDOWN)
+    );
 }
 
 fn arb_facts() -> impl Strategy<Value = Facts> {
