@@ -249,6 +249,9 @@ async fn schema_manifests_and_rbac_against_the_real_api_server() {
         &["get", "nodes"],
         &["get", "ipaddresspools"],
         &["get", "l2advertisements"],
+        &["get", "bgppeers"],
+        &["get", "bgpadvertisements"],
+        &["get", "bfdprofiles"],
         &[
             "auth",
             "can-i",
@@ -257,6 +260,8 @@ async fn schema_manifests_and_rbac_against_the_real_api_server() {
             "--subresource=status",
             "-A",
         ],
+        // A BGPPeer's password Secret, by name.
+        &["auth", "can-i", "get", "secret/md5", "-n", "ferrolb-system"],
     ] {
         as_user(&speaker, args)
             .await
@@ -274,6 +279,11 @@ async fn schema_manifests_and_rbac_against_the_real_api_server() {
             "speaker",
             &speaker,
             &["get", "secrets", "-n", "ferrolb-system"],
+        ),
+        (
+            "speaker",
+            &speaker,
+            &["get", "secret", "md5", "-n", "default"],
         ),
         ("speaker", &speaker, &["delete", "ipaddresspool", "lan"]),
         ("speaker", &speaker, &["get", "pods", "-n", "default"]),

@@ -125,7 +125,7 @@ fn helm_default_rendering_is_the_kustomize_base() {
     }
     assert_eq!(
         kustomize.len(),
-        18,
+        20,
         "{:?}",
         kustomize.keys().collect::<Vec<_>>()
     );

@@ -5,6 +5,7 @@
 //! - [`announce`]: ARP and NDP on raw sockets (the election and the announcer's state machine
 //!   are pure and live in `speaker-core`);
 //! - [`bgp`], [`bfd`]: BGP mode's sessions to the routers, and BFD watching the paths to them;
+//! - [`bgp_mode`]: which sessions this node keeps and the routes it gives them;
 //! - [`reach`]: the failover's fast path, echo requests to the nodes this one succeeds;
 //! - [`report`]: the Service condition and Events;
 //! - [`run`]: the loop that ties them together;
@@ -13,6 +14,7 @@
 pub mod announce;
 pub mod bfd;
 pub mod bgp;
+pub mod bgp_mode;
 pub mod cache;
 pub mod fault;
 pub mod membership;

@@ -82,6 +82,15 @@ struct Args {
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(100..=100_000))]
     fast_failover_max_echo_rate: u32,
 
+    /// ferrolb's namespace, where BGPPeers' password Secrets are.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "ferrolb-system")]
+    namespace: String,
+
+    /// On SIGTERM, how long BGP sessions stay open after the routes other nodes serve are
+    /// withdrawn, so the routers move new connections before this node goes (ms).
+    #[arg(long, default_value_t = 2000)]
+    bgp_stop_wait_ms: u64,
+
     /// Tests only: on SIGUSR2, make the loop this file names panic or stall.
     #[arg(long, hide = true)]
     test_fault_file: Option<std::path::PathBuf>,
@@ -131,6 +140,7 @@ async fn main() -> anyhow::Result<()> {
     .await?;
 
     let (changes_tx, changes) = tokio::sync::mpsc::unbounded_channel();
+    let (changes, bgp_wake) = speaker::bgp_mode::tee(changes);
     // Which Services are ferrolb's; the controller's `--handle-unclassed` must say the same.
     let classes = model::ClassPolicy {
         handle_unclassed: args.handle_unclassed,
@@ -189,7 +199,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let speaker = Speaker {
         me: NodeName::new(args.node_name.clone()),
-        reports: Reports::start(client, stores.clone(), &args.node_name),
+        reports: Reports::start(client.clone(), stores.clone(), &args.node_name),
         stores,
         changes,
         membership,
@@ -221,6 +231,31 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     });
-    speaker.run(common::shutdown_signal()).await;
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        common::shutdown_signal().await;
+        stop_tx.send_replace(true);
+    });
+    let bgp = tokio::spawn(speaker::bgp_mode::run(speaker::bgp_mode::Config {
+        me: speaker.me.clone(),
+        namespace: args.namespace,
+        client,
+        stores: speaker.stores.clone(),
+        members: speaker.members.clone(),
+        wake: bgp_wake,
+        stop: stop.clone(),
+        stop_wait: Duration::from_millis(args.bgp_stop_wait_ms),
+    }));
+    // Layer 2 hands over and BGP withdraws at the same time; the process ends when both did.
+    let mut l2_stop = stop;
+    let (_, bgp) = tokio::join!(
+        speaker.run(async move {
+            let _ = l2_stop.wait_for(|stopped| *stopped).await;
+        }),
+        bgp
+    );
+    if let Err(e) = bgp {
+        tracing::error!("BGP mode ended abnormally: {e}");
+    }
     Ok(())
 }

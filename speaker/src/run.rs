@@ -603,6 +603,8 @@ impl Speaker {
                     nodes.extend(memory.nodes.keys().cloned());
                     nodes.extend(self.stores.node_names());
                 }
+                // BGP mode's own task follows these.
+                Change::Bgp => {}
             }
         }
         let (mut labels_changed, mut seeds_changed) = (false, false);

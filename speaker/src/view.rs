@@ -9,12 +9,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use crds::{IPAddressPool, L2Advertisement};
+use crds::{BFDProfile, BGPAdvertisement, BGPPeer, IPAddressPool, L2Advertisement};
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
+use model::bgp::{BfdProfile, BgpAdvertisement, BgpPeer};
 use model::{ClassPolicy, Labels, Pool, ServiceKey, TrafficPolicy};
 use speaker_core::election::NodeName;
 use tokio::sync::mpsc;
@@ -42,6 +43,8 @@ pub enum Change {
     AllServices,
     /// Nodes were listed anew: every Node is read again.
     AllNodes,
+    /// A BGPPeer, BGPAdvertisement or BFDProfile: BGP mode's sessions and routes.
+    Bgp,
 }
 
 /// A Service's share of the election's input: its facts, and the advertisements covering
@@ -198,6 +201,9 @@ pub struct Stores {
     nodes: Cache<NodeRecord>,
     pools: Cache<Pool>,
     advertisements: Cache<model::Advertisement>,
+    bgp_peers: Cache<BgpPeer>,
+    bgp_advertisements: Cache<BgpAdvertisement>,
+    bfd_profiles: Cache<BfdProfile>,
 }
 
 impl Stores {
@@ -269,12 +275,47 @@ impl Stores {
                     changed: |_| Change::Advertising,
                     relisted: Change::Advertising,
                 },
+                changes.clone(),
+            ),
+            bgp_peers: Cache::start(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                Watch {
+                    project: Box::new(|peer: &BGPPeer| readable(peer, crds::read::bgp_peer)),
+                    changed: |_| Change::Bgp,
+                    relisted: Change::Bgp,
+                },
+                changes.clone(),
+            ),
+            bgp_advertisements: Cache::start(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                Watch {
+                    project: Box::new(|ad: &BGPAdvertisement| {
+                        readable(ad, crds::read::bgp_advertisement)
+                    }),
+                    changed: |_| Change::Bgp,
+                    relisted: Change::Bgp,
+                },
+                changes.clone(),
+            ),
+            bfd_profiles: Cache::start(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                Watch {
+                    project: Box::new(|profile: &BFDProfile| {
+                        Some(crds::read::bfd_profile(profile))
+                    }),
+                    changed: |_| Change::Bgp,
+                    relisted: Change::Bgp,
+                },
                 changes,
             ),
         }
     }
 
-    /// Waits until every cache has had its first complete list.
+    /// Waits until every cache of layer 2 mode has had its first complete list (BGP mode's
+    /// follow on their own: a cluster without BGP starts as fast as before).
     pub async fn wait_ready(&self) {
         let _ = tokio::join!(
             self.services.wait_ready(),
@@ -302,6 +343,67 @@ impl Stores {
         }
     }
 
+    /// The BGPPeers whose `nodeSelectors` select `node`, by name.
+    pub fn bgp_peers_of(&self, node: &str) -> Vec<Arc<BgpPeer>> {
+        let Some(node) = self.node(node) else {
+            return Vec::new();
+        };
+        let mut peers: Vec<Arc<BgpPeer>> = self
+            .bgp_peers
+            .all()
+            .into_iter()
+            .filter(|peer| peer.nodes.selects_node(&node.labels))
+            .collect();
+        peers.sort_by(|a, b| a.name.cmp(&b.name));
+        peers
+    }
+
+    /// A BFDProfile by name.
+    pub fn bfd_profile(&self, name: &str) -> Option<Arc<BfdProfile>> {
+        self.bfd_profiles.get("", name)
+    }
+
+    /// What BGP mode decides from: the Nodes, the Services holding addresses of our pools,
+    /// and the BGPAdvertisements covering each address's pool, their node selectors resolved.
+    pub fn bgp_facts(&self, context: &Context) -> speaker_core::decide::bgp::Facts {
+        let advertisements: Vec<speaker_core::decide::bgp::BgpAdvertisement> = self
+            .bgp_advertisements
+            .all()
+            .into_iter()
+            .map(|spec| speaker_core::decide::bgp::BgpAdvertisement {
+                nodes: selected_nodes(&spec.scope, &context.nodes),
+                spec,
+            })
+            .collect();
+        let mut facts = speaker_core::decide::bgp::Facts {
+            nodes: context
+                .nodes
+                .iter()
+                .map(|n| (NodeName::new(n.name.as_str()), n.facts.clone()))
+                .collect(),
+            ..Default::default()
+        };
+        if advertisements.is_empty() {
+            return facts;
+        }
+        for (namespace, name) in self.service_names() {
+            let Some((service, pools)) = self.holding(&namespace, &name, context) else {
+                continue;
+            };
+            for (ip, pool) in pools {
+                facts.advertisements.entry(ip).or_insert_with(|| {
+                    advertisements
+                        .iter()
+                        .filter(|ad| ad.spec.scope.covers_pool(&pool.name, &pool.labels))
+                        .cloned()
+                        .collect()
+                });
+            }
+            facts.services.push(service);
+        }
+        facts
+    }
+
     /// Every Service of ours by namespace and name.
     pub fn service_names(&self) -> Vec<(String, String)> {
         self.services.keys()
@@ -315,48 +417,64 @@ impl Stores {
         name: &str,
         context: &Context,
     ) -> Option<ServiceInput> {
+        let (facts, pools) = self.holding(namespace, name, context)?;
+        let advertisements = pools
+            .into_iter()
+            .map(|(ip, pool)| {
+                let covering = context
+                    .advertisements
+                    .iter()
+                    .filter(|ad| ad.covers_pool(&pool.name, &pool.labels))
+                    .map(|ad| advertisement(ad, &context.nodes))
+                    .collect();
+                (ip, covering)
+            })
+            .collect();
+        Some(ServiceInput {
+            facts,
+            advertisements,
+        })
+    }
+
+    /// A Service's facts and the home pool of each of its addresses, if it is ours and holds
+    /// addresses of our pools: what both modes read of it.
+    fn holding<'c>(
+        &self,
+        namespace: &str,
+        name: &str,
+        context: &'c Context,
+    ) -> Option<(ServiceFacts, BTreeMap<IpAddr, &'c Pool>)> {
         let service = self.services.get(namespace, name)?;
-        let mut addresses = BTreeSet::new();
-        let mut advertisements = BTreeMap::new();
-        for ip in &service.ingress {
-            // Only addresses of our pools are ours to announce; an address two pools share
-            // belongs where the controller recorded it, as it does for the controller.
-            let Some(pool) =
+        // Only addresses of our pools are ours to announce; an address two pools share
+        // belongs where the controller recorded it, as it does for the controller.
+        let pools: BTreeMap<IpAddr, &Pool> = service
+            .ingress
+            .iter()
+            .filter_map(|ip| {
                 model::home_pool(&context.pools, *ip, service.allocated_from.as_deref())
-            else {
-                continue;
-            };
-            addresses.insert(*ip);
-            let covering = context
-                .advertisements
-                .iter()
-                .filter(|ad| ad.covers_pool(&pool.name, &pool.labels))
-                .map(|ad| advertisement(ad, &context.nodes))
-                .collect();
-            advertisements.insert(*ip, covering);
-        }
-        if addresses.is_empty() {
+                    .map(|pool| (*ip, pool))
+            })
+            .collect();
+        if pools.is_empty() {
             return None;
         }
         let local = service.traffic_policy == TrafficPolicy::Local;
-        Some(ServiceInput {
-            facts: ServiceFacts {
-                endpoint_nodes: if local {
-                    context
-                        .slices_of(&service.key)
-                        .iter()
-                        .flat_map(|s| s.endpoint_nodes.iter().cloned())
-                        .collect()
-                } else {
-                    BTreeSet::new()
-                },
-                service: service.key.clone(),
-                addresses: addresses.into_iter().collect(),
-                local,
-                conflict_reported: service.conflict_reported,
+        let facts = ServiceFacts {
+            endpoint_nodes: if local {
+                context
+                    .slices_of(&service.key)
+                    .iter()
+                    .flat_map(|s| s.endpoint_nodes.iter().cloned())
+                    .collect()
+            } else {
+                BTreeSet::new()
             },
-            advertisements,
-        })
+            service: service.key.clone(),
+            addresses: pools.keys().copied().collect(),
+            local,
+            conflict_reported: service.conflict_reported,
+        };
+        Some((facts, pools))
     }
 
     /// Where the other speakers listen: every Node's first InternalIP (IPv4 preferred).
@@ -485,18 +603,33 @@ fn endpoint_nodes(slice: &EndpointSlice) -> BTreeSet<NodeName> {
 
 /// The election's view of an advertisement: the nodes its selectors pick now.
 fn advertisement(ad: &model::Advertisement, nodes: &[Arc<NodeRecord>]) -> Advertisement {
-    let selected = ad.selects_some_nodes.then(|| {
-        nodes
-            .iter()
-            .filter(|n| ad.selects_node(&n.labels))
-            .map(|n| NodeName::new(n.name.as_str()))
-            .collect()
-    });
     Advertisement {
         name: ad.name.clone(),
-        nodes: selected,
+        nodes: selected_nodes(ad, nodes),
         interfaces: (!ad.interfaces.is_empty()).then(|| ad.interfaces.clone()),
     }
+}
+
+/// The nodes a scope's `nodeSelectors` pick now; `None` when it selects every node.
+fn selected_nodes(
+    scope: &model::Advertisement,
+    nodes: &[Arc<NodeRecord>],
+) -> Option<BTreeSet<NodeName>> {
+    scope.selects_some_nodes.then(|| {
+        nodes
+            .iter()
+            .filter(|n| scope.selects_node(&n.labels))
+            .map(|n| NodeName::new(n.name.as_str()))
+            .collect()
+    })
+}
+
+/// An object read into the model, or left out with a warning: the schema refuses what
+/// cannot be read, so this is an object older than a rule.
+fn readable<K: ResourceExt, T>(object: &K, read: fn(&K) -> Result<T, String>) -> Option<T> {
+    read(object)
+        .inspect_err(|e| tracing::warn!(name = object.name_any(), "ignored: {e}"))
+        .ok()
 }
 
 #[cfg(test)]

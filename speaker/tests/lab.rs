@@ -1853,3 +1853,112 @@ async fn a_pool_status_write_reads_no_service_and_a_spec_change_reads_them_all()
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// The next hops FRR holds for `prefix`, each with its communities.
+fn frr_next_hops(
+    frr: &lab::router::Frr,
+    prefix: &str,
+) -> std::collections::BTreeMap<String, String> {
+    frr.paths(prefix)
+        .unwrap_or_default()
+        .iter()
+        .map(|path| {
+            (
+                path["nexthops"][0]["ip"].as_str().unwrap_or("").to_string(),
+                path["community"]["string"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Waits until FRR's next hops for `prefix` are the addresses of `nodes`.
+async fn advertised_by(lab: &Lab, frr: &lab::router::Frr, prefix: &str, nodes: &[usize]) {
+    let want: std::collections::BTreeSet<String> = nodes
+        .iter()
+        .map(|i| lab::plan::node_v4(*i).to_string())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let hops = frr_next_hops(frr, prefix);
+        if hops
+            .keys()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>()
+            == want
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "FRR's paths for {prefix} come from {hops:?}, not from nodes {nodes:?}\n{}\n{}",
+            frr.log_tail(30),
+            speaker_logs(lab)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// BGP mode end to end, configured as a user would: a BGPPeer with its password Secret and a
+/// BGPAdvertisement. Every speaker opens a TCP-MD5-signed session to FRR and advertises the
+/// Service's address with itself as next hop and the community asked for; a cordoned node
+/// withdraws; a stopping speaker withdraws first and closes its session only after that.
+#[tokio::test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
+async fn bgp_mode_advertises_a_service_from_every_node_to_the_router() {
+    lab::require_lab!();
+    let mut lab = lab_with_speakers(LabConfig::bare(3)).await;
+    let router = lab.add_foreign_host(&[]).unwrap();
+    let router_ip = lab::plan::foreign_v4(1);
+    let neighbours: String = (1..=3)
+        .map(|i| {
+            let node = lab::plan::node_v4(i);
+            format!(" neighbor {node} remote-as 64513\n neighbor {node} password s3cret\n")
+        })
+        .collect();
+    let frr = lab::router::Frr::start(
+        &router,
+        &format!(
+            "frr defaults datacenter\nlog stdout debugging\nrouter bgp 64512\n bgp router-id {router_ip}\n no bgp ebgp-requires-policy\n{neighbours}!\n"
+        ),
+    )
+    .unwrap();
+    lab.apply(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: tor-password\n  namespace: ferrolb-system\ntype: kubernetes.io/basic-auth\nstringData:\n  password: s3cret\n---\napiVersion: ferrolb.io/v1alpha1\nkind: BGPPeer\nmetadata:\n  name: tor\nspec:\n  myASN: 64513\n  peerASN: 64512\n  peerAddress: {router_ip}\n  connectTime: 1s\n  passwordSecret:\n    name: tor-password\n---\napiVersion: ferrolb.io/v1alpha1\nkind: BGPAdvertisement\nmetadata:\n  name: lan\nspec:\n  communities: [\"64512:100\"]\n"
+    ))
+    .await
+    .unwrap();
+    let vip = ip("198.51.100.200");
+    expose(&mut lab, "web", "Cluster", "SingleStack", &[vip]).await;
+    let prefix = format!("{vip}/32");
+    advertised_by(&lab, &frr, &prefix, &[1, 2, 3]).await;
+    let hops = frr_next_hops(&frr, &prefix);
+    assert!(hops.values().all(|c| c == "64512:100"), "{hops:?}");
+
+    lab.cordon(2, true).await.unwrap();
+    advertised_by(&lab, &frr, &prefix, &[1, 3]).await;
+
+    // SIGTERM: node 1 withdraws (node 3 serves) while its session is still up.
+    let node1 = lab::plan::node_v4(1).to_string();
+    lab.signal_speaker(1, nix::sys::signal::Signal::SIGTERM)
+        .unwrap();
+    advertised_by(&lab, &frr, &prefix, &[3]).await;
+    assert_eq!(
+        frr.neighbor_state(&node1).unwrap(),
+        "Established",
+        "node 1 closed its session before the router had moved away"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while frr.neighbor_state(&node1).unwrap() == "Established" {
+        assert!(Instant::now() < deadline, "node 1's session never closed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The Service goes: node 3 withdraws it.
+    lab.kubectl(&["delete", "service", "web", "-n", "default"])
+        .await
+        .unwrap();
+    advertised_by(&lab, &frr, &prefix, &[]).await;
+}

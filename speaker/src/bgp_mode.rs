@@ -1,0 +1,319 @@
+//! BGP mode on a node: a session to each BGPPeer that selects this node, a BFD session beside
+//! it for peers with a profile, and the routes `speaker_core::decide::bgp::plan` gives each
+//! peer, kept current as the cluster and the membership change.
+//!
+//! It runs beside layer 2 mode from the same watches; a cluster with no BGPPeer costs a
+//! lookup per batch of changes. On stop the plan turns to [`Phase::Stopping`]: what other
+//! live nodes serve is withdrawn, the rest marked GRACEFUL_SHUTDOWN, and only after
+//! `stop_wait` do the sessions close, so the routers have moved new connections first.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, Client};
+use model::bgp::{BfdProfile, BgpPeer};
+use speaker_core::bgp::rib::Routes;
+use speaker_core::bgp::{Families, PeerConfig};
+use speaker_core::decide::bgp::{Phase, plan};
+use speaker_core::election::NodeName;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::bfd::Bfd;
+use crate::bgp::{self, Peer, Status};
+use crate::membership::View;
+use crate::view::{Change, Stores};
+
+/// The key of a password Secret that holds the TCP MD5 key (a `kubernetes.io/basic-auth`
+/// Secret's, as MetalLB reads it).
+pub const PASSWORD_KEY: &str = "password";
+
+/// How often the sessions are reconciled without a change: a password Secret that was
+/// missing is looked for again.
+const RETRY: Duration = Duration::from_secs(30);
+/// Changes arriving this close together are taken in one reconcile.
+const DEBOUNCE: Duration = Duration::from_millis(50);
+/// How long closing sessions may take to send their Cease.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+pub struct Config {
+    pub me: NodeName,
+    /// Where the password Secrets are: ferrolb's namespace.
+    pub namespace: String,
+    pub client: Client,
+    pub stores: Stores,
+    pub members: watch::Receiver<View>,
+    /// Pokes on every watch change (see [`tee`]).
+    pub wake: watch::Receiver<()>,
+    /// Turns true on SIGTERM.
+    pub stop: watch::Receiver<bool>,
+    /// Between withdrawing for the stop and closing the sessions.
+    pub stop_wait: Duration,
+}
+
+/// Passes every change on to layer 2 mode's loop and pokes BGP mode.
+pub fn tee(
+    mut changes: mpsc::UnboundedReceiver<Change>,
+) -> (mpsc::UnboundedReceiver<Change>, watch::Receiver<()>) {
+    let (forward, forwarded) = mpsc::unbounded_channel();
+    let (poke, wake) = watch::channel(());
+    tokio::spawn(async move {
+        while let Some(change) = changes.recv().await {
+            poke.send_replace(());
+            if forward.send(change).is_err() {
+                return;
+            }
+        }
+    });
+    (forwarded, wake)
+}
+
+/// What a session was started with: a change of any of it restarts the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Wanted {
+    peer: BgpPeer,
+    password: Option<Vec<u8>>,
+    bfd: Option<BfdProfile>,
+    router_id: Ipv4Addr,
+}
+
+struct Running {
+    wanted: Wanted,
+    routes: watch::Sender<Routes>,
+    stop: watch::Sender<bool>,
+    status: watch::Receiver<Status>,
+    task: JoinHandle<()>,
+}
+
+/// Runs until `config.stop` turns true, then stops gracefully and returns.
+pub async fn run(mut config: Config) {
+    let mut sessions: BTreeMap<String, Running> = BTreeMap::new();
+    let mut closing: Vec<JoinHandle<()>> = Vec::new();
+    let mut bfd: Option<Bfd> = None;
+    let mut live = BTreeSet::new();
+    loop {
+        let stopping = *config.stop.borrow_and_update();
+        let phase = if stopping {
+            Phase::Stopping
+        } else {
+            Phase::Serving
+        };
+        // The stop is decided against the membership as it was before it: layer 2 mode
+        // leaves the gossip on the same signal, which empties the view.
+        if !stopping {
+            live = config
+                .members
+                .borrow_and_update()
+                .members
+                .keys()
+                .map(|n| NodeName::new(n.as_str()))
+                .chain([config.me.clone()])
+                .collect();
+        }
+        reconcile(&config, phase, &live, &mut sessions, &mut closing, &mut bfd).await;
+        if stopping {
+            break;
+        }
+        tokio::select! {
+            _ = config.wake.changed() => {}
+            _ = config.members.changed() => {}
+            _ = config.stop.changed() => {}
+            _ = tokio::time::sleep(RETRY) => {}
+        }
+        tokio::time::sleep(DEBOUNCE).await;
+    }
+    let established = sessions
+        .values()
+        .any(|s| s.status.borrow().state == speaker_core::bgp::State::Established);
+    if established {
+        tracing::info!(wait = ?config.stop_wait, "BGP: withdrawn what other nodes serve; waiting for the routers before closing");
+        tokio::time::sleep(config.stop_wait).await;
+    }
+    for (_, session) in std::mem::take(&mut sessions) {
+        session.stop.send_replace(true);
+        closing.push(session.task);
+    }
+    let _ = tokio::time::timeout(CLOSE_WAIT, futures::future::join_all(closing)).await;
+}
+
+async fn reconcile(
+    config: &Config,
+    phase: Phase,
+    live: &BTreeSet<NodeName>,
+    sessions: &mut BTreeMap<String, Running>,
+    closing: &mut Vec<JoinHandle<()>>,
+    bfd: &mut Option<Bfd>,
+) {
+    let peers = config.stores.bgp_peers_of(config.me.as_str());
+    if peers.is_empty() && sessions.is_empty() {
+        return;
+    }
+    let router_id = router_id(&config.stores, &config.me);
+    let mut wanted: BTreeMap<String, Wanted> = BTreeMap::new();
+    for peer in &peers {
+        let password = match &peer.password_secret {
+            None => None,
+            Some(secret) => match password(config, secret).await {
+                Ok(password) => Some(password),
+                Err(e) => {
+                    tracing::warn!(peer = peer.name, "BGP: no session: {e}");
+                    continue;
+                }
+            },
+        };
+        let bfd = peer.bfd_profile.as_ref().and_then(|name| {
+            let profile = config.stores.bfd_profile(name);
+            if profile.is_none() {
+                tracing::warn!(
+                    peer = peer.name,
+                    profile = name,
+                    "BGP: the BFD profile does not exist; the session runs without BFD"
+                );
+            }
+            profile.map(|p| BfdProfile::clone(&p))
+        });
+        wanted.insert(
+            peer.name.clone(),
+            Wanted {
+                peer: BgpPeer::clone(peer),
+                password,
+                bfd,
+                router_id,
+            },
+        );
+    }
+    // Sessions no longer wanted as they are close (with a Cease); changed ones start anew.
+    let stale: Vec<String> = sessions
+        .iter()
+        .filter(|(name, running)| wanted.get(*name) != Some(&running.wanted))
+        .map(|(name, _)| name.clone())
+        .collect();
+    for name in stale {
+        let running = sessions.remove(&name).expect("listed");
+        tracing::info!(peer = name, "BGP: closing the session");
+        running.stop.send_replace(true);
+        if let (Some(bfd), Some(_)) = (bfd.as_ref(), &running.wanted.bfd) {
+            bfd.remove(running.wanted.peer.address);
+        }
+        closing.push(running.task);
+    }
+    closing.retain(|task| !task.is_finished());
+    for (name, wanted) in wanted {
+        if sessions.contains_key(&name) {
+            continue;
+        }
+        let bfd_state = match &wanted.bfd {
+            None => None,
+            Some(profile) => {
+                if bfd.is_none() {
+                    match Bfd::start().await {
+                        Ok(started) => *bfd = Some(started),
+                        Err(e) => tracing::warn!("BFD: cannot listen on its port: {e}"),
+                    }
+                }
+                bfd.as_ref()
+                    .map(|bfd| bfd.add(wanted.peer.address, wanted.peer.source, profile.into()))
+            }
+        };
+        sessions.insert(name, start(&wanted, bfd_state));
+    }
+    if sessions.is_empty() {
+        return;
+    }
+    let context = config.stores.context();
+    let facts = config.stores.bgp_facts(&context);
+    let names: Vec<String> = sessions.keys().cloned().collect();
+    let mut plan = plan(&facts, &config.me, &names, live, phase);
+    for conflict in &plan.conflicts {
+        tracing::warn!(peer = conflict.peer, prefix = %conflict.prefix, local_prefs = ?conflict.local_prefs, "BGP: advertisements disagree on localPref; the highest is sent");
+    }
+    for (name, session) in sessions.iter() {
+        let routes = plan.routes.remove(name).unwrap_or_default();
+        session.routes.send_if_modified(|sent| {
+            let changed = *sent != routes;
+            if changed {
+                *sent = routes;
+            }
+            changed
+        });
+    }
+}
+
+fn start(wanted: &Wanted, bfd: Option<watch::Receiver<speaker_core::bfd::State>>) -> Running {
+    let peer = &wanted.peer;
+    let (routes, routes_rx) = watch::channel(Routes::new());
+    let (status_tx, status) = watch::channel(Status::default());
+    let (stop, stop_rx) = watch::channel(false);
+    let session = Peer {
+        name: peer.name.clone(),
+        address: SocketAddr::new(peer.address, peer.port),
+        source: peer.source,
+        password: wanted.password.clone(),
+        config: PeerConfig {
+            local_asn: peer.local_asn,
+            peer_asn: peer.peer_asn,
+            router_id: wanted.router_id,
+            hold_time: peer.hold_time,
+            keepalive_time: peer.keepalive_time,
+            connect_retry: peer.connect_time,
+            families: Families::default(),
+        },
+    };
+    tracing::info!(peer = peer.name, address = %session.address, asn = peer.peer_asn, bfd = wanted.bfd.is_some(), "BGP: starting a session");
+    let task = tokio::spawn(bgp::run(session, routes_rx, status_tx, stop_rx, bfd));
+    tokio::spawn(log_states(peer.name.clone(), status.clone()));
+    Running {
+        wanted: wanted.clone(),
+        routes,
+        stop,
+        status,
+        task,
+    }
+}
+
+/// Logs each change of a session's state, with why it went down.
+async fn log_states(peer: String, mut status: watch::Receiver<Status>) {
+    let mut last = status.borrow_and_update().state;
+    while status.changed().await.is_ok() {
+        let now = status.borrow_and_update().clone();
+        if now.state != last {
+            tracing::info!(peer, from = ?last, to = ?now.state, reason = now.last_down.as_deref().unwrap_or(""), advertised = now.advertised, "BGP session");
+            last = now.state;
+        }
+    }
+}
+
+/// The TCP MD5 key from the Secret's `password`.
+async fn password(config: &Config, secret: &str) -> Result<Vec<u8>, String> {
+    let api: Api<Secret> = Api::namespaced(config.client.clone(), &config.namespace);
+    let found = api
+        .get_opt(secret)
+        .await
+        .map_err(|e| format!("cannot read Secret {}/{secret}: {e}", config.namespace))?
+        .ok_or_else(|| format!("Secret {}/{secret} does not exist", config.namespace))?;
+    found
+        .data
+        .as_ref()
+        .and_then(|data| data.get(PASSWORD_KEY))
+        .map(|value| value.0.clone())
+        .filter(|value| !value.is_empty())
+        .ok_or_else(|| {
+            format!(
+                "Secret {}/{secret} has no '{PASSWORD_KEY}'",
+                config.namespace
+            )
+        })
+}
+
+/// The BGP identifier (RFC 4271 §4.2, an IPv4 address unique among the peer's neighbours):
+/// the node's IPv4 InternalIP, or on an IPv6-only node four bytes of a hash of its name.
+fn router_id(stores: &Stores, me: &NodeName) -> Ipv4Addr {
+    if let Some(IpAddr::V4(ip)) = stores.node(me.as_str()).and_then(|n| n.gossip_ip) {
+        return ip;
+    }
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(me.as_str().as_bytes());
+    Ipv4Addr::new(hash[0], hash[1], hash[2], hash[3])
+}
