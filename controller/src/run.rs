@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use allocator::ServiceKey;
 use common::events::Recorder;
-use crds::{IPAddressPool, L2Advertisement};
+use crds::{BGPAdvertisement, IPAddressPool, L2Advertisement};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use kube::api::Api;
@@ -76,6 +76,7 @@ pub struct Context {
     pub(crate) namespaces: Store<Namespace>,
     pub(crate) pools: Store<IPAddressPool>,
     pub(crate) advertisements: Store<L2Advertisement>,
+    pub(crate) bgp_advertisements: Store<BGPAdvertisement>,
     pub(crate) services: Store<Service>,
     /// Events go out in order from a queue, off the reconcilers' path.
     pub(crate) events: common::events::Queue,
@@ -172,6 +173,8 @@ pub async fn run(
         reflect(Api::<IPAddressPool>::all(client.clone()), 2);
     let (ad_store, ad_task, mut ad_events) =
         reflect(Api::<L2Advertisement>::all(client.clone()), 1);
+    let (bgp_ad_store, bgp_ad_task, mut bgp_ad_events) =
+        reflect(Api::<BGPAdvertisement>::all(client.clone()), 1);
 
     let services: Api<Service> = Api::all(client.clone());
     // The Controller reconciles applied Services only; deletions are taken from the same watch
@@ -196,6 +199,7 @@ pub async fn run(
         namespaces: ns_store.clone(),
         pools: pool_store.clone(),
         advertisements: ad_store.clone(),
+        bgp_advertisements: bgp_ad_store.clone(),
         services: svc_store.clone(),
         events: common::events::Queue::start(
             Recorder::new(
@@ -224,6 +228,10 @@ pub async fn run(
         .with_config(controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
         .watches_stream(ns_events.remove(0), services::namespace_mapper(&ctx))
         .watches_stream(ad_events.remove(0), services::advertisement_mapper(&ctx))
+        .watches_stream(
+            bgp_ad_events.remove(0),
+            services::advertisement_mapper(&ctx),
+        )
         .watches_stream(pool_events.remove(0), services::pool_mapper(&ctx))
         .reconcile_on(UnboundedReceiverStream::new(requeue_services_rx));
     let pool_controller = Controller::for_stream(pool_events.remove(0), pool_store.clone())
@@ -232,6 +240,7 @@ pub async fn run(
 
     ns_store.wait_until_ready().await.ok();
     ad_store.wait_until_ready().await.ok();
+    bgp_ad_store.wait_until_ready().await.ok();
     pool_store.wait_until_ready().await.ok();
     crate::restore::restore(&ctx, &services).await?;
     ready();
@@ -247,7 +256,14 @@ pub async fn run(
         .run(services::reconcile, services::error_policy, ctx.clone())
         .for_each(|_| async {});
     futures::future::join(services_run, pools_run).await;
-    for task in [ns_task, pool_task, ad_task, release_task, sweep_task] {
+    for task in [
+        ns_task,
+        pool_task,
+        ad_task,
+        bgp_ad_task,
+        release_task,
+        sweep_task,
+    ] {
         task.abort();
     }
     Ok(())

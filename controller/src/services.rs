@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use allocator::{Labels, ServiceKey};
 use common::events::EventType;
-use crds::{IPAddressPool, L2Advertisement};
+use crds::IPAddressPool;
 use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Service};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
@@ -145,7 +145,7 @@ async fn assign(
     if let Some(pool) = &pool
         && !advertised(ctx, pool)
     {
-        publish(ctx, reference, EventType::Warning, "NotAdvertised", format!("pool {pool} is covered by no L2Advertisement, so no node announces {}; create one that selects the pool", join(&ips))).await;
+        publish(ctx, reference, EventType::Warning, "NotAdvertised", format!("pool {pool} is covered by no L2Advertisement or BGPAdvertisement, so no node announces {}; create one that selects the pool", join(&ips))).await;
     }
     if let Some(orphan) = assignment.addresses.iter().find(|a| a.pool.is_none()) {
         publish(ctx, reference, EventType::Warning, "AddressOutsidePools", format!("{} is no longer in any pool; the Service keeps it until it is deleted or asks for another address", orphan.ip)).await;
@@ -199,7 +199,7 @@ async fn tell_about_metallb(ctx: &Context, view: &model::Service, reference: &Ob
     .await;
 }
 
-/// Whether some L2Advertisement covers the pool.
+/// Whether some L2Advertisement or BGPAdvertisement covers the pool.
 fn advertised(ctx: &Context, pool: &str) -> bool {
     let labels = ctx
         .pools
@@ -210,6 +210,9 @@ fn advertised(ctx: &Context, pool: &str) -> bool {
         .state()
         .iter()
         .any(|ad| crds::read::advertisement(ad).covers_pool(pool, &labels))
+        || ctx.bgp_advertisements.state().iter().any(|ad| {
+            crds::read::bgp_advertisement(ad).is_ok_and(|ad| ad.scope.covers_pool(pool, &labels))
+        })
 }
 
 pub fn namespace_labels(ctx: &Context, namespace: &str) -> Labels {
@@ -292,9 +295,9 @@ pub fn namespace_mapper(
 
 /// Advertisements decide whether an address will be announced: the Services holding
 /// addresses say again whether theirs is.
-pub fn advertisement_mapper(
+pub fn advertisement_mapper<K>(
     ctx: &Arc<Context>,
-) -> impl Fn(L2Advertisement) -> Vec<ObjectRef<Service>> + Send + Sync + 'static {
+) -> impl Fn(K) -> Vec<ObjectRef<Service>> + Send + Sync + 'static {
     let ctx = Arc::downgrade(ctx);
     move |_| {
         let Some(ctx) = ctx.upgrade() else {

@@ -166,7 +166,26 @@ async fn a_service_gets_an_address_that_answers_and_the_pool_says_so() {
         .await
         .unwrap();
     let after = eventually_events(&lab, "default", "third", "NotAdvertised").await;
-    assert!(after.contains("no L2Advertisement"), "{after}");
+    assert!(
+        after.contains("no L2Advertisement or BGPAdvertisement"),
+        "{after}"
+    );
+    // A pool advertised over BGP alone is advertised.
+    apply(
+        &lab,
+        "apiVersion: ferrolb.io/v1alpha1\nkind: BGPAdvertisement\nmetadata:\n  name: lan\nspec: {}\n",
+    )
+    .await;
+    lab.kubectl(&["delete", "service", "third", "-n", "default"])
+        .await
+        .unwrap();
+    lab.expose(&ServiceSpec::new("default", "fourth"))
+        .await
+        .unwrap();
+    eventually_events(&lab, "default", "fourth", "IPAllocated").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let bgp_only = lab.events("default", "fourth").await.unwrap();
+    assert!(!bgp_only.contains("NotAdvertised"), "{bgp_only}");
     assert!(lab.controller_exited(1).is_none());
 }
 
@@ -325,7 +344,7 @@ async fn every_allocation_rule_against_the_real_api_server() {
     );
     let ev = eventually_events(&lab, "default", "our-class", "NotAdvertised").await;
     assert!(
-        ev.contains("pool lan is covered by no L2Advertisement"),
+        ev.contains("pool lan is covered by no L2Advertisement or BGPAdvertisement"),
         "{ev}"
     );
     let ev = eventually_events(&lab, "default", "metallb", "MetalLBAnnotation").await;
