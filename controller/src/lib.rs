@@ -3,6 +3,7 @@
 
 pub mod lease;
 pub mod metrics;
+pub mod peers;
 pub mod pools;
 pub mod restore;
 pub mod run;

@@ -4,7 +4,8 @@
 //! the allocator before anything new is assigned, so a restart never moves or duplicates an
 //! address. Then one `Controller` reconciles Services ([`crate::services`]), requeued by the
 //! runtime when a namespace, an advertisement or a pool they depend on changes, and another
-//! reconciles pools ([`crate::pools`]): their status, metrics and finalizer.
+//! reconciles pools ([`crate::pools`]): their status, metrics and finalizer; a third, BGPPeers'
+//! status ([`crate::peers`]).
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Debug;
@@ -13,9 +14,9 @@ use std::time::Duration;
 
 use allocator::ServiceKey;
 use common::events::Recorder;
-use crds::{BGPAdvertisement, IPAddressPool, L2Advertisement};
+use crds::{BGPAdvertisement, BGPPeer, IPAddressPool, L2Advertisement};
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Service};
 use kube::api::Api;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -28,6 +29,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::lease::{Fence, Fenced};
 use crate::metrics::Metrics;
+use crate::peers;
 use crate::pools::{self, Reported};
 use crate::services;
 use crate::state::State;
@@ -77,6 +79,8 @@ pub struct Context {
     pub(crate) pools: Store<IPAddressPool>,
     pub(crate) advertisements: Store<L2Advertisement>,
     pub(crate) bgp_advertisements: Store<BGPAdvertisement>,
+    /// Which nodes a BGPPeer selects.
+    pub(crate) nodes: Store<Node>,
     pub(crate) services: Store<Service>,
     /// Events go out in order from a queue, off the reconcilers' path.
     pub(crate) events: common::events::Queue,
@@ -175,6 +179,7 @@ pub async fn run(
         reflect(Api::<L2Advertisement>::all(client.clone()), 1);
     let (bgp_ad_store, bgp_ad_task, mut bgp_ad_events) =
         reflect(Api::<BGPAdvertisement>::all(client.clone()), 1);
+    let (node_store, node_task, mut node_events) = reflect(Api::<Node>::all(client.clone()), 1);
 
     let services: Api<Service> = Api::all(client.clone());
     // The Controller reconciles applied Services only; deletions are taken from the same watch
@@ -200,6 +205,7 @@ pub async fn run(
         pools: pool_store.clone(),
         advertisements: ad_store.clone(),
         bgp_advertisements: bgp_ad_store.clone(),
+        nodes: node_store.clone(),
         services: svc_store.clone(),
         events: common::events::Queue::start(
             Recorder::new(
@@ -238,7 +244,22 @@ pub async fn run(
         .with_config(controller::Config::default().debounce(POOL_DEBOUNCE))
         .reconcile_on(UnboundedReceiverStream::new(requeue_pools_rx));
 
+    // A BGPPeer's status follows its own edits, the speakers' session entries, and the Nodes.
+    let peer_controller = Controller::new(
+        Api::<BGPPeer>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let peers_store = peer_controller.store();
+    let peer_controller = peer_controller.watches_stream(node_events.remove(0), move |_| {
+        peers_store
+            .state()
+            .iter()
+            .map(|peer| ObjectRef::from_obj(peer.as_ref()))
+            .collect::<Vec<_>>()
+    });
+
     ns_store.wait_until_ready().await.ok();
+    node_store.wait_until_ready().await.ok();
     ad_store.wait_until_ready().await.ok();
     bgp_ad_store.wait_until_ready().await.ok();
     pool_store.wait_until_ready().await.ok();
@@ -255,12 +276,17 @@ pub async fn run(
         .shutdown_on_signal()
         .run(services::reconcile, services::error_policy, ctx.clone())
         .for_each(|_| async {});
-    futures::future::join(services_run, pools_run).await;
+    let peers_run = peer_controller
+        .shutdown_on_signal()
+        .run(peers::reconcile, peers::error_policy, ctx.clone())
+        .for_each(|_| async {});
+    futures::future::join3(services_run, pools_run, peers_run).await;
     for task in [
         ns_task,
         pool_task,
         ad_task,
         bgp_ad_task,
+        node_task,
         release_task,
         sweep_task,
     ] {

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use common::events::{EventType, Note};
-use crds::{IPAddressPool, IPAddressPoolStatus};
+use crds::{BGPPeer, BGPPeerStatus, IPAddressPool, IPAddressPoolStatus};
 use k8s_openapi::api::core::v1::{ObjectReference, Service};
 use kube::api::{Api, Patch, PatchParams};
 use model::service::ANNOTATION_ALLOCATED_FROM;
@@ -50,6 +50,22 @@ pub async fn pool_status(
     ctx.fence.check()?;
     let patch = json!({"apiVersion": "ferrolb.io/v1alpha1", "kind": "IPAddressPool", "metadata": {"name": name}, "status": status});
     Api::<IPAddressPool>::all(ctx.client.clone())
+        .patch_status(name, &apply(), &Patch::Apply(&patch))
+        .await?;
+    Ok(())
+}
+
+/// A BGPPeer's counts, `Ready` and observed generation; `sessions` belong to the speakers
+/// (each node applies its own entry), so they are left out of this apply.
+pub async fn peer_status(ctx: &Context, name: &str, status: &BGPPeerStatus) -> Result<(), Error> {
+    ctx.fence.check()?;
+    let patch = json!({"apiVersion": "ferrolb.io/v1alpha1", "kind": "BGPPeer", "metadata": {"name": name}, "status": {
+        "established": status.established,
+        "selected": status.selected,
+        "conditions": status.conditions,
+        "observedGeneration": status.observed_generation,
+    }});
+    Api::<BGPPeer>::all(ctx.client.clone())
         .patch_status(name, &apply(), &Patch::Apply(&patch))
         .await?;
     Ok(())

@@ -148,6 +148,93 @@ impl Community {
     }
 }
 
+/// How a BGPPeer's sessions stand over the nodes it selects: what its status and `Ready`
+/// condition say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerReadiness {
+    pub selected: usize,
+    pub established: usize,
+    pub ready: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// One node's session as its speaker reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportedSession {
+    pub state: String,
+    pub message: Option<String>,
+}
+
+/// Nodes named per reason in a message before the rest are counted.
+const NAMED_NODES: usize = 5;
+
+/// The readiness of a peer selecting `selected` nodes, from the sessions the speakers
+/// reported by node (entries of nodes not selected are ignored).
+pub fn peer_readiness(
+    selected: &std::collections::BTreeSet<String>,
+    sessions: &std::collections::BTreeMap<String, ReportedSession>,
+) -> PeerReadiness {
+    // Nodes waiting for the same reason are named together.
+    let mut waiting: Vec<(String, Vec<&str>)> = Vec::new();
+    let mut established = 0;
+    for node in selected {
+        let why = match sessions.get(node) {
+            Some(s) if s.state == "Established" => {
+                established += 1;
+                continue;
+            }
+            Some(s) => match &s.message {
+                Some(why) => format!("{} ({why})", s.state),
+                None => s.state.clone(),
+            },
+            None => "no session reported (is its speaker running?)".to_string(),
+        };
+        match waiting.iter_mut().find(|(w, _)| *w == why) {
+            Some((_, nodes)) => nodes.push(node),
+            None => waiting.push((why, vec![node])),
+        }
+    }
+    let (ready, reason, message) = if selected.is_empty() {
+        (
+            false,
+            "NoNodeSelected",
+            "the nodeSelectors select no node".to_string(),
+        )
+    } else if waiting.is_empty() {
+        (
+            true,
+            "Established",
+            format!("every selected node ({established}) has its session Established"),
+        )
+    } else {
+        let reasons: Vec<String> = waiting
+            .iter()
+            .map(|(why, nodes)| {
+                let more = nodes.len().saturating_sub(NAMED_NODES);
+                let mut named = nodes[..nodes.len().min(NAMED_NODES)].join(", ");
+                if more > 0 {
+                    named.push_str(&format!(" and {more} more"));
+                }
+                format!("{named}: {why}")
+            })
+            .collect();
+        let message = format!(
+            "{established} of {} selected nodes Established; {}",
+            selected.len(),
+            reasons.join("; ")
+        );
+        (false, "NotEstablished", message)
+    };
+    PeerReadiness {
+        selected: selected.len(),
+        established,
+        ready,
+        reason,
+        message,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,5 +285,64 @@ mod tests {
         };
         assert!(!named.to_peer("tor-a"));
         assert!(named.to_peer("tor-b"));
+    }
+
+    fn session(state: &str, message: Option<&str>) -> ReportedSession {
+        ReportedSession {
+            state: state.into(),
+            message: message.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn a_peer_is_ready_when_every_selected_node_is_established() {
+        let selected: std::collections::BTreeSet<String> =
+            ["a", "b"].iter().map(|s| s.to_string()).collect();
+        let mut sessions: std::collections::BTreeMap<String, ReportedSession> = [
+            ("a".to_string(), session("Established", None)),
+            ("b".to_string(), session("Established", None)),
+            // Not selected any more: ignored.
+            ("z".to_string(), session("Active", Some("refused"))),
+        ]
+        .into();
+        let r = peer_readiness(&selected, &sessions);
+        assert_eq!((r.selected, r.established, r.ready), (2, 2, true));
+        assert_eq!(r.reason, "Established");
+
+        sessions.insert(
+            "b".into(),
+            session("Active", Some("no answer from 192.0.2.1:179")),
+        );
+        let r = peer_readiness(&selected, &sessions);
+        assert_eq!(
+            (r.established, r.ready, r.reason),
+            (1, false, "NotEstablished")
+        );
+        assert_eq!(
+            r.message,
+            "1 of 2 selected nodes Established; b: Active (no answer from 192.0.2.1:179)"
+        );
+
+        sessions.remove("a");
+        let r = peer_readiness(&selected, &sessions);
+        assert!(
+            r.message.contains("a: no session reported"),
+            "{}",
+            r.message
+        );
+        assert_eq!(r.established, 0);
+    }
+
+    #[test]
+    fn a_peer_selecting_no_node_is_not_ready_and_long_lists_are_cut() {
+        let none = peer_readiness(&Default::default(), &Default::default());
+        assert_eq!((none.ready, none.reason), (false, "NoNodeSelected"));
+        let selected: std::collections::BTreeSet<String> =
+            (0..8).map(|i| format!("n{i}")).collect();
+        let r = peer_readiness(&selected, &Default::default());
+        assert_eq!(
+            r.message,
+            "0 of 8 selected nodes Established; n0, n1, n2, n3, n4 and 3 more: no session reported (is its speaker running?)"
+        );
     }
 }

@@ -38,8 +38,10 @@ pub struct Peer {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
     pub state: State,
-    /// Why it last went down, for the condition and the Event.
+    /// Why it last went down or could not connect, for the status and the Event.
     pub last_down: Option<String>,
+    /// The hold time both ends agreed on, while Established.
+    pub hold_time: Option<std::time::Duration>,
     /// Prefixes the router holds from this session.
     pub advertised: usize,
     pub updates_sent: u64,
@@ -54,6 +56,7 @@ impl Default for Status {
         Status {
             state: State::Idle,
             last_down: None,
+            hold_time: None,
             advertised: 0,
             updates_sent: 0,
             established: 0,
@@ -104,8 +107,18 @@ pub async fn run(
         for output in pending.drain(..) {
             let written = match output {
                 Output::Connect => {
-                    if let Some(old) = connecting.take() {
+                    if let Some(old) = connecting.take()
+                        && !old.is_finished()
+                    {
                         old.abort();
+                        // The router's kernel drops SYNs without the right MD5 signature: a
+                        // silent router is most often that.
+                        status.send_modify(|s| {
+                            s.last_down = Some(format!(
+                                "no answer from {} within {:?}: a wrong or missing TCP MD5 password, a firewall, or a router not configured for this node",
+                                peer.address, peer.config.connect_retry
+                            ))
+                        });
                     }
                     reader = None;
                     writer = None;
@@ -146,10 +159,12 @@ pub async fn run(
                     // would block the owner's next update, and it is not Send).
                     let wanted = routes.borrow_and_update().clone();
                     let result = sync(&mut writer, &peer, &state, &wanted, &mut sent).await;
+                    let hold_time = state.negotiated.hold_time;
                     established = Some(state);
                     status.send_modify(|s| {
                         s.established += 1;
                         s.last_down = None;
+                        s.hold_time = Some(hold_time);
                     });
                     result.map(|updates| status.send_modify(|s| s.updates_sent += updates))
                 }
@@ -157,7 +172,10 @@ pub async fn run(
                     established = None;
                     sent.clear();
                     tracing::info!(peer = %peer.name, %why, "BGP session down");
-                    status.send_modify(|s| s.last_down = Some(why.to_string()));
+                    status.send_modify(|s| {
+                        s.last_down = Some(why.to_string());
+                        s.hold_time = None;
+                    });
                     Ok(())
                 }
             };
@@ -199,6 +217,9 @@ pub async fn run(
                     }
                     Ok(Err(error)) => {
                         tracing::debug!(peer = %peer.name, %error, "BGP connection failed");
+                        status.send_modify(|s| {
+                            s.last_down = Some(format!("cannot connect to {}: {error}", peer.address))
+                        });
                         session.handle(Input::TcpClosed, Instant::now())
                     }
                     // Aborted by a newer attempt: nothing to tell.

@@ -9,7 +9,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crds::BGPPeer;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
@@ -33,6 +39,8 @@ pub const PASSWORD_KEY: &str = "password";
 /// How often the sessions are reconciled without a change: a password Secret that was
 /// missing is looked for again.
 const RETRY: Duration = Duration::from_secs(30);
+/// How often a password Secret that kept a session from starting is read again.
+const SECRET_RETRY: Duration = Duration::from_secs(5);
 /// Changes arriving this close together are taken in one reconcile.
 const DEBOUNCE: Duration = Duration::from_millis(50);
 /// How long closing sessions may take to send their Cease.
@@ -81,17 +89,30 @@ struct Wanted {
 
 struct Running {
     wanted: Wanted,
+    /// Set when the peer no longer selects this node: its status entry goes with the session.
+    forget: Arc<AtomicBool>,
     routes: watch::Sender<Routes>,
     stop: watch::Sender<bool>,
     status: watch::Receiver<Status>,
     task: JoinHandle<()>,
 }
 
+/// What the task keeps between reconciles.
+#[derive(Default)]
+struct Memory {
+    sessions: BTreeMap<String, Running>,
+    /// Sessions told to close, until they have sent their Cease.
+    closing: Vec<JoinHandle<()>>,
+    bfd: Option<Bfd>,
+    /// Password Secrets as last read, and when.
+    secrets: BTreeMap<String, (Instant, Result<Vec<u8>, String>)>,
+    /// Why a peer has no session, as last written to its status.
+    no_session: BTreeMap<String, String>,
+}
+
 /// Runs until `config.stop` turns true, then stops gracefully and returns.
 pub async fn run(mut config: Config) {
-    let mut sessions: BTreeMap<String, Running> = BTreeMap::new();
-    let mut closing: Vec<JoinHandle<()>> = Vec::new();
-    let mut bfd: Option<Bfd> = None;
+    let mut memory = Memory::default();
     let mut live = BTreeSet::new();
     loop {
         let stopping = *config.stop.borrow_and_update();
@@ -112,7 +133,7 @@ pub async fn run(mut config: Config) {
                 .chain([config.me.clone()])
                 .collect();
         }
-        reconcile(&config, phase, &live, &mut sessions, &mut closing, &mut bfd).await;
+        reconcile(&config, phase, &live, &mut memory).await;
         if stopping {
             break;
         }
@@ -124,6 +145,11 @@ pub async fn run(mut config: Config) {
         }
         tokio::time::sleep(DEBOUNCE).await;
     }
+    let Memory {
+        mut sessions,
+        mut closing,
+        ..
+    } = memory;
     let established = sessions
         .values()
         .any(|s| s.status.borrow().state == speaker_core::bgp::State::Established);
@@ -138,14 +164,14 @@ pub async fn run(mut config: Config) {
     let _ = tokio::time::timeout(CLOSE_WAIT, futures::future::join_all(closing)).await;
 }
 
-async fn reconcile(
-    config: &Config,
-    phase: Phase,
-    live: &BTreeSet<NodeName>,
-    sessions: &mut BTreeMap<String, Running>,
-    closing: &mut Vec<JoinHandle<()>>,
-    bfd: &mut Option<Bfd>,
-) {
+async fn reconcile(config: &Config, phase: Phase, live: &BTreeSet<NodeName>, memory: &mut Memory) {
+    let Memory {
+        sessions,
+        closing,
+        bfd,
+        secrets,
+        no_session,
+    } = memory;
     let peers = config.stores.bgp_peers_of(config.me.as_str());
     if peers.is_empty() && sessions.is_empty() {
         return;
@@ -155,14 +181,49 @@ async fn reconcile(
     for peer in &peers {
         let password = match &peer.password_secret {
             None => None,
-            Some(secret) => match password(config, secret).await {
-                Ok(password) => Some(password),
-                Err(e) => {
-                    tracing::warn!(peer = peer.name, "BGP: no session: {e}");
-                    continue;
+            Some(secret) => {
+                // Read again at most every RETRY (a changed password restarts the session
+                // within that), every few seconds while it keeps the session from starting.
+                let max_age = if sessions.contains_key(&peer.name) {
+                    RETRY
+                } else {
+                    SECRET_RETRY
+                };
+                let fresh = secrets
+                    .get(secret)
+                    .is_some_and(|(at, _)| at.elapsed() < max_age);
+                if !fresh {
+                    secrets.insert(
+                        secret.clone(),
+                        (Instant::now(), password(config, secret).await),
+                    );
                 }
-            },
+                match &secrets[secret].1 {
+                    Ok(password) => Some(password.clone()),
+                    Err(e) => {
+                        if no_session.get(&peer.name) != Some(e) {
+                            tracing::warn!(peer = peer.name, "BGP: no session: {e}");
+                            let entry = serde_json::json!({
+                                "node": config.me.as_str(),
+                                "state": "Idle",
+                                "since": Time(k8s_openapi::jiff::Timestamp::now()),
+                                "message": e,
+                            });
+                            apply_sessions(
+                                &Api::all(config.client.clone()),
+                                &peer.name,
+                                &manager(&config.me),
+                                vec![entry],
+                            )
+                            .await;
+                            no_session.insert(peer.name.clone(), e.clone());
+                        }
+                        continue;
+                    }
+                }
+            }
         };
+        no_session.remove(&peer.name);
         let bfd = peer.bfd_profile.as_ref().and_then(|name| {
             let profile = config.stores.bfd_profile(name);
             if profile.is_none() {
@@ -193,6 +254,9 @@ async fn reconcile(
     for name in stale {
         let running = sessions.remove(&name).expect("listed");
         tracing::info!(peer = name, "BGP: closing the session");
+        if !wanted.contains_key(&name) {
+            running.forget.store(true, Ordering::Relaxed);
+        }
         running.stop.send_replace(true);
         if let (Some(bfd), Some(_)) = (bfd.as_ref(), &running.wanted.bfd) {
             bfd.remove(running.wanted.peer.address);
@@ -217,7 +281,7 @@ async fn reconcile(
                     .map(|bfd| bfd.add(wanted.peer.address, wanted.peer.source, profile.into()))
             }
         };
-        sessions.insert(name, start(&wanted, bfd_state));
+        sessions.insert(name, start(config, &wanted, bfd_state));
     }
     if sessions.is_empty() {
         return;
@@ -241,7 +305,11 @@ async fn reconcile(
     }
 }
 
-fn start(wanted: &Wanted, bfd: Option<watch::Receiver<speaker_core::bfd::State>>) -> Running {
+fn start(
+    config: &Config,
+    wanted: &Wanted,
+    bfd: Option<watch::Receiver<speaker_core::bfd::State>>,
+) -> Running {
     let peer = &wanted.peer;
     let (routes, routes_rx) = watch::channel(Routes::new());
     let (status_tx, status) = watch::channel(Status::default());
@@ -263,9 +331,17 @@ fn start(wanted: &Wanted, bfd: Option<watch::Receiver<speaker_core::bfd::State>>
     };
     tracing::info!(peer = peer.name, address = %session.address, asn = peer.peer_asn, bfd = wanted.bfd.is_some(), "BGP: starting a session");
     let task = tokio::spawn(bgp::run(session, routes_rx, status_tx, stop_rx, bfd));
-    tokio::spawn(log_states(peer.name.clone(), status.clone()));
+    let forget = Arc::new(AtomicBool::new(false));
+    tokio::spawn(report(
+        peer.name.clone(),
+        config.me.clone(),
+        config.client.clone(),
+        status.clone(),
+        forget.clone(),
+    ));
     Running {
         wanted: wanted.clone(),
+        forget,
         routes,
         stop,
         status,
@@ -273,15 +349,94 @@ fn start(wanted: &Wanted, bfd: Option<watch::Receiver<speaker_core::bfd::State>>
     }
 }
 
-/// Logs each change of a session's state, with why it went down.
-async fn log_states(peer: String, mut status: watch::Receiver<Status>) {
-    let mut last = status.borrow_and_update().state;
-    while status.changed().await.is_ok() {
+/// Logs each change of a session and writes this node's entry of the BGPPeer's
+/// `status.sessions` (server-side apply with a field manager per node: each node owns its own
+/// entry). When the session ends with `forget` set, the entry goes.
+async fn report(
+    peer: String,
+    me: NodeName,
+    client: Client,
+    mut status: watch::Receiver<Status>,
+    forget: Arc<AtomicBool>,
+) {
+    let api: Api<BGPPeer> = Api::all(client);
+    let manager = manager(&me);
+    let mut written: Option<serde_json::Value> = None;
+    let mut state = None;
+    let mut since = Time(k8s_openapi::jiff::Timestamp::now());
+    loop {
         let now = status.borrow_and_update().clone();
-        if now.state != last {
-            tracing::info!(peer, from = ?last, to = ?now.state, reason = now.last_down.as_deref().unwrap_or(""), advertised = now.advertised, "BGP session");
-            last = now.state;
+        if state != Some(now.state) {
+            if let Some(from) = state {
+                tracing::info!(peer, ?from, to = ?now.state, reason = now.last_down.as_deref().unwrap_or(""), advertised = now.advertised, "BGP session");
+            }
+            state = Some(now.state);
+            since = Time(k8s_openapi::jiff::Timestamp::now());
         }
+        let entry = session_entry(me.as_str(), &now, &since);
+        if written.as_ref() != Some(&entry) {
+            apply_sessions(&api, &peer, &manager, vec![entry.clone()]).await;
+            written = Some(entry);
+        }
+        if status.changed().await.is_err() {
+            break;
+        }
+        // A flapping session writes at most twice a second.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    if forget.load(Ordering::Relaxed) {
+        apply_sessions(&api, &peer, &manager, vec![]).await;
+    }
+}
+
+/// The field manager of this node's entries: one per node, so each owns its own.
+fn manager(me: &NodeName) -> String {
+    format!("ferrolb-speaker/{}", me.as_str())
+        .chars()
+        .take(128)
+        .collect()
+}
+
+/// One node's entry of `BGPPeer.status.sessions`.
+fn session_entry(node: &str, status: &Status, since: &Time) -> serde_json::Value {
+    let established = status.state == speaker_core::bgp::State::Established;
+    let mut entry = serde_json::json!({
+        "node": node,
+        "state": format!("{:?}", status.state),
+        "since": since,
+    });
+    if let Some(hold) = status.hold_time.filter(|_| established) {
+        entry["holdTimeSeconds"] = hold.as_secs().into();
+    }
+    if let Some(bfd) = status.bfd {
+        entry["bfd"] = format!("{bfd:?}").into();
+    }
+    if let Some(why) = status.last_down.as_ref().filter(|_| !established) {
+        entry["message"] = why.clone().into();
+    }
+    entry
+}
+
+async fn apply_sessions(
+    api: &Api<BGPPeer>,
+    peer: &str,
+    manager: &str,
+    sessions: Vec<serde_json::Value>,
+) {
+    let patch = serde_json::json!({
+        "apiVersion": "ferrolb.io/v1alpha1",
+        "kind": "BGPPeer",
+        "status": { "sessions": sessions },
+    });
+    if let Err(e) = api
+        .patch_status(
+            peer,
+            &PatchParams::apply(manager).force(),
+            &Patch::Apply(patch),
+        )
+        .await
+    {
+        tracing::warn!(peer, "BGP: cannot write the session's status: {e}");
     }
 }
 

@@ -1901,15 +1901,48 @@ async fn advertised_by(lab: &Lab, frr: &lab::router::Frr, prefix: &str, nodes: &
     }
 }
 
+/// A BGPPeer's status once `done` holds: `(selected, established, Ready status, reason,
+/// message)`, and the session entries by node (fails after `within`).
+async fn peer_status_when(
+    lab: &Lab,
+    name: &str,
+    within: Duration,
+    done: impl Fn(&crds::BGPPeerStatus) -> bool,
+) -> crds::BGPPeerStatus {
+    let api: Api<crds::BGPPeer> = Api::all(lab.client());
+    let deadline = Instant::now() + within;
+    loop {
+        let status = api.get(name).await.unwrap().status.unwrap_or_default();
+        if done(&status) {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "BGPPeer {name}'s status stayed {status:#?}\n{}",
+            speaker_logs(lab)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn ready(
+    status: &crds::BGPPeerStatus,
+) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    status.conditions.iter().find(|c| c.type_ == "Ready")
+}
+
 /// BGP mode end to end, configured as a user would: a BGPPeer with its password Secret and a
-/// BGPAdvertisement. Every speaker opens a TCP-MD5-signed session to FRR and advertises the
-/// Service's address with itself as next hop and the community asked for; a cordoned node
-/// withdraws; a stopping speaker withdraws first and closes its session only after that.
+/// BGPAdvertisement. With a wrong password no session comes up and the BGPPeer's `Ready`
+/// says why; with the right one every speaker opens a TCP-MD5-signed session to FRR, the
+/// status counts them, and each advertises the Service's address with itself as next hop and
+/// the community asked for; a cordoned node withdraws; a stopping speaker withdraws first and
+/// closes its session only after that.
 #[tokio::test]
 #[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
 async fn bgp_mode_advertises_a_service_from_every_node_to_the_router() {
     lab::require_lab!();
     let mut lab = lab_with_speakers(LabConfig::bare(3)).await;
+    lab.start_controller(&controller_binary(), 1).await.unwrap();
     let router = lab.add_foreign_host(&[]).unwrap();
     let router_ip = lab::plan::foreign_v4(1);
     let neighbours: String = (1..=3)
@@ -1925,13 +1958,48 @@ async fn bgp_mode_advertises_a_service_from_every_node_to_the_router() {
         ),
     )
     .unwrap();
+    let secret = |password: &str| {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: tor-password\n  namespace: ferrolb-system\ntype: kubernetes.io/basic-auth\nstringData:\n  password: {password}\n"
+        )
+    };
     lab.apply(&format!(
-        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: tor-password\n  namespace: ferrolb-system\ntype: kubernetes.io/basic-auth\nstringData:\n  password: s3cret\n---\napiVersion: ferrolb.io/v1alpha1\nkind: BGPPeer\nmetadata:\n  name: tor\nspec:\n  myASN: 64513\n  peerASN: 64512\n  peerAddress: {router_ip}\n  connectTime: 1s\n  passwordSecret:\n    name: tor-password\n---\napiVersion: ferrolb.io/v1alpha1\nkind: BGPAdvertisement\nmetadata:\n  name: lan\nspec:\n  communities: [\"64512:100\"]\n"
+        "{}---\napiVersion: ferrolb.io/v1alpha1\nkind: BGPPeer\nmetadata:\n  name: tor\nspec:\n  myASN: 64513\n  peerASN: 64512\n  peerAddress: {router_ip}\n  connectTime: 1s\n  passwordSecret:\n    name: tor-password\n---\napiVersion: ferrolb.io/v1alpha1\nkind: BGPAdvertisement\nmetadata:\n  name: lan\nspec:\n  communities: [\"64512:100\"]\n",
+        secret("wrong")
     ))
     .await
     .unwrap();
-    let vip = ip("198.51.100.200");
-    expose(&mut lab, "web", "Cluster", "SingleStack", &[vip]).await;
+    let status = peer_status_when(&lab, "tor", Duration::from_secs(30), |s| {
+        s.sessions.len() == 3
+            && s.sessions
+                .iter()
+                .all(|e| e.message.as_deref().is_some_and(|m| m.contains("MD5")))
+            && ready(s).is_some_and(|c| c.reason == "NotEstablished" && c.message.contains("MD5"))
+    })
+    .await;
+    assert_eq!((status.selected, status.established), (Some(3), Some(0)));
+    assert_eq!(ready(&status).unwrap().status, "False");
+    println!("with a wrong password: {}", ready(&status).unwrap().message);
+
+    // The right password is read within the re-read period (30 s).
+    lab.apply(&secret("s3cret")).await.unwrap();
+    let status = peer_status_when(&lab, "tor", Duration::from_secs(60), |s| {
+        ready(s).is_some_and(|c| c.status == "True")
+    })
+    .await;
+    assert_eq!((status.selected, status.established), (Some(3), Some(3)));
+    assert!(
+        status.sessions.iter().all(|e| e.state == "Established"
+            // FRR's datacenter defaults offer 9 s, less than our 90: the smaller is agreed.
+            && e.hold_time_seconds == Some(9)
+            && e.message.is_none()),
+        "{status:#?}"
+    );
+
+    lab.expose(&ServiceSpec::new("default", "web"))
+        .await
+        .unwrap();
+    let vip = assigned(&lab, "web", 1).await[0];
     let prefix = format!("{vip}/32");
     advertised_by(&lab, &frr, &prefix, &[1, 2, 3]).await;
     let hops = frr_next_hops(&frr, &prefix);
