@@ -17,6 +17,10 @@ impl Lab {
     /// Node `i` dies as a machine would: its speaker and kube-proxy killed, heartbeat stopped,
     /// LAN link down; with kubelets, the kubelet, containerd and every pod process too.
     pub fn kill_node(&mut self, i: usize) -> Result<()> {
+        // The link first: a dead machine says nothing, but a killed process's kernel would
+        // still close its TCP connections (a BGP session's FIN tells the router at once).
+        self.lan
+            .ip(&["link", "set", &format!("{}-n{i}", self.prefix), "down"])?;
         if self.agents.is_some() {
             self.kill_node_agent(i);
         }
@@ -30,8 +34,6 @@ impl Lab {
         if let Some(h) = node.heartbeat.take() {
             h.abort();
         }
-        self.lan
-            .ip(&["link", "set", &format!("{}-n{i}", self.prefix), "down"])?;
         Ok(())
     }
 
