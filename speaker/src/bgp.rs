@@ -47,6 +47,10 @@ pub struct Status {
     pub updates_sent: u64,
     /// Times it reached Established.
     pub established: u64,
+    /// Times it went down from OpenSent, OpenConfirm or Established.
+    pub downs: u64,
+    /// Times its BFD session left Up.
+    pub bfd_downs: u64,
     /// The BFD session's state, for peers with a BFD profile.
     pub bfd: Option<BfdState>,
 }
@@ -60,6 +64,8 @@ impl Default for Status {
             advertised: 0,
             updates_sent: 0,
             established: 0,
+            downs: 0,
+            bfd_downs: 0,
             bfd: None,
         }
     }
@@ -175,6 +181,7 @@ pub async fn run(
                     status.send_modify(|s| {
                         s.last_down = Some(why.to_string());
                         s.hold_time = None;
+                        s.downs += 1;
                     });
                     Ok(())
                 }
@@ -276,7 +283,10 @@ pub async fn run(
                     bfd = None;
                 }
                 let up = state == Some(BfdState::Up);
-                status.send_modify(|s| s.bfd = state);
+                status.send_modify(|s| {
+                    s.bfd = state;
+                    s.bfd_downs += u64::from(bfd_up && !up);
+                });
                 if bfd_up && !up {
                     pending = session.handle(Input::BfdDown, Instant::now());
                 }

@@ -17,9 +17,16 @@ use crds::BGPPeer;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 
+use common::events::{EventType, Note, Recorder};
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 use model::bgp::{BfdProfile, BgpPeer};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use speaker_core::bgp::rib::Routes;
 use speaker_core::bgp::{Families, PeerConfig};
 use speaker_core::decide::bgp::{Phase, plan};
@@ -59,6 +66,77 @@ pub struct Config {
     pub stop: watch::Receiver<bool>,
     /// Between withdrawing for the stop and closing the sessions.
     pub stop_wait: Duration,
+    pub metrics: Metrics,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabels {
+    pub peer: String,
+}
+
+/// BGP mode's metrics, one series per BGPPeer this node has a session to.
+#[derive(Clone, Default)]
+pub struct Metrics {
+    pub session_up: Family<PeerLabels, Gauge>,
+    pub prefixes_advertised: Family<PeerLabels, Gauge>,
+    pub updates_sent: Family<PeerLabels, Counter>,
+    pub sessions_established: Family<PeerLabels, Counter>,
+    pub sessions_down: Family<PeerLabels, Counter>,
+    pub bfd_up: Family<PeerLabels, Gauge>,
+    pub bfd_downs: Family<PeerLabels, Counter>,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Metrics {
+        let m = Metrics::default();
+        let r = registry.sub_registry_with_prefix("ferrolb_speaker");
+        r.register(
+            "bgp_session_up",
+            "1 while the BGP session to the peer is Established",
+            m.session_up.clone(),
+        );
+        r.register(
+            "bgp_prefixes_advertised",
+            "Prefixes the peer holds from this node",
+            m.prefixes_advertised.clone(),
+        );
+        r.register(
+            "bgp_updates_sent",
+            "UPDATE messages sent to the peer",
+            m.updates_sent.clone(),
+        );
+        r.register(
+            "bgp_sessions_established",
+            "Times the session to the peer reached Established",
+            m.sessions_established.clone(),
+        );
+        r.register(
+            "bgp_sessions_down",
+            "Times the session to the peer went down after it had opened",
+            m.sessions_down.clone(),
+        );
+        r.register(
+            "bfd_up",
+            "1 while the BFD session to the peer is Up (peers with a BFD profile)",
+            m.bfd_up.clone(),
+        );
+        r.register(
+            "bfd_downs",
+            "Times the BFD session to the peer left Up (each takes the BGP session down)",
+            m.bfd_downs.clone(),
+        );
+        m
+    }
+
+    fn forget(&self, labels: &PeerLabels) {
+        self.session_up.remove(labels);
+        self.prefixes_advertised.remove(labels);
+        self.updates_sent.remove(labels);
+        self.sessions_established.remove(labels);
+        self.sessions_down.remove(labels);
+        self.bfd_up.remove(labels);
+        self.bfd_downs.remove(labels);
+    }
 }
 
 /// Passes every change on to layer 2 mode's loop and pokes BGP mode.
@@ -330,12 +408,17 @@ fn start(
         },
     };
     tracing::info!(peer = peer.name, address = %session.address, asn = peer.peer_asn, bfd = wanted.bfd.is_some(), "BGP: starting a session");
+    let address = session.address;
     let task = tokio::spawn(bgp::run(session, routes_rx, status_tx, stop_rx, bfd));
     let forget = Arc::new(AtomicBool::new(false));
     tokio::spawn(report(
-        peer.name.clone(),
-        config.me.clone(),
-        config.client.clone(),
+        Reporter {
+            peer: peer.name.clone(),
+            address,
+            me: config.me.clone(),
+            client: config.client.clone(),
+            metrics: config.metrics.clone(),
+        },
         status.clone(),
         forget.clone(),
     ));
@@ -349,21 +432,41 @@ fn start(
     }
 }
 
-/// Logs each change of a session and writes this node's entry of the BGPPeer's
-/// `status.sessions` (server-side apply with a field manager per node: each node owns its own
-/// entry). When the session ends with `forget` set, the entry goes.
-async fn report(
+/// Where a session's reports go.
+struct Reporter {
     peer: String,
+    address: SocketAddr,
     me: NodeName,
     client: Client,
-    mut status: watch::Receiver<Status>,
-    forget: Arc<AtomicBool>,
-) {
-    let api: Api<BGPPeer> = Api::all(client);
+    metrics: Metrics,
+}
+
+/// Logs each change of a session, keeps its metrics, publishes an Event when it opens or goes
+/// down, and writes this node's entry of the BGPPeer's `status.sessions` (server-side apply
+/// with a field manager per node: each node owns its own entry). When the session ends with
+/// `forget` set, the entry and the metrics go.
+async fn report(to: Reporter, mut status: watch::Receiver<Status>, forget: Arc<AtomicBool>) {
+    let Reporter {
+        peer,
+        address,
+        me,
+        client,
+        metrics,
+    } = to;
+    let api: Api<BGPPeer> = Api::all(client.clone());
+    let recorder = Recorder::new(client, "ferrolb-speaker", me.as_str());
+    let regarding = ObjectReference {
+        api_version: Some("ferrolb.io/v1alpha1".into()),
+        kind: Some("BGPPeer".into()),
+        name: Some(peer.clone()),
+        ..ObjectReference::default()
+    };
+    let labels = PeerLabels { peer: peer.clone() };
     let manager = manager(&me);
     let mut written: Option<serde_json::Value> = None;
     let mut state = None;
     let mut since = Time(k8s_openapi::jiff::Timestamp::now());
+    let mut seen = Status::default();
     loop {
         let now = status.borrow_and_update().clone();
         if state != Some(now.state) {
@@ -373,6 +476,65 @@ async fn report(
             state = Some(now.state);
             since = Time(k8s_openapi::jiff::Timestamp::now());
         }
+        let up = now.state == speaker_core::bgp::State::Established;
+        metrics.session_up.get_or_create(&labels).set(i64::from(up));
+        metrics
+            .prefixes_advertised
+            .get_or_create(&labels)
+            .set(i64::try_from(now.advertised).unwrap_or(i64::MAX));
+        metrics
+            .bfd_up
+            .get_or_create(&labels)
+            .set(i64::from(now.bfd == Some(speaker_core::bfd::State::Up)));
+        for (family, before, after) in [
+            (&metrics.updates_sent, seen.updates_sent, now.updates_sent),
+            (
+                &metrics.sessions_established,
+                seen.established,
+                now.established,
+            ),
+            (&metrics.sessions_down, seen.downs, now.downs),
+            (&metrics.bfd_downs, seen.bfd_downs, now.bfd_downs),
+        ] {
+            family
+                .get_or_create(&labels)
+                .inc_by(after.saturating_sub(before));
+        }
+        let mut notes = Vec::new();
+        if now.downs > seen.downs {
+            notes.push(Note {
+                type_: EventType::Warning,
+                reason: "BGPSessionDown".into(),
+                action: "Peer".into(),
+                note: format!(
+                    "node {}: the session to {address} went down: {}",
+                    me.as_str(),
+                    now.last_down.as_deref().unwrap_or("no reason given")
+                ),
+            });
+        }
+        if now.established > seen.established && up {
+            notes.push(Note {
+                type_: EventType::Normal,
+                reason: "BGPSessionEstablished".into(),
+                action: "Peer".into(),
+                note: format!(
+                    "node {}: the session to {address} is Established (hold time {}s)",
+                    me.as_str(),
+                    now.hold_time.map_or(0, |h| h.as_secs())
+                ),
+            });
+        }
+        for note in notes {
+            match tokio::time::timeout(Duration::from_secs(5), recorder.publish(&note, &regarding))
+                .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(peer, "cannot publish event {}: {e}", note.reason),
+                Err(_) => tracing::warn!(peer, "cannot publish event {}: timed out", note.reason),
+            }
+        }
+        seen = now.clone();
         let entry = session_entry(me.as_str(), &now, &since);
         if written.as_ref() != Some(&entry) {
             apply_sessions(&api, &peer, &manager, vec![entry.clone()]).await;
@@ -385,6 +547,7 @@ async fn report(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     if forget.load(Ordering::Relaxed) {
+        metrics.forget(&labels);
         apply_sessions(&api, &peer, &manager, vec![]).await;
     }
 }

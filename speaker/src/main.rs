@@ -117,6 +117,7 @@ async fn main() -> anyhow::Result<()> {
     let announcer_metrics = announce::Metrics::register(&mut registry);
     let metrics = run::Metrics::register(&mut registry);
     let reach_metrics = speaker::reach::Metrics::register(&mut registry);
+    let bgp_metrics = speaker::bgp_mode::Metrics::register(&mut registry);
     let ready = Readiness::default();
     let live = Liveness::default();
     // Generous against the 100 ms beats: a busy machine is not a dead loop.
@@ -245,6 +246,7 @@ async fn main() -> anyhow::Result<()> {
         wake: bgp_wake,
         stop: stop.clone(),
         stop_wait: Duration::from_millis(args.bgp_stop_wait_ms),
+        metrics: bgp_metrics,
     }));
     // Layer 2 hands over and BGP withdraws at the same time; the process ends when both did.
     let mut l2_stop = stop;

@@ -2004,6 +2004,41 @@ async fn bgp_mode_advertises_a_service_from_every_node_to_the_router() {
     advertised_by(&lab, &frr, &prefix, &[1, 2, 3]).await;
     let hops = frr_next_hops(&frr, &prefix);
     assert!(hops.values().all(|c| c == "64512:100"), "{hops:?}");
+    // Each node's metrics and an Event per opened session.
+    for i in 1..=3 {
+        let want = [
+            ("ferrolb_speaker_bgp_session_up", 1.0),
+            ("ferrolb_speaker_bgp_prefixes_advertised", 1.0),
+            ("ferrolb_speaker_bgp_sessions_established_total", 1.0),
+        ];
+        // The metrics follow the session within half a second.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let text = lab.speaker_metrics(i).await.unwrap();
+            let seen: Vec<f64> = want
+                .iter()
+                .map(|(name, _)| metric_sum(&text, name, r#"peer="tor""#))
+                .collect();
+            if seen == want.map(|(_, v)| v) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {i}: {want:?} != {seen:?}\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let events = lab.events("default", "tor").await.unwrap();
+        if events.matches("BGPSessionEstablished").count() == 3 {
+            assert!(events.contains("node node-1: the session to"), "{events}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no Event per session:\n{events}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     lab.cordon(2, true).await.unwrap();
     advertised_by(&lab, &frr, &prefix, &[1, 3]).await;
