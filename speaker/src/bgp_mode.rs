@@ -304,7 +304,7 @@ async fn reconcile(config: &Config, phase: Phase, live: &BTreeSet<NodeName>, mem
         no_session.remove(&peer.name);
         let bfd = peer.bfd_profile.as_ref().and_then(|name| {
             let profile = config.stores.bfd_profile(name);
-            if profile.is_none() {
+            if profile.is_none() && !sessions.contains_key(&peer.name) {
                 tracing::warn!(
                     peer = peer.name,
                     profile = name,
@@ -332,7 +332,9 @@ async fn reconcile(config: &Config, phase: Phase, live: &BTreeSet<NodeName>, mem
     for name in stale {
         let running = sessions.remove(&name).expect("listed");
         tracing::info!(peer = name, "BGP: closing the session");
-        if !wanted.contains_key(&name) {
+        // Not selected any more: its entry goes. (A peer whose password cannot be read keeps
+        // the entry that says so.)
+        if !peers.iter().any(|p| p.name == name) {
             running.forget.store(true, Ordering::Relaxed);
         }
         running.stop.send_replace(true);

@@ -2265,7 +2265,8 @@ impl BgpRouter {
 /// the client to one of them, that node dies (speaker, kube-proxy and link at once), BFD
 /// (300 ms × 3) tells the router's bgpd, which withdraws the node's path, and the client's new
 /// connections go to another node. Figure: the gap between successful new connections (every
-/// 5 ms), as in layer 2 mode. Then a rolling restart and a drain lose no new connection.
+/// 5 ms), as in layer 2 mode. Then a rolling restart and a drain lose at most the connections
+/// caught in the router's rehashing.
 #[tokio::test]
 #[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
 async fn bgp_with_bfd_fails_over_a_dead_node() {
@@ -2379,7 +2380,7 @@ async fn bgp_with_bfd_fails_over_a_dead_node() {
 
     // A rolling restart of the advertising speakers, then a drain of the node the client goes
     // through, while the client opens a new connection every 5 ms: a stopping speaker's node
-    // keeps forwarding, and a cordoned node withdraws before it goes, so none may fail.
+    // keeps forwarding, and a cordoned node withdraws before it goes.
     bgp.converged(&lab, vip, &advertisers).await;
     let window = Duration::from_secs(60);
     let config = lab::ProbeConfig::failover(vip, window);
@@ -2428,5 +2429,15 @@ async fn bgp_with_bfd_fails_over_a_dead_node() {
         report.samples.len()
     );
     report_figures(&figure);
-    assert_eq!(report.failures(), 0, "{}", report.failure_summary());
+    // Each change of the router's ECMP group (a path withdrawn or added back: two per
+    // restarted speaker, one for the drain) rehashes flows, and a connection whose handshake
+    // straddles it can fail (seen: 0 to 3 of ~11,700). A drain without the withdrawal would be
+    // a hard death: ~800 ms of failures, over a hundred connections.
+    let group_changes = 2 * advertisers.len() + 1;
+    assert!(
+        report.failures() <= group_changes,
+        "{} failed new connections, more than one per ECMP group change ({group_changes}): {}",
+        report.failures(),
+        report.failure_summary()
+    );
 }
