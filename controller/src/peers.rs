@@ -7,12 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crds::{BGPPeer, BGPPeerStatus};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use model::bgp::{ReportedSession, peer_readiness};
 
 use crate::run::{Context, Error};
+use crate::state::cond;
 use crate::write;
 
 pub async fn reconcile(peer: Arc<BGPPeer>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -35,6 +36,7 @@ pub fn error_policy(peer: Arc<BGPPeer>, error: &Error, _ctx: Arc<Context>) -> Ac
 
 /// The controller's part of the status (`sessions` is the speakers').
 fn status_of(peer: &BGPPeer, ctx: &Context) -> BGPPeerStatus {
+    let condition = |ready, reason: &str, message| cond("Ready", ready, reason, message);
     let previous = peer.status.clone().unwrap_or_default();
     let (selected, established, condition) = match crds::read::bgp_peer(peer) {
         Err(e) => (0, 0, condition(false, "Invalid", e)),
@@ -80,16 +82,5 @@ fn status_of(peer: &BGPPeer, ctx: &Context) -> BGPPeerStatus {
         sessions: Vec::new(),
         conditions: vec![condition],
         observed_generation: peer.metadata.generation,
-    }
-}
-
-fn condition(ready: bool, reason: &str, message: String) -> Condition {
-    Condition {
-        type_: "Ready".into(),
-        status: if ready { "True" } else { "False" }.into(),
-        reason: reason.into(),
-        message,
-        observed_generation: None,
-        last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
     }
 }

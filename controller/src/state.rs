@@ -274,7 +274,8 @@ impl State {
     }
 }
 
-fn cond(type_: &str, status: bool, reason: &str, message: String) -> Condition {
+/// A condition of `type_`; its generation and transition time are the caller's to set.
+pub(crate) fn cond(type_: &str, status: bool, reason: &str, message: String) -> Condition {
     Condition {
         type_: type_.into(),
         status: if status { "True" } else { "False" }.into(),
