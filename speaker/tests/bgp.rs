@@ -446,18 +446,53 @@ fn a_bfd_down_takes_the_session_down_before_the_hold_time_and_it_comes_back() {
     );
 }
 
-/// eBGP over IPv4 against another router implementation: a route with standard and large
-/// communities arrives with the node as next hop and its AS as the path, and is withdrawn.
+/// One session of the interop matrix, the router in AS 64512.
+struct Case {
+    router: &'static str,
+    node: &'static str,
+    node_asn: u32,
+    password: Option<&'static str>,
+    prefix: &'static str,
+}
+
+/// eBGP over IPv4, signed with TCP MD5.
+const EBGP_V4_MD5: Case = Case {
+    router: ROUTER_V4,
+    node: NODE_V4,
+    node_asn: 64513,
+    password: Some("s3cret"),
+    prefix: "203.0.113.40/32",
+};
+
+/// iBGP over IPv6 (MP-BGP), no password.
+const IBGP_V6: Case = Case {
+    router: ROUTER_V6,
+    node: NODE_V6,
+    node_asn: 64512,
+    password: None,
+    prefix: "2001:db8:ff::40/128",
+};
+
+impl Case {
+    fn ibgp(&self) -> bool {
+        self.node_asn == 64512
+    }
+}
+
+/// A route with LOCAL_PREF and standard and large communities arrives at another router
+/// implementation with the node as next hop, the node's AS as the path (none over iBGP) and
+/// the LOCAL_PREF over iBGP only, and is withdrawn; the router sees the session close.
 fn interop(
     link: &Link,
+    case: &Case,
     paths: impl Fn(&str) -> anyhow::Result<Vec<RoutePath>>,
     established: impl Fn() -> anyhow::Result<bool>,
     log: impl Fn() -> String,
 ) {
     let routes: Routes = [(
-        net("203.0.113.40/32"),
+        net(case.prefix),
         Attributes {
-            local_pref: None,
+            local_pref: Some(150),
             communities: [
                 Community::parse("64513:7").unwrap(),
                 Community::parse("large:64513:1:2").unwrap(),
@@ -466,22 +501,32 @@ fn interop(
         },
     )]
     .into();
-    let mut session = Session::start(&link.node, peer(ROUTER_V4, 64513, 64512, None), routes);
+    let mut session = Session::start(
+        &link.node,
+        peer(case.router, case.node_asn, 64512, case.password),
+        routes,
+    );
     let describe = |session: &Session| format!("session: {:?}\n{}", session.status(), log());
     let path = wait_for(
         "the route at the router",
         Duration::from_secs(30),
-        || paths("203.0.113.40/32").ok()?.into_iter().next(),
+        || paths(case.prefix).ok()?.into_iter().next(),
         || describe(&session),
     );
+    let (as_path, local_pref) = if case.ibgp() {
+        (vec![], Some(150))
+    } else {
+        // An eBGP route's LOCAL_PREF is the router's own default, if it shows one.
+        (vec![case.node_asn], path.local_pref.filter(|p| *p != 150))
+    };
     assert_eq!(
         path,
         RoutePath {
-            next_hop: NODE_V4.into(),
-            as_path: vec![64513],
+            next_hop: case.node.into(),
+            as_path,
             communities: vec!["64513:7".into()],
             large_communities: vec!["64513:1:2".into()],
-            local_pref: path.local_pref,
+            local_pref,
         },
         "{}",
         describe(&session)
@@ -491,7 +536,7 @@ fn interop(
     wait_for(
         "the withdrawal at the router",
         Duration::from_secs(30),
-        || paths("203.0.113.40/32").ok().filter(|p| p.is_empty()),
+        || paths(case.prefix).ok().filter(|p| p.is_empty()),
         || describe(&session),
     );
     session.stop();
@@ -513,20 +558,32 @@ fn bird2_takes_and_drops_the_routes() {
         &format!(
             "router id {ROUTER_V4};\n\
              protocol device {{ }}\n\
-             protocol bgp node {{\n  \
+             protocol bgp ebgp4 {{\n  \
              local {ROUTER_V4} as 64512;\n  \
-             neighbor {NODE_V4} as 64513;\n  \
+             neighbor {NODE_V4} as {};\n  \
+             password \"{}\";\n  \
              passive on;\n  \
-             ipv4 {{ import all; export none; }};\n}}\n"
+             ipv4 {{ import all; export none; }};\n}}\n\
+             protocol bgp ibgp6 {{\n  \
+             local {ROUTER_V6} as 64512;\n  \
+             neighbor {NODE_V6} as 64512;\n  \
+             passive on;\n  \
+             direct;\n  \
+             ipv6 {{ import all; export none; }};\n}}\n",
+            EBGP_V4_MD5.node_asn,
+            EBGP_V4_MD5.password.unwrap(),
         ),
     )
     .unwrap();
-    interop(
-        &link,
-        |p| bird.paths(p),
-        || bird.established("node"),
-        || bird.log_tail(20),
-    );
+    for (case, protocol) in [(&EBGP_V4_MD5, "ebgp4"), (&IBGP_V6, "ibgp6")] {
+        interop(
+            &link,
+            case,
+            |p| bird.paths(p),
+            || bird.established(protocol),
+            || bird.log_tail(20),
+        );
+    }
 }
 
 #[test]
@@ -538,17 +595,24 @@ fn gobgp_takes_and_drops_the_routes() {
         &link.router,
         &format!(
             "[global.config]\n  as = 64512\n  router-id = \"{ROUTER_V4}\"\n\
-             [[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"{NODE_V4}\"\n    peer-as = 64513\n  \
-             [neighbors.transport.config]\n    passive-mode = true\n"
+             [[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"{NODE_V4}\"\n    peer-as = {}\n    auth-password = \"{}\"\n  \
+             [neighbors.transport.config]\n    passive-mode = true\n\
+             [[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"{NODE_V6}\"\n    peer-as = 64512\n  \
+             [neighbors.transport.config]\n    passive-mode = true\n",
+            EBGP_V4_MD5.node_asn,
+            EBGP_V4_MD5.password.unwrap(),
         ),
     )
     .unwrap();
-    interop(
-        &link,
-        |p| gobgp.paths(p),
-        || gobgp.established(NODE_V4),
-        || gobgp.log_tail(20),
-    );
+    for case in [&EBGP_V4_MD5, &IBGP_V6] {
+        interop(
+            &link,
+            case,
+            |p| gobgp.paths(p),
+            || gobgp.established(case.node),
+            || gobgp.log_tail(20),
+        );
+    }
 }
 
 /// BFD takes only packets sent with TTL 255 (RFC 5881 §5): a peer's packets with TTL 254
