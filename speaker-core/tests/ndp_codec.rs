@@ -455,3 +455,25 @@ fn each_rfc_4861_violation_is_dropped_with_its_reason() {
         assert_eq!(ndp::parse(&frame), Err(reason), "{reason}");
     }
 }
+
+/// Found by the `parse_frame` fuzz target: a solicitation from a multicast source (here
+/// all-nodes) was accepted, and its answer went out with Solicited set to that group, an
+/// advertisement every receiver discards (RFC 4861 §7.1.2).
+#[test]
+#[rustfmt::skip]
+fn a_solicitation_from_a_multicast_source_is_dropped() {
+    let frame = [
+        0x33, 0x33, 0xff, 0x00, 0x00, 0x10,  0x52, 0x54, 0x00, 0x12, 0x34, 0x56,  0x86, 0xdd,
+        0x60, 0, 0, 0,  0, 32,  58, 255,
+        0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01,
+        0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, 0xff, 0, 0, 0x10,
+        135, 0, 0xc6, 0x05, 0, 0, 0, 0,
+        0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+        1, 1, 0x52, 0x54, 0x00, 0x12, 0x34, 0x56,
+    ];
+    assert!(checksum_verifies(&frame));
+    assert_eq!(
+        ndp::parse(&frame).map_err(|drop| drop.reason()),
+        Err("multicast_source")
+    );
+}

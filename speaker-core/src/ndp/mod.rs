@@ -3,8 +3,9 @@
 //!
 //! Parsing applies RFC 4861 §7.1's validity checks (hop limit 255, ICMPv6 checksum, code 0,
 //! lengths, non-multicast target, no zero-length option, the DAD and solicited-flag rules) and
-//! names the first one that fails in an [`NdpDrop`]. Builders always set hop limit 255, without
-//! which receivers discard the packet, and fill in the checksum.
+//! RFC 4291 §2.7's non-multicast source, and names the first one that fails in an
+//! [`NdpDrop`]. Builders always set hop limit 255, without which receivers discard the packet,
+//! and fill in the checksum.
 
 mod build;
 pub(crate) mod checksum;
@@ -124,6 +125,9 @@ pub enum NdpDrop {
     Code(u8),
     #[error("multicast target {0}")]
     MulticastTarget(Ipv6Addr),
+    /// RFC 4291 §2.7: never a source. Answering would send a solicited advertisement to a group.
+    #[error("multicast source {0}")]
+    MulticastSource(Ipv6Addr),
     #[error("option with length zero")]
     ZeroLengthOption,
     #[error("option runs past the end of the packet")]
@@ -148,6 +152,7 @@ impl NdpDrop {
             NdpDrop::BadChecksum { .. } => "bad_checksum",
             NdpDrop::Code(_) => "code",
             NdpDrop::MulticastTarget(_) => "multicast_target",
+            NdpDrop::MulticastSource(_) => "multicast_source",
             NdpDrop::ZeroLengthOption => "zero_length_option",
             NdpDrop::TruncatedOption => "truncated_option",
             NdpDrop::DadNotToSolicitedNode(_) => "dad_not_to_solicited_node",

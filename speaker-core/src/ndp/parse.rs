@@ -62,6 +62,11 @@ pub fn parse(frame: &[u8]) -> Result<Ndp, NdpDrop> {
     if target.is_multicast() {
         return Err(NdpDrop::MulticastTarget(target));
     }
+    // Linux drops such packets before Neighbor Discovery sees them; an announce socket gets
+    // them first.
+    if src.is_multicast() {
+        return Err(NdpDrop::MulticastSource(src));
+    }
     let options = Options::parse(&message[MESSAGE_LEN..])?;
 
     if icmp_type == TYPE_NEIGHBOR_SOLICITATION {
