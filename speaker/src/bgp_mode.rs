@@ -29,6 +29,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use speaker_core::bgp::rib::Routes;
 use speaker_core::bgp::{Families, PeerConfig};
+use speaker_core::decide::NoOwner;
 use speaker_core::decide::bgp::{Phase, plan};
 use speaker_core::election::NodeName;
 use tokio::sync::{mpsc, watch};
@@ -67,7 +68,13 @@ pub struct Config {
     /// Between withdrawing for the stop and closing the sessions.
     pub stop_wait: Duration,
     pub metrics: Metrics,
+    /// Who advertises each address a BGPAdvertisement covers, for the Services' conditions
+    /// (written by layer 2 mode's loop, which reports on every Service).
+    pub advertised: watch::Sender<Advertised>,
 }
+
+/// [`speaker_core::decide::bgp::advertised`], as last worked out.
+pub type Advertised = Arc<BTreeMap<IpAddr, Result<BTreeSet<NodeName>, NoOwner>>>;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PeerLabels {
@@ -363,11 +370,19 @@ async fn reconcile(config: &Config, phase: Phase, live: &BTreeSet<NodeName>, mem
         };
         sessions.insert(name, start(config, &wanted, bfd_state));
     }
+    let context = config.stores.context();
+    let facts = config.stores.bgp_facts(&context);
+    let advertised = speaker_core::decide::bgp::advertised(&facts, live);
+    config.advertised.send_if_modified(|before| {
+        let changed = **before != advertised;
+        if changed {
+            *before = Arc::new(advertised);
+        }
+        changed
+    });
     if sessions.is_empty() {
         return;
     }
-    let context = config.stores.context();
-    let facts = config.stores.bgp_facts(&context);
     let names: Vec<String> = sessions.keys().cloned().collect();
     let mut plan = plan(&facts, &config.me, &names, live, phase);
     for conflict in &plan.conflicts {

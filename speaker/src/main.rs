@@ -198,6 +198,7 @@ async fn main() -> anyhow::Result<()> {
         },
         reach_metrics,
     );
+    let (bgp_advertised_tx, bgp_advertised) = tokio::sync::watch::channel(Default::default());
     let speaker = Speaker {
         me: NodeName::new(args.node_name.clone()),
         reports: Reports::start(client.clone(), stores.clone(), &args.node_name),
@@ -216,6 +217,7 @@ async fn main() -> anyhow::Result<()> {
         membership_heartbeat,
         announcer_heartbeat,
         election,
+        bgp_advertised,
         reach: args.fast_failover.then_some(watcher),
         unreachable,
     };
@@ -247,6 +249,7 @@ async fn main() -> anyhow::Result<()> {
         stop: stop.clone(),
         stop_wait: Duration::from_millis(args.bgp_stop_wait_ms),
         metrics: bgp_metrics,
+        advertised: bgp_advertised_tx,
     }));
     // Layer 2 hands over and BGP withdraws at the same time; the process ends when both did.
     let mut l2_stop = stop;

@@ -79,6 +79,34 @@ impl Wanted {
         }
     }
 
+    /// Nodes advertise the Service's addresses over BGP (`addresses`: "198.51.100.5 over BGP
+    /// from node-1, node-2 and …"); `node`, the first of them, reports it.
+    pub fn advertised(addresses: &str, node: &NodeName) -> Wanted {
+        Wanted {
+            announced: true,
+            reason: "Advertised",
+            message: format!("{addresses}; reported by node {}", node.as_str()),
+        }
+    }
+
+    /// No node advertises `ip` over BGP; `node` reports why.
+    pub fn unadvertised(ip: IpAddr, why: NoOwner, node: &NodeName) -> Wanted {
+        let explain = match why {
+            NoOwner::NoSelectedNode => {
+                "the BGPAdvertisements' nodeSelectors select no node with a running speaker"
+            }
+            other => other.explain(),
+        };
+        Wanted {
+            announced: false,
+            reason: why.reason(),
+            message: format!(
+                "{ip} is advertised over BGP by no node: {explain}; reported by node {}",
+                node.as_str()
+            ),
+        }
+    }
+
     /// No node may announce `ip`; `node` reports why.
     pub fn unowned(ip: IpAddr, why: NoOwner, node: &NodeName) -> Wanted {
         Wanted {
@@ -390,6 +418,10 @@ mod tests {
             Wanted::two_owners(ip, Some("node-1"), &mac, &me),
             Wanted::two_owners(ip, None, &mac, &me),
         ];
+        wanted.push(Wanted::advertised(
+            "198.51.100.200 over BGP from node-1",
+            &me,
+        ));
         for why in [
             NoOwner::NoLiveSpeaker,
             NoOwner::NoSelectedNode,
@@ -397,6 +429,7 @@ mod tests {
             NoOwner::NoReadyEndpoint,
         ] {
             wanted.push(Wanted::unowned(ip, why, &me));
+            wanted.push(Wanted::unadvertised(ip, why, &me));
         }
         for w in &wanted {
             assert!(names_writer(&w.message, "node-2"), "{w:?}");

@@ -195,6 +195,9 @@ pub struct Speaker {
     /// of them answer no echo request; this node elects without those.
     pub reach: Option<crate::reach::Watcher>,
     pub unreachable: tokio::sync::watch::Receiver<BTreeSet<NodeName>>,
+    /// Who advertises each address over BGP (BGP mode's task works it out): named in the
+    /// Services' conditions.
+    pub bgp_advertised: tokio::sync::watch::Receiver<crate::bgp_mode::Advertised>,
 }
 
 /// Each address's owner, or why it has none, as this speaker elected it: written out only
@@ -240,6 +243,8 @@ struct Memory {
     /// `report_all`).
     to_report: BTreeSet<ServiceKey>,
     report_all: bool,
+    /// [`Speaker::bgp_advertised`] as last reported on.
+    bgp_advertised: crate::bgp_mode::Advertised,
     /// When disagreements with the Services' conditions were last counted.
     last_disagreement_count: Option<tokio::time::Instant>,
     /// The pools and advertisements the Services were last read against.
@@ -326,6 +331,19 @@ impl Speaker {
                         batch.insert(change);
                     }
                     self.apply_changes(&mut memory, batch);
+                }
+                Ok(()) = self.bgp_advertised.changed() => {
+                    let now = self.bgp_advertised.borrow_and_update().clone();
+                    let before = std::mem::replace(&mut memory.bgp_advertised, now.clone());
+                    let moved: BTreeSet<IpAddr> = before
+                        .iter()
+                        .filter(|(ip, was)| now.get(ip) != Some(was))
+                        .map(|(ip, _)| *ip)
+                        .chain(now.keys().filter(|ip| !before.contains_key(ip)).copied())
+                        .collect();
+                    for ip in moved {
+                        memory.report_address(ip);
+                    }
                 }
                 Ok(()) = self.links.changed() => {
                     let links = self.links.borrow_and_update().clone();
@@ -1021,6 +1039,36 @@ impl Speaker {
                 .iter()
                 .filter_map(|(ip, d)| d.owner.as_ref().err().map(|e| (*ip, *e)))
                 .collect();
+            let bgp: Vec<(IpAddr, &Result<BTreeSet<NodeName>, NoOwner>)> = addresses
+                .iter()
+                .filter_map(|(ip, _)| memory.bgp_advertised.get(ip).map(|a| (*ip, a)))
+                .collect();
+            let l2_silent = !addresses.is_empty()
+                && unowned.len() == addresses.len()
+                && unowned
+                    .iter()
+                    .all(|(_, why)| *why == NoOwner::NotAdvertised);
+            if l2_silent && !bgp.is_empty() {
+                // BGP mode only: the first advertising node reports (the first live node
+                // when none advertises).
+                let reporter = bgp
+                    .iter()
+                    .filter_map(|(_, a)| a.as_ref().ok())
+                    .flatten()
+                    .min()
+                    .or(live.first());
+                let want = (reporter == Some(&self.me)).then(|| {
+                    match bgp
+                        .iter()
+                        .find_map(|(ip, a)| a.as_ref().err().map(|w| (*ip, *w)))
+                    {
+                        Some((ip, why)) => Wanted::unadvertised(ip, why, &self.me),
+                        None => Wanted::advertised(&over_bgp(&bgp), &self.me),
+                    }
+                });
+                self.reports.want(&service, want);
+                continue;
+            }
             if !(owned_by_me || (reporter_for_unowned && !unowned.is_empty())) {
                 self.reports.want(&service, None);
                 continue;
@@ -1065,11 +1113,30 @@ impl Speaker {
                         None => ip.to_string(),
                     })
                     .collect();
-                Wanted::announced(&text.join(" and "), &self.me)
+                let l2 = text.join(" and ");
+                let advertised: Vec<_> = bgp.iter().filter(|(_, a)| a.is_ok()).copied().collect();
+                if advertised.is_empty() {
+                    Wanted::announced(&l2, &self.me)
+                } else {
+                    Wanted::announced(&format!("{}; {l2}", over_bgp(&advertised)), &self.me)
+                }
             };
             self.reports.want(&service, Some(want));
         }
     }
+}
+
+/// "198.51.100.5 over BGP from node-1, node-2 and 2001:db8::5 over BGP from node-1".
+fn over_bgp(advertised: &[(IpAddr, &Result<BTreeSet<NodeName>, NoOwner>)]) -> String {
+    advertised
+        .iter()
+        .filter_map(|(ip, a)| a.as_ref().ok().map(|nodes| (ip, nodes)))
+        .map(|(ip, nodes)| {
+            let names: Vec<&str> = nodes.iter().map(NodeName::as_str).collect();
+            format!("{ip} over BGP from {}", names.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(" and ")
 }
 
 impl Memory {

@@ -418,6 +418,8 @@ async fn a_foreign_host_keeps_its_address_and_gossip_without_the_key_is_dropped(
     }
 }
 
+/// `externalTrafficPolicy: Local` in layer 2 mode (the announcing node has a ready endpoint
+/// and changes with them) and in BGP mode (the router's ECMP group is the nodes with one).
 #[tokio::test]
 #[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
 async fn local_policy_follows_the_ready_endpoints() {
@@ -472,6 +474,60 @@ async fn local_policy_follows_the_ready_endpoints() {
     while !answering_nodes(&lab, vip).is_empty() {
         assert!(Instant::now() < deadline, "{vip} is still answered");
     }
+
+    // BGP mode only (no L2Advertisement left): only the nodes with a ready endpoint
+    // advertise, the router follows them, and the Service's condition names them.
+    lab.kubectl(&["delete", "l2advertisement", "lan"])
+        .await
+        .unwrap();
+    let bgp = BgpRouter::start(&mut lab).await;
+    let vip6 = ip("2001:db8::d1");
+    expose(&mut lab, "local6", "Local", "RequireDualStack", &[vip6]).await;
+    let advertised_by =
+        |node: usize| format!("{vip6} over BGP from node-{node}; reported by node node-{node}");
+    lab.set_pod_ready("hello-1", true).await.unwrap();
+    bgp.converged(&lab, vip6, &[1]).await;
+    let want = advertised_by(1);
+    let condition = condition_when(&lab, "local6", |_, _, m| m == want).await;
+    assert_eq!(condition, ("True".into(), "Advertised".into(), want));
+    lab.set_pod_ready("hello-2", true).await.unwrap();
+    bgp.converged(&lab, vip6, &[1, 2]).await;
+    lab.set_pod_ready("hello-1", false).await.unwrap();
+    bgp.converged(&lab, vip6, &[2]).await;
+    let want = advertised_by(2);
+    let condition = condition_when(&lab, "local6", |_, _, m| m == want).await;
+    assert_eq!(condition, ("True".into(), "Advertised".into(), want));
+    let target = SocketAddr::new(vip6, 80);
+    let answer = bgp
+        .client
+        .enter(|| lab::probe::request(target, Duration::from_secs(2)))
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{vip6} through the router: {e}"));
+    assert_eq!(answer.pod, "hello-2");
+    let seen = bgp
+        .client
+        .enter(|| lab::probe::client_seen(target, Duration::from_secs(2)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        seen.to_string(),
+        BgpRouter::client_ip(),
+        "Local keeps the client address through the router"
+    );
+    lab.set_pod_ready("hello-2", false).await.unwrap();
+    bgp.converged(&lab, vip6, &[]).await;
+    let (status, reason, message) =
+        condition_when(&lab, "local6", |_, r, _| r == "NoReadyEndpoint").await;
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "NoReadyEndpoint")
+    );
+    assert!(
+        message.starts_with(&format!(
+            "{vip6} is advertised over BGP by no node: externalTrafficPolicy is Local"
+        )),
+        "{message}"
+    );
 }
 
 /// Four nodes; the pods live on node 1, which is excluded from announcing, so the node that
@@ -2004,6 +2060,15 @@ async fn bgp_mode_advertises_a_service_from_every_node_to_the_router() {
     advertised_by(&lab, &frr, &prefix, &[1, 2, 3]).await;
     let hops = frr_next_hops(&frr, &prefix);
     assert!(hops.values().all(|c| c == "64512:100"), "{hops:?}");
+    // The pool has an L2Advertisement too: the layer 2 owner's condition names both.
+    let over_bgp = |nodes: &str| format!("{vip} over BGP from {nodes}; {vip} on ");
+    let want = over_bgp("node-1, node-2, node-3");
+    let (status, reason, message) =
+        condition_when(&lab, "web", |_, _, m| m.starts_with(&want)).await;
+    assert!(
+        status == "True" && reason == "Announced" && message.starts_with(&want),
+        "{status} {reason}: {message}"
+    );
     // Each node's metrics and an Event per opened session.
     for i in 1..=3 {
         let want = [
@@ -2042,6 +2107,9 @@ async fn bgp_mode_advertises_a_service_from_every_node_to_the_router() {
 
     lab.cordon(2, true).await.unwrap();
     advertised_by(&lab, &frr, &prefix, &[1, 3]).await;
+    let want = over_bgp("node-1, node-3");
+    let (_, _, message) = condition_when(&lab, "web", |_, _, m| m.starts_with(&want)).await;
+    assert!(message.starts_with(&want), "{message}");
 
     // SIGTERM: node 1 withdraws (node 3 serves) while its session is still up.
     let node1 = lab::plan::node_v4(1).to_string();

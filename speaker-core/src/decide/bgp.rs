@@ -186,7 +186,7 @@ pub fn plan(
 }
 
 /// The live nodes that advertise `address` under some advertisement (to whichever of their
-/// peers): what the Service's condition names.
+/// peers).
 pub fn advertisers(
     facts: &Facts,
     address: IpAddr,
@@ -197,7 +197,52 @@ pub fn advertisers(
         .iter()
         .filter(|s| s.addresses.contains(&address))
         .collect();
-    let local = local_holders(&holders);
+    advertising_nodes(facts, address, &local_holders(&holders), live)
+}
+
+/// For every held address a BGPAdvertisement covers, the live nodes advertising it or, when
+/// none does, the furthest election stage that left every live node out: what the Services'
+/// conditions say. One pass over the Services.
+pub fn advertised(
+    facts: &Facts,
+    live: &BTreeSet<NodeName>,
+) -> BTreeMap<IpAddr, Result<BTreeSet<NodeName>, NoOwner>> {
+    holders(facts)
+        .into_iter()
+        .filter(|(address, _)| {
+            facts
+                .advertisements
+                .get(address)
+                .is_some_and(|a| !a.is_empty())
+        })
+        .map(|(address, holders)| {
+            let local = local_holders(&holders);
+            let nodes = advertising_nodes(facts, address, &local, live);
+            if !nodes.is_empty() {
+                return (address, Ok(nodes));
+            }
+            // Nobody: every live node failed a stage under every advertisement (a cordoned
+            // node that is left out has an eligible node elsewhere, which would be here).
+            let ads = &facts.advertisements[&address];
+            let why = live
+                .iter()
+                .flat_map(|node| {
+                    ads.iter()
+                        .filter_map(|ad| eligible(facts, ad, node, &local).err())
+                })
+                .max()
+                .unwrap_or(NoOwner::NoLiveSpeaker);
+            (address, Err(why))
+        })
+        .collect()
+}
+
+fn advertising_nodes(
+    facts: &Facts,
+    address: IpAddr,
+    local: &[&ServiceFacts],
+    live: &BTreeSet<NodeName>,
+) -> BTreeSet<NodeName> {
     let ads = facts
         .advertisements
         .get(&address)
@@ -205,9 +250,9 @@ pub fn advertisers(
     live.iter()
         .filter(|node| {
             ads.iter().any(|ad| {
-                eligible(facts, ad, node, &local).is_ok()
+                eligible(facts, ad, node, local).is_ok()
                     && !(cordoned(&facts.nodes, node)
-                        && served_elsewhere(facts, ad, node, live, &local))
+                        && served_elsewhere(facts, ad, node, live, local))
             })
         })
         .cloned()

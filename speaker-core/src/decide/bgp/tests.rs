@@ -128,6 +128,20 @@ fn with_local_policy_only_nodes_with_a_ready_endpoint_advertise() {
         advertisers(&facts, ip("192.0.2.10"), &nodes(&["a", "b", "c"])),
         nodes(&["b"])
     );
+    let vip = ip("192.0.2.10");
+    assert_eq!(
+        advertised(&facts, &nodes(&["a", "b", "c"]))[&vip],
+        Ok(nodes(&["b"]))
+    );
+    // The node with the endpoint is gone: the condition says why nobody advertises.
+    assert_eq!(
+        advertised(&facts, &nodes(&["a", "c"]))[&vip],
+        Err(NoOwner::NoReadyEndpoint)
+    );
+    assert_eq!(
+        advertised(&facts, &BTreeSet::new())[&vip],
+        Err(NoOwner::NoLiveSpeaker)
+    );
 }
 
 #[test]
@@ -492,8 +506,26 @@ proptest! {
             for prefix in routes.keys() {
                 prop_assert!(held.iter().any(|a| prefix.contains(a)), "{prefix} covers nothing held");
             }
+            let index = advertised(&facts, &live);
             for address in &held {
-                let advertises = advertisers(&facts, *address, &live).contains(me);
+                let nodes = advertisers(&facts, *address, &live);
+                let covered = facts.advertisements.get(address).is_some_and(|a| !a.is_empty());
+                match index.get(address) {
+                    Some(Ok(indexed)) => prop_assert_eq!(indexed, &nodes),
+                    Some(Err(why)) => {
+                        prop_assert!(nodes.is_empty());
+                        // The reason is a stage some node failed, or nobody is live.
+                        let failed = live.iter().any(|n| {
+                            super::plan(&facts, n, &peers(&["tor"]), &live, Phase::Serving)
+                                .not_advertised
+                                .get(address)
+                                == Some(&NotAdvertised::Stage(*why))
+                        });
+                        prop_assert!(failed, "{:?} for {}", why, address);
+                    }
+                    None => prop_assert!(!covered, "{} covered but not indexed", address),
+                }
+                let advertises = nodes.contains(me);
                 let explained = plan.not_advertised.contains_key(address);
                 prop_assert_ne!(advertises, explained, "{} for {}", me.as_str(), address);
                 if advertises {
