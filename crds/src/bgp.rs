@@ -129,6 +129,10 @@ fn peer_rules(schema: &mut Schema) {
             "rule": "!has(self.ebgpMultiHop) || !self.ebgpMultiHop || self.myASN != self.peerASN",
             "message": "ebgpMultiHop is for eBGP sessions only (myASN equals peerASN here: iBGP)",
         },
+        {
+            "rule": "!has(self.ebgpMultiHop) || !self.ebgpMultiHop || !has(self.bfdProfile)",
+            "message": "bfdProfile needs the router on the link: ferrolb runs single-hop BFD only (RFC 5881, TTL 255), which an ebgpMultiHop peer's packets cannot keep",
+        },
     ]);
     schema.insert("x-kubernetes-validations".into(), rules);
 }
@@ -290,8 +294,9 @@ pub struct BFDProfileSpec {
     #[serde(default)]
     pub passive_mode: bool,
 
-    /// The lowest TTL accepted from a multi-hop peer (single-hop sessions require 255, RFC
-    /// 5881). Default 254.
+    /// The lowest TTL accepted from a multi-hop peer, kept so that MetalLB's profiles apply
+    /// as they are: ferrolb runs single-hop BFD only, which accepts TTL 255 alone (RFC 5881),
+    /// so this has no effect. Default 254.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 254))]
     pub minimum_ttl: Option<i32>,

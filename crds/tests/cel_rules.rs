@@ -198,7 +198,7 @@ fn bgp_peers_are_checked() {
             (json!({"holdTime": null, "keepaliveTime": "5m"}), None),
             (json!({"connectTime": "5s"}), None),
             (
-                json!({"myASN": 64512, "peerASN": 64513, "ebgpMultiHop": true}),
+                json!({"myASN": 64512, "peerASN": 64513, "ebgpMultiHop": true, "bfdProfile": null}),
                 None,
             ),
             (
@@ -270,8 +270,12 @@ fn bgp_peers_are_checked() {
                 Some("connectTime must be from 1s to 65535s"),
             ),
             (
-                json!({"myASN": 64512, "peerASN": 64512, "ebgpMultiHop": true}),
+                json!({"myASN": 64512, "peerASN": 64512, "ebgpMultiHop": true, "bfdProfile": null}),
                 Some("ebgpMultiHop is for eBGP sessions only"),
+            ),
+            (
+                json!({"ebgpMultiHop": true, "bfdProfile": "fast"}),
+                Some("bfdProfile needs the router on the link"),
             ),
             (
                 json!({"bfdProfile": "Fast"}),

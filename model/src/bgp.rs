@@ -40,6 +40,17 @@ impl BgpPeer {
     pub fn ibgp(&self) -> bool {
         self.local_asn == self.peer_asn
     }
+
+    /// The IP TTL (hop limit) of the session's packets. 1 for eBGP without `ebgpMultiHop`, as
+    /// routers do: a session meant for a neighbour on the link cannot come up through another
+    /// router. 255 for iBGP and multi-hop eBGP.
+    pub fn ttl(&self) -> u8 {
+        if self.ibgp() || self.ebgp_multi_hop {
+            255
+        } else {
+            1
+        }
+    }
 }
 
 /// What is advertised to which peers, and with which attributes.
@@ -238,6 +249,28 @@ pub fn peer_readiness(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_ebgp_on_the_link_sends_ttl_1() {
+        let peer = |local_asn, peer_asn, ebgp_multi_hop| BgpPeer {
+            name: "tor".into(),
+            local_asn,
+            peer_asn,
+            address: "192.0.2.1".parse().unwrap(),
+            port: 179,
+            source: None,
+            hold_time: Duration::from_secs(90),
+            keepalive_time: None,
+            connect_time: Duration::from_secs(5),
+            ebgp_multi_hop,
+            password_secret: None,
+            nodes: Advertisement::default(),
+            bfd_profile: None,
+        };
+        assert_eq!(peer(64513, 64512, false).ttl(), 1);
+        assert_eq!(peer(64513, 64512, true).ttl(), 255);
+        assert_eq!(peer(64512, 64512, false).ttl(), 255);
+    }
 
     #[test]
     fn communities_are_read_as_the_crd_rule_admits_them() {

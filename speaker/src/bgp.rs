@@ -30,6 +30,8 @@ pub struct Peer {
     pub source: Option<IpAddr>,
     /// The TCP MD5 key (RFC 2385).
     pub password: Option<Vec<u8>>,
+    /// The IP TTL / hop limit of its packets ([`model::bgp::BgpPeer::ttl`]).
+    pub ttl: u8,
     /// Its `families` are set from `address` by [`run`].
     pub config: PeerConfig,
 }
@@ -132,6 +134,7 @@ pub async fn run(
                         peer.address,
                         peer.source,
                         peer.password.clone(),
+                        peer.ttl,
                     )));
                     Ok(())
                 }
@@ -314,11 +317,17 @@ async fn connect(
     address: SocketAddr,
     source: Option<IpAddr>,
     password: Option<Vec<u8>>,
+    ttl: u8,
 ) -> io::Result<TcpStream> {
     let socket = match address {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
     };
+    let raw = socket2::SockRef::from(&socket);
+    match address {
+        SocketAddr::V4(_) => raw.set_ttl_v4(ttl.into())?,
+        SocketAddr::V6(_) => raw.set_unicast_hops_v6(ttl.into())?,
+    }
     if let Some(key) = &password {
         tcp_md5::set_key(socket.as_fd(), address.ip(), key)?;
     }
@@ -422,6 +431,7 @@ mod tests {
             address: "192.0.2.1:179".parse().unwrap(),
             source: None,
             password: None,
+            ttl: 1,
             config: PeerConfig {
                 local_asn: 64513,
                 peer_asn: 64512,

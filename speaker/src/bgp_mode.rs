@@ -414,6 +414,7 @@ fn start(
         address: SocketAddr::new(peer.address, peer.port),
         source: peer.source,
         password: wanted.password.clone(),
+        ttl: peer.ttl(),
         config: PeerConfig {
             local_asn: peer.local_asn,
             peer_asn: peer.peer_asn,

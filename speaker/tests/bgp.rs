@@ -156,6 +156,8 @@ fn peer(router: &str, local_asn: u32, peer_asn: u32, password: Option<&str>) -> 
         address: SocketAddr::new(router.parse().unwrap(), 179),
         source: None,
         password: password.map(|p| p.as_bytes().to_vec()),
+        // What bgp_mode sets: 1 for eBGP on the link, 255 for iBGP.
+        ttl: if local_asn == peer_asn { 255 } else { 1 },
         config: PeerConfig {
             local_asn,
             peer_asn,
@@ -220,6 +222,38 @@ fn next_hops(path: &serde_json::Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Counts, in the router's kernel, the BGP segments arriving with `field` (`ip ttl`, `ip6
+/// hoplimit`) equal to `value` and with any other value; the closure says whether each count
+/// is above zero.
+fn ttl_counters(router: &NetNs, field: &str, value: u8) -> impl Fn() -> (bool, bool) {
+    let nft = |args: &str| {
+        router
+            .exec("nft", &args.split(' ').collect::<Vec<_>>())
+            .unwrap()
+    };
+    nft("add table inet ttl");
+    nft("add chain inet ttl input { type filter hook input priority 0 ; }");
+    nft(&format!(
+        "add rule inet ttl input tcp dport 179 {field} {value} counter"
+    ));
+    nft(&format!(
+        "add rule inet ttl input tcp dport 179 {field} != {value} counter"
+    ));
+    let router = router.clone();
+    move || {
+        let rules = router
+            .exec("nft", &["list", "chain", "inet", "ttl", "input"])
+            .unwrap();
+        let counted: Vec<bool> = rules
+            .lines()
+            .filter(|l| l.contains("counter packets"))
+            .map(|l| !l.contains("counter packets 0 "))
+            .collect();
+        assert_eq!(counted.len(), 2, "{rules}");
+        (counted[0], counted[1])
+    }
+}
+
 #[test]
 #[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
 fn ebgp_over_ipv4_routes_arrive_with_their_attributes_and_are_withdrawn() {
@@ -241,9 +275,16 @@ fn ebgp_over_ipv4_routes_arrive_with_their_attributes_and_are_withdrawn() {
         (net("2001:db8:ff::10/128"), Attributes::default()),
     ]
     .into();
+    let counting = ttl_counters(&link.router, "ip ttl", 1);
     let mut session = Session::start(&link.node, peer(ROUTER_V4, 64513, 64512, None), routes);
 
     let path = path_of(&frr, &session, "203.0.113.10/32");
+    // eBGP to a neighbour on the link: TTL 1, so it cannot come up through another router.
+    assert_eq!(
+        counting(),
+        (true, false),
+        "BGP segments from the node with TTL 1, other"
+    );
     let shown = path.to_string();
     assert_eq!(next_hops(&path), [NODE_V4], "{shown}");
     assert_eq!(path["aspath"]["string"], "64513", "{shown}");
@@ -302,8 +343,14 @@ fn ibgp_over_ipv6_carries_local_pref_and_the_ipv6_next_hop() {
         (net("203.0.113.10/32"), Attributes::default()),
     ]
     .into();
+    let counting = ttl_counters(&link.router, "ip6 hoplimit", 255);
     let session = Session::start(&link.node, peer(ROUTER_V6, 64512, 64512, None), routes);
     let path = path_of(&frr, &session, "2001:db8:ff::10/128");
+    assert_eq!(
+        counting(),
+        (true, false),
+        "BGP segments with hop limit 255, other"
+    );
     let shown = path.to_string();
     assert!(next_hops(&path).contains(&NODE_V6.to_string()), "{shown}");
     assert_eq!(path["locPrf"], 150, "{shown}");
