@@ -5,6 +5,7 @@
 //! left behind. Everything stays inside namespaces the lab creates, on documentation prefixes
 //! (see [`plan`]).
 
+pub mod bgp;
 pub mod binaries;
 pub mod cluster;
 pub mod figures;

@@ -513,7 +513,7 @@ async fn a_node_dies_with_its_kubelet_and_its_addresses_move() {
 #[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
 async fn rollout_restart_and_drain_of_the_speakers() {
     lab::require_lab!();
-    let lab = failover_lab().await;
+    let mut lab = failover_lab().await;
     lab.apply(&service("web")).await.unwrap();
     let vip = address_of(&lab, "default", "web").await;
     settled_owner(&lab, vip).await;
@@ -605,10 +605,103 @@ async fn rollout_restart_and_drain_of_the_speakers() {
         report.longest_gap(),
         report.failure_summary()
     ));
+    lab.kubectl(&["uncordon", &lab.node(owner).name])
+        .await
+        .unwrap();
+    lines.push(bgp_rollout_restart_and_drain(&mut lab).await);
     lab::figures::report(
         Path::new(env!("CARGO_TARGET_TMPDIR")),
         &format!("FIGURES speakers as pods:\n{}", lines.join("\n")),
     );
+}
+
+/// The same in BGP mode: FRR on the LAN with ECMP over the advertising nodes (2 to 4; node 1
+/// is excluded), a client behind it opening a new connection every 5 ms while the speakers'
+/// DaemonSet is restarted and then a node the client goes through is drained. A stopping
+/// speaker withdraws what the others serve and keeps its session until the router has moved;
+/// a cordoned node withdraws. Each change of the router's ECMP group may cost the handshakes
+/// it rehashes (see bench/RESULTS.md), so at most one failure per change is allowed.
+async fn bgp_rollout_restart_and_drain(lab: &mut Lab) -> String {
+    let bgp = lab::bgp::BgpRouter::start(lab).await;
+    lab.apply(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web6\n  namespace: default\nspec:\n  type: LoadBalancer\n  ipFamilyPolicy: RequireDualStack\n  selector: {app: hello}\n  ports: [{name: http, port: 80, targetPort: 8080}]\n",
+    )
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let vip = loop {
+        let ingress = lab.ingress("default", "web6").await.unwrap();
+        if let Some(v6) = ingress.into_iter().find(IpAddr::is_ipv6) {
+            break v6;
+        }
+        assert!(Instant::now() < deadline, "web6 got no IPv6 address");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let advertisers = [2, 3, 4];
+    bgp.converged(lab, vip, &advertisers).await;
+
+    let window = Duration::from_secs(70);
+    let run = {
+        let (ns, config) = (
+            lab::netns::NetNs::clone(&bgp.client),
+            lab::ProbeConfig::failover(vip, window),
+        );
+        tokio::task::spawn_blocking(move || lab::probe::run(&ns, &config))
+    };
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let daemonset = format!("daemonset/{}", lab::SPEAKER_DAEMONSET);
+    lab.kubectl(&["-n", FERROLB_NAMESPACE, "rollout", "restart", &daemonset])
+        .await
+        .unwrap();
+    lab.kubectl(&[
+        "-n",
+        FERROLB_NAMESPACE,
+        "rollout",
+        "status",
+        &daemonset,
+        "--timeout=50s",
+    ])
+    .await
+    .unwrap();
+    let restarted = started.elapsed();
+    bgp.converged(lab, vip, &advertisers).await;
+    let through = bgp.client_path(lab, vip);
+    lab.kubectl(&[
+        "drain",
+        &lab.node(through).name,
+        "--ignore-daemonsets",
+        "--delete-emptydir-data",
+        "--timeout=30s",
+    ])
+    .await
+    .unwrap();
+    let rest: Vec<usize> = advertisers
+        .iter()
+        .copied()
+        .filter(|i| *i != through)
+        .collect();
+    bgp.converged(lab, vip, &rest).await;
+    assert!(
+        started.elapsed() + Duration::from_secs(1) < window,
+        "the rollout and drain outlasted the probe ({:?})",
+        started.elapsed()
+    );
+    let report = run.await.unwrap().unwrap();
+    assert!(
+        report.failures() <= lab::bgp::GRACEFUL_FAILURES_MAX,
+        "{} failed new connections: more than ECMP rehashing costs, as if a node went without withdrawing: {}",
+        report.failures(),
+        report.failure_summary()
+    );
+    format!(
+        "BGP mode through FRR: rollout restart of 4 speaker pods (done {:.1} s in), then a drain of node {through}: {} of {} new connections failed, longest gap {:?} ({})",
+        restarted.as_secs_f64(),
+        report.failures(),
+        report.samples.len(),
+        report.longest_gap(),
+        report.failure_summary()
+    )
 }
 
 /// Agnhost pods on one node, as many as the busy-node tests of the speaker issue need.

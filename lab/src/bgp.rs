@@ -1,0 +1,209 @@
+//! BGP mode's data path in the lab: FRR on the LAN peering with every node, and a client
+//! behind it that reaches the Services' addresses only through the router. Test helpers:
+//! they panic with what they saw when the lab does not get there.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use crate::Lab;
+
+/// The most failed new connections (one opened every 5 ms) a rolling restart or a drain may
+/// cost in the lab's BGP tests. Each change of the router's ECMP group rehashes the
+/// connections in flight, and every one whose packets now reach another node fails (up to 6 in
+/// one change under load); a node that went without withdrawing costs at least 600 ms / 5 ms =
+/// 120 (BFD at 300 ms × 3 detects in 600–900 ms). A third of that tells the two apart.
+pub const GRACEFUL_FAILURES_MAX: usize = 40;
+
+/// The client's subnet behind the BGP router (IPv6: the lab's IPv4 documentation prefixes
+/// are the LAN, the ClusterIPs and the pods).
+pub const BEHIND_ROUTER: &str = "2001:db8:ff::";
+
+/// BGP mode's data path: FRR (zebra, bfdd, bgpd) on the LAN with every node as an eBGP
+/// neighbour over IPv6 with BFD (300 ms × 3), ECMP over them hashed on addresses only (one
+/// client's connections take one node, so a client sees when the router gave up on a dead
+/// one), and a client on a subnet of its own behind it that reaches the Services' addresses
+/// only through the router.
+pub struct BgpRouter {
+    pub frr: crate::router::Frr,
+    pub router: crate::netns::NetNs,
+    pub client: crate::netns::Scratch,
+}
+
+impl BgpRouter {
+    pub fn client_ip() -> String {
+        format!("{BEHIND_ROUTER}2")
+    }
+
+    pub async fn start(lab: &mut Lab) -> BgpRouter {
+        let router = lab.add_foreign_host(&[]).unwrap();
+        let client = crate::netns::Scratch::new("bgpc").unwrap();
+        client
+            .ip(&[
+                "link",
+                "add",
+                "c0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "rc",
+                "netns",
+                router.name(),
+            ])
+            .unwrap();
+        router
+            .ip(&[
+                "addr",
+                "add",
+                &format!("{BEHIND_ROUTER}1/64"),
+                "dev",
+                "rc",
+                "nodad",
+            ])
+            .unwrap();
+        router.ip(&["link", "set", "rc", "up"]).unwrap();
+        client
+            .ip(&[
+                "addr",
+                "add",
+                &format!("{}/64", Self::client_ip()),
+                "dev",
+                "c0",
+                "nodad",
+            ])
+            .unwrap();
+        client.ip(&["link", "set", "c0", "up"]).unwrap();
+        client.ip(&["link", "set", "lo", "up"]).unwrap();
+        client
+            .ip(&[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("{BEHIND_ROUTER}1"),
+            ])
+            .unwrap();
+        router.sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
+        // Policy 3: only the fields below, source and destination address.
+        router
+            .sysctl("net.ipv6.fib_multipath_hash_policy", "3")
+            .unwrap();
+        router
+            .sysctl("net.ipv6.fib_multipath_hash_fields", "0x0003")
+            .unwrap();
+        let neighbours: String = (1..=lab.nodes().len())
+            .map(|i| {
+                let node = crate::plan::node_v6(i);
+                format!(" neighbor {node} remote-as 64513\n neighbor {node} bfd\n")
+            })
+            .collect();
+        let activate: String = (1..=lab.nodes().len())
+            .map(|i| format!("  neighbor {} activate\n", crate::plan::node_v6(i)))
+            .collect();
+        let frr = crate::router::Frr::start_router(
+            &router,
+            &format!(
+                "frr defaults datacenter\nlog stdout debugging\nrouter bgp 64512\n bgp router-id {}\n no bgp ebgp-requires-policy\n{neighbours} address-family ipv6 unicast\n{activate}  maximum-paths 8\n exit-address-family\n!\n",
+                crate::plan::foreign_v4(1)
+            ),
+        )
+        .unwrap();
+        let bgp = BgpRouter {
+            frr,
+            router,
+            client,
+        };
+        for i in 1..=lab.nodes().len() {
+            bgp.route_client_subnet(lab, i);
+        }
+        lab.apply(&format!(
+            "apiVersion: ferrolb.io/v1alpha1\nkind: BFDProfile\nmetadata:\n  name: fast\nspec:\n  receiveInterval: 300\n  transmitInterval: 300\n  detectMultiplier: 3\n---\napiVersion: ferrolb.io/v1alpha1\nkind: BGPPeer\nmetadata:\n  name: tor\nspec:\n  myASN: 64513\n  peerASN: 64512\n  peerAddress: \"{}\"\n  connectTime: 1s\n  bfdProfile: fast\n---\napiVersion: ferrolb.io/v1alpha1\nkind: BGPAdvertisement\nmetadata:\n  name: all\nspec: {{}}\n",
+            crate::plan::foreign_v6(1)
+        ))
+        .await
+        .unwrap();
+        bgp
+    }
+
+    /// Node `i` reaches the client's subnet through the router (again after a revival: the
+    /// kernel drops IPv6 routes of a link that went down).
+    pub fn route_client_subnet(&self, lab: &Lab, i: usize) {
+        lab.node(i)
+            .ns
+            .ip(&[
+                "-6",
+                "route",
+                "replace",
+                &format!("{BEHIND_ROUTER}/64"),
+                "via",
+                &crate::plan::foreign_v6(1).to_string(),
+            ])
+            .unwrap();
+    }
+
+    /// The next hops the router's kernel uses for `vip`.
+    pub fn kernel_next_hops(&self, vip: IpAddr) -> String {
+        self.router
+            .ip(&["-6", "route", "show", &vip.to_string()])
+            .unwrap_or_default()
+    }
+
+    /// Waits until the router's kernel sends `vip` to exactly `nodes` and every node's BFD
+    /// session is Up.
+    pub async fn converged(&self, lab: &Lab, vip: IpAddr, nodes: &[usize]) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let hops = self.kernel_next_hops(vip);
+            let routed = (1..=lab.nodes().len()).all(|i| {
+                hops.contains(&format!("via {} ", crate::plan::node_v6(i))) == nodes.contains(&i)
+            });
+            let bfd = self.frr.vtysh("show bfd peers brief").unwrap_or_default();
+            let bfd_up = bfd.matches(" up ").count() == lab.nodes().len();
+            if routed && bfd_up {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the router sends {vip} via {hops:?}, not nodes {nodes:?}; BFD: {bfd}\n{}",
+                self.frr.log_tail(20)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the router no longer sends `vip` via node `dead` (its BFD session down).
+    pub async fn converged_without(&self, vip: IpAddr, dead: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self
+            .kernel_next_hops(vip)
+            .contains(&format!("via {} ", crate::plan::node_v6(dead)))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the router still sends {vip} to the dead node {dead}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The node the router sends the client's connections to `vip` through.
+    pub fn client_path(&self, lab: &Lab, vip: IpAddr) -> usize {
+        let route = self
+            .router
+            .ip(&[
+                "-6",
+                "route",
+                "get",
+                &vip.to_string(),
+                "from",
+                &Self::client_ip(),
+                "iif",
+                "rc",
+            ])
+            .unwrap();
+        (1..=lab.nodes().len())
+            .find(|i| route.contains(&format!("via {} ", crate::plan::node_v6(*i))))
+            .unwrap_or_else(|| panic!("no node in {route:?}"))
+    }
+}
