@@ -536,25 +536,7 @@ async fn rollout_restart_and_drain_of_the_speakers() {
         tokio::task::spawn_blocking(move || lab::probe::run(&ns, &config))
     };
     let started = Instant::now();
-    lab.kubectl(&[
-        "-n",
-        FERROLB_NAMESPACE,
-        "rollout",
-        "restart",
-        &format!("daemonset/{}", lab::SPEAKER_DAEMONSET),
-    ])
-    .await
-    .unwrap();
-    lab.kubectl(&[
-        "-n",
-        FERROLB_NAMESPACE,
-        "rollout",
-        "status",
-        &format!("daemonset/{}", lab::SPEAKER_DAEMONSET),
-        "--timeout=35s",
-    ])
-    .await
-    .unwrap();
+    rollout_restart_speakers(&lab, "35s").await;
     let took = started.elapsed();
     let report = run.await.unwrap().unwrap();
     let after = pod_names(
@@ -615,6 +597,24 @@ async fn rollout_restart_and_drain_of_the_speakers() {
     );
 }
 
+/// `kubectl rollout restart` of the speakers' DaemonSet, returning once it is rolled out.
+async fn rollout_restart_speakers(lab: &Lab, timeout: &str) {
+    let daemonset = format!("daemonset/{}", lab::SPEAKER_DAEMONSET);
+    lab.kubectl(&["-n", FERROLB_NAMESPACE, "rollout", "restart", &daemonset])
+        .await
+        .unwrap();
+    lab.kubectl(&[
+        "-n",
+        FERROLB_NAMESPACE,
+        "rollout",
+        "status",
+        &daemonset,
+        &format!("--timeout={timeout}"),
+    ])
+    .await
+    .unwrap();
+}
+
 /// The same in BGP mode: FRR on the LAN with ECMP over the advertising nodes (2 to 4; node 1
 /// is excluded), a client behind it opening a new connection every 5 ms while the speakers'
 /// DaemonSet is restarted and then a node the client goes through is drained. A stopping
@@ -650,20 +650,7 @@ async fn bgp_rollout_restart_and_drain(lab: &mut Lab) -> String {
     };
     let started = Instant::now();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let daemonset = format!("daemonset/{}", lab::SPEAKER_DAEMONSET);
-    lab.kubectl(&["-n", FERROLB_NAMESPACE, "rollout", "restart", &daemonset])
-        .await
-        .unwrap();
-    lab.kubectl(&[
-        "-n",
-        FERROLB_NAMESPACE,
-        "rollout",
-        "status",
-        &daemonset,
-        "--timeout=50s",
-    ])
-    .await
-    .unwrap();
+    rollout_restart_speakers(lab, "50s").await;
     let restarted = started.elapsed();
     bgp.converged(lab, vip, &advertisers).await;
     let through = bgp.client_path(lab, vip);
