@@ -227,6 +227,17 @@ async fn helm_installs_ferrolb_and_the_classic_example_works() {
     })
     .await;
 
+    // The NOTES say what to run next.
+    let notes = lab.helm_install_output.clone().unwrap_or_default();
+    for next in [
+        "kubectl label namespace ferrolb-system pod-security.kubernetes.io/enforce=privileged",
+        "kubectl -n ferrolb-system get pods -l app.kubernetes.io/name=ferrolb -o wide",
+        "kubectl apply -f pool.yaml",
+        "kubectl describe service NAME",
+    ] {
+        assert!(notes.contains(next), "NOTES lack {next:?}:\n{notes}");
+    }
+
     // Speakers: the DaemonSet's, one per node.
     let speakers = pods(
         &lab,

@@ -201,6 +201,53 @@ async fn schema_manifests_and_rbac_against_the_real_api_server() {
     .await
     .unwrap();
 
+    // Chart hygiene: lint-clean, and wrong values refused by its schema with where and why
+    // (its NOTES: `helm_installs_ferrolb_...`).
+    let lint = std::process::Command::new(&lab.bins.helm)
+        .args(["lint", &repo("deploy/helm/ferrolb")])
+        .output()
+        .unwrap();
+    let lint_text = String::from_utf8_lossy(&lint.stdout);
+    assert!(
+        lint.status.success() && !lint_text.contains("[WARNING]") && !lint_text.contains("[ERROR]"),
+        "{lint_text}"
+    );
+    for (value, why) in [
+        (
+            "controller.replicas=two",
+            "at '/controller/replicas': got string, want integer",
+        ),
+        ("logLevel=loud", "at '/logLevel': value must be one of"),
+        (
+            "speaker.metricsPort=70000",
+            "at '/speaker/metricsPort': maximum",
+        ),
+        (
+            "speaker.interface=eth0",
+            "additional properties 'interface' not allowed",
+        ),
+        (
+            "speaker.gossip.suspicionMs=0",
+            "at '/speaker/gossip/suspicionMs': minimum",
+        ),
+    ] {
+        let out = std::process::Command::new(&lab.bins.helm)
+            .args([
+                "template",
+                "ferrolb",
+                &repo("deploy/helm/ferrolb"),
+                "--set",
+                value,
+            ])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(why),
+            "--set {value}: {err}"
+        );
+    }
+
     // The example pool is accepted and shows in `kubectl get`.
     lab.kubectl(&["apply", "-f", &repo("deploy/examples/pool.yaml")])
         .await

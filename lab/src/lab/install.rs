@@ -27,7 +27,8 @@ pub const RELEASE: &str = "ferrolb";
 impl Lab {
     /// `helm install` of deploy/helm/ferrolb into [`NAMESPACE`] with `values` (`--set` pairs),
     /// as the lab's admin from inside the control plane's namespace.
-    pub async fn helm_install(&self, values: &[&str]) -> Result<()> {
+    /// Returns its output, the NOTES among it.
+    pub async fn helm_install(&self, values: &[&str]) -> Result<String> {
         let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/helm/ferrolb");
         let mut cmd = self.cp.command(&self.bins.helm);
         cmd.arg(format!("--kubeconfig={}", self.lan_kubeconfig.display()))
@@ -44,7 +45,7 @@ impl Lab {
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }
-        Ok(())
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Waits until the speaker DaemonSet runs one ready, current pod on every node and the

@@ -288,6 +288,8 @@ pub struct Lab {
     pub lan: NetNs,
     pub cp: NetNs,
     pub client_ns: NetNs,
+    /// What `helm install` printed (its NOTES among it), with [`Install::Helm`].
+    pub helm_install_output: Option<String>,
     foreign: usize,
     controllers: std::collections::BTreeMap<usize, Proc>,
     /// Where each controller replica runs.
@@ -543,6 +545,7 @@ impl Lab {
             agents: agents.clone(),
             lan,
             cp,
+            helm_install_output: None,
             client_ns,
             foreign: 0,
             controllers: Default::default(),
@@ -559,7 +562,7 @@ impl Lab {
         match config.install {
             Install::Processes => lab.apply_api().await?,
             Install::Kustomize => lab.apply_deploy().await?,
-            Install::Helm => lab.helm_install(&[]).await?,
+            Install::Helm => lab.helm_install_output = Some(lab.helm_install(&[]).await?),
         }
         lab.wait_for_crds().await?;
         if config.install != Install::Processes {
