@@ -125,7 +125,7 @@ fn helm_default_rendering_is_the_kustomize_base() {
     }
     assert_eq!(
         kustomize.len(),
-        20,
+        22,
         "{:?}",
         kustomize.keys().collect::<Vec<_>>()
     );

@@ -1724,6 +1724,85 @@ async fn admission_policy_lets_a_speaker_write_only_its_own_announced_condition(
     .await
     .unwrap();
     assert_eq!(ingress(&lab).await, vec!["198.51.100.201"]);
+
+    // BGPPeer status (`ferrolb-speaker-bgppeer-status`): a speaker writes its own node's
+    // session entry (server-side apply, a field manager per node, as BGP mode does), and not
+    // another node's, nor the counts the controller writes.
+    lab.apply(
+        "apiVersion: ferrolb.io/v1alpha1\nkind: BGPPeer\nmetadata:\n  name: tor\nspec:\n  myASN: 64513\n  peerASN: 64512\n  peerAddress: 192.0.2.1\n",
+    )
+    .await
+    .unwrap();
+    let session = |writer: &Api<Service>, node: &str, status: serde_json::Value| {
+        let api = Api::<crds::BGPPeer>::all(kube::Client::from(writer.clone()));
+        let params = PatchParams::apply(&format!("ferrolb-speaker/{node}")).force();
+        let patch = Patch::Apply(json!({
+            "apiVersion": "ferrolb.io/v1alpha1", "kind": "BGPPeer",
+            "metadata": {"name": "tor"},
+            "status": status,
+        }));
+        async move {
+            match api.patch_status("tor", &params, &patch).await {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(status)) => Err(format!("{} {}", status.code, status.message)),
+                Err(e) => panic!("writing the status of BGPPeer tor: {e}"),
+            }
+        }
+    };
+    let entry = |node: &str| json!({"sessions": [{"node": node, "state": "Connect"}]});
+    session(&speaker1, &node1, entry(&node1)).await.unwrap();
+    session(&speaker2, &node2, entry(&node2)).await.unwrap();
+    let refused = session(
+        &speaker1,
+        &node2,
+        json!({"sessions": [{"node": node2, "state": "Established"}]}),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        refused.starts_with("403")
+            && refused.contains(&format!(
+                "on node {node1} may change only its own node's entry"
+            )),
+        "{refused}"
+    );
+    let refused = session(
+        &speaker1,
+        &node1,
+        json!({"established": 2, "sessions": [{"node": node1, "state": "Connect"}]}),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        refused.contains("established and selected counts"),
+        "{refused}"
+    );
+    let refused = session(
+        &unbound,
+        &node1,
+        json!({"sessions": [{"node": node1, "state": "Idle"}]}),
+    )
+    .await
+    .unwrap_err();
+    assert!(refused.contains("this token names none"), "{refused}");
+    let peer = Api::<crds::BGPPeer>::all(lab.client())
+        .get("tor")
+        .await
+        .unwrap();
+    let states: Vec<(String, String)> = peer
+        .status
+        .unwrap_or_default()
+        .sessions
+        .into_iter()
+        .map(|s| (s.node, s.state))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            (node1.clone(), "Connect".into()),
+            (node2.clone(), "Connect".into())
+        ]
+    );
 }
 
 /// Issue 12: no false alarms under stress. A short run of `lab bench-soak` (the 10-minute
