@@ -466,17 +466,21 @@ async fn repeating_the_seed_list_sends_no_announces() {
         speaker.handle.set_seeds(seeds.clone());
         sleep(Duration::from_millis(3)).await;
     }
-    // Count what reaches the silent seed in the first 400 ms: less than the first eager
-    // retry (500 ms after the list was set).
+    // Count what reached the silent seed (and 100 ms more for what is in flight): the
+    // announce when the list was first set, and the first eager retry (500 ms after that) only
+    // if the calls took that long, as on a loaded machine (seen: 2 after a slow loop). Before
+    // the backoff, every call announced.
+    let until = Instant::now() + Duration::from_millis(100);
+    let retried = until.duration_since(started) >= Duration::from_millis(500);
     let mut received = 0;
     let mut buf = [0u8; 2048];
-    let until = started + Duration::from_millis(400);
     while let Ok(Ok(_)) = tokio::time::timeout_at(until, silent.recv_from(&mut buf)).await {
         received += 1;
     }
-    assert_eq!(
-        received, 1,
-        "announces to a silent seed within 400 ms of 100 calls"
+    assert!(
+        (1..=1 + usize::from(retried)).contains(&received),
+        "{received} announces to a silent seed in {:?} of 100 calls",
+        until.duration_since(started)
     );
 }
 
