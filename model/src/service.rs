@@ -22,6 +22,14 @@ pub const ANNOTATION_SHARING: &str = "ferrolb.io/allow-shared-ip";
 /// Written by the controller: the pool the Service's addresses were allocated from, so every
 /// speaker places an address that two pools contain in the same one.
 pub const ANNOTATION_ALLOCATED_FROM: &str = "ferrolb.io/ip-allocated-from-pool";
+/// MetalLB's annotation prefixes, current and old, read as equivalents of ours.
+pub const METALLB_PREFIXES: [&str; 2] = ["metallb.io/", "metallb.universe.tf/"];
+/// Our request annotations with MetalLB's name for each (after one of [`METALLB_PREFIXES`]).
+pub const METALLB_EQUIVALENTS: [(&str, &str); 3] = [
+    (ANNOTATION_IPS, "loadBalancerIPs"),
+    (ANNOTATION_POOL, "address-pool"),
+    (ANNOTATION_SHARING, "allow-shared-ip"),
+];
 
 /// The Service condition the announcing speaker writes.
 pub const ANNOUNCED_CONDITION: &str = "ferrolb.io/Announced";
