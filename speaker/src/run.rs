@@ -1114,11 +1114,9 @@ impl Speaker {
                     })
                     .collect();
                 let l2 = text.join(" and ");
-                let advertised: Vec<_> = bgp.iter().filter(|(_, a)| a.is_ok()).copied().collect();
-                if advertised.is_empty() {
-                    Wanted::announced(&l2, &self.me)
-                } else {
-                    Wanted::announced(&format!("{}; {l2}", over_bgp(&advertised)), &self.me)
+                match over_bgp(&bgp) {
+                    bgp if bgp.is_empty() => Wanted::announced(&l2, &self.me),
+                    bgp => Wanted::announced(&format!("{bgp}; {l2}"), &self.me),
                 }
             };
             self.reports.want(&service, Some(want));
@@ -1126,7 +1124,8 @@ impl Speaker {
     }
 }
 
-/// "198.51.100.5 over BGP from node-1, node-2 and 2001:db8::5 over BGP from node-1".
+/// "198.51.100.5 over BGP from node-1, node-2 and 2001:db8::5 over BGP from node-1", of the
+/// addresses some node advertises (empty when none does).
 fn over_bgp(advertised: &[(IpAddr, &Result<BTreeSet<NodeName>, NoOwner>)]) -> String {
     advertised
         .iter()

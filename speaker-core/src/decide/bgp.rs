@@ -185,21 +185,6 @@ pub fn plan(
     plan
 }
 
-/// The live nodes that advertise `address` under some advertisement (to whichever of their
-/// peers).
-pub fn advertisers(
-    facts: &Facts,
-    address: IpAddr,
-    live: &BTreeSet<NodeName>,
-) -> BTreeSet<NodeName> {
-    let holders: Vec<&ServiceFacts> = facts
-        .services
-        .iter()
-        .filter(|s| s.addresses.contains(&address))
-        .collect();
-    advertising_nodes(facts, address, &local_holders(&holders), live)
-}
-
 /// For every held address a BGPAdvertisement covers, the live nodes advertising it or, when
 /// none does, the furthest election stage that left every live node out: what the Services'
 /// conditions say. One pass over the Services.
@@ -237,6 +222,8 @@ pub fn advertised(
         .collect()
 }
 
+/// The live nodes that advertise `address` under some advertisement (to whichever of their
+/// peers).
 fn advertising_nodes(
     facts: &Facts,
     address: IpAddr,
