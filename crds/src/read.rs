@@ -10,7 +10,11 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use model::bgp::{self, BfdProfile, BgpAdvertisement, BgpPeer};
-use model::service::{ANNOTATION_ALLOCATED_FROM, ANNOUNCED_CONDITION, CONFLICT_REASON};
+use model::service::{
+    ANNOTATION_ALLOCATED_FROM, ANNOTATION_IPS, ANNOTATION_POOL, ANNOTATION_SHARING,
+    ANNOUNCED_CONDITION, CONFLICT_REASON, METALLB_IPS, METALLB_POOL, METALLB_PREFIXES,
+    METALLB_SHARING,
+};
 use model::{
     Advertisement, Family, FamilyPolicy, ForeignAnnotation, LabelSelector, Operator, Pool,
     Protocol, RequestError, Requirement, SelectorError, ServiceAllocation, ServiceKey,
@@ -20,8 +24,6 @@ use model::{
 use crate::schema::{BgpDuration, IpAddress, PoolName};
 use crate::{BFDProfile, BGPAdvertisement, BGPPeer, IPAddressPool, L2Advertisement};
 
-use model::service::{METALLB_EQUIVALENTS, METALLB_PREFIXES};
-
 /// A request annotation, under its ferrolb name and its MetalLB names.
 struct Equivalent {
     ours: &'static str,
@@ -29,16 +31,18 @@ struct Equivalent {
     metallb: &'static str,
 }
 
-impl Equivalent {
-    const fn of(index: usize) -> Equivalent {
-        let (ours, metallb) = METALLB_EQUIVALENTS[index];
-        Equivalent { ours, metallb }
-    }
-}
-
-const IPS: Equivalent = Equivalent::of(0);
-const POOL: Equivalent = Equivalent::of(1);
-const SHARING: Equivalent = Equivalent::of(2);
+const IPS: Equivalent = Equivalent {
+    ours: ANNOTATION_IPS,
+    metallb: METALLB_IPS,
+};
+const POOL: Equivalent = Equivalent {
+    ours: ANNOTATION_POOL,
+    metallb: METALLB_POOL,
+};
+const SHARING: Equivalent = Equivalent {
+    ours: ANNOTATION_SHARING,
+    metallb: METALLB_SHARING,
+};
 
 /// A Service's identity: namespace, name and UID.
 pub fn service_key(svc: &Service) -> ServiceKey {
@@ -389,7 +393,6 @@ fn requested_addresses(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use model::service::{ANNOTATION_IPS, ANNOTATION_POOL, ANNOTATION_SHARING};
     use serde_json::json;
 
     fn svc(spec: serde_json::Value, annotations: serde_json::Value) -> Service {

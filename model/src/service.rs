@@ -24,11 +24,15 @@ pub const ANNOTATION_SHARING: &str = "ferrolb.io/allow-shared-ip";
 pub const ANNOTATION_ALLOCATED_FROM: &str = "ferrolb.io/ip-allocated-from-pool";
 /// MetalLB's annotation prefixes, current and old, read as equivalents of ours.
 pub const METALLB_PREFIXES: [&str; 2] = ["metallb.io/", "metallb.universe.tf/"];
-/// Our request annotations with MetalLB's name for each (after one of [`METALLB_PREFIXES`]).
+/// MetalLB's names (after one of [`METALLB_PREFIXES`]) of our request annotations.
+pub const METALLB_IPS: &str = "loadBalancerIPs";
+pub const METALLB_POOL: &str = "address-pool";
+pub const METALLB_SHARING: &str = "allow-shared-ip";
+/// Our request annotations with MetalLB's name for each.
 pub const METALLB_EQUIVALENTS: [(&str, &str); 3] = [
-    (ANNOTATION_IPS, "loadBalancerIPs"),
-    (ANNOTATION_POOL, "address-pool"),
-    (ANNOTATION_SHARING, "allow-shared-ip"),
+    (ANNOTATION_IPS, METALLB_IPS),
+    (ANNOTATION_POOL, METALLB_POOL),
+    (ANNOTATION_SHARING, METALLB_SHARING),
 ];
 
 /// The Service condition the announcing speaker writes.

@@ -1528,10 +1528,23 @@ async fn write_status(
     params: &PatchParams,
     patch: &Patch<serde_json::Value>,
 ) -> Result<(), String> {
-    match api.patch_status("hello", params, patch).await {
+    patch_status_of(api, "hello", params, patch).await
+}
+
+/// Writes object `name`'s status; `Err` holds the API server's refusal, code and message.
+async fn patch_status_of<K>(
+    api: &Api<K>,
+    name: &str,
+    params: &PatchParams,
+    patch: &Patch<serde_json::Value>,
+) -> Result<(), String>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.patch_status(name, params, patch).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) => Err(format!("{} {}", status.code, status.message)),
-        Err(e) => panic!("writing the status of hello: {e}"),
+        Err(e) => panic!("writing the status of {name}: {e}"),
     }
 }
 
@@ -1741,13 +1754,7 @@ async fn admission_policy_lets_a_speaker_write_only_its_own_announced_condition(
             "metadata": {"name": "tor"},
             "status": status,
         }));
-        async move {
-            match api.patch_status("tor", &params, &patch).await {
-                Ok(_) => Ok(()),
-                Err(kube::Error::Api(status)) => Err(format!("{} {}", status.code, status.message)),
-                Err(e) => panic!("writing the status of BGPPeer tor: {e}"),
-            }
-        }
+        async move { patch_status_of(&api, "tor", &params, &patch).await }
     };
     let entry = |node: &str| json!({"sessions": [{"node": node, "state": "Connect"}]});
     session(&speaker1, &node1, entry(&node1)).await.unwrap();
