@@ -17,11 +17,12 @@ use common::events::Recorder;
 use crds::{BGPAdvertisement, BGPPeer, IPAddressPool, L2Advertisement};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Node, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::Api;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, Resource};
+use kube::{Client, Resource, ResourceExt};
 use model::ClassPolicy;
 use serde::de::DeserializeOwned;
 use tokio::sync::{Mutex, MutexGuard, mpsc};
@@ -174,7 +175,8 @@ pub async fn run(
 ) -> Result<(), Error> {
     let (ns_store, ns_task, mut ns_events) = reflect(Api::<Namespace>::all(client.clone()), 1);
     let (pool_store, pool_task, mut pool_events) =
-        reflect(Api::<IPAddressPool>::all(client.clone()), 2);
+        reflect(Api::<IPAddressPool>::all(client.clone()), 3);
+    let (peer_store, peer_task, mut peer_events) = reflect(Api::<BGPPeer>::all(client.clone()), 2);
     let (ad_store, ad_task, mut ad_events) =
         reflect(Api::<L2Advertisement>::all(client.clone()), 1);
     let (bgp_ad_store, bgp_ad_task, mut bgp_ad_events) =
@@ -245,18 +247,24 @@ pub async fn run(
         .reconcile_on(UnboundedReceiverStream::new(requeue_pools_rx));
 
     // A BGPPeer's status follows its own edits, the speakers' session entries, and the Nodes.
-    let peer_controller = Controller::new(
-        Api::<BGPPeer>::all(client.clone()),
-        watcher::Config::default(),
-    );
-    let peers_store = peer_controller.store();
-    let peer_controller = peer_controller.watches_stream(node_events.remove(0), move |_| {
-        peers_store
-            .state()
-            .iter()
-            .map(|peer| ObjectRef::from_obj(peer.as_ref()))
-            .collect::<Vec<_>>()
-    });
+    let peers_store = peer_store.clone();
+    let peer_controller = Controller::for_stream(peer_events.remove(0), peer_store.clone())
+        .watches_stream(node_events.remove(0), move |_| {
+            peers_store
+                .state()
+                .iter()
+                .map(|peer| ObjectRef::from_obj(peer.as_ref()))
+                .collect::<Vec<_>>()
+        });
+    let readiness_task = tokio::spawn(export_readiness(
+        ctx.metrics.clone(),
+        pool_store.clone(),
+        peer_store.clone(),
+        futures::stream::select(
+            pool_events.remove(0).map(|_| ()),
+            peer_events.remove(0).map(|_| ()),
+        ),
+    ));
 
     ns_store.wait_until_ready().await.ok();
     node_store.wait_until_ready().await.ok();
@@ -287,10 +295,49 @@ pub async fn run(
         ad_task,
         bgp_ad_task,
         node_task,
+        peer_task,
+        readiness_task,
         release_task,
         sweep_task,
     ] {
         task.abort();
     }
     Ok(())
+}
+
+/// Keeps `ferrolb_object_ready` equal to the `Ready` conditions the stores hold, after every
+/// change of a pool or peer (deletions included).
+async fn export_readiness(
+    metrics: Metrics,
+    pools: Store<IPAddressPool>,
+    peers: Store<BGPPeer>,
+    changes: impl Stream<Item = ()>,
+) {
+    /// Each object's name and whether its `Ready` condition is True.
+    fn readiness<K>(
+        store: &Store<K>,
+        conditions: impl Fn(&K) -> Option<&Vec<Condition>>,
+    ) -> Vec<(String, bool)>
+    where
+        K: kube::Resource<DynamicType = ()> + Clone,
+    {
+        store
+            .state()
+            .iter()
+            .map(|object| {
+                let ready = conditions(object)
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c.type_ == "Ready" && c.status == "True");
+                (object.name_any(), ready)
+            })
+            .collect()
+    }
+    let mut changes = std::pin::pin!(changes);
+    while changes.next().await.is_some() {
+        let of_pools = readiness(&pools, |p| p.status.as_ref().map(|s| &s.conditions));
+        metrics.readiness("IPAddressPool", &of_pools);
+        let of_peers = readiness(&peers, |p| p.status.as_ref().map(|s| &s.conditions));
+        metrics.readiness("BGPPeer", &of_peers);
+    }
 }

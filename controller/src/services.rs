@@ -42,6 +42,7 @@ async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
             let mut state = ctx.state().await;
             let released = state.release(&view.key);
             if !released.is_empty() {
+                ctx.metrics.service_holds(&view.key, &[]);
                 ctx.requeue_pending(&state);
             }
             released
@@ -96,6 +97,9 @@ async fn assign(
             tracing::info!("cannot adopt {}: {e}", join(&view.ingress));
         }
         let outcome = state.allocate(&request);
+        if let Ok(a) = &outcome {
+            ctx.metrics.service_holds(&request.key, &a.addresses);
+        }
         // On a dispute at start-up the older Service kept the address; name it.
         let taken_from = view
             .ingress
@@ -233,6 +237,7 @@ async fn forget(ctx: &Context, key: &ServiceKey) {
     let mut state = ctx.state().await;
     let released = state.release(key);
     if !released.is_empty() {
+        ctx.metrics.service_holds(key, &[]);
         tracing::info!(service = %key, released = %join(&released), "Service deleted; addresses released");
         ctx.requeue_pending(&state);
         ctx.pools_changed();

@@ -65,6 +65,18 @@ async fn pool_status_when(
     }
 }
 
+/// The controller's metrics once `done` holds of them, or after 15 s.
+async fn metrics_when(lab: &Lab, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let m = lab.controller_metrics(1).await.unwrap();
+        if done(&m) || Instant::now() > deadline {
+            return m;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn eventually_events(lab: &Lab, namespace: &str, name: &str, needle: &str) -> String {
     lab.eventually_events(namespace, name, needle)
         .await
@@ -121,11 +133,17 @@ async fn a_service_gets_an_address_that_answers_and_the_pool_says_so() {
             .is_some_and(|l| l.contains(" 1 ") && l.contains(" 50 ") && l.contains("True")),
         "{table}"
     );
-    let metrics = lab.controller_metrics(1).await.unwrap();
-    assert!(
-        metrics.contains(r#"ferrolb_allocator_addresses_in_use{pool="lan",family="ipv4"} 1"#),
-        "{metrics}"
-    );
+    let held = r#"ferrolb_service_address{service_namespace="default",service_name="hello",pool="lan",address="198.51.100.200",family="ipv4"} 1"#;
+    let metrics = metrics_when(&lab, |m| {
+        m.contains(r#"ferrolb_object_ready{kind="IPAddressPool",name="lan"} 1"#)
+    })
+    .await;
+    for line in [
+        r#"ferrolb_allocator_addresses_in_use{pool="lan",family="ipv4"} 1"#,
+        held,
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
 
     // Through kube-proxy, as a client would (the lab stands in for the speaker's ARP answer).
     let ip: IpAddr = "198.51.100.200".parse().unwrap();
@@ -140,6 +158,8 @@ async fn a_service_gets_an_address_that_answers_and_the_pool_says_so() {
         .await
         .unwrap();
     pool_status_when(&lab, "lan", |s| s.ipv4.is_some_and(|u| u.assigned == 0)).await;
+    let metrics = lab.controller_metrics(1).await.unwrap();
+    assert!(!metrics.contains(r#"service_name="hello""#), "{metrics}");
     lab.expose(&ServiceSpec::new("default", "second"))
         .await
         .unwrap();

@@ -38,6 +38,7 @@ use tokio::task::JoinHandle;
 use crate::bfd::Bfd;
 use crate::bgp::{self, Peer, Status};
 use crate::membership::View;
+use crate::run::AddressLabels;
 use crate::view::{Change, Stores};
 
 /// The key of a password Secret that holds the TCP MD5 key (a `kubernetes.io/basic-auth`
@@ -91,6 +92,10 @@ pub struct Metrics {
     pub sessions_down: Family<PeerLabels, Counter>,
     pub bfd_up: Family<PeerLabels, Gauge>,
     pub bfd_downs: Family<PeerLabels, Counter>,
+    /// 1 for each address this node advertises while it has a session: what alerts join with
+    /// the Services' addresses (held by a peer only while its session is Established).
+    advertised_addresses: Family<AddressLabels, Gauge>,
+    advertised_shown: Arc<std::sync::Mutex<BTreeSet<IpAddr>>>,
 }
 
 impl Metrics {
@@ -132,7 +137,27 @@ impl Metrics {
             "Times the BFD session to the peer left Up (each takes the BGP session down)",
             m.bfd_downs.clone(),
         );
+        r.register(
+            "bgp_advertised_address",
+            "1 for each address this node advertises to its BGP peers",
+            m.advertised_addresses.clone(),
+        );
         m
+    }
+
+    /// Sets the series of `advertised_address` to `now`, removing those no longer advertised.
+    fn advertising(&self, now: BTreeSet<IpAddr>) {
+        let mut shown = self.advertised_shown.lock().expect("not poisoned");
+        let labels = |ip: &IpAddr| AddressLabels {
+            address: ip.to_string(),
+        };
+        for gone in shown.difference(&now) {
+            self.advertised_addresses.remove(&labels(gone));
+        }
+        for ip in &now {
+            self.advertised_addresses.get_or_create(&labels(ip)).set(1);
+        }
+        *shown = now;
     }
 
     fn forget(&self, labels: &PeerLabels) {
@@ -176,6 +201,9 @@ struct Running {
     wanted: Wanted,
     /// Set when the peer no longer selects this node: its status entry goes with the session.
     forget: Arc<AtomicBool>,
+    /// Set when a new session to the same peer takes its place (a changed password or
+    /// setting): from then on the new session's reporter alone writes the entry and metrics.
+    replaced: Arc<AtomicBool>,
     routes: watch::Sender<Routes>,
     stop: watch::Sender<bool>,
     status: watch::Receiver<Status>,
@@ -344,6 +372,9 @@ async fn reconcile(config: &Config, phase: Phase, live: &BTreeSet<NodeName>, mem
         if !peers.iter().any(|p| p.name == name) {
             running.forget.store(true, Ordering::Relaxed);
         }
+        if wanted.contains_key(&name) {
+            running.replaced.store(true, Ordering::Relaxed);
+        }
         running.stop.send_replace(true);
         if let (Some(bfd), Some(_)) = (bfd.as_ref(), &running.wanted.bfd) {
             bfd.remove(running.wanted.peer.address);
@@ -373,6 +404,15 @@ async fn reconcile(config: &Config, phase: Phase, live: &BTreeSet<NodeName>, mem
     let context = config.stores.context();
     let facts = config.stores.bgp_facts(&context);
     let advertised = speaker_core::decide::bgp::advertised(&facts, live);
+    config.metrics.advertising(if sessions.is_empty() {
+        BTreeSet::new()
+    } else {
+        advertised
+            .iter()
+            .filter(|(_, nodes)| nodes.as_ref().is_ok_and(|n| n.contains(&config.me)))
+            .map(|(ip, _)| *ip)
+            .collect()
+    });
     config.advertised.send_if_modified(|before| {
         let changed = **before != advertised;
         if changed {
@@ -429,6 +469,7 @@ fn start(
     let address = session.address;
     let task = tokio::spawn(bgp::run(session, routes_rx, status_tx, stop_rx, bfd));
     let forget = Arc::new(AtomicBool::new(false));
+    let replaced = Arc::new(AtomicBool::new(false));
     tokio::spawn(report(
         Reporter {
             peer: peer.name.clone(),
@@ -439,10 +480,12 @@ fn start(
         },
         status.clone(),
         forget.clone(),
+        replaced.clone(),
     ));
     Running {
         wanted: wanted.clone(),
         forget,
+        replaced,
         routes,
         stop,
         status,
@@ -462,8 +505,15 @@ struct Reporter {
 /// Logs each change of a session, keeps its metrics, publishes an Event when it opens or goes
 /// down, and writes this node's entry of the BGPPeer's `status.sessions` (server-side apply
 /// with a field manager per node: each node owns its own entry). When the session ends with
-/// `forget` set, the entry and the metrics go.
-async fn report(to: Reporter, mut status: watch::Receiver<Status>, forget: Arc<AtomicBool>) {
+/// `forget` set, the entry and the metrics go; once `replaced` is set it writes nothing more (its
+/// last state, written late, would overwrite the new session's: seen as a status stuck at
+/// "Idle (stopped)" under load).
+async fn report(
+    to: Reporter,
+    mut status: watch::Receiver<Status>,
+    forget: Arc<AtomicBool>,
+    replaced: Arc<AtomicBool>,
+) {
     let Reporter {
         peer,
         address,
@@ -486,6 +536,9 @@ async fn report(to: Reporter, mut status: watch::Receiver<Status>, forget: Arc<A
     let mut since = Time(k8s_openapi::jiff::Timestamp::now());
     let mut seen = Status::default();
     loop {
+        if replaced.load(Ordering::Relaxed) {
+            break;
+        }
         let now = status.borrow_and_update().clone();
         if state != Some(now.state) {
             if let Some(from) = state {

@@ -2170,12 +2170,17 @@ async fn bgp_mode_advertises_a_service_from_every_node_to_the_router() {
                 .iter()
                 .map(|(name, _)| metric_sum(&text, name, r#"peer="tor""#))
                 .collect();
-            if seen == want.map(|(_, v)| v) {
+            let address = metric_sum(
+                &text,
+                "ferrolb_speaker_bgp_advertised_address",
+                &format!(r#"address="{vip}""#),
+            );
+            if seen == want.map(|(_, v)| v) && address == 1.0 {
                 break;
             }
             assert!(
                 Instant::now() < deadline,
-                "node {i}: {want:?} != {seen:?}\n{text}"
+                "node {i}: {want:?} != {seen:?} or {vip} not advertised\n{text}"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -2191,11 +2196,24 @@ async fn bgp_mode_advertises_a_service_from_every_node_to_the_router() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    let controller = lab.controller_metrics(1).await.unwrap();
+    assert!(
+        controller
+            .lines()
+            .any(|l| l == r#"ferrolb_object_ready{kind="BGPPeer",name="tor"} 1"#),
+        "{controller}"
+    );
+
     lab.cordon(2, true).await.unwrap();
     advertised_by(&lab, &frr, &prefix, &[1, 3]).await;
     let want = over_bgp("node-1, node-3");
     let (_, _, message) = condition_when(&lab, "web", |_, _, m| m.starts_with(&want)).await;
     assert!(message.starts_with(&want), "{message}");
+    let text = lab.speaker_metrics(2).await.unwrap();
+    assert!(
+        !text.contains("ferrolb_speaker_bgp_advertised_address{"),
+        "{text}"
+    );
 
     // SIGTERM: node 1 withdraws (node 3 serves) while its session is still up.
     let node1 = lab::plan::node_v4(1).to_string();
