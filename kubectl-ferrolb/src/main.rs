@@ -1,5 +1,10 @@
 //! `kubectl-ferrolb`: found by kubectl on PATH as `kubectl ferrolb`.
 //!
+//! `status`, `services` and `explain` read the cluster through the kubeconfig kubectl uses
+//! (`KUBECONFIG`, `--kubeconfig`, `--context`) and print a table, or `-o json|yaml`. Exit codes:
+//! 0 all is well; 1 error (no cluster, no such Service); 2 `status` found problems, or
+//! `explain` found the Service without an address or not announced.
+//!
 //! `kubectl ferrolb migrate-from-metallb -f FILE...` writes the ferrolb YAML to stdout and every
 //! finding to stderr, one per line (`DIFFERENCE: Kind/name: …` or `note: Kind/name: …`), so that
 //! stdout can be piped into `kubectl apply -f -`. Exit codes: 0 converted, nothing to read;
@@ -9,7 +14,12 @@
 use std::io::Read;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+
+mod fetch;
+use k8s_openapi::jiff::Timestamp;
+use kubectl_ferrolb::cluster::{self, Snapshot};
 use kubectl_ferrolb::migrate::{Severity, convert_inputs};
 
 #[derive(Parser)]
@@ -24,8 +34,59 @@ struct Cli {
     command: Command,
 }
 
+/// The flags kubectl users expect, shared by the commands that read the cluster.
+#[derive(clap::Args)]
+struct ClusterArgs {
+    /// Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config).
+    #[arg(long, global = true)]
+    kubeconfig: Option<std::path::PathBuf>,
+    /// The kubeconfig context to use.
+    #[arg(long, global = true)]
+    context: Option<String>,
+    /// The namespace ferrolb runs in.
+    #[arg(long, default_value = "ferrolb-system", global = true)]
+    ferrolb_namespace: String,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "table", global = true)]
+    output: Output,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Output {
+    Table,
+    Json,
+    Yaml,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// The controller's leader, the speakers per node, the pools' usage and conditions, BGP
+    /// peers, and anything wrong, first.
+    Status {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Each LoadBalancer Service: addresses, pool, announcing nodes and interface, since when,
+    /// and the last takeover.
+    Services {
+        /// Only this namespace (default: the kubeconfig context's, else "default").
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// Every namespace.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Why a Service has no address, or why its address is not announced, and what to do.
+    Explain {
+        /// svc/NAME, service/NAME or NAME.
+        service: String,
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
     /// Convert MetalLB manifests (metallb.io kinds, Services with MetalLB annotations) into
     /// ferrolb manifests.
     ///
@@ -49,7 +110,114 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::MigrateFromMetallb { files, quiet } => migrate(&files, quiet),
+        Command::Status { cluster } => read_cluster(cluster, None, |snapshot, output| {
+            let status = cluster::status(&snapshot.cluster);
+            print(output, &status, || cluster::render_status(&status))?;
+            Ok(if status.problems.is_empty() { 0 } else { 2 })
+        }),
+        Command::Services {
+            namespace,
+            all_namespaces,
+            cluster,
+        } => read_cluster(cluster, namespace, move |snapshot, output| {
+            let ns = (!all_namespaces).then_some(snapshot.namespace_asked.as_str());
+            let rows = cluster::services(&snapshot.cluster, ns);
+            print(output, &rows, || {
+                cluster::render_services(&rows, all_namespaces, Timestamp::now())
+            })?;
+            Ok(0)
+        }),
+        Command::Explain {
+            service,
+            namespace,
+            cluster,
+        } => read_cluster(cluster, namespace, move |snapshot, output| {
+            let name = service
+                .strip_prefix("svc/")
+                .or_else(|| service.strip_prefix("service/"))
+                .or_else(|| service.strip_prefix("services/"))
+                .unwrap_or(&service);
+            let ns = &snapshot.namespace_asked;
+            let Some(e) = cluster::explain(&snapshot.cluster, ns, name) else {
+                anyhow::bail!("no Service {name} in namespace {ns}");
+            };
+            print(output, &e, || cluster::render_explanation(&e))?;
+            Ok(if e.served { 0 } else { 2 })
+        }),
     }
+}
+
+/// The snapshot, and the namespace the command was asked about (`-n`, else the context's).
+struct Asked {
+    cluster: Snapshot,
+    namespace_asked: String,
+}
+
+/// Reads the cluster, then runs `answer`, whose number is the exit code.
+fn read_cluster(
+    args: ClusterArgs,
+    namespace: Option<String>,
+    answer: impl FnOnce(&Asked, Output) -> anyhow::Result<u8>,
+) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let output = args.output;
+    let read = runtime.block_on(async {
+        let (client, default_namespace) = client(&args).await?;
+        let cluster = fetch::snapshot(&client, &args.ferrolb_namespace).await?;
+        anyhow::Ok(Asked {
+            cluster,
+            namespace_asked: namespace.unwrap_or(default_namespace),
+        })
+    });
+    match read.and_then(|read| answer(&read, output)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// A client for the kubeconfig and context asked for, and that context's namespace.
+async fn client(args: &ClusterArgs) -> anyhow::Result<(kube::Client, String)> {
+    let options = kube::config::KubeConfigOptions {
+        context: args.context.clone(),
+        ..Default::default()
+    };
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &options).await?
+        }
+        None => kube::Config::from_kubeconfig(&options)
+            .await
+            .context("no kubeconfig (set KUBECONFIG or pass --kubeconfig)")?,
+    };
+    let namespace = config.default_namespace.clone();
+    Ok((kube::Client::try_from(config)?, namespace))
+}
+
+fn print<T: serde::Serialize>(
+    output: Output,
+    value: &T,
+    table: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
+    match output {
+        Output::Table => print!("{}", table()),
+        Output::Json => println!("{}", serde_json::to_string_pretty(value)?),
+        Output::Yaml => print!("{}", serde_saphyr::to_string(value)?),
+    }
+    Ok(())
 }
 
 fn migrate(files: &[String], quiet: bool) -> ExitCode {

@@ -1,4 +1,5 @@
-//! The built binary's exit codes and streams.
+//! The built binary's exit codes and streams (the cluster commands against a real API server:
+//! lab/tests/installed.rs).
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
@@ -110,4 +111,31 @@ fn exit_1_on_errors() {
     );
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("/nonexistent/metallb.yaml"));
+}
+
+#[test]
+fn help_lists_every_command() {
+    let out = run(&["--help"], "");
+    assert!(out.status.success());
+    for command in ["status", "services", "explain", "migrate-from-metallb"] {
+        assert!(text(&out.stdout).contains(command), "{command}");
+    }
+}
+
+#[test]
+fn a_cluster_command_without_a_cluster_says_so_and_exits_1() {
+    let out = Command::new(BIN)
+        .arg("status")
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).starts_with("error: "),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(&["status", "-o", "xml"], "");
+    assert_eq!(out.status.code(), Some(2), "clap refuses an unknown format");
 }

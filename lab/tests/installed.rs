@@ -292,7 +292,7 @@ async fn helm_installs_ferrolb_and_the_classic_example_works() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 
-    the_classic_example_answers(&lab).await;
+    let hello = the_classic_example_answers(&lab).await;
 
     // And a selectorless Service in front of a host outside the cluster: kube-controller-
     // manager's mirroring controller turns its hand-written Endpoints into the EndpointSlice
@@ -304,6 +304,134 @@ async fn helm_installs_ferrolb_and_the_classic_example_works() {
     let address = address_of(&lab, "default", "external").await;
     owner_of(&lab, address).await;
     all_answer(&lab, address, &BTreeSet::from(["outside".to_string()])).await;
+
+    the_plugin_reads_the_cluster(&lab, hello).await;
+}
+
+/// `kubectl ferrolb …` through kubectl; exit code, stdout and stderr.
+async fn plugin(lab: &Lab, args: &[&str]) -> (i32, String, String) {
+    let controller = lab::binaries::FerrolbBinaries::find().unwrap().controller;
+    let dir = controller.parent().unwrap();
+    assert!(
+        dir.join("kubectl-ferrolb").is_file(),
+        "no kubectl-ferrolb beside {} (cargo build -p kubectl-ferrolb)",
+        controller.display()
+    );
+    let mut all = vec!["ferrolb"];
+    all.extend(args);
+    let out = lab.kubectl_plugin(dir, &all).await.unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The plugin against the real API server, the Helm-installed pods and the example Service at
+/// `hello`: status, services and explain, as tables and as JSON.
+async fn the_plugin_reads_the_cluster(lab: &Lab, hello: IpAddr) {
+    let owner = format!("node-{}", owner_of(lab, hello).await);
+    // Status: the leader, three ready speakers that each see three members, the pool.
+    let (code, out, err) = plugin(lab, &["status", "-o", "json"]).await;
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| {
+        panic!("status -o json: {e}: {out}\n{err}");
+    });
+    assert_eq!(code, 0, "{status:#}\n{err}");
+    assert_eq!(status["problems"], serde_json::json!([]), "{status:#}");
+    assert!(status["controller"]["leader"].is_string(), "{status:#}");
+    assert_eq!(status["speakers"]["ready"], 3, "{status:#}");
+    let nodes = status["speakers"]["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3, "{status:#}");
+    assert!(
+        nodes
+            .iter()
+            .all(|n| n["ready"] == true && n["members"] == 3),
+        "each speaker sees the three members: {status:#}"
+    );
+    assert!(
+        status["pools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["ready"] == "True" && p["ipv4"]["assigned"].as_i64() >= Some(1)),
+        "{status:#}"
+    );
+    let (_, table, _) = plugin(lab, &["status"]).await;
+    println!("$ kubectl ferrolb status\n{table}");
+    assert!(table.starts_with("No problems found."), "{table}");
+    assert!(table.contains("SPEAKERS  3 of 3 ready"), "{table}");
+
+    // Services: the owner and interface of the example's address.
+    let (code, out, err) = plugin(lab, &["services", "-n", "default", "-o", "json"]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "hello")
+        .unwrap_or_else(|| panic!("no hello in {rows:#}"));
+    assert_eq!(row["addresses"], serde_json::json!([hello.to_string()]));
+    assert_eq!(row["state"], "Announced", "{row:#}");
+    assert_eq!(row["announced_by"], serde_json::json!([owner]), "{row:#}");
+    assert!(!row["interfaces"].as_array().unwrap().is_empty(), "{row:#}");
+    let (_, table, _) = plugin(lab, &["services", "-A"]).await;
+    println!("$ kubectl ferrolb services -A\n{table}");
+    let line = table
+        .lines()
+        .find(|l| l.contains(" hello "))
+        .unwrap_or_default();
+    assert!(
+        line.starts_with("default") && line.contains(&hello.to_string()) && line.contains(&owner),
+        "{table}"
+    );
+
+    // Explain: the served Service, then one asking for an address outside every pool.
+    let (code, out, _) = plugin(lab, &["explain", "svc/hello", "-n", "default"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.starts_with(&format!("Service default/hello: it has {hello}"))
+            && out.contains(&format!("announced from node {owner}")),
+        "{out}"
+    );
+    lab.apply(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: stray\n  namespace: default\n  \
+         annotations:\n    ferrolb.io/load-balancer-ips: 203.0.113.77\nspec:\n  type: \
+         LoadBalancer\n  selector:\n    app: hello\n  ports:\n    - port: 80\n",
+    )
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, out, err) = plugin(lab, &["explain", "stray", "-n", "default"]).await;
+        if out.contains("NotInAnyPool") {
+            println!("$ kubectl ferrolb explain stray -n default\n{out}");
+            assert_eq!(code, 2, "{out}");
+            assert!(
+                out.contains("\nFix: ask for an address inside a pool"),
+                "{out}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no NotInAnyPool in:\n{out}\n{err}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (code, out, _) = plugin(lab, &["status"]).await;
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.starts_with("PROBLEMS\n")
+            && out.contains("1 Service(s) have no address: default/stray"),
+        "{out}"
+    );
+    let (code, _, err) = plugin(lab, &["explain", "svc/nothing", "-n", "default"]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("no Service nothing in namespace default"),
+        "{err}"
+    );
 }
 
 /// deploy/examples applied as an operator would: the Service gets an address, one node

@@ -124,6 +124,18 @@ impl Lab {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// `kubectl ARGS…` as an operator runs a plugin: kubectl finds `kubectl-NAME` in `dir`, put
+    /// first on PATH, and the plugin reads the admin kubeconfig from `KUBECONFIG`. The whole
+    /// output, whatever the exit code.
+    pub async fn kubectl_plugin(&self, dir: &Path, args: &[&str]) -> Result<std::process::Output> {
+        let mut cmd = self.cp.command(&self.bins.kubectl);
+        let path = std::env::var("PATH").unwrap_or_default();
+        cmd.env("PATH", format!("{}:{path}", dir.display()))
+            .env("KUBECONFIG", &self.lan_kubeconfig)
+            .args(args);
+        Ok(tokio::task::spawn_blocking(move || cmd.output()).await??)
+    }
+
     /// A kubeconfig for ServiceAccount `namespace/name`, with a token from the TokenRequest
     /// API: how the lab runs ferrolb under its own RBAC.
     pub async fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> Result<PathBuf> {
