@@ -114,3 +114,67 @@ async fn members(client: &Client, namespace: &str, pod: &Pod) -> Option<(String,
         .find_map(|l| l.strip_prefix("ferrolb_speaker_members "))?;
     Some((name, value.trim().parse::<f64>().ok()? as u64))
 }
+
+/// MetalLB's kinds, at the version each is stored at (BGPPeer: v1beta2).
+const METALLB_KINDS: [(&str, &str, &str); 6] = [
+    ("v1beta1", "IPAddressPool", "ipaddresspools"),
+    ("v1beta1", "L2Advertisement", "l2advertisements"),
+    ("v1beta2", "BGPPeer", "bgppeers"),
+    ("v1beta1", "BGPAdvertisement", "bgpadvertisements"),
+    ("v1beta1", "BFDProfile", "bfdprofiles"),
+    ("v1beta1", "Community", "communities"),
+];
+
+/// MetalLB's objects of every kind installed, and the Services with a MetalLB annotation, as
+/// `(source, JSON)` pairs for the conversion (JSON is YAML). A kind not installed is skipped.
+pub async fn metallb_objects(client: &Client) -> anyhow::Result<Vec<(String, String)>> {
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+    let mut texts = vec![];
+    for (version, kind, plural) in METALLB_KINDS {
+        let resource = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("metallb.io", version, kind),
+            plural,
+        );
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+        let objects = match api.list(&ListParams::default()).await {
+            Ok(list) => list.items,
+            Err(kube::Error::Api(e)) if e.code == 404 => continue,
+            Err(e) => return Err(e).with_context(|| format!("listing MetalLB's {kind}s")),
+        };
+        for mut object in objects {
+            object.types = Some(kube::api::TypeMeta {
+                api_version: resource.api_version.clone(),
+                kind: kind.to_string(),
+            });
+            object.metadata.managed_fields = None;
+            texts.push((
+                format!(
+                    "cluster:{kind}/{}",
+                    object.metadata.name.clone().unwrap_or_default()
+                ),
+                serde_json::to_string(&object)?,
+            ));
+        }
+    }
+    let services = list(Api::<Service>::all(client.clone()), &ListParams::default()).await?;
+    for mut svc in services {
+        let annotated = svc.metadata.annotations.iter().flatten().any(|(key, _)| {
+            model::service::METALLB_PREFIXES
+                .iter()
+                .any(|prefix| key.starts_with(prefix))
+        });
+        if !annotated {
+            continue;
+        }
+        svc.metadata.managed_fields = None;
+        texts.push((
+            format!(
+                "cluster:Service/{}/{}",
+                svc.metadata.namespace.clone().unwrap_or_default(),
+                svc.metadata.name.clone().unwrap_or_default()
+            ),
+            serde_json::to_string(&svc)?,
+        ));
+    }
+    Ok(texts)
+}

@@ -34,15 +34,22 @@ struct Cli {
     command: Command,
 }
 
-/// The flags kubectl users expect, shared by the commands that read the cluster.
+/// Which cluster, as kubectl's flags say it.
 #[derive(clap::Args)]
-struct ClusterArgs {
+struct KubeconfigArgs {
     /// Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config).
     #[arg(long, global = true)]
     kubeconfig: Option<std::path::PathBuf>,
     /// The kubeconfig context to use.
     #[arg(long, global = true)]
     context: Option<String>,
+}
+
+/// The flags kubectl users expect, shared by the commands that read the cluster.
+#[derive(clap::Args)]
+struct ClusterArgs {
+    #[command(flatten)]
+    kubeconfig: KubeconfigArgs,
     /// The namespace ferrolb runs in.
     #[arg(long, default_value = "ferrolb-system", global = true)]
     ferrolb_namespace: String,
@@ -98,18 +105,53 @@ enum Command {
     MigrateFromMetallb {
         /// A file of MetalLB manifests (multi-document YAML, or a kind: List); `-` for stdin.
         /// May be repeated.
-        #[arg(short = 'f', long = "filename", required = true)]
+        #[arg(
+            short = 'f',
+            long = "filename",
+            required_unless_present = "from_cluster"
+        )]
         files: Vec<String>,
+        /// Read MetalLB's objects (every metallb.io kind installed) and the Services with MetalLB
+        /// annotations from the cluster instead.
+        #[arg(long, conflicts_with = "files")]
+        from_cluster: bool,
         /// Print only the differences on stderr, not the notes.
         #[arg(short = 'q', long)]
         quiet: bool,
+        #[command(flatten)]
+        kubeconfig: KubeconfigArgs,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::MigrateFromMetallb { files, quiet } => migrate(&files, quiet),
+        Command::MigrateFromMetallb {
+            files,
+            from_cluster: false,
+            quiet,
+            ..
+        } => migrate(&files, quiet),
+        Command::MigrateFromMetallb {
+            from_cluster: true,
+            quiet,
+            kubeconfig,
+            ..
+        } => {
+            let read = runtime().and_then(|runtime| {
+                runtime.block_on(async {
+                    let (client, _) = client(&kubeconfig).await?;
+                    fetch::metallb_objects(&client).await
+                })
+            });
+            match read {
+                Ok(texts) => convert(&texts, quiet),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Status { cluster } => read_cluster(cluster, None, |snapshot, output| {
             let status = cluster::status(&snapshot.cluster);
             print(output, &status, || cluster::render_status(&status))?;
@@ -159,23 +201,15 @@ fn read_cluster(
     namespace: Option<String>,
     answer: impl FnOnce(&Asked, Output) -> anyhow::Result<u8>,
 ) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(1);
-        }
-    };
     let output = args.output;
-    let read = runtime.block_on(async {
-        let (client, default_namespace) = client(&args).await?;
-        let cluster = fetch::snapshot(&client, &args.ferrolb_namespace).await?;
-        anyhow::Ok(Asked {
-            cluster,
-            namespace_asked: namespace.unwrap_or(default_namespace),
+    let read = runtime().and_then(|runtime| {
+        runtime.block_on(async {
+            let (client, default_namespace) = client(&args.kubeconfig).await?;
+            let cluster = fetch::snapshot(&client, &args.ferrolb_namespace).await?;
+            anyhow::Ok(Asked {
+                cluster,
+                namespace_asked: namespace.unwrap_or(default_namespace),
+            })
         })
     });
     match read.and_then(|read| answer(&read, output)) {
@@ -187,8 +221,14 @@ fn read_cluster(
     }
 }
 
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
 /// A client for the kubeconfig and context asked for, and that context's namespace.
-async fn client(args: &ClusterArgs) -> anyhow::Result<(kube::Client, String)> {
+async fn client(args: &KubeconfigArgs) -> anyhow::Result<(kube::Client, String)> {
     let options = kube::config::KubeConfigOptions {
         context: args.context.clone(),
         ..Default::default()
@@ -244,7 +284,16 @@ fn migrate(files: &[String], quiet: bool) -> ExitCode {
             }
         }
     }
-    let inputs: Vec<(&str, &str)> = texts.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let texts: Vec<(String, String)> = texts.into_iter().map(|(n, t)| (n.to_string(), t)).collect();
+    convert(&texts, quiet)
+}
+
+/// Converts `(source, YAML)` pairs, prints the YAML and the findings; the exit code.
+fn convert(texts: &[(String, String)], quiet: bool) -> ExitCode {
+    let inputs: Vec<(&str, &str)> = texts
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.as_str()))
+        .collect();
     let conversion = match convert_inputs(&inputs) {
         Ok(c) => c,
         Err(e) => {

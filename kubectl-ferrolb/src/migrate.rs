@@ -366,11 +366,13 @@ impl Converter {
             return None;
         }
         out.insert("addresses".into(), Value::Array(addresses));
-        if let Some(v) = spec.get("autoAssign").filter(|v| v.is_boolean()) {
-            out.insert("autoAssign".into(), v.clone());
-        }
-        if let Some(v) = spec.get("avoidBuggyIPs").filter(|v| v.is_boolean()) {
-            out.insert("avoidBuggyIPs".into(), v.clone());
+        // Only where they differ from the default (the same in both): MetalLB's CRD writes its
+        // defaults into every stored pool, and a pool read from the cluster converts as the
+        // same pool read from its file.
+        for (field, default) in [("autoAssign", true), ("avoidBuggyIPs", false)] {
+            if let Some(v) = spec.get(field).filter(|v| v.as_bool() == Some(!default)) {
+                out.insert(field.into(), v.clone());
+            }
         }
         if let Some(sa) = spec.get("serviceAllocation").and_then(Value::as_object) {
             let mut alloc = Map::new();

@@ -561,3 +561,24 @@ fn invalid_input_is_an_error() {
     assert_eq!(c.objects[0]["spec"], json!({}));
     assert!(c.findings.is_empty(), "{:#?}", c.findings);
 }
+
+/// MetalLB's API server stores `autoAssign: true` and `avoidBuggyIPs: false` in every pool: a
+/// pool read from the cluster converts as the same pool read from its file, carrying only what
+/// differs from the defaults (which ferrolb shares).
+#[test]
+fn pool_defaults_are_not_carried_over() {
+    let pool = |spec: &str| {
+        convert(&format!(
+            "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata:\n  name: p\nspec:\n  addresses: [198.51.100.0/24]\n{spec}"
+        ))
+        .objects[0]["spec"]
+            .clone()
+    };
+    let bare = pool("");
+    assert_eq!(bare, json!({"addresses": ["198.51.100.0/24"]}));
+    assert_eq!(pool("  autoAssign: true\n  avoidBuggyIPs: false\n"), bare);
+    assert_eq!(
+        pool("  autoAssign: false\n  avoidBuggyIPs: true\n"),
+        json!({"addresses": ["198.51.100.0/24"], "autoAssign": false, "avoidBuggyIPs": true})
+    );
+}

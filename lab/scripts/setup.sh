@@ -48,3 +48,5 @@ fi
 "$here/build-k8s.sh" all >/dev/null
 "$here/build-image.sh" pause >/dev/null
 "$here/build-image.sh" agnhost >/dev/null
+# MetalLB's CRDs, for the migration tool's test against a cluster holding MetalLB objects.
+"$here/metallb-crds.sh" >/dev/null

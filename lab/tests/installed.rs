@@ -432,6 +432,119 @@ async fn the_plugin_reads_the_cluster(lab: &Lab, hello: IpAddr) {
         err.contains("no Service nothing in namespace default"),
         "{err}"
     );
+
+    migrate_from_the_cluster(lab).await;
+}
+
+/// MetalLB objects as MetalLB's own CRDs (from its Go module) store them, read back with
+/// `migrate-from-metallb --from-cluster`: the same conversion as from a file of them, and one
+/// the API server accepts under ferrolb's CRDs. (No BGPPeer: this API server refuses every
+/// v1beta2 BGPPeer under MetalLB v0.15.3's CRD, whose ASN fields put a maximum of 2^32 - 1 on an
+/// int32; the conversion of BGPPeers is tested from files.)
+async fn migrate_from_the_cluster(lab: &Lab) {
+    let out = std::process::Command::new(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/metallb-crds.sh"),
+    )
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let crds = String::from_utf8(out.stdout).unwrap();
+    lab.kubectl(&["apply", "--server-side", "-f", crds.trim()])
+        .await
+        .unwrap();
+    lab.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=30s",
+        "crd/ipaddresspools.metallb.io",
+        "crd/l2advertisements.metallb.io",
+    ])
+    .await
+    .unwrap();
+    let metallb = r#"apiVersion: v1
+kind: Namespace
+metadata:
+  name: metallb-system
+---
+apiVersion: metallb.io/v1beta1
+kind: IPAddressPool
+metadata:
+  name: docs
+  namespace: metallb-system
+spec:
+  addresses:
+    - 203.0.113.0/28
+  autoAssign: false
+---
+apiVersion: metallb.io/v1beta1
+kind: L2Advertisement
+metadata:
+  name: docs
+  namespace: metallb-system
+spec:
+  ipAddressPools:
+    - docs
+  interfaces:
+    - eth0
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: legacy
+  namespace: default
+  annotations:
+    metallb.io/address-pool: docs
+spec:
+  type: ClusterIP
+  ports:
+    - port: 80
+"#;
+    lab.apply(metallb).await.unwrap();
+
+    let (code, from_cluster, err) = plugin(lab, &["migrate-from-metallb", "--from-cluster"]).await;
+    assert!(code == 0 || code == 2, "{from_cluster}\n{err}");
+    for needle in [
+        "kind: IPAddressPool",
+        "kind: L2Advertisement",
+        "203.0.113.0/28",
+        "ferrolb.io/address-pool: docs",
+    ] {
+        assert!(
+            from_cluster.contains(needle),
+            "{needle} in\n{from_cluster}\n{err}"
+        );
+    }
+
+    // The same objects from a file give the same documents.
+    let file = std::env::temp_dir().join(format!("ferrolb-metallb-{}.yaml", std::process::id()));
+    std::fs::write(&file, metallb).unwrap();
+    let (_, from_file, _) =
+        plugin(lab, &["migrate-from-metallb", "-f", file.to_str().unwrap()]).await;
+    std::fs::remove_file(&file).unwrap();
+    let documents = |text: &str| {
+        let mut docs: Vec<String> = text
+            .split("\n---\n")
+            .map(|d| d.trim().trim_start_matches("---").trim().to_string())
+            .filter(|d| !d.is_empty())
+            .collect();
+        docs.sort();
+        docs
+    };
+    assert_eq!(documents(&from_cluster), documents(&from_file));
+
+    // ferrolb's CRDs and CEL rules accept the result, applied as its README says (server-side:
+    // the partial Service sets its annotations and leaves the rest).
+    lab.kubectl_as(
+        &lab.lan_kubeconfig,
+        &["apply", "--server-side", "--dry-run=server", "-f", "-"],
+        Some(&from_cluster),
+    )
+    .await
+    .unwrap();
 }
 
 /// deploy/examples applied as an operator would: the Service gets an address, one node
