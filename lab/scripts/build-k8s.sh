@@ -14,6 +14,12 @@
 #                                        from github.com/containernetworking/plugins $CNI_VERSION
 #   etcd                                 from go.etcd.io/etcd    $ETCD_VERSION
 #   helm                                 from helm.sh/helm/v3    $HELM_VERSION
+#   prometheus, promtool                 from github.com/prometheus/prometheus $PROMETHEUS_VERSION
+#                                        (the Go module's v0.3XX.Y is Prometheus 3.XX.Y; for the
+#                                        alert rules' tests and a lab Prometheus)
+#   dashboard-check                      from lab/tools/dashboard-check (Grafana's dashboard schema,
+#                                        from github.com/grafana/grafana-foundation-sdk/go; cached
+#                                        by a hash of its sources rather than a version)
 #
 # Binaries land in $FERROLB_CACHE/bin/<name>-<version>/ (default ~/.cache/ferrolb) and are
 # rebuilt only when missing. Prints the directory of each binary on stdout, progress on stderr.
@@ -24,6 +30,7 @@ ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
 HELM_VERSION=${HELM_VERSION:-v3.22.0}
 CONTAINERD_VERSION=${CONTAINERD_VERSION:-v2.4.2}
 CNI_VERSION=${CNI_VERSION:-v1.10.0}
+PROMETHEUS_VERSION=${PROMETHEUS_VERSION:-v0.316.0}
 CACHE=${FERROLB_CACHE:-$HOME/.cache/ferrolb}
 
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
@@ -164,6 +171,38 @@ build_cni_plugins() {
   echo "$out"
 }
 
+# Prometheus's go.mod has no replaces: a plain `go install`. Without the `builtinassets` tag the
+# web UI is left out (the server answers its API and scrapes; promtool needs no UI at all). The
+# version stamp is what Prometheus's own release build (promu) sets.
+build_prometheus() {
+  local out=$CACHE/bin/prometheus-$PROMETHEUS_VERSION
+  if [ -x "$out/prometheus" ] && [ -x "$out/promtool" ]; then echo "$out"; return; fi
+  log "building prometheus and promtool $PROMETHEUS_VERSION"
+  mkdir -p "$out.tmp"
+  local m=github.com/prometheus/prometheus v=github.com/prometheus/common/version
+  local release=${PROMETHEUS_VERSION#v0.}
+  release=3.${release#3}
+  GOBIN="$out.tmp" timed go install -trimpath \
+    -ldflags "-s -w -X $v.Version=$release -X $v.Branch=HEAD -X $v.BuildUser=ferrolb" \
+    "$m/cmd/prometheus@$PROMETHEUS_VERSION" "$m/cmd/promtool@$PROMETHEUS_VERSION"
+  rm -rf "$out"; mv "$out.tmp" "$out"
+  echo "$out"
+}
+
+# The lab's check of Grafana dashboards, a module of this repository: its go.sum pins the SDK, and
+# -mod=readonly keeps the build from editing it.
+build_dashboard_check() {
+  local src; src=$(cd "$(dirname "$0")/../tools/dashboard-check" && pwd)
+  local hash; hash=$(cat "$src/go.mod" "$src/go.sum" "$src/main.go" | sha256sum | cut -c1-12)
+  local out=$CACHE/bin/dashboard-check-$hash
+  if [ -x "$out/dashboard-check" ]; then echo "$out"; return; fi
+  log "building dashboard-check ($hash)"
+  mkdir -p "$out.tmp"
+  (cd "$src" && GOFLAGS=-mod=readonly timed go build -trimpath -ldflags "-s -w" -o "$out.tmp/dashboard-check" .)
+  rm -rf "$out"; mv "$out.tmp" "$out"
+  echo "$out"
+}
+
 build_kubernetes() { build_k8s_packages kubernetes cmd/kube-apiserver cmd/kube-proxy cmd/kubectl; }
 build_controller_manager() { build_k8s_packages kube-controller-manager cmd/kube-controller-manager; }
 build_scheduler() { build_k8s_packages kube-scheduler cmd/kube-scheduler; }
@@ -181,7 +220,10 @@ case $what in
   cni-plugins) build_cni_plugins ;;
   etcd) build_etcd ;;
   helm) build_helm ;;
+  prometheus) build_prometheus ;;
+  dashboard-check) build_dashboard_check ;;
   all) build_kubernetes; build_controller_manager; build_scheduler; build_kubelet; build_agnhost
-       build_containerd; build_cni_plugins; build_etcd; build_helm ;;
-  *) echo "usage: $0 [all|kubernetes|controller-manager|scheduler|kubelet|agnhost|containerd|cni-plugins|etcd|helm]" >&2; exit 2 ;;
+       build_containerd; build_cni_plugins; build_etcd; build_helm; build_prometheus
+       build_dashboard_check ;;
+  *) echo "usage: $0 [all|kubernetes|controller-manager|scheduler|kubelet|agnhost|containerd|cni-plugins|etcd|helm|prometheus|dashboard-check]" >&2; exit 2 ;;
 esac

@@ -1,5 +1,7 @@
 //! The Kubernetes binaries the lab runs, built by `lab/scripts/build-k8s.sh`, and the images
 //! its kubelets run, built by `lab/scripts/build-image.sh`; all cached outside the repository.
+//! The same script builds the tools that check the monitoring files: Prometheus's promtool and
+//! the Grafana dashboard checker.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -176,4 +178,36 @@ pub fn ensure() -> Result<Binaries> {
         }
     }
     Ok(bins)
+}
+
+/// Prometheus and promtool (one build, one directory).
+#[derive(Debug, Clone)]
+pub struct PrometheusBinaries {
+    pub prometheus: PathBuf,
+    pub promtool: PathBuf,
+}
+
+/// Finds the cached prometheus and promtool, building them if missing (minutes, cold).
+pub fn ensure_prometheus() -> Result<PrometheusBinaries> {
+    let dir = built("build-k8s.sh", &["prometheus"])?;
+    let bins = PrometheusBinaries {
+        prometheus: dir.join("prometheus"),
+        promtool: dir.join("promtool"),
+    };
+    for path in [&bins.prometheus, &bins.promtool] {
+        if !path.is_file() {
+            bail!("{} is missing after the build", path.display());
+        }
+    }
+    Ok(bins)
+}
+
+/// Finds the cached Grafana dashboard checker (`lab/tools/dashboard-check`), building it if
+/// missing or if its sources changed.
+pub fn ensure_dashboard_check() -> Result<PathBuf> {
+    let path = built("build-k8s.sh", &["dashboard-check"])?.join("dashboard-check");
+    if !path.is_file() {
+        bail!("{} is missing after the build", path.display());
+    }
+    Ok(path)
 }

@@ -14,6 +14,7 @@ pub mod hello;
 pub mod images;
 pub mod l2query;
 pub mod lab;
+pub mod monitoring;
 pub mod netns;
 pub mod pki;
 pub mod plan;

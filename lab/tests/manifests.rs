@@ -1,6 +1,9 @@
 //! The three install forms come from one source: the kustomize base in deploy/. The all-in-one
 //! YAML and the chart's generated files are its rendering byte for byte, and the chart's default
-//! rendering has the same objects. Needs the lab's kubectl and helm (FERROLB_LAB=1).
+//! rendering has the same objects. The monitoring objects likewise: deploy/monitoring's
+//! PrometheusRule and dashboard ConfigMap are their sources' rendering, and the chart renders,
+//! when asked, exactly deploy/monitoring's objects. Needs the lab's kubectl and helm
+//! (FERROLB_LAB=1).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -70,6 +73,11 @@ fn generated_install_files_match_the_kustomize_base() {
         "helm/ferrolb/crds/l2advertisements.yaml",
         "helm/ferrolb/templates/rbac.yaml",
         "helm/ferrolb/templates/admission-policy.yaml",
+        "monitoring/prometheusrule.yaml",
+        "monitoring/dashboard-configmap.yaml",
+        "helm/ferrolb/files/monitoring/podmonitors.yaml",
+        "helm/ferrolb/files/monitoring/prometheusrule.yaml",
+        "helm/ferrolb/files/monitoring/dashboard-configmap.yaml",
     ] {
         let fresh = std::fs::read_to_string(scratch.join("deploy").join(file)).unwrap();
         let committed = std::fs::read_to_string(repo().join("deploy").join(file)).unwrap();
@@ -80,7 +88,7 @@ fn generated_install_files_match_the_kustomize_base() {
     let _ = std::fs::remove_dir_all(&scratch);
     assert!(
         drifted.is_empty(),
-        "deploy/{drifted:?} differ from the kustomize base: run deploy/render.sh and commit"
+        "deploy/{drifted:?} differ from their sources: run deploy/render.sh and commit"
     );
 }
 
@@ -129,4 +137,103 @@ fn helm_default_rendering_is_the_kustomize_base() {
         "{:?}",
         kustomize.keys().collect::<Vec<_>>()
     );
+}
+
+fn helm_template(helm: &Path, args: &[&str]) -> BTreeMap<(String, String, String), Value> {
+    objects(&run(Command::new(helm)
+        .args(["template", "ferrolb"])
+        .arg(repo().join("deploy/helm/ferrolb"))
+        .args(["-n", "ferrolb-system", "--kube-version", "1.36.3"])
+        .args(args)))
+}
+
+#[test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
+fn helm_monitoring_rendering_is_deploy_monitoring() {
+    lab::require_lab!();
+    let bins = lab::binaries::ensure().unwrap();
+    let all = [
+        "--set",
+        "monitoring.podMonitor.enabled=true",
+        "--set",
+        "monitoring.prometheusRule.enabled=true",
+        "--set",
+        "monitoring.dashboard.enabled=true",
+    ];
+    let chart = repo().join("deploy/helm/ferrolb");
+    for args in [&[][..], &all[..]] {
+        run(Command::new(&bins.helm)
+            .args(["lint", "--strict"])
+            .arg(&chart)
+            .args(args));
+    }
+
+    let plain: BTreeMap<_, _> = [
+        "podmonitors.yaml",
+        "prometheusrule.yaml",
+        "dashboard-configmap.yaml",
+    ]
+    .iter()
+    .flat_map(|file| {
+        objects(&std::fs::read_to_string(repo().join("deploy/monitoring").join(file)).unwrap())
+    })
+    .collect();
+    let kinds: Vec<_> = plain
+        .keys()
+        .map(|(kind, ns, name)| format!("{kind} {ns}/{name}"))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "ConfigMap ferrolb-system/ferrolb-dashboard",
+            "PodMonitor ferrolb-system/ferrolb-controller",
+            "PodMonitor ferrolb-system/ferrolb-speaker",
+            "PrometheusRule ferrolb-system/ferrolb",
+        ]
+    );
+    let default = helm_template(&bins.helm, &[]);
+    let enabled = helm_template(&bins.helm, &all);
+    let added: BTreeMap<_, _> = enabled
+        .into_iter()
+        .filter(|(k, _)| !default.contains_key(k))
+        .collect();
+    assert_eq!(
+        added.keys().collect::<Vec<_>>(),
+        plain.keys().collect::<Vec<_>>(),
+        "what enabling monitoring adds to the chart's objects"
+    );
+    for (k, object) in &plain {
+        assert_eq!(
+            object, &added[k],
+            "{k:?} differs between deploy/monitoring and Helm"
+        );
+    }
+
+    // The extra labels and the dashboard's namespace.
+    let placed = helm_template(
+        &bins.helm,
+        &[
+            &all[..],
+            &[
+                "--set",
+                "monitoring.prometheusRule.labels.release=kube-prometheus-stack",
+                "--set",
+                "monitoring.podMonitor.labels.release=kube-prometheus-stack",
+                "--set",
+                "monitoring.dashboard.namespace=grafana",
+            ],
+        ]
+        .concat(),
+    );
+    let key = |k: &str, ns: &str, n: &str| (k.to_string(), ns.to_string(), n.to_string());
+    for k in [
+        key("PrometheusRule", "ferrolb-system", "ferrolb"),
+        key("PodMonitor", "ferrolb-system", "ferrolb-speaker"),
+    ] {
+        let labels = &placed[&k]["metadata"]["labels"];
+        assert_eq!(labels["release"], "kube-prometheus-stack", "{k:?}");
+        assert_eq!(labels["app.kubernetes.io/part-of"], "ferrolb", "{k:?}");
+    }
+    let dashboard = &placed[&key("ConfigMap", "grafana", "ferrolb-dashboard")];
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
 }
