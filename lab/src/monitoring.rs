@@ -81,3 +81,174 @@ pub fn as_prometheus_query(expr: &str) -> String {
         .replace("$__interval", "30s")
         .replace("$__range", "1h")
 }
+
+/// A real Prometheus in the lab's control-plane namespace: it scrapes the controller (replica 1,
+/// as job `ferrolb-controller`) and every node's speaker (job `ferrolb-speaker`, with its `node`)
+/// each second, as deploy/monitoring/podmonitors.yaml labels them, and evaluates ferrolb's alert
+/// rules each second with every `for:` cut to 3 s (0 s stays 0 s): here the question is whether
+/// each alert's expression fires on the real processes' metrics, and the `for`s are promtool's
+/// unit tests'. (Not to 0 s: one scrape that times out on the loaded lab would fire
+/// FerrolbSpeakerDown, as it did once.)
+pub struct Prometheus {
+    ns: crate::netns::NetNs,
+    _proc: crate::process::Proc,
+    listen: std::net::SocketAddr,
+}
+
+/// Where the lab's Prometheus listens, in the control-plane namespace.
+const PROMETHEUS_LISTEN: &str = "127.0.0.1:9099";
+
+impl Prometheus {
+    pub async fn start(lab: &crate::Lab) -> Result<Prometheus> {
+        let bins = crate::binaries::ensure_prometheus()?;
+        let dir = lab.dir.join("prometheus");
+        std::fs::create_dir_all(dir.join("data"))?;
+        let rules = std::fs::read_to_string(rules())?;
+        let rules: String = rules
+            .lines()
+            .map(|line| {
+                if let Some(period) = line.trim_start().strip_prefix("for: ") {
+                    let indent = &line[..line.len() - line.trim_start().len()];
+                    let cut = if period.trim() == "0m" { "0s" } else { "3s" };
+                    format!("{indent}for: {cut}\n")
+                } else {
+                    format!("{line}\n")
+                }
+            })
+            .collect();
+        std::fs::write(dir.join("rules.yaml"), rules)?;
+        let speakers: String = (1..=lab.nodes().len())
+            .map(|i| {
+                format!(
+                    "      - targets: ['{}']\n        labels: {{node: node-{i}}}\n",
+                    std::net::SocketAddr::new(crate::plan::node_v4(i).into(), 9651)
+                )
+            })
+            .collect();
+        std::fs::write(
+            dir.join("prometheus.yml"),
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\n  evaluation_interval: 1s\n\
+                 rule_files: [{}]\n\
+                 scrape_configs:\n\
+                 \x20 - job_name: ferrolb-controller\n    static_configs:\n      - targets: ['127.0.0.1:9651']\n        labels: {{pod: controller-1}}\n\
+                 \x20 - job_name: ferrolb-speaker\n    static_configs:\n{speakers}",
+                dir.join("rules.yaml").display()
+            ),
+        )?;
+        let proc = crate::process::Proc::spawn(
+            &lab.cp,
+            "prometheus",
+            &bins.prometheus,
+            &[
+                format!("--config.file={}", dir.join("prometheus.yml").display()),
+                format!("--storage.tsdb.path={}", dir.join("data").display()),
+                format!("--web.listen-address={PROMETHEUS_LISTEN}"),
+                "--log.level=warn".into(),
+            ],
+            &lab.log_path("prometheus"),
+        )?;
+        let prometheus = Prometheus {
+            ns: lab.cp.clone(),
+            _proc: proc,
+            listen: PROMETHEUS_LISTEN.parse()?,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while prometheus.get("/-/ready").await.is_err() {
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "Prometheus is not ready after 30 s; see {}",
+                    lab.log_path("prometheus").display()
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        Ok(prometheus)
+    }
+
+    /// The body of a 200 reply to `GET path`.
+    async fn get(&self, path: &str) -> Result<String> {
+        let (ns, target, request) = (self.ns.clone(), self.listen, path.to_string());
+        let reply = tokio::task::spawn_blocking(move || {
+            ns.enter(|| -> Result<String> {
+                use std::io::{Read, Write};
+                let mut conn = std::net::TcpStream::connect_timeout(
+                    &target,
+                    std::time::Duration::from_millis(500),
+                )?;
+                conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+                conn.write_all(
+                    format!("GET {request} HTTP/1.0\r\nHost: {target}\r\n\r\n").as_bytes(),
+                )?;
+                let mut reply = String::new();
+                conn.read_to_string(&mut reply)?;
+                Ok(reply)
+            })
+        })
+        .await???;
+        let (head, body) = reply.split_once("\r\n\r\n").context("no HTTP reply")?;
+        if head.split_whitespace().nth(1) != Some("200") {
+            bail!("GET {path}: {}", head.lines().next().unwrap_or_default());
+        }
+        Ok(body.to_string())
+    }
+
+    /// The result vector of an instant query (empty: no data).
+    pub async fn query(&self, expr: &str) -> Result<Vec<Value>> {
+        let encoded: String = expr
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let body = self.get(&format!("/api/v1/query?query={encoded}")).await?;
+        let reply: Value = serde_json::from_str(&body)?;
+        if reply["status"] != "success" {
+            bail!("query {expr}: {reply}");
+        }
+        Ok(reply["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// The alerts firing now, with their labels.
+    pub async fn firing(&self) -> Result<Vec<Value>> {
+        let reply: Value = serde_json::from_str(&self.get("/api/v1/alerts").await?)?;
+        Ok(reply["data"]["alerts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|a| a["state"] == "firing")
+            .cloned()
+            .collect())
+    }
+
+    /// Waits (up to `within`) until alert `name` fires with labels that `matches` accepts;
+    /// those labels. Fails naming what fires instead.
+    pub async fn fires(
+        &self,
+        name: &str,
+        within: std::time::Duration,
+        matches: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let firing = self.firing().await?;
+            if let Some(alert) = firing
+                .iter()
+                .find(|a| a["labels"]["alertname"] == name && matches(&a["labels"]))
+            {
+                return Ok(alert["labels"].clone());
+            }
+            if std::time::Instant::now() > deadline {
+                let names: Vec<String> = firing.iter().map(|a| a["labels"].to_string()).collect();
+                bail!("{name} did not fire within {within:?}; firing: {names:?}");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    }
+}

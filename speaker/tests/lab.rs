@@ -2416,3 +2416,118 @@ async fn bgp_with_bfd_fails_over_a_dead_node() {
         report.failure_summary()
     );
 }
+
+/// A real Prometheus scrapes the controller and the speakers and evaluates deploy/monitoring's
+/// alert rules: a full pool fires the exhaustion alerts, a node killed fires the failover and
+/// speaker-down alerts (on the real metrics, named with the real labels), and every query of
+/// the Grafana dashboard returns data. Layer 2 and BGP (FRR) at once, so that every panel has
+/// its series.
+#[tokio::test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
+async fn prometheus_fires_the_alerts_and_answers_every_dashboard_query() {
+    lab::require_lab!();
+    let mut lab = Lab::start(LabConfig::bare(3)).await.unwrap();
+    // Two addresses of each family: a dual-stack Service and one IPv4 Service fill IPv4.
+    lab.apply(
+        "apiVersion: ferrolb.io/v1alpha1\nkind: IPAddressPool\nmetadata:\n  name: small\nspec:\n  addresses: [198.51.100.200-198.51.100.201, 2001:db8::c8/127]\n---\napiVersion: ferrolb.io/v1alpha1\nkind: L2Advertisement\nmetadata:\n  name: lan\nspec: {}\n",
+    )
+    .await
+    .unwrap();
+    for i in 1..=3 {
+        lab.start_speaker(&speaker(), i).await.unwrap();
+    }
+    for i in 1..=3 {
+        members_become(&lab, i, 3).await;
+    }
+    lab.start_controller(&controller_binary(), 1).await.unwrap();
+    let bgp = lab::bgp::BgpRouter::start(&mut lab).await;
+    let prometheus = lab::monitoring::Prometheus::start(&lab).await.unwrap();
+
+    let mut dual = ServiceSpec::new("default", "dual");
+    dual.ip_family_policy = "RequireDualStack".into();
+    lab.expose(&dual).await.unwrap();
+    let dual_ips = assigned(&lab, "dual", 2).await;
+    let v6 = *dual_ips.iter().find(|ip| ip.is_ipv6()).unwrap();
+    bgp.converged(&lab, v6, &[1, 2, 3]).await;
+    lab.expose(&ServiceSpec::new("default", "web"))
+        .await
+        .unwrap();
+    let web = assigned(&lab, "web", 1).await[0];
+    lab.expose(&ServiceSpec::new("default", "late"))
+        .await
+        .unwrap();
+
+    // The pool's IPv4 is full, and a third Service is refused for it.
+    let within = Duration::from_secs(30);
+    let full = |l: &serde_json::Value| l["pool"] == "small" && l["family"] == "ipv4";
+    for alert in ["FerrolbPoolExhausted", "FerrolbPoolUsageCritical"] {
+        let labels = prometheus.fires(alert, within, full).await.unwrap();
+        println!("{alert} fired: {labels}");
+    }
+    prometheus
+        .fires("FerrolbPoolExhausted", within, |l| {
+            l["reason"] == "PoolExhausted"
+        })
+        .await
+        .unwrap();
+
+    // Everything announced: no address alert yet.
+    let owner = loop {
+        if let [one] = answering_nodes(&lab, web)[..] {
+            break one;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let firing: Vec<String> = prometheus
+        .firing()
+        .await
+        .unwrap()
+        .iter()
+        .map(|a| {
+            a["labels"]["alertname"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    let up = prometheus.query("up").await.unwrap();
+    for quiet in [
+        "FerrolbAddressNotAnnounced",
+        "FerrolbAddressTwoOwners",
+        "FerrolbFailover",
+        "FerrolbSpeakerDown",
+        "FerrolbNoControllerLeader",
+    ] {
+        assert!(
+            !firing.iter().any(|f| f == quiet),
+            "{quiet} fires: {firing:?}; up: {up:?}"
+        );
+    }
+
+    // The owner of web's address dies: another node takes it over, and the alerts say so.
+    lab.kill_node(owner).unwrap();
+    let failover = prometheus
+        .fires("FerrolbFailover", within, |_| true)
+        .await
+        .unwrap();
+    println!("FerrolbFailover fired: {failover}");
+    let node = format!("node-{owner}");
+    prometheus
+        .fires("FerrolbSpeakerDown", within, |l| l["node"] == node.as_str())
+        .await
+        .unwrap();
+
+    // Every panel's query returns data from this Prometheus.
+    let mut empty = vec![];
+    for q in lab::monitoring::dashboard_queries().unwrap() {
+        let expr = lab::monitoring::as_prometheus_query(&q.expr);
+        if prometheus.query(&expr).await.unwrap().is_empty() {
+            empty.push(format!("{} ({}): {expr}", q.panel, q.ref_id));
+        }
+    }
+    assert!(
+        empty.is_empty(),
+        "panels without data:\n{}",
+        empty.join("\n")
+    );
+}
