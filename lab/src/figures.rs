@@ -158,6 +158,113 @@ pub fn gap_plot_svg(figures: &Figures, title: &str) -> String {
     svg + "</svg>\n"
 }
 
+/// One dashboard panel's data over time: each series a label and its (seconds, value) points.
+#[derive(Debug, Clone, Default)]
+pub struct PanelSeries {
+    pub title: String,
+    pub series: Vec<(String, Vec<(f64, f64)>)>,
+}
+
+/// The dashboard's panels as small line charts, three a row, over the same time axis (seconds
+/// from `start`): what the Grafana dashboard shows, drawn from the same queries.
+pub fn dashboard_svg(title: &str, panels: &[PanelSeries], start: f64, end: f64) -> String {
+    const COLUMNS: usize = 3;
+    const PW: f64 = 400.0;
+    const PH: f64 = 210.0;
+    const PAD: f64 = 36.0;
+    const COLORS: [&str; 6] = [
+        "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
+    ];
+    let rows = panels.len().div_ceil(COLUMNS);
+    let (w, h) = (PW * COLUMNS as f64, 40.0 + PH * rows as f64);
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"10\">\n<rect width=\"{w}\" height=\"{h}\" fill=\"white\"/>\n<text x=\"{}\" y=\"24\" text-anchor=\"middle\" font-size=\"14\">{}</text>\n",
+        w / 2.0,
+        escape(title)
+    );
+    let span = (end - start).max(1.0);
+    for (k, panel) in panels.iter().enumerate() {
+        let (x0, y0) = (PW * (k % COLUMNS) as f64, 40.0 + PH * (k / COLUMNS) as f64);
+        let (left, top, right, bottom) = (x0 + PAD, y0 + 22.0, x0 + PW - 12.0, y0 + PH - 28.0);
+        let values = panel
+            .series
+            .iter()
+            .flat_map(|(_, points)| points.iter().map(|(_, v)| *v))
+            .filter(|v| v.is_finite());
+        let (lo, hi) = values.fold((0.0_f64, 0.0_f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+        let hi = if hi - lo < 1e-9 { lo + 1.0 } else { hi };
+        let x = |t: f64| left + (t - start) / span * (right - left);
+        let y = |v: f64| bottom - (v - lo) / (hi - lo) * (bottom - top);
+        svg += &format!(
+            "<text x=\"{left}\" y=\"{}\" font-size=\"11\" font-weight=\"bold\">{}</text>\n<rect x=\"{left}\" y=\"{top}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"#ccc\"/>\n<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text><text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>\n<text x=\"{right}\" y=\"{}\" text-anchor=\"end\" fill=\"#888\">{:.0} s</text>\n",
+            y0 + 14.0,
+            escape(&panel.title),
+            right - left,
+            bottom - top,
+            left - 3.0,
+            top + 8.0,
+            short(hi),
+            left - 3.0,
+            bottom,
+            short(lo),
+            y0 + 14.0,
+            span
+        );
+        for (i, (_, points)) in panel.series.iter().enumerate() {
+            let color = COLORS[i % COLORS.len()];
+            let path: Vec<String> = points
+                .iter()
+                .filter(|(_, v)| v.is_finite())
+                .map(|(t, v)| format!("{:.1},{:.1}", x(*t), y(*v)))
+                .collect();
+            if !path.is_empty() {
+                svg += &format!(
+                    "<polyline points=\"{}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\"/>\n",
+                    path.join(" ")
+                );
+            }
+        }
+        let legend: Vec<String> = panel
+            .series
+            .iter()
+            .take(4)
+            .enumerate()
+            .map(|(i, (label, _))| {
+                format!(
+                    "<tspan fill=\"{}\">{}</tspan>",
+                    COLORS[i % COLORS.len()],
+                    escape(label)
+                )
+            })
+            .collect();
+        let more = panel.series.len().saturating_sub(4);
+        svg += &format!(
+            "<text x=\"{left}\" y=\"{}\">{}{}</text>\n",
+            bottom + 12.0,
+            legend.join(" "),
+            if more > 0 {
+                format!(" +{more}")
+            } else {
+                String::new()
+            }
+        );
+    }
+    svg + "</svg>\n"
+}
+
+/// A value for an axis label: 1.5k, 0.25, 12.
+fn short(v: f64) -> String {
+    if v.abs() >= 1000.0 {
+        format!("{:.1}k", v / 1000.0)
+    } else if v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -186,6 +293,28 @@ mod tests {
             svg.contains(">400</text>") && !svg.contains(">500</text>"),
             "{svg}"
         );
+    }
+
+    #[test]
+    fn the_dashboard_plot_draws_each_series_of_each_panel() {
+        let panels = vec![
+            PanelSeries {
+                title: "Pool <small>".into(),
+                series: vec![
+                    ("ipv4".into(), vec![(0.0, 1.0), (10.0, 2.0)]),
+                    ("ipv6".into(), vec![(0.0, 0.0), (10.0, f64::NAN)]),
+                ],
+            },
+            PanelSeries {
+                title: "Leader".into(),
+                series: vec![("controller-1".into(), vec![(5.0, 1.0)])],
+            },
+        ];
+        let svg = dashboard_svg("lab", &panels, 0.0, 10.0);
+        assert_eq!(svg.matches("<polyline").count(), 3);
+        assert!(svg.contains("Pool &lt;small&gt;") && svg.contains(">ipv6</tspan>"));
+        // NaN points are left out, not drawn at NaN.
+        assert!(!svg.contains("NaN"), "{svg}");
     }
 
     #[test]

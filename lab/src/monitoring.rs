@@ -195,24 +195,92 @@ impl Prometheus {
 
     /// The result vector of an instant query (empty: no data).
     pub async fn query(&self, expr: &str) -> Result<Vec<Value>> {
-        let encoded: String = expr
-            .bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect();
-        let body = self.get(&format!("/api/v1/query?query={encoded}")).await?;
-        let reply: Value = serde_json::from_str(&body)?;
+        let result = self
+            .api(&format!("/api/v1/query?query={}", url_encoded(expr)), expr)
+            .await?;
+        Ok(result.as_array().cloned().unwrap_or_default())
+    }
+
+    /// The `data.result` of a successful API reply to `GET path` (about query `expr`).
+    async fn api(&self, path: &str, expr: &str) -> Result<Value> {
+        let mut reply: Value = serde_json::from_str(&self.get(path).await?)?;
         if reply["status"] != "success" {
             bail!("query {expr}: {reply}");
         }
-        Ok(reply["data"]["result"]
+        Ok(reply["data"]["result"].take())
+    }
+
+    /// A range query from `start` to `end` (Unix seconds) each `step` seconds: each series'
+    /// labels and its (time, value) points.
+    pub async fn query_range(
+        &self,
+        expr: &str,
+        start: f64,
+        end: f64,
+        step: f64,
+    ) -> Result<Vec<(serde_json::Map<String, Value>, Vec<(f64, f64)>)>> {
+        let result = self
+            .api(
+                &format!(
+                    "/api/v1/query_range?query={}&start={start:.3}&end={end:.3}&step={step}",
+                    url_encoded(expr)
+                ),
+                expr,
+            )
+            .await?;
+        Ok(result
             .as_array()
-            .cloned()
-            .unwrap_or_default())
+            .into_iter()
+            .flatten()
+            .map(|series| {
+                let labels = series["metric"].as_object().cloned().unwrap_or_default();
+                let points = series["values"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|p| {
+                        let t = p[0].as_f64()?;
+                        let v = p[1].as_str()?.parse::<f64>().ok()?;
+                        Some((t, v))
+                    })
+                    .collect();
+                (labels, points)
+            })
+            .collect())
+    }
+
+    /// The dashboard's panels from `start` to `end` (Unix seconds), each query's series by their
+    /// labels: what [`crate::figures::dashboard_svg`] draws.
+    pub async fn dashboard_series(
+        &self,
+        start: f64,
+        end: f64,
+    ) -> Result<Vec<crate::figures::PanelSeries>> {
+        let mut panels: Vec<crate::figures::PanelSeries> = vec![];
+        for q in dashboard_queries()? {
+            let expr = as_prometheus_query(&q.expr);
+            let series = self.query_range(&expr, start, end, 1.0).await?;
+            if panels.last().is_none_or(|p| p.title != q.panel) {
+                panels.push(crate::figures::PanelSeries {
+                    title: q.panel.clone(),
+                    series: vec![],
+                });
+            }
+            let panel = panels.last_mut().expect("pushed");
+            for (labels, points) in series {
+                let label: Vec<String> = labels
+                    .iter()
+                    .map(|(_, v)| v.as_str().unwrap_or_default().to_string())
+                    .collect();
+                let label = if label.is_empty() {
+                    q.ref_id.clone()
+                } else {
+                    label.join(" ")
+                };
+                panel.series.push((label, points));
+            }
+        }
+        Ok(panels)
     }
 
     /// The alerts firing now, with their labels.
@@ -251,4 +319,16 @@ impl Prometheus {
             tokio::time::sleep(std::time::Duration::from_millis(250)).await;
         }
     }
+}
+
+/// `text` percent-encoded for a URL's query string.
+fn url_encoded(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

@@ -2442,6 +2442,7 @@ async fn prometheus_fires_the_alerts_and_answers_every_dashboard_query() {
     lab.start_controller(&controller_binary(), 1).await.unwrap();
     let bgp = lab::bgp::BgpRouter::start(&mut lab).await;
     let prometheus = lab::monitoring::Prometheus::start(&lab).await.unwrap();
+    let started = unix_now();
 
     let mut dual = ServiceSpec::new("default", "dual");
     dual.ip_family_policy = "RequireDualStack".into();
@@ -2530,4 +2531,25 @@ async fn prometheus_fires_the_alerts_and_answers_every_dashboard_query() {
         "panels without data:\n{}",
         empty.join("\n")
     );
+
+    // The same queries over the run, drawn (the README's picture of the dashboard).
+    let ended = unix_now();
+    let panels = prometheus.dashboard_series(started, ended).await.unwrap();
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.svg");
+    let title = format!(
+        "ferrolb's dashboard queries over a lab run: a pool filled, then node-{owner} killed"
+    );
+    std::fs::write(
+        &path,
+        lab::figures::dashboard_svg(&title, &panels, started, ended),
+    )
+    .unwrap();
+    println!("dashboard plot: {}", path.display());
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
 }
