@@ -100,7 +100,15 @@ async fn main() -> anyhow::Result<()> {
     );
     ready.set(true);
     tracing::info!(%identity, lease = %args.lease_name, "waiting to lead");
-    let fence = elector.acquire().await;
+    // A standby stops at once on SIGTERM: it holds nothing (it used to wait for the Lease
+    // through the pod's whole grace period, and `kubectl drain` timed out on it).
+    let fence = tokio::select! {
+        fence = elector.acquire() => fence,
+        () = common::shutdown_signal() => {
+            tracing::info!(%identity, "stopped while waiting to lead");
+            return Ok(());
+        }
+    };
     tracing::info!(%identity, "leading");
     metrics.is_leader.set(1);
     let stopped = tokio::select! {

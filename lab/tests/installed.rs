@@ -294,6 +294,28 @@ async fn helm_installs_ferrolb_and_the_classic_example_works() {
 
     let hello = the_classic_example_answers(&lab).await;
 
+    // The standby stops at once when its pod is deleted (a drain, a rolling update): as PID 1
+    // without a SIGTERM handler it ignored the signal until the kubelet's SIGKILL 30 s later,
+    // and `kubectl drain --timeout=30s` of its node failed in CI.
+    let leader = Api::<Lease>::namespaced(lab.client(), FERROLB_NAMESPACE)
+        .get("ferrolb-controller")
+        .await
+        .unwrap()
+        .spec
+        .and_then(|s| s.holder_identity)
+        .unwrap();
+    let standby = names.iter().find(|n| **n != leader).unwrap();
+    lab.kubectl(&[
+        "-n",
+        FERROLB_NAMESPACE,
+        "delete",
+        "pod",
+        standby,
+        "--timeout=20s",
+    ])
+    .await
+    .unwrap();
+
     // And a selectorless Service in front of a host outside the cluster: kube-controller-
     // manager's mirroring controller turns its hand-written Endpoints into the EndpointSlice
     // kube-proxy and the speakers read.
