@@ -221,7 +221,39 @@ fn event_time(e: &Event) -> Option<Timestamp> {
         .or_else(|| e.metadata.creation_timestamp.as_ref().map(|t| t.0))
 }
 
+/// The takeover an `Announcing` Event reports, if it reports one.
+fn takeover(e: &Event) -> Option<Takeover> {
+    let message = e.message.as_deref()?;
+    (e.reason.as_deref() == Some("Announcing") && message.contains("taking over")).then(|| {
+        Takeover {
+            at: event_time(e).map(|t| t.to_string()).unwrap_or_default(),
+            message: message.to_string(),
+        }
+    })
+}
+
 pub fn services(snapshot: &Snapshot, namespace: Option<&str>) -> Vec<ServiceRow> {
+    // The last takeover of each Service, in one pass over the Events (not one per Service).
+    let mut takeovers: BTreeMap<(&str, &str), (Option<Timestamp>, Takeover)> = BTreeMap::new();
+    for e in &snapshot.events {
+        let object = &e.involved_object;
+        let (Some("Service"), Some(ns), Some(name)) = (
+            object.kind.as_deref(),
+            object.namespace.as_deref(),
+            object.name.as_deref(),
+        ) else {
+            continue;
+        };
+        if let Some(t) = takeover(e) {
+            let at = event_time(e);
+            let newer = takeovers
+                .get(&(ns, name))
+                .is_none_or(|(seen, _)| at >= *seen);
+            if newer {
+                takeovers.insert((ns, name), (at, t));
+            }
+        }
+    }
     let mut rows: Vec<ServiceRow> = snapshot
         .services
         .iter()
@@ -241,19 +273,6 @@ pub fn services(snapshot: &Snapshot, namespace: Option<&str>) -> Vec<ServiceRow>
             } else {
                 announced.map_or("Unreported".to_string(), |c| c.reason.clone())
             };
-            let last_takeover = about(&snapshot.events, "Service", &key.namespace, &key.name)
-                .into_iter()
-                .rev()
-                .find(|e| {
-                    e.reason.as_deref() == Some("Announcing")
-                        && e.message
-                            .as_deref()
-                            .is_some_and(|m| m.contains("taking over"))
-                })
-                .map(|e| Takeover {
-                    at: event_time(e).map(|t| t.to_string()).unwrap_or_default(),
-                    message: e.message.clone().unwrap_or_default(),
-                });
             ServiceRow {
                 namespace: key.namespace.clone(),
                 name: key.name.clone(),
@@ -263,7 +282,9 @@ pub fn services(snapshot: &Snapshot, namespace: Option<&str>) -> Vec<ServiceRow>
                 announced_by,
                 interfaces,
                 since: announced.map(|c| c.last_transition_time.0.to_string()),
-                last_takeover,
+                last_takeover: takeovers
+                    .get(&(key.namespace.as_str(), key.name.as_str()))
+                    .map(|(_, t)| t.clone()),
             }
         })
         .collect();
@@ -553,6 +574,7 @@ pub fn explain(snapshot: &Snapshot, namespace: &str, name: &str) -> Option<Expla
     let verdict;
     let mut served = false;
     if view.ingress.is_empty() {
+        let overview = status(snapshot);
         match latest("AllocationFailed") {
             Some(why) => {
                 verdict = format!("it has no address: {why}");
@@ -562,8 +584,7 @@ pub fn explain(snapshot: &Snapshot, namespace: &str, name: &str) -> Option<Expla
             None => {
                 verdict =
                     "it has no address yet, and the controller has said nothing about it".into();
-                let status = status(snapshot);
-                if status.controller.leader.is_none() {
+                if overview.controller.leader.is_none() {
                     details.push("no controller leads right now".into());
                     fixes.push(format!(
                         "check the controller: kubectl -n {} logs deploy/ferrolb-controller",
@@ -576,7 +597,7 @@ pub fn explain(snapshot: &Snapshot, namespace: &str, name: &str) -> Option<Expla
             details.push("there is no IPAddressPool at all".into());
             fixes.push("create an IPAddressPool (see deploy/examples/pool.yaml)".into());
         }
-        for p in status(snapshot).pools {
+        for p in &overview.pools {
             let used: Vec<String> = [("IPv4", p.ipv4), ("IPv6", p.ipv6)]
                 .into_iter()
                 .filter_map(|(f, u)| u.map(|u| format!("{f} {}/{}", u.assigned, u.capacity)))
@@ -636,11 +657,7 @@ pub fn explain(snapshot: &Snapshot, namespace: &str, name: &str) -> Option<Expla
                 fixes.extend(announce_fixes(&c.reason));
             }
         }
-        if let Some(t) = services(snapshot, Some(namespace))
-            .into_iter()
-            .find(|r| r.name == name)
-            .and_then(|r| r.last_takeover)
-        {
+        if let Some(t) = events.iter().rev().find_map(|e| takeover(e)) {
             details.push(format!("last takeover at {}: {}", t.at, t.message));
         }
     }

@@ -170,20 +170,7 @@ impl Prometheus {
     async fn get(&self, path: &str) -> Result<String> {
         let (ns, target, request) = (self.ns.clone(), self.listen, path.to_string());
         let reply = tokio::task::spawn_blocking(move || {
-            ns.enter(|| -> Result<String> {
-                use std::io::{Read, Write};
-                let mut conn = std::net::TcpStream::connect_timeout(
-                    &target,
-                    std::time::Duration::from_millis(500),
-                )?;
-                conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
-                conn.write_all(
-                    format!("GET {request} HTTP/1.0\r\nHost: {target}\r\n\r\n").as_bytes(),
-                )?;
-                let mut reply = String::new();
-                conn.read_to_string(&mut reply)?;
-                Ok(reply)
-            })
+            ns.enter(|| crate::lab::observe::http_get(target, &request))
         })
         .await???;
         let (head, body) = reply.split_once("\r\n\r\n").context("no HTTP reply")?;

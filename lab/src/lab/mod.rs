@@ -11,7 +11,7 @@ mod install;
 mod kubelet;
 mod network;
 mod nodes;
-mod observe;
+pub(crate) mod observe;
 mod workloads;
 
 use std::net::{IpAddr, SocketAddr};

@@ -222,7 +222,7 @@ impl Lab {
 }
 
 /// The whole reply to `GET path` at `target` (plain HTTP).
-fn http_get(target: SocketAddr, path: &str) -> Result<String> {
+pub(crate) fn http_get(target: SocketAddr, path: &str) -> Result<String> {
     use std::io::{Read, Write};
     let mut conn = std::net::TcpStream::connect_timeout(&target, Duration::from_millis(500))?;
     conn.set_read_timeout(Some(Duration::from_secs(2)))?;
