@@ -14,8 +14,11 @@ pub struct ProbeConfig {
     pub target: SocketAddr,
     /// Time between the starts of two attempts.
     pub interval: Duration,
-    /// How long one attempt may take, connect and answer together.
-    pub timeout: Duration,
+    /// How long the handshake of one attempt may take: the path to the address works.
+    pub connect_timeout: Duration,
+    /// How long the answer may take after it: a pod slow to answer on a loaded machine is
+    /// not a path that failed, so this is longer.
+    pub answer_timeout: Duration,
     /// The probe stops after this long…
     pub duration: Duration,
     /// …or this many attempts, whichever comes first.
@@ -27,18 +30,22 @@ impl ProbeConfig {
         ProbeConfig {
             target,
             interval: Duration::from_millis(10),
-            timeout: Duration::from_millis(200),
+            connect_timeout: Duration::from_millis(200),
+            answer_timeout: Duration::from_millis(200),
             duration,
             max_attempts: 100_000,
         }
     }
 
     /// The failover measurement's probe of `ip:80`: a new connection every 5 ms, each allowed
-    /// 150 ms, so a gap is measured to within 5 ms.
+    /// 150 ms to connect, so a gap is measured to within 5 ms, and then a second for the pod's
+    /// answer (a lost request is retransmitted after ≥ 200 ms, so a path that breaks after the
+    /// handshake still fails the attempt).
     pub fn failover(ip: std::net::IpAddr, duration: Duration) -> ProbeConfig {
         ProbeConfig {
             interval: Duration::from_millis(5),
-            timeout: Duration::from_millis(150),
+            connect_timeout: Duration::from_millis(150),
+            answer_timeout: Duration::from_secs(1),
             ..ProbeConfig::new(SocketAddr::new(ip, 80), duration)
         }
     }
@@ -74,6 +81,16 @@ impl ProbeReport {
 
     pub fn failures(&self) -> usize {
         self.samples.len() - self.successes()
+    }
+
+    /// The failed attempts whose connection never opened: new connections that found no path
+    /// (a dead owner, a route to a node that is gone), as against connections opened and then
+    /// reset or lost, which is what moving a path under connections in flight costs.
+    pub fn unopened(&self) -> usize {
+        self.samples
+            .iter()
+            .filter(|s| s.outcome.as_ref().is_err_and(|e| e.starts_with(UNOPENED)))
+            .count()
     }
 
     /// The longest time without a successful new connection that is bounded by successes on
@@ -135,20 +152,44 @@ impl ProbeReport {
     }
 }
 
-/// One HTTP GET over a new connection; the answering pod's name.
-pub fn attempt(target: SocketAddr, timeout: Duration) -> Result<String, String> {
-    request(target, timeout).map(|a| a.pod)
+/// How the message of an attempt that could not open its connection begins.
+const UNOPENED: &str = "connect: ";
+
+fn unopened(e: std::io::Error) -> String {
+    format!("{UNOPENED}{e}")
 }
 
-/// One HTTP/1.0 GET of `path` over a new connection: the whole reply, head and body.
+/// One HTTP GET over a new connection, connected within `connect` and answered within `answer`
+/// after that; the answering pod's name.
+pub fn attempt(target: SocketAddr, connect: Duration, answer: Duration) -> Result<String, String> {
+    exchange(target, "/hostname", connect, answer)
+        .and_then(|reply| parse_answer(&reply).ok_or_else(|| unexpected(&reply)))
+        .map(|a| a.pod)
+}
+
+/// One HTTP/1.0 GET of `path` over a new connection, connect and answer together within
+/// `timeout`: the whole reply, head and body.
 pub fn get(target: SocketAddr, path: &str, timeout: Duration) -> Result<String, String> {
     let start = Instant::now();
-    let mut conn =
-        TcpStream::connect_timeout(&target, timeout).map_err(|e| format!("connect: {e}"))?;
-    let left = timeout
-        .saturating_sub(start.elapsed())
-        .max(Duration::from_millis(1));
-    conn.set_read_timeout(Some(left))
+    let mut conn = TcpStream::connect_timeout(&target, timeout).map_err(unopened)?;
+    let left = timeout.saturating_sub(start.elapsed());
+    converse(&mut conn, path, left)
+}
+
+/// [`get`] with a separate limit for the handshake and for the answer after it.
+fn exchange(
+    target: SocketAddr,
+    path: &str,
+    connect: Duration,
+    answer: Duration,
+) -> Result<String, String> {
+    let mut conn = TcpStream::connect_timeout(&target, connect).map_err(unopened)?;
+    converse(&mut conn, path, answer)
+}
+
+/// Sends the GET of `path` on `conn` and reads the reply to its end within `within`.
+fn converse(conn: &mut TcpStream, path: &str, within: Duration) -> Result<String, String> {
+    conn.set_read_timeout(Some(within.max(Duration::from_millis(1))))
         .map_err(|e| e.to_string())?;
     conn.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
         .map_err(|e| format!("send: {e}"))?;
@@ -163,7 +204,11 @@ pub fn get(target: SocketAddr, path: &str, timeout: Duration) -> Result<String, 
 /// path, as the lab's own servers give their greeting).
 pub fn request(target: SocketAddr, timeout: Duration) -> Result<Answer, String> {
     let reply = get(target, "/hostname", timeout)?;
-    parse_answer(&reply).ok_or_else(|| format!("unexpected answer {reply:?}"))
+    parse_answer(&reply).ok_or_else(|| unexpected(&reply))
+}
+
+fn unexpected(reply: &str) -> String {
+    format!("unexpected answer {reply:?}")
 }
 
 /// One HTTP GET over a new connection: the client address the server saw (agnhost's
@@ -221,9 +266,10 @@ pub fn run(ns: &NetNs, config: &ProbeConfig) -> Result<ProbeReport> {
         let mut started = 0;
         while start.elapsed() < config.duration && started < config.max_attempts {
             let at = start.elapsed();
-            let (tx, target, timeout) = (tx.clone(), config.target, config.timeout);
+            let (tx, target) = (tx.clone(), config.target);
+            let (connect, answer) = (config.connect_timeout, config.answer_timeout);
             std::thread::spawn(move || {
-                let outcome = attempt(target, timeout);
+                let outcome = attempt(target, connect, answer);
                 let _ = tx.send(Sample { at, outcome });
             });
             started += 1;
@@ -270,6 +316,52 @@ mod tests {
         assert_eq!((r.successes(), r.failures()), (4, 2));
         assert_eq!(report(&[(0, false)]).longest_gap(), None);
         assert_eq!(r.answered_from(Duration::from_millis(30)), (2, 3));
+    }
+
+    /// A loopback server that answers every connection as `answer` says, on its own thread.
+    fn server(answer: fn(TcpStream)) -> SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let at = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().take(1) {
+                answer(conn.unwrap());
+            }
+        });
+        at
+    }
+
+    #[test]
+    fn a_slow_answer_counts_and_a_connection_that_never_opened_is_told_apart() {
+        let (connect, answer) = (Duration::from_millis(150), Duration::from_secs(1));
+        // Slower than the handshake's limit, well within the answer's: the path works.
+        let slow = server(|mut c| {
+            // The request read first: closing with it unread would reset the connection.
+            let _ = c.read(&mut [0; 64]);
+            std::thread::sleep(Duration::from_millis(400));
+            let _ = c.write_all(b"HTTP/1.0 200 OK\r\n\r\nslow-pod");
+        });
+        assert_eq!(attempt(slow, connect, answer), Ok("slow-pod".to_string()));
+        // Opened, then closed without a word: a failure, but not an unopened one.
+        let mute = server(drop);
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let samples = [mute, closed]
+            .into_iter()
+            .enumerate()
+            .map(|(i, target)| Sample {
+                at: Duration::from_millis(i as u64),
+                outcome: attempt(target, connect, answer),
+            })
+            .collect();
+        let r = ProbeReport { samples };
+        assert_eq!(
+            (r.failures(), r.unopened()),
+            (2, 1),
+            "{}",
+            r.failure_summary()
+        );
     }
 
     #[test]

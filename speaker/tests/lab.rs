@@ -2282,7 +2282,7 @@ async fn bgp_with_bfd_fails_over_a_dead_node() {
             );
         }
         bgp.client
-            .enter(|| lab::probe::attempt(target, Duration::from_secs(1)))
+            .enter(|| lab::probe::request(target, Duration::from_secs(1)).map(|a| a.pod))
             .unwrap()
             .unwrap_or_else(|e| panic!("trial {trial}: {vip} does not answer the client: {e}"));
         let through: Vec<usize> = advertisers
@@ -2407,12 +2407,13 @@ async fn bgp_with_bfd_fails_over_a_dead_node() {
     );
     report_figures(&figure);
     // Each change of the router's ECMP group (a path withdrawn or added back: two per
-    // restarted speaker, one for the drain) rehashes the connections in flight (seen: 0 to 3
-    // failed of ~11,700). A drain without the withdrawal would be a hard death.
+    // restarted speaker, one for the drain) rehashes the connections in flight, which fail
+    // once open (seen: 0 to 3 of ~11,700); new connections keep opening. A drain without the
+    // withdrawal would be a hard death: the connections hashed to the node would not open.
     assert!(
-        report.failures() <= lab::bgp::GRACEFUL_FAILURES_MAX,
-        "{} failed new connections: more than ECMP rehashing costs, as if a node went without withdrawing: {}",
-        report.failures(),
+        report.unopened() <= lab::bgp::GRACEFUL_UNOPENED_MAX,
+        "{} new connections could not open, as if a node went without withdrawing: {}",
+        report.unopened(),
         report.failure_summary()
     );
 }

@@ -38,10 +38,10 @@ impl Lab {
     }
 
     /// Node `victim` dies ([`Lab::kill_node`]) half a second into 2.5 s of new connections
-    /// from the client to `ip:80`, one every 5 ms, each allowed 150 ms: the failover
-    /// measurement. Returns the longest time without an answer (from the last success before
-    /// to the first after); fails if `ip` never answers again, or if most connections of the
-    /// last half second fail (nobody took it over).
+    /// from the client to `ip:80`, one every 5 ms, each allowed 150 ms to connect and 1 s more
+    /// for the answer: the failover measurement. Returns the longest time without an answer
+    /// (from the last success before to the first after); fails if `ip` never answers again, or
+    /// if most connections of the last half second fail (nobody took it over).
     pub async fn time_hard_death(&mut self, victim: usize, ip: IpAddr) -> Result<Duration> {
         let config = crate::ProbeConfig::failover(ip, Duration::from_millis(2500));
         let ns = self.client_ns.clone();
