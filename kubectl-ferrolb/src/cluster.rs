@@ -10,6 +10,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
+use model::announcement::Announcement;
 use model::service::{ANNOUNCED_CONDITION, CONFLICT_REASON, LOAD_BALANCER_CLASS};
 use serde::Serialize;
 
@@ -165,37 +166,21 @@ fn ours(view: &model::Service) -> bool {
             .is_none_or(|c| c == LOAD_BALANCER_CLASS)
 }
 
-/// Nodes and interfaces named by an `ferrolb.io/Announced` condition's message, as the speaker
-/// writes it: "A on eth0 and B on eth0, eth1 announced from node n2",
-/// "A over BGP from n1, n3; A on eth0 announced from node n2" or
-/// "A over BGP from n1, n3; reported by node n1".
+/// Nodes and interfaces named by an `ferrolb.io/Announced` condition: the layer-2 announcer
+/// and the BGP advertisers, and the announcer's interfaces, each sorted once.
 pub fn announcers(reason: &str, message: &str) -> (Vec<String>, Vec<String>) {
-    let mut nodes: Vec<String> = vec![];
-    let mut interfaces: Vec<String> = vec![];
-    let body = match reason {
-        "Announced" => match message.rsplit_once(" announced from node ") {
-            Some((body, node)) => {
-                nodes.push(node.to_string());
-                body
-            }
-            None => return (nodes, interfaces),
-        },
-        "Advertised" => message
-            .rsplit_once("; reported by node ")
-            .map_or(message, |(body, _)| body),
-        _ => return (nodes, interfaces),
+    let Some((read, writer)) = Announcement::read(reason, message) else {
+        return Default::default();
     };
-    for item in body.split("; ").flat_map(|part| part.split(" and ")) {
-        if let Some((_, from)) = item.split_once(" over BGP from ") {
-            nodes.extend(from.split(", ").map(str::to_string));
-        } else if let Some((_, on)) = item.split_once(" on ") {
-            interfaces.extend(on.split(", ").map(str::to_string));
-        }
+    let mut nodes: Vec<String> = read.over_bgp.into_iter().flat_map(|(_, n)| n).collect();
+    if reason == model::announcement::ANNOUNCED {
+        nodes.push(writer);
     }
-    nodes.sort();
-    nodes.dedup();
-    interfaces.sort();
-    interfaces.dedup();
+    let mut interfaces: Vec<String> = read.on_link.into_iter().flat_map(|(_, i)| i).collect();
+    for names in [&mut nodes, &mut interfaces] {
+        names.sort();
+        names.dedup();
+    }
     (nodes, interfaces)
 }
 

@@ -22,6 +22,7 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::view::{Announced, Stores};
 use model::ServiceKey;
+use model::announcement::Announcement;
 use speaker_core::decide::NoOwner;
 use speaker_core::election::NodeName;
 use speaker_core::mac::MacAddr;
@@ -44,12 +45,12 @@ pub struct Wanted {
 }
 
 impl Wanted {
-    /// `node` announces the Service's addresses (`addresses`: "198.51.100.200 on eth0 and …").
-    pub fn announced(addresses: &str, node: &NodeName) -> Wanted {
+    /// `node` announces the Service's addresses, in the wording `kubectl ferrolb` reads back.
+    pub fn announced(announcement: &Announcement, node: &NodeName) -> Wanted {
         Wanted {
             announced: true,
-            reason: "Announced",
-            message: format!("{addresses} announced from node {}", node.as_str()),
+            reason: model::announcement::ANNOUNCED,
+            message: announcement.announced_by(node.as_str()),
         }
     }
 
@@ -79,13 +80,12 @@ impl Wanted {
         }
     }
 
-    /// Nodes advertise the Service's addresses over BGP (`addresses`: "198.51.100.5 over BGP
-    /// from node-1, node-2 and …"); `node`, the first of them, reports it.
-    pub fn advertised(addresses: &str, node: &NodeName) -> Wanted {
+    /// Nodes advertise the Service's addresses over BGP; `node`, the first of them, reports it.
+    pub fn advertised(announcement: &Announcement, node: &NodeName) -> Wanted {
         Wanted {
             announced: true,
-            reason: "Advertised",
-            message: format!("{addresses}; reported by node {}", node.as_str()),
+            reason: model::announcement::ADVERTISED,
+            message: announcement.advertised_by(node.as_str()),
         }
     }
 
@@ -372,16 +372,24 @@ mod tests {
         crate::view::ServiceRecord::of(&svc, classes).expect("ours")
     }
 
+    /// 198.51.100.200 answered on `link`.
+    fn on(link: &str) -> Announcement {
+        Announcement {
+            over_bgp: vec![],
+            on_link: vec![("198.51.100.200".parse().unwrap(), vec![link.to_string()])],
+        }
+    }
+
     #[test]
     fn a_written_condition_reads_back_as_the_same_and_any_change_as_different() {
         let me = NodeName::new("node-2");
-        let want = Wanted::announced("198.51.100.200 on eth0", &me);
+        let want = Wanted::announced(&on("eth0"), &me);
         let record = written(&want);
         let existing = record.announced.as_ref().unwrap();
         assert!(same(existing, &want));
         assert_eq!(record.announced_by(), Some("node-2"));
 
-        let elsewhere = Wanted::announced("198.51.100.200 on eth1", &me);
+        let elsewhere = Wanted::announced(&on("eth1"), &me);
         assert!(!same(existing, &elsewhere), "another message");
         let other_reason = Wanted {
             reason: "TwoOwners",
@@ -413,15 +421,16 @@ mod tests {
         let ip: IpAddr = "198.51.100.200".parse().unwrap();
         let mac: MacAddr = "02:00:5e:10:ab:ff".parse().unwrap();
         let mut wanted = vec![
-            Wanted::announced("198.51.100.200 on eth0", &me),
+            Wanted::announced(&on("eth0"), &me),
             Wanted::conflict(ip, "eth0", &mac, &me),
             Wanted::two_owners(ip, Some("node-1"), &mac, &me),
             Wanted::two_owners(ip, None, &mac, &me),
         ];
-        wanted.push(Wanted::advertised(
-            "198.51.100.200 over BGP from node-1",
-            &me,
-        ));
+        let over_bgp = Announcement {
+            over_bgp: vec![(ip, vec!["node-1".to_string()])],
+            on_link: vec![],
+        };
+        wanted.push(Wanted::advertised(&over_bgp, &me));
         for why in [
             NoOwner::NoLiveSpeaker,
             NoOwner::NoSelectedNode,

@@ -27,6 +27,7 @@ use crate::membership::{Membership, View};
 use crate::report::{Notice, Reports, Wanted};
 use crate::view::{Change, Context, NodeRecord, Stores};
 use model::ServiceKey;
+use model::announcement::Announcement;
 use speaker_core::decide::{Decision, Elector, NoOwner};
 
 /// How often the loops' heartbeats and the contested addresses are checked. (Links are not
@@ -1063,7 +1064,13 @@ impl Speaker {
                         .find_map(|(ip, a)| a.as_ref().err().map(|w| (*ip, *w)))
                     {
                         Some((ip, why)) => Wanted::unadvertised(ip, why, &self.me),
-                        None => Wanted::advertised(&over_bgp(&bgp), &self.me),
+                        None => Wanted::advertised(
+                            &Announcement {
+                                over_bgp: over_bgp(&bgp),
+                                on_link: vec![],
+                            },
+                            &self.me,
+                        ),
                     }
                 });
                 self.reports.want(&service, want);
@@ -1106,36 +1113,30 @@ impl Speaker {
                 }
                 Wanted::unowned(*ip, *why, &self.me)
             } else {
-                let text: Vec<String> = addresses
+                let on_link = addresses
                     .iter()
-                    .map(|(ip, _)| match memory.announced.get(ip) {
-                        Some(ifs) => format!("{ip} on {}", ifs.join(", ")),
-                        None => ip.to_string(),
-                    })
+                    .map(|(ip, _)| (*ip, memory.announced.get(ip).cloned().unwrap_or_default()))
                     .collect();
-                let l2 = text.join(" and ");
-                match over_bgp(&bgp) {
-                    bgp if bgp.is_empty() => Wanted::announced(&l2, &self.me),
-                    bgp => Wanted::announced(&format!("{bgp}; {l2}"), &self.me),
-                }
+                let announcement = Announcement {
+                    over_bgp: over_bgp(&bgp),
+                    on_link,
+                };
+                Wanted::announced(&announcement, &self.me)
             };
             self.reports.want(&service, Some(want));
         }
     }
 }
 
-/// "198.51.100.5 over BGP from node-1, node-2 and 2001:db8::5 over BGP from node-1", of the
-/// addresses some node advertises (empty when none does).
-fn over_bgp(advertised: &[(IpAddr, &Result<BTreeSet<NodeName>, NoOwner>)]) -> String {
+/// The addresses some node advertises over BGP, each with those nodes.
+fn over_bgp(
+    advertised: &[(IpAddr, &Result<BTreeSet<NodeName>, NoOwner>)],
+) -> Vec<(IpAddr, Vec<String>)> {
     advertised
         .iter()
-        .filter_map(|(ip, a)| a.as_ref().ok().map(|nodes| (ip, nodes)))
-        .map(|(ip, nodes)| {
-            let names: Vec<&str> = nodes.iter().map(NodeName::as_str).collect();
-            format!("{ip} over BGP from {}", names.join(", "))
-        })
-        .collect::<Vec<_>>()
-        .join(" and ")
+        .filter_map(|(ip, a)| a.as_ref().ok().map(|nodes| (*ip, nodes)))
+        .map(|(ip, nodes)| (ip, nodes.iter().map(|n| n.as_str().to_string()).collect()))
+        .collect()
 }
 
 impl Memory {

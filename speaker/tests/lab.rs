@@ -1602,7 +1602,11 @@ async fn admission_policy_lets_a_speaker_write_only_its_own_announced_condition(
     let now = || Time(k8s_openapi::jiff::Timestamp::now());
     // The patch the speaker sends, with the message it writes for `node`.
     let announced_by = |node: &str| {
-        let want = Wanted::announced("198.51.100.200 on eth0", &NodeName::new(node));
+        let on_eth0 = model::announcement::Announcement {
+            over_bgp: vec![],
+            on_link: vec![("198.51.100.200".parse().unwrap(), vec!["eth0".into()])],
+        };
+        let want = Wanted::announced(&on_eth0, &NodeName::new(node));
         Patch::Apply(report::condition_patch(&key, &want, now(), Some(1)))
     };
 
