@@ -330,6 +330,55 @@ async fn helm_installs_ferrolb_and_the_classic_example_works() {
     the_plugin_reads_the_cluster(&lab, hello).await;
 }
 
+/// `kubectl ferrolb status` and `services` as JSON on a healthy cluster serving the example
+/// Service at `hello`: no problem, a leader, every node's speaker ready and seeing every node
+/// (read from its metrics through the API server), the pool's use of `hello`'s family, and the
+/// node that answers for `hello` named as its announcer, with its interface; that node's name.
+async fn the_plugin_sees_all_well(lab: &Lab, hello: IpAddr) -> String {
+    let owner = format!("node-{}", owner_of(lab, hello).await);
+    let n = lab.nodes().len();
+    let (code, out, err) = plugin(lab, &["status", "-o", "json"]).await;
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| {
+        panic!("status -o json: {e}: {out}\n{err}");
+    });
+    assert_eq!(code, 0, "{status:#}\n{err}");
+    assert_eq!(status["problems"], serde_json::json!([]), "{status:#}");
+    assert!(status["controller"]["leader"].is_string(), "{status:#}");
+    assert_eq!(status["speakers"]["ready"], n, "{status:#}");
+    let nodes = status["speakers"]["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), n, "{status:#}");
+    assert!(
+        nodes
+            .iter()
+            .all(|s| s["ready"] == true && s["members"] == n),
+        "each speaker sees the {n} members: {status:#}"
+    );
+    let family = if hello.is_ipv6() { "ipv6" } else { "ipv4" };
+    assert!(
+        status["pools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["ready"] == "True" && p[family]["assigned"].as_i64() >= Some(1)),
+        "{status:#}"
+    );
+
+    let (code, out, err) = plugin(lab, &["services", "-n", "default", "-o", "json"]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "hello")
+        .unwrap_or_else(|| panic!("no hello in {rows:#}"));
+    assert_eq!(row["addresses"], serde_json::json!([hello.to_string()]));
+    assert_eq!(row["state"], "Announced", "{row:#}");
+    assert_eq!(row["announced_by"], serde_json::json!([owner]), "{row:#}");
+    assert_eq!(row["interfaces"], serde_json::json!(["eth0"]), "{row:#}");
+    owner
+}
+
 /// `kubectl ferrolb …` through kubectl; exit code, stdout and stderr.
 async fn plugin(lab: &Lab, args: &[&str]) -> (i32, String, String) {
     let controller = lab::binaries::FerrolbBinaries::find().unwrap().controller;
@@ -352,51 +401,12 @@ async fn plugin(lab: &Lab, args: &[&str]) -> (i32, String, String) {
 /// The plugin against the real API server, the Helm-installed pods and the example Service at
 /// `hello`: status, services and explain, as tables and as JSON.
 async fn the_plugin_reads_the_cluster(lab: &Lab, hello: IpAddr) {
-    let owner = format!("node-{}", owner_of(lab, hello).await);
-    // Status: the leader, three ready speakers that each see three members, the pool.
-    let (code, out, err) = plugin(lab, &["status", "-o", "json"]).await;
-    let status: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| {
-        panic!("status -o json: {e}: {out}\n{err}");
-    });
-    assert_eq!(code, 0, "{status:#}\n{err}");
-    assert_eq!(status["problems"], serde_json::json!([]), "{status:#}");
-    assert!(status["controller"]["leader"].is_string(), "{status:#}");
-    assert_eq!(status["speakers"]["ready"], 3, "{status:#}");
-    let nodes = status["speakers"]["nodes"].as_array().unwrap();
-    assert_eq!(nodes.len(), 3, "{status:#}");
-    assert!(
-        nodes
-            .iter()
-            .all(|n| n["ready"] == true && n["members"] == 3),
-        "each speaker sees the three members: {status:#}"
-    );
-    assert!(
-        status["pools"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|p| p["ready"] == "True" && p["ipv4"]["assigned"].as_i64() >= Some(1)),
-        "{status:#}"
-    );
+    let owner = the_plugin_sees_all_well(lab, hello).await;
     let (_, table, _) = plugin(lab, &["status"]).await;
     println!("$ kubectl ferrolb status\n{table}");
     assert!(table.starts_with("No problems found."), "{table}");
     assert!(table.contains("SPEAKERS  3 of 3 ready"), "{table}");
 
-    // Services: the owner and interface of the example's address.
-    let (code, out, err) = plugin(lab, &["services", "-n", "default", "-o", "json"]).await;
-    assert_eq!(code, 0, "{out}\n{err}");
-    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let row = rows
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == "hello")
-        .unwrap_or_else(|| panic!("no hello in {rows:#}"));
-    assert_eq!(row["addresses"], serde_json::json!([hello.to_string()]));
-    assert_eq!(row["state"], "Announced", "{row:#}");
-    assert_eq!(row["announced_by"], serde_json::json!([owner]), "{row:#}");
-    assert!(!row["interfaces"].as_array().unwrap().is_empty(), "{row:#}");
     let (_, table, _) = plugin(lab, &["services", "-A"]).await;
     println!("$ kubectl ferrolb services -A\n{table}");
     let line = table
@@ -600,6 +610,9 @@ async fn kustomize_installs_ferrolb_on_an_ipv6_only_cluster() {
     .await;
     let address = the_classic_example_answers(&lab).await;
     assert!(address.is_ipv6(), "{address}");
+    // The plugin on an IPv6-only cluster: the speakers' metrics through the API server's pod
+    // proxy at their nodes' IPv6 addresses, the pool's IPv6 use, the announcer of the address.
+    the_plugin_sees_all_well(&lab, address).await;
 }
 
 const EXCLUDE: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
