@@ -18,6 +18,7 @@ pub const ANNOUNCED: &str = "Announced";
 /// The condition's reason when the addresses are advertised over BGP only.
 pub const ADVERTISED: &str = "Advertised";
 
+const WRITER: &str = " node ";
 const ANNOUNCED_FROM: &str = " announced from node ";
 const REPORTED_BY: &str = "; reported by node ";
 const OVER_BGP_FROM: &str = " over BGP from ";
@@ -25,6 +26,15 @@ const ON: &str = " on ";
 const PARTS: &str = "; ";
 const ITEMS: &str = " and ";
 const NAMES: &str = ", ";
+
+/// The node a condition message is written in the name of: every message a speaker writes
+/// ends with `node <name>`, where the admission policy reads it (`endsWith(' node ' + name)`).
+pub fn writer(message: &str) -> Option<&str> {
+    message
+        .rsplit_once(WRITER)
+        .map(|(_, node)| node)
+        .filter(|node| !node.is_empty() && !node.contains(' '))
+}
 
 /// The addresses of one Service and where each is announced.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -134,6 +144,23 @@ mod tests {
     }
 
     #[test]
+    fn the_writer_is_the_name_after_the_last_node() {
+        assert_eq!(writer("x announced from node a.b-c"), Some("a.b-c"));
+        assert_eq!(
+            writer("x is also answered by node n1 (02:00:5e:10:ab:ff): …; announced from node n2"),
+            Some("n2")
+        );
+        assert_eq!(writer("x announced from nodea"), None);
+        assert_eq!(
+            writer("node a"),
+            None,
+            "the policy wants a space before `node`"
+        );
+        assert_eq!(writer("x from node "), None);
+        assert_eq!(writer(""), None);
+    }
+
+    #[test]
     fn other_reasons_and_other_words_are_not_read() {
         for (reason, message) in [
             (
@@ -167,6 +194,8 @@ mod tests {
             let over_bgp: Vec<_> = over_bgp.into_iter().filter(|(_, n)| !n.is_empty()).collect();
             prop_assume!(!on_link.is_empty());
             let a = Announcement { over_bgp, on_link };
+            let message = a.announced_by(&node);
+            prop_assert_eq!(writer(&message), Some(node.as_str()));
             prop_assert_eq!(
                 Announcement::read(ANNOUNCED, &a.announced_by(&node)),
                 Some((a.clone(), node.clone()))

@@ -125,9 +125,7 @@ impl Wanted {
 /// (`message.endsWith(' node ' + node)`). Node names hold no spaces, so the last word is the
 /// whole name.
 pub fn names_writer(message: &str, node: &str) -> bool {
-    message
-        .strip_suffix(node)
-        .is_some_and(|rest| rest.ends_with(" node "))
+    model::announcement::writer(message) == Some(node)
 }
 
 /// An Event about a Service.

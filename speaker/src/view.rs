@@ -117,7 +117,7 @@ impl ServiceRecord {
                     status: c.status == "True",
                     digest: Announced::digest(&c.reason, &c.message),
                     by: (c.status == "True")
-                        .then(|| c.message.rsplit(' ').next())
+                        .then(|| model::announcement::writer(&c.message))
                         .flatten()
                         .map(Box::from),
                     last_transition_time: c.last_transition_time.clone(),
