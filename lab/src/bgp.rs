@@ -8,13 +8,15 @@ use std::time::{Duration, Instant};
 use crate::Lab;
 
 /// The most new connections (one opened every 5 ms) that may fail to open during a rolling
-/// restart or a drain in the lab's BGP tests. A node that goes without withdrawing leaves the
-/// third of them that the router hashes to it unanswered until BFD drops it (300 ms × 3:
-/// 600–900 ms), 40–60 connections; a graceful change leaves none, beyond the loaded machine's
+/// restart or a drain in the lab's BGP tests. The router hashes by addresses, so all of the
+/// client's connections take one node (the tests check which); if that node went without
+/// withdrawing, every new connection would go unanswered until BFD drops it (300 ms × 3:
+/// 600–900 ms), 120–180 of them. A graceful change leaves none, beyond the loaded machine's
 /// noise floor (one in 13,000–14,700 seen). Connections opened and then reset are not counted
-/// here: each change of the router's ECMP group moves the ones in flight to another node,
-/// without their conntrack entry, and how many are in flight grows with the machine's load
-/// (6 to 33 in one run of the whole rollout on an idle machine and with the CPUs saturated).
+/// here: each change of the router's ECMP group can move the client's path, and with it the
+/// connections in flight, to a node without their conntrack entry; how many are in flight
+/// grows with the machine's load (4–6 in a whole rollout on an idle machine, 33 with the CPUs
+/// saturated).
 pub const GRACEFUL_UNOPENED_MAX: usize = 10;
 
 /// The client's subnet behind the BGP router (IPv6: the lab's IPv4 documentation prefixes

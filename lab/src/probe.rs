@@ -162,9 +162,9 @@ fn unopened(e: std::io::Error) -> String {
 /// One HTTP GET over a new connection, connected within `connect` and answered within `answer`
 /// after that; the answering pod's name.
 pub fn attempt(target: SocketAddr, connect: Duration, answer: Duration) -> Result<String, String> {
-    exchange(target, "/hostname", connect, answer)
-        .and_then(|reply| parse_answer(&reply).ok_or_else(|| unexpected(&reply)))
-        .map(|a| a.pod)
+    let mut conn = TcpStream::connect_timeout(&target, connect).map_err(unopened)?;
+    let reply = converse(&mut conn, "/hostname", answer)?;
+    answer_in(&reply).map(|a| a.pod)
 }
 
 /// One HTTP/1.0 GET of `path` over a new connection, connect and answer together within
@@ -174,17 +174,6 @@ pub fn get(target: SocketAddr, path: &str, timeout: Duration) -> Result<String, 
     let mut conn = TcpStream::connect_timeout(&target, timeout).map_err(unopened)?;
     let left = timeout.saturating_sub(start.elapsed());
     converse(&mut conn, path, left)
-}
-
-/// [`get`] with a separate limit for the handshake and for the answer after it.
-fn exchange(
-    target: SocketAddr,
-    path: &str,
-    connect: Duration,
-    answer: Duration,
-) -> Result<String, String> {
-    let mut conn = TcpStream::connect_timeout(&target, connect).map_err(unopened)?;
-    converse(&mut conn, path, answer)
 }
 
 /// Sends the GET of `path` on `conn` and reads the reply to its end within `within`.
@@ -203,12 +192,12 @@ fn converse(conn: &mut TcpStream, path: &str, within: Duration) -> Result<String
 /// `/hostname` is where agnhost's `netexec` gives its name (`serve-hostname` gives it on any
 /// path, as the lab's own servers give their greeting).
 pub fn request(target: SocketAddr, timeout: Duration) -> Result<Answer, String> {
-    let reply = get(target, "/hostname", timeout)?;
-    parse_answer(&reply).ok_or_else(|| unexpected(&reply))
+    answer_in(&get(target, "/hostname", timeout)?)
 }
 
-fn unexpected(reply: &str) -> String {
-    format!("unexpected answer {reply:?}")
+/// The answer in a reply, or why it is none.
+fn answer_in(reply: &str) -> Result<Answer, String> {
+    parse_answer(reply).ok_or_else(|| format!("unexpected answer {reply:?}"))
 }
 
 /// One HTTP GET over a new connection: the client address the server saw (agnhost's

@@ -197,7 +197,7 @@ mod tests {
             let message = a.announced_by(&node);
             prop_assert_eq!(writer(&message), Some(node.as_str()));
             prop_assert_eq!(
-                Announcement::read(ANNOUNCED, &a.announced_by(&node)),
+                Announcement::read(ANNOUNCED, &message),
                 Some((a.clone(), node.clone()))
             );
             prop_assume!(!a.over_bgp.is_empty());

@@ -2271,7 +2271,7 @@ async fn bgp_with_bfd_fails_over_a_dead_node() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    let mut gaps = vec![];
+    let (mut gaps, mut unopened) = (vec![], vec![]);
     for trial in 0..trials() {
         bgp.converged(&lab, vip, &advertisers).await;
         let victim = bgp.client_path(&lab, vip);
@@ -2345,7 +2345,13 @@ async fn bgp_with_bfd_fails_over_a_dead_node() {
             reason, "Cease/BFD Down",
             "trial {trial}: why the router dropped node {victim}"
         );
-        println!("trial {trial}: node {victim} died, gap {gap:?}, now via {rest:?}");
+        // What GRACEFUL_UNOPENED_MAX tells a graceful drain from: a node gone without
+        // withdrawing, every new connection of the client's unopened until BFD.
+        println!(
+            "trial {trial}: node {victim} died, gap {gap:?}, {} new connections unopened, now via {rest:?}",
+            report.unopened()
+        );
+        unopened.push(report.unopened());
         gaps.push(gap.as_secs_f64() * 1000.0);
         lab.revive_node(victim).await.unwrap();
         lab.start_speaker(&speaker(), victim).await.unwrap();
@@ -2354,9 +2360,17 @@ async fn bgp_with_bfd_fails_over_a_dead_node() {
             members_become(&lab, i, lab.nodes().len()).await;
         }
     }
-    report_figures(
-        &lab::figures::Figures { gaps_ms: gaps }
-            .summary("BGP mode, hard node death, BFD 300 ms x 3, through FRR with ECMP"),
+    report_figures(&format!(
+        "{}; new connections unopened per trial: {unopened:?}",
+        lab::figures::Figures { gaps_ms: gaps }
+            .summary("BGP mode, hard node death, BFD 300 ms x 3, through FRR with ECMP")
+    ));
+    // The rollout's bound below must tell a graceful drain from this.
+    assert!(
+        unopened
+            .iter()
+            .all(|n| *n > lab::bgp::GRACEFUL_UNOPENED_MAX),
+        "a hard death left no more unopened connections than a graceful drain may: {unopened:?}"
     );
 
     // A rolling restart of the advertising speakers, then a drain of the node the client goes
