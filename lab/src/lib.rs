@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod figures;
 pub mod forward;
 pub mod hello;
+pub mod hogs;
 pub mod images;
 pub mod l2query;
 pub mod lab;

@@ -10,8 +10,6 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -191,21 +189,6 @@ impl Drop for Loss<'_> {
     }
 }
 
-/// Stops the spinning threads when dropped.
-struct Hogs {
-    stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Hogs {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
-        }
-    }
-}
-
 /// A lab for soaking: `nodes` light nodes (no kubelets, no pods), a speaker on each, the example
 /// pool and `addresses` Services with one address each, every address answered by one node.
 /// kube-proxy runs on the first four nodes only: a hundred would take the two cores the soak
@@ -266,20 +249,7 @@ pub async fn soak(lab: &Lab, duration: Duration, stress: &Stress) -> Result<Soak
         }
         None => None,
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    let _hogs = Hogs {
-        threads: (0..stress.hogs)
-            .map(|_| {
-                let stop = stop.clone();
-                std::thread::spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        std::hint::spin_loop();
-                    }
-                })
-            })
-            .collect(),
-        stop,
-    };
+    let _hogs = crate::hogs::Hogs::spin(stress.hogs, None);
     // Read through the stress, with retries: a lossy link loses metric scrapes too.
     let before = retried(|| counters(lab)).await?;
     let cpu_before: Vec<f64> = pids

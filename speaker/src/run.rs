@@ -42,7 +42,9 @@ const CONTEST_GRACE: Duration = Duration::from_secs(1);
 const CONTEST_AUDIT: Duration = Duration::from_secs(5);
 
 /// A loop that has not beaten for this long is stuck: the speaker steps aside (its heartbeat
-/// comes every 100 ms; peers declare a silent member down in well under a second).
+/// comes every 100 ms; peers declare a silent member down in well under a second). For the
+/// announcer, time its thread spent waiting for a CPU does not count: on a saturated node that
+/// is starvation, and stepping aside for it only moves the load to the peers.
 const STUCK_AFTER: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -379,12 +381,13 @@ impl Speaker {
             }
             memory.membership_stuck = membership_stuck;
         }
-        let announcer_stuck = self.announcer_heartbeat.age() > STUCK_AFTER;
+        let announcer_age = self.announcer_heartbeat.own_age();
+        let announcer_stuck = announcer_age > STUCK_AFTER;
         if announcer_stuck != memory.announcer_stuck {
             memory.announcer_stuck = announcer_stuck;
             self.announcer.mute(announcer_stuck);
             if announcer_stuck {
-                tracing::error!(age = ?self.announcer_heartbeat.age(), "the announcer is stuck: muted, and leaving the membership so that peers take over");
+                tracing::error!(own_age = ?announcer_age, age = ?self.announcer_heartbeat.age(), "the announcer is stuck: muted, and leaving the membership so that peers take over");
                 self.membership.leave().await;
             } else {
                 tracing::warn!("the announcer turns again: rejoining");

@@ -831,6 +831,43 @@ async fn a_dead_or_stuck_loop_moves_the_address_and_fails_the_liveness_probe() {
         &[ip("198.51.100.210")],
     )
     .await;
+    // Issue 12: a starved announcer is not a stuck one. On a saturated node the announcer's
+    // thread can wait seconds for a CPU; the speaker took that for a hang and stepped aside, a
+    // thousand times in the 100-node bench, moving addresses for nothing. Here the owner's
+    // announcer waits a second or more at each wake for 6 s: it keeps its address, stays live
+    // and logs no stuck announcer.
+    let vip = ip("198.51.100.210");
+    let owner = settled_owner(&lab, vip).await;
+    let waited = lab
+        .starve_speaker_thread(owner, "announcer", Duration::from_secs(6))
+        .await
+        .unwrap();
+    assert!(
+        waited > Duration::from_secs(3),
+        "the announcer was hardly starved (it waited {waited:?} for a CPU): nothing was tested"
+    );
+    let log = std::fs::read_to_string(lab.log_path(&format!("speaker-node-{owner}"))).unwrap();
+    let stuck: Vec<_> = log
+        .lines()
+        .filter(|l| l.contains("the announcer is stuck"))
+        .collect();
+    assert!(
+        stuck.is_empty(),
+        "node {owner}'s starved announcer was taken for a stuck one:\n{}",
+        stuck.join("\n")
+    );
+    assert_eq!(
+        settled_owner(&lab, vip).await,
+        owner,
+        "{}",
+        speaker_logs(&lab)
+    );
+    let (status, body) = lab.speaker_health(owner).await.unwrap();
+    assert_eq!(
+        status, 200,
+        "node {owner}'s /healthz after starvation: {body}"
+    );
+
     let faults = [
         "membership-stall",
         "announcer-stall",

@@ -218,6 +218,11 @@ impl Lab {
         }
     }
 
+    /// Node `i`'s speaker's process id, while it runs.
+    pub fn speaker_pid(&self, i: usize) -> Option<u32> {
+        self.node(i).speaker.as_ref()?.pid()
+    }
+
     /// Whether node `i`'s speaker has exited; its log's last lines if so.
     pub fn speaker_exited(&mut self, i: usize) -> Option<String> {
         let p = self.nodes[i - 1].speaker.as_mut()?;

@@ -10,6 +10,7 @@ use super::Lab;
 use super::network::{attach, pod_routes};
 use crate::cluster;
 use crate::hello::HelloServer;
+use crate::hogs::Starved;
 use crate::netns::NetNs;
 use crate::plan;
 
@@ -119,6 +120,39 @@ impl Lab {
             }
         }
         Ok(())
+    }
+
+    /// Starves the thread named `thread` of node `i`'s speaker for `duration`, as a saturated
+    /// machine would ([`Starved`]); the rest of the lab keeps the other CPUs. Returns how long
+    /// the thread waited for a CPU meanwhile (its schedstat).
+    pub async fn starve_speaker_thread(
+        &self,
+        i: usize,
+        thread: &str,
+        duration: Duration,
+    ) -> Result<Duration> {
+        let pid = self
+            .speaker_pid(i)
+            .with_context(|| format!("no speaker runs on node {i}"))?;
+        let tid = std::fs::read_dir(format!("/proc/{pid}/task"))?
+            .filter_map(|t| t.ok()?.file_name().into_string().ok())
+            .find(|tid| {
+                std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+                    .is_ok_and(|c| c.trim() == thread)
+            })
+            .with_context(|| format!("node {i}'s speaker has no thread named {thread}"))?;
+        // The second field of schedstat: nanoseconds spent runnable, waiting for a CPU.
+        let waited = || -> Result<Duration> {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat"))?;
+            let ns = stat.split_whitespace().nth(1).context("schedstat")?;
+            Ok(Duration::from_nanos(ns.parse()?))
+        };
+        let starved = Starved::start(&tid)?;
+        let before = waited()?;
+        tokio::time::sleep(duration).await;
+        let after = waited()?;
+        drop(starved);
+        Ok(after.saturating_sub(before))
     }
 
     /// Sets node `i`'s LAN interface (`eth0` inside the node) down or up.

@@ -174,8 +174,8 @@ impl Speaker {
     fn start(ns: &NetNs, config: Config) -> Speaker {
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
-        let heartbeat =
-            common::health::Liveness::default().register("announcer", Duration::from_secs(1));
+        let heartbeat = common::health::Liveness::default()
+            .register_thread("announcer", Duration::from_secs(1));
         let (announcer, events) = ns
             .enter(move || Announcer::start(config, metrics, heartbeat, watch_links().unwrap()))
             .unwrap();
