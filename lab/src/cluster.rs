@@ -53,7 +53,9 @@ fn now() -> String {
 }
 
 /// Renews the node's Lease in `kube-node-lease` every `every`, as a kubelet does, until the
-/// returned task is aborted.
+/// returned task is aborted. A failed renewal is retried after half a second, not a whole
+/// interval later: a kubelet's lease controller also retries at once (from 200 ms, backing
+/// off), so a node reports in as soon as the API server is back.
 pub fn heartbeat(client: &Client, node: &str, every: Duration) -> JoinHandle<()> {
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
     let node = node.to_string();
@@ -69,7 +71,7 @@ pub fn heartbeat(client: &Client, node: &str, every: Duration) -> JoinHandle<()>
                     "renewTime": MicroTime(k8s_openapi::jiff::Timestamp::now()),
                 },
             });
-            if let Err(e) = leases
+            let next = match leases
                 .patch(
                     &node,
                     &PatchParams::apply(MANAGER).force(),
@@ -77,9 +79,13 @@ pub fn heartbeat(client: &Client, node: &str, every: Duration) -> JoinHandle<()>
                 )
                 .await
             {
-                tracing::warn!(%node, "lease renewal failed: {e}");
-            }
-            tokio::time::sleep(every).await;
+                Ok(_) => every,
+                Err(e) => {
+                    tracing::warn!(%node, "lease renewal failed: {e}");
+                    every.min(Duration::from_millis(500))
+                }
+            };
+            tokio::time::sleep(next).await;
         }
     })
 }

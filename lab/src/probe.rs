@@ -3,6 +3,8 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -249,11 +251,19 @@ fn parse_answer(reply: &str) -> Option<Answer> {
 /// thread (threads inherit the namespace of the thread that spawns them), so an attempt stuck
 /// on a dead node does not delay the next: the gap is measured to within one interval.
 pub fn run(ns: &NetNs, config: &ProbeConfig) -> Result<ProbeReport> {
+    run_until(ns, config, &AtomicBool::new(false))
+}
+
+/// [`run`], which also stops early once `stop` is set.
+pub fn run_until(ns: &NetNs, config: &ProbeConfig, stop: &AtomicBool) -> Result<ProbeReport> {
     ns.enter(|| {
         let start = Instant::now();
         let (tx, rx) = std::sync::mpsc::channel();
         let mut started = 0;
-        while start.elapsed() < config.duration && started < config.max_attempts {
+        while start.elapsed() < config.duration
+            && started < config.max_attempts
+            && !stop.load(Ordering::Relaxed)
+        {
             let at = start.elapsed();
             let (tx, target) = (tx.clone(), config.target);
             let (connect, answer) = (config.connect_timeout, config.answer_timeout);
@@ -273,6 +283,30 @@ pub fn run(ns: &NetNs, config: &ProbeConfig) -> Result<ProbeReport> {
         samples.sort_by_key(|s| s.at);
         ProbeReport { samples }
     })
+}
+
+/// A probe running in the background while something happens, for at most its duration,
+/// ended a quiet while after what it watches is over instead of at a fixed time.
+pub struct Background {
+    stop: Arc<AtomicBool>,
+    run: tokio::task::JoinHandle<Result<ProbeReport>>,
+}
+
+impl Background {
+    pub fn start(ns: &NetNs, config: ProbeConfig) -> Background {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ns, flag) = (ns.clone(), stop.clone());
+        let run = tokio::task::spawn_blocking(move || run_until(&ns, &config, &flag));
+        Background { stop, run }
+    }
+
+    /// Probes on for `quiet` more (what comes after a change: a late failure shows there),
+    /// then stops and reports.
+    pub async fn finish_after(self, quiet: Duration) -> Result<ProbeReport> {
+        tokio::time::sleep(quiet).await;
+        self.stop.store(true, Ordering::Relaxed);
+        self.run.await?
+    }
 }
 
 #[cfg(test)]

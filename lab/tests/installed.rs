@@ -815,17 +815,14 @@ async fn rollout_restart_and_drain_of_the_speakers() {
     let mut lines = vec![];
     // The rollout replaces four pods one at a time, each after the last is Ready (seconds);
     // the probe covers it and quiet time after, which shows the noise floor.
-    let run = {
-        let (ns, config) = (
-            lab.client_ns.clone(),
-            lab::ProbeConfig::failover(vip, Duration::from_secs(40)),
-        );
-        tokio::task::spawn_blocking(move || lab::probe::run(&ns, &config))
-    };
+    let run = lab::probe::Background::start(
+        &lab.client_ns,
+        lab::ProbeConfig::failover(vip, Duration::from_secs(50)),
+    );
     let started = Instant::now();
     rollout_restart_speakers(&lab, "35s").await;
     let took = started.elapsed();
-    let report = run.await.unwrap().unwrap();
+    let report = run.finish_after(QUIET_AFTER).await.unwrap();
     let after = pod_names(
         &lab,
         FERROLB_NAMESPACE,
@@ -837,8 +834,9 @@ async fn rollout_restart_and_drain_of_the_speakers() {
         "every speaker pod was replaced: {before:?} -> {after:?}"
     );
     lines.push(format!(
-        "rollout restart of 4 speakers (done {:.1} s into a 40 s probe): {} of {} new connections failed, longest gap {:?} ({})",
+        "rollout restart of 4 speakers (done {:.1} s in, probed {:?} more): {} of {} new connections failed, longest gap {:?} ({})",
         took.as_secs_f64(),
+        QUIET_AFTER,
         report.failures(),
         report.samples.len(),
         report.longest_gap(),
@@ -847,13 +845,10 @@ async fn rollout_restart_and_drain_of_the_speakers() {
 
     let owner = settled_owner(&lab, vip).await;
     lab.settle(vip).await.unwrap();
-    let run = {
-        let (ns, config) = (
-            lab.client_ns.clone(),
-            lab::ProbeConfig::failover(vip, Duration::from_secs(20)),
-        );
-        tokio::task::spawn_blocking(move || lab::probe::run(&ns, &config))
-    };
+    let run = lab::probe::Background::start(
+        &lab.client_ns,
+        lab::ProbeConfig::failover(vip, Duration::from_secs(80)),
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     lab.kubectl(&[
         "drain",
@@ -864,7 +859,7 @@ async fn rollout_restart_and_drain_of_the_speakers() {
     ])
     .await
     .unwrap();
-    let report = run.await.unwrap().unwrap();
+    let report = run.finish_after(QUIET_AFTER).await.unwrap();
     let successor = owner_of(&lab, vip).await;
     assert_ne!(successor, owner, "a drained node stops announcing");
     lines.push(format!(
@@ -883,6 +878,10 @@ async fn rollout_restart_and_drain_of_the_speakers() {
         &format!("FIGURES speakers as pods:\n{}", lines.join("\n")),
     );
 }
+
+/// How long a probe runs on after the change it watches is over: a late failure (a second
+/// owner, a withdrawal that comes late) shows there.
+const QUIET_AFTER: Duration = Duration::from_secs(8);
 
 /// `kubectl rollout restart` of the speakers' DaemonSet, returning once it is rolled out.
 async fn rollout_restart_speakers(lab: &Lab, timeout: &str) {
@@ -928,14 +927,8 @@ async fn bgp_rollout_restart_and_drain(lab: &mut Lab) -> String {
     let advertisers = [2, 3, 4];
     bgp.converged(lab, vip, &advertisers).await;
 
-    let window = Duration::from_secs(70);
-    let run = {
-        let (ns, config) = (
-            lab::netns::NetNs::clone(&bgp.client),
-            lab::ProbeConfig::failover(vip, window),
-        );
-        tokio::task::spawn_blocking(move || lab::probe::run(&ns, &config))
-    };
+    let window = Duration::from_secs(100);
+    let run = lab::probe::Background::start(&bgp.client, lab::ProbeConfig::failover(vip, window));
     let started = Instant::now();
     tokio::time::sleep(Duration::from_millis(500)).await;
     rollout_restart_speakers(lab, "50s").await;
@@ -958,11 +951,11 @@ async fn bgp_rollout_restart_and_drain(lab: &mut Lab) -> String {
         .collect();
     bgp.converged(lab, vip, &rest).await;
     assert!(
-        started.elapsed() + Duration::from_secs(1) < window,
+        started.elapsed() + QUIET_AFTER < window,
         "the rollout and drain outlasted the probe ({:?})",
         started.elapsed()
     );
-    let report = run.await.unwrap().unwrap();
+    let report = run.finish_after(QUIET_AFTER).await.unwrap();
     assert!(
         report.unopened() <= lab::bgp::GRACEFUL_UNOPENED_MAX,
         "{} new connections could not open, as if a node went without withdrawing: {}",
