@@ -32,6 +32,37 @@ pub struct Heartbeat {
     thread: Option<Arc<Mutex<Option<ThreadMark>>>>,
 }
 
+/// A loop's thread since its last beat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SinceBeat {
+    /// By the clock.
+    pub age: Duration,
+    /// Running on a CPU.
+    pub on_cpu: Duration,
+    /// Runnable but waiting for a CPU, in waits that have ended (the kernel clocks a wait when
+    /// it ends).
+    pub waiting: Duration,
+    /// Runnable now: running, or in a wait for a CPU not yet clocked.
+    pub runnable: bool,
+}
+
+impl SinceBeat {
+    /// The time the thread could have beaten: of a runnable thread its CPU time, of one
+    /// asleep or blocked all time but its waits for a CPU.
+    pub fn own_age(&self) -> Duration {
+        if self.runnable {
+            self.on_cpu.min(self.age)
+        } else {
+            self.age.saturating_sub(self.waiting)
+        }
+    }
+
+    /// Neither running nor waiting for a CPU: asleep, or blocked (on a lock, in a syscall).
+    pub fn blocked(&self) -> Duration {
+        self.age.saturating_sub(self.on_cpu + self.waiting)
+    }
+}
+
 /// Where the beating thread's scheduler clocks stood at a beat.
 #[derive(Clone, Copy, Debug)]
 struct ThreadMark {
@@ -125,27 +156,37 @@ impl Heartbeat {
     /// as before, a spinning one by its CPU time, a starved one barely. The plain [`Self::age`]
     /// for a loop without a thread of its own, or where the kernel keeps no such clocks.
     pub fn own_age(&self) -> Duration {
-        let Some(mark) = self.mark() else {
-            return self.age();
-        };
+        self.since_beat()
+            .map_or_else(|| self.age(), |t| t.own_age())
+    }
+
+    /// What the beating thread did since its last beat, for a loop with a thread of its own
+    /// where the kernel keeps the clocks: what [`Self::own_age`] is made of.
+    pub fn since_beat(&self) -> Option<SinceBeat> {
+        let mark = self.mark()?;
         // The state before the clocks: a wait that ends in between then only lowers the age.
-        let (Some(runnable), Some(now)) = (is_runnable(mark.tid), sched_clocks(mark.tid)) else {
-            return self.age();
-        };
-        let since_beat = |mark: ThreadMark| {
+        let runnable = is_runnable(mark.tid)?;
+        let now = sched_clocks(mark.tid)?;
+        let since = |mark: ThreadMark| {
             self.started
                 .elapsed()
                 .saturating_sub(Duration::from_millis(mark.at_ms))
         };
-        match self.mark() {
+        Some(match self.mark() {
             // It beat meanwhile: it turns.
-            Some(newer) if newer.at_ms != mark.at_ms => since_beat(newer),
-            _ if runnable => now
-                .on_cpu
-                .saturating_sub(mark.clocks.on_cpu)
-                .min(since_beat(mark)),
-            _ => since_beat(mark).saturating_sub(now.waiting.saturating_sub(mark.clocks.waiting)),
-        }
+            Some(newer) if newer.at_ms != mark.at_ms => SinceBeat {
+                age: since(newer),
+                on_cpu: Duration::ZERO,
+                waiting: Duration::ZERO,
+                runnable: false,
+            },
+            _ => SinceBeat {
+                age: since(mark),
+                on_cpu: now.on_cpu.saturating_sub(mark.clocks.on_cpu),
+                waiting: now.waiting.saturating_sub(mark.clocks.waiting),
+                runnable,
+            },
+        })
     }
 
     fn mark(&self) -> Option<ThreadMark> {
@@ -247,6 +288,31 @@ mod tests {
         assert_eq!(parse_runnable("42 (a) S (b) R 1 42 42 0"), Some(true));
         assert_eq!(parse_runnable("42 (tokio-rt) S 1 42 42 0"), Some(false));
         assert_eq!(parse_runnable("42 tokio"), None);
+    }
+
+    #[test]
+    fn own_age_counts_cpu_of_a_runnable_thread_and_all_but_waits_of_another() {
+        let ms = Duration::from_millis;
+        let runnable = SinceBeat {
+            age: ms(3000),
+            on_cpu: ms(40),
+            waiting: ms(900),
+            runnable: true,
+        };
+        assert_eq!(runnable.own_age(), ms(40));
+        assert_eq!(runnable.blocked(), ms(2060));
+        let asleep = SinceBeat {
+            runnable: false,
+            ..runnable
+        };
+        assert_eq!(asleep.own_age(), ms(2100));
+        let spinning = SinceBeat {
+            age: ms(1500),
+            on_cpu: ms(1500),
+            waiting: ms(0),
+            runnable: true,
+        };
+        assert_eq!((spinning.own_age(), spinning.blocked()), (ms(1500), ms(0)));
     }
 
     /// Runs `work` on a thread of its own, where it beats `heart` (registered per thread).

@@ -387,7 +387,17 @@ impl Speaker {
             memory.announcer_stuck = announcer_stuck;
             self.announcer.mute(announcer_stuck);
             if announcer_stuck {
-                tracing::error!(own_age = ?announcer_age, age = ?self.announcer_heartbeat.age(), "the announcer is stuck: muted, and leaving the membership so that peers take over");
+                // What its thread did meanwhile tells a spin from a block from starvation.
+                let since = self.announcer_heartbeat.since_beat();
+                tracing::error!(
+                    own_age = ?announcer_age,
+                    age = ?self.announcer_heartbeat.age(),
+                    on_cpu = ?since.map(|t| t.on_cpu),
+                    waiting_for_cpu = ?since.map(|t| t.waiting),
+                    blocked = ?since.map(|t| t.blocked()),
+                    runnable = ?since.map(|t| t.runnable),
+                    "the announcer is stuck: muted, and leaving the membership so that peers take over"
+                );
                 self.membership.leave().await;
             } else {
                 tracing::warn!("the announcer turns again: rejoining");
