@@ -399,7 +399,8 @@ mod tests {
             }
         });
         // Starved from here, not by itself: a starved thread takes seconds to run a command.
-        let starved = lab::hogs::Starved::start(&its_tid.recv().unwrap().to_string()).unwrap();
+        let tid = i32::try_from(its_tid.recv().unwrap()).unwrap();
+        let starved = lab::hogs::Starved::start(tid).unwrap();
         let (mut longest_wall, mut longest_own) = (Duration::ZERO, Duration::ZERO);
         let deadline = Instant::now() + Duration::from_secs(3);
         while Instant::now() < deadline {

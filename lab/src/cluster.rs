@@ -54,8 +54,8 @@ fn now() -> String {
 
 /// Renews the node's Lease in `kube-node-lease` every `every`, as a kubelet does, until the
 /// returned task is aborted. A failed renewal is retried after half a second, not a whole
-/// interval later: a kubelet's lease controller also retries at once (from 200 ms, backing
-/// off), so a node reports in as soon as the API server is back.
+/// interval later, so that after an API server outage every node reports in at once and a
+/// test need not wait up to an interval for it (the tests time the speakers, not this).
 pub fn heartbeat(client: &Client, node: &str, every: Duration) -> JoinHandle<()> {
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
     let node = node.to_string();

@@ -1,9 +1,14 @@
 //! Threads that spin, to saturate CPUs as other workloads of a busy machine would.
 
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::{Result, bail};
+use anyhow::Result;
+use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
+use nix::unistd::Pid;
+
+use crate::netns::run;
 
 /// Spinning threads; they stop when this is dropped.
 pub struct Hogs {
@@ -12,19 +17,17 @@ pub struct Hogs {
 }
 
 impl Hogs {
-    /// `n` threads spinning at the lab's own priority, on every CPU, or only on those of
-    /// `cpus` (a list as taskset reads it, such as `0` or `0-1`).
-    pub fn spin(n: usize, cpus: Option<&str>) -> Hogs {
+    /// `n` threads spinning at the lab's own priority, on every CPU, or only on `cpu`.
+    pub fn spin(n: usize, cpu: Option<usize>) -> Hogs {
         let stop = Arc::new(AtomicBool::new(false));
         let threads = (0..n)
             .map(|_| {
                 let stop = stop.clone();
-                let cpus = cpus.map(str::to_string);
                 std::thread::spawn(move || {
-                    if let Some(cpus) = cpus {
-                        let pinned = current_tid().and_then(|tid| pin_thread(&tid, &cpus).ok());
-                        if pinned.is_none() {
-                            tracing::warn!(cpus, "a spinning thread could not be pinned");
+                    if let Some(cpu) = cpu {
+                        // Pid 0: the calling thread.
+                        if let Err(e) = pin(Pid::from_raw(0), cpu) {
+                            tracing::warn!(cpu, "a spinning thread could not be pinned: {e}");
                         }
                     }
                     while !stop.load(Ordering::Relaxed) {
@@ -49,22 +52,27 @@ impl Drop for Hogs {
 /// A thread starved of CPU time as on a saturated machine: pinned to CPU 0 at the idle
 /// scheduling class beside [`Starved::HOGS`] threads spinning there, so that each time it
 /// wakes it waits a long while (about a second on the development machine) for its turn.
-/// Runnable throughout, hardly running. Dropped, it is back on every CPU at the normal class.
+/// Runnable throughout, hardly running. Dropped, it is back on its CPUs at the normal class
+/// (before the spinning threads stop: fields drop after `drop`).
 pub struct Starved {
-    tid: String,
-    hogs: Option<Hogs>,
+    tid: Pid,
+    cpus: CpuSet,
+    _hogs: Hogs,
 }
 
 impl Starved {
     pub const HOGS: usize = 12;
 
     /// Starves thread `tid` (of any process).
-    pub fn start(tid: &str) -> Result<Starved> {
-        let hogs = Hogs::spin(Self::HOGS, Some("0"));
-        pin_thread(tid, "0")?;
+    pub fn start(tid: i32) -> Result<Starved> {
+        let tid = Pid::from_raw(tid);
+        let cpus = sched_getaffinity(tid)?;
+        let hogs = Hogs::spin(Self::HOGS, Some(0));
+        pin(tid, 0)?;
         let starved = Starved {
-            tid: tid.to_string(),
-            hogs: Some(hogs),
+            tid,
+            cpus,
+            _hogs: hogs,
         };
         set_idle_class(tid, true)?;
         Ok(starved)
@@ -73,38 +81,22 @@ impl Starved {
 
 impl Drop for Starved {
     fn drop(&mut self) {
-        let _ = set_idle_class(&self.tid, false);
-        let all = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap_or_default();
-        let _ = pin_thread(&self.tid, all.trim());
-        self.hogs.take();
+        let _ = set_idle_class(self.tid, false);
+        let _ = sched_setaffinity(self.tid, &self.cpus);
     }
 }
 
-/// The calling thread's id.
-pub fn current_tid() -> Option<String> {
-    let link = std::fs::read_link("/proc/thread-self").ok()?;
-    Some(link.file_name()?.to_str()?.to_string())
-}
-
-/// Limits thread (or process) `tid` to the CPUs of `cpus`.
-pub fn pin_thread(tid: &str, cpus: &str) -> Result<()> {
-    host_command("taskset", &["-p", "-c", cpus, tid])
+/// Limits thread (or process) `tid` to CPU `cpu`.
+fn pin(tid: Pid, cpu: usize) -> Result<()> {
+    let mut only = CpuSet::new();
+    only.set(cpu)?;
+    Ok(sched_setaffinity(tid, &only)?)
 }
 
 /// Puts thread `tid` in the idle scheduling class (it runs only when nothing else of its CPU
-/// wants to), or back in the normal one.
-pub fn set_idle_class(tid: &str, idle: bool) -> Result<()> {
-    host_command(
-        "chrt",
-        &[if idle { "--idle" } else { "--other" }, "-p", "0", tid],
-    )
-}
-
-/// Runs a command of the host's, quietly; fails unless it succeeds.
-pub fn host_command(cmd: &str, args: &[&str]) -> Result<()> {
-    let out = std::process::Command::new(cmd).args(args).output()?;
-    if !out.status.success() {
-        bail!("{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
+/// wants to), or back in the normal one. (nix has no sched_setscheduler; chrt does it.)
+fn set_idle_class(tid: Pid, idle: bool) -> Result<()> {
+    let policy = if idle { "--idle" } else { "--other" };
+    run(Command::new("chrt").args([policy, "-p", "0", &tid.to_string()]))?;
     Ok(())
 }

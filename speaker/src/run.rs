@@ -381,14 +381,15 @@ impl Speaker {
             }
             memory.membership_stuck = membership_stuck;
         }
-        let announcer_age = self.announcer_heartbeat.own_age();
+        // One reading of the thread's clocks: the verdict and the log line agree.
+        let since = self.announcer_heartbeat.since_beat();
+        let announcer_age = since.map_or_else(|| self.announcer_heartbeat.age(), |t| t.own_age());
         let announcer_stuck = announcer_age > STUCK_AFTER;
         if announcer_stuck != memory.announcer_stuck {
             memory.announcer_stuck = announcer_stuck;
             self.announcer.mute(announcer_stuck);
             if announcer_stuck {
                 // What its thread did meanwhile tells a spin from a block from starvation.
-                let since = self.announcer_heartbeat.since_beat();
                 tracing::error!(
                     own_age = ?announcer_age,
                     age = ?self.announcer_heartbeat.age(),

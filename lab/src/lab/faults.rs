@@ -147,7 +147,7 @@ impl Lab {
             let ns = stat.split_whitespace().nth(1).context("schedstat")?;
             Ok(Duration::from_nanos(ns.parse()?))
         };
-        let starved = Starved::start(&tid)?;
+        let starved = Starved::start(tid.parse()?)?;
         let before = waited()?;
         tokio::time::sleep(duration).await;
         let after = waited()?;
