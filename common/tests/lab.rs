@@ -55,3 +55,79 @@ async fn a_new_note_is_a_new_event_and_a_repeat_counts_up() {
         ]
     );
 }
+
+/// A watch's first state comes streamed from an API server that streams it (the WatchList
+/// feature, Kubernetes 1.32 and 1.34 on), and listed in pages from one that refuses the
+/// request (1.33, or the feature turned off): every object arrives either way. (Streamed
+/// only, a watch against a server without the feature retried its refused request forever
+/// and never saw an object.)
+#[tokio::test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
+async fn a_watch_gets_every_object_streamed_or_listed_in_pages() {
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::Service;
+    use kube::runtime::watcher;
+
+    lab::require_lab!();
+    for (gates, streams) in [(vec![], true), (vec!["WatchList=false".to_string()], false)] {
+        let lab = Lab::start(LabConfig {
+            apiserver_feature_gates: gates.clone(),
+            kube_proxies: Some(0),
+            ..LabConfig::bare(1)
+        })
+        .await
+        .unwrap();
+        lab.kubectl(&["create", "namespace", "watched"])
+            .await
+            .unwrap();
+        let names = ["a", "b", "c"];
+        for name in names {
+            lab.kubectl(&[
+                "-n",
+                "watched",
+                "create",
+                "service",
+                "clusterip",
+                name,
+                "--tcp=80:80",
+            ])
+            .await
+            .unwrap();
+        }
+        let lists = || async {
+            let text = lab.apiserver_metrics().await.unwrap();
+            lab::figures::metric_sum(
+                &text,
+                "apiserver_request_total{",
+                r#"resource="services",scope="namespace",subresource="",verb="LIST""#,
+            )
+        };
+        let lists_before = lists().await;
+
+        let api = kube::Api::<Service>::namespaced(lab.client(), "watched");
+        let mut events = std::pin::pin!(common::watch(api, watcher::Config::default()));
+        let mut seen = vec![];
+        let listed = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            while let Some(event) = events.next().await {
+                match event {
+                    Ok(watcher::Event::InitApply(svc)) => seen.push(svc.metadata.name.unwrap()),
+                    Ok(watcher::Event::InitDone) => return,
+                    _ => {}
+                }
+            }
+        })
+        .await;
+        assert!(
+            listed.is_ok(),
+            "no complete first state within 30 s (feature gates {gates:?}); seen {seen:?}"
+        );
+        seen.sort();
+        assert_eq!(seen, names, "feature gates {gates:?}");
+        let listed_in_pages = lists().await - lists_before;
+        assert_eq!(
+            listed_in_pages > 0.0,
+            !streams,
+            "LIST requests for the namespace's Services: {listed_in_pages} (feature gates {gates:?})"
+        );
+    }
+}

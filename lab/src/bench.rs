@@ -26,7 +26,7 @@ pub async fn controller(services: usize) -> Result<()> {
     lab.kubectl_as(&lab.lan_kubeconfig, &["apply", "-f", "-"], Some(pool))
         .await?;
     lab.kubectl(&["create", "namespace", "bench"]).await?;
-    let controller = std::env::current_exe()?.with_file_name("ferrolb-controller");
+    let controller = lab::binaries::FerrolbBinaries::find()?.controller;
     lab.start_controller(&controller, 1).await?;
     // Let it take the Lease and sync before the clock starts.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -110,9 +110,7 @@ pub async fn controller(services: usize) -> Result<()> {
 /// Writes the API server has served so far, by resource (and subresource), from its
 /// `apiserver_request_total` (server-side apply counts as its own verb, APPLY).
 async fn api_writes(lab: &Lab) -> Result<Writes> {
-    let request = http::Request::get("/metrics").body(Vec::new())?;
-    let text = lab.client().request_text(request).await?;
-    Ok(Writes::parse(&text))
+    Ok(Writes::parse(&lab.apiserver_metrics().await?))
 }
 
 #[derive(Debug, Default, PartialEq)]
@@ -216,7 +214,7 @@ pub async fn soak(
     hogs: usize,
     loss: Option<f64>,
 ) -> Result<()> {
-    let speaker = std::env::current_exe()?.with_file_name("ferrolb-speaker");
+    let speaker = lab::binaries::FerrolbBinaries::find()?.speaker;
     let lab = lab::soak::speakers_lab(&speaker, nodes, addresses).await?;
     let stress = lab::soak::Stress {
         hogs,

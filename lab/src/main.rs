@@ -171,7 +171,7 @@ async fn main() -> Result<()> {
             speaker_flag,
             plot,
         } => {
-            let exe = std::env::current_exe()?;
+            let binaries = lab::binaries::FerrolbBinaries::find()?;
             let config = lab::scale::ScaleConfig {
                 nodes,
                 kube_proxies,
@@ -185,9 +185,9 @@ async fn main() -> Result<()> {
                 trials,
                 speakers_last,
                 settle: Duration::from_secs(settle_seconds),
-                speaker: exe.with_file_name("ferrolb-speaker"),
+                speaker: binaries.speaker,
                 speaker_flags: speaker_flag,
-                controller: exe.with_file_name("ferrolb-controller"),
+                controller: binaries.controller,
             };
             or_signal(bench::scale(config, plot)).await
         }

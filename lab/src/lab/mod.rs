@@ -85,6 +85,9 @@ pub struct LabConfig {
     /// kube-proxy runs on nodes 1 to this many only (`None`: on every node). The scale bench's
     /// light nodes run a speaker and nothing else; traffic goes through the first few.
     pub kube_proxies: Option<usize>,
+    /// kube-apiserver's `--feature-gates` (empty: its defaults), e.g. `WatchList=false` for a
+    /// server like Kubernetes 1.33's, which does not stream a watch's first state.
+    pub apiserver_feature_gates: Vec<String>,
 }
 
 impl LabConfig {
@@ -133,6 +136,7 @@ impl Default for LabConfig {
             kubelets: true,
             install: Install::Processes,
             kube_proxies: None,
+            apiserver_feature_gates: vec![],
         }
     }
 }
@@ -466,6 +470,12 @@ impl Lab {
             "--v=1",
         ]);
         let mut apiserver_args = apiserver_args;
+        if !config.apiserver_feature_gates.is_empty() {
+            apiserver_args.push(format!(
+                "--feature-gates={}",
+                config.apiserver_feature_gates.join(",")
+            ));
+        }
         if config.kubelets {
             // Kubelets are authorized as their Nodes; logs and exec reach them by InternalIP
             // (their names do not resolve) with a client certificate they trust.

@@ -209,6 +209,12 @@ impl Lab {
         Ok((status, body.to_string()))
     }
 
+    /// kube-apiserver's `/metrics` text (read as the admin).
+    pub async fn apiserver_metrics(&self) -> Result<String> {
+        let request = http::Request::get("/metrics").body(Vec::new())?;
+        Ok(self.client().request_text(request).await?)
+    }
+
     /// The `/metrics` text of controller replica `replica`.
     pub async fn controller_metrics(&self, replica: usize) -> Result<String> {
         let ns = self
