@@ -57,7 +57,8 @@ fn fenced(interfaces: &[&str], fence: bool) -> BTreeMap<IpAddr, Desired> {
 }
 
 fn defended_on(m: &Machine, interface: &str) -> bool {
-    m.defended_on()
+    m.views()
+        .defended_on
         .get(interface)
         .is_some_and(|s| s.contains(&vip()))
 }
@@ -185,7 +186,8 @@ fn nothing() -> Output {
 }
 
 fn answered_on(m: &Machine, interface: &str) -> bool {
-    m.answered_on()
+    m.views()
+        .answered_on
         .get(interface)
         .is_some_and(|s| s.contains(&vip()))
 }
@@ -195,9 +197,9 @@ fn probes_twice_then_answers_and_announces_on_the_schedule() {
     let (mut m, t) = machine();
     let out = m.set_desired(t.at(0), &desired(&["eth0"], true));
     assert_eq!(out.sends, sends(Packet::Probe, &["eth0"]));
-    assert!(m.answering().is_empty() && !answered_on(&m, "eth0"));
+    assert!(m.views().answering.is_empty() && !answered_on(&m, "eth0"));
     assert!(
-        m.watched_on()["eth0"].contains(&vip()),
+        m.views().watched_on["eth0"].contains(&vip()),
         "probing needs a socket"
     );
     assert_eq!(m.next_deadline(), Some(t.at(50)));
@@ -209,7 +211,7 @@ fn probes_twice_then_answers_and_announces_on_the_schedule() {
     assert_eq!(out.sends, sends(Packet::Gratuitous, &["eth0"]));
     assert_eq!(out.events, vec![announced(&["eth0"])]);
     assert!(answered_on(&m, "eth0"));
-    assert_eq!(m.answering(), BTreeSet::from([vip()]));
+    assert_eq!(m.views().answering, BTreeSet::from([vip()]));
 
     // The rest of the default schedule, 250 ms .. 4.4 s after the first, then silence.
     for offset in [250, 1100, 2200, 4400] {
@@ -248,7 +250,7 @@ fn a_foreign_answer_to_the_probe_is_a_conflict_and_the_address_is_not_taken() {
         }]
     );
     assert_eq!(m.tick(t.at(5000)), nothing(), "no probe, no announcement");
-    assert!(m.answering().is_empty());
+    assert!(m.views().answering.is_empty());
 
     // Probed again after conflict_retry; this time nobody answers.
     assert_eq!(m.next_deadline(), Some(t.at(30_020)));
@@ -272,13 +274,13 @@ fn a_probe_answered_by_a_peer_learned_late_is_taken_over_at_once() {
         matches!(out.events[..], [Event::Conflict { .. }]),
         "{out:?}"
     );
-    assert!(m.answering().is_empty());
+    assert!(m.views().answering.is_empty());
     // An unrelated peer set leaves the conflict alone.
     assert_eq!(m.set_peer_macs(t.at(100), [PEER].into()), nothing());
     let out = m.set_peer_macs(t.at(200), [PEER, late].into());
     assert_eq!(out.events, vec![announced(&["eth0"])]);
     assert_eq!(out.sends, sends(Packet::Gratuitous, &["eth0"]));
-    assert_eq!(m.answering(), [vip()].into());
+    assert_eq!(m.views().answering, [vip()].into());
 }
 
 #[test]
@@ -365,7 +367,7 @@ fn a_released_address_is_answered_until_its_successor_announces() {
     assert!(out.sends.is_empty(), "no announcement while releasing");
     assert!(out.events.is_empty());
     assert!(answered_on(&m, "eth0"));
-    assert_eq!(m.answering(), BTreeSet::from([vip()]));
+    assert_eq!(m.views().answering, BTreeSet::from([vip()]));
     assert_eq!(m.tick(t.at(1100)).sends, vec![], "the burst stopped");
 
     // A request from the successor's address, or our own echo, is not an announcement.
@@ -385,7 +387,7 @@ fn a_released_address_is_answered_until_its_successor_announces() {
             successor: Some(PEER)
         }]
     );
-    assert!(m.answering().is_empty() && m.watched_on().is_empty());
+    assert!(m.views().answering.is_empty() && m.views().watched_on.is_empty());
 }
 
 #[test]
@@ -435,7 +437,7 @@ fn without_a_successor_the_release_ends_after_the_grace() {
             successor: None
         }]
     );
-    assert!(m.answering().is_empty());
+    assert!(m.views().answering.is_empty());
 }
 
 #[test]
@@ -475,7 +477,7 @@ fn a_probing_address_leaves_at_once_and_empty_interfaces_mean_absent() {
     let (mut m, t) = machine();
     m.set_desired(t.at(0), &desired(&["eth0"], true));
     assert_eq!(m.set_desired(t.at(10), &BTreeMap::new()), nothing());
-    assert!(m.watched_on().is_empty() && m.next_deadline().is_none());
+    assert!(m.views().watched_on.is_empty() && m.next_deadline().is_none());
 
     assert_eq!(m.set_desired(t.at(20), &desired(&[], false)), nothing());
     m.set_desired(t.at(30), &desired(&["eth0"], false));
@@ -539,16 +541,16 @@ fn an_update_moves_only_the_addresses_it_names() {
     let out = m.update(t.at(5_001), [(other, None)]);
     assert!(out.sends.is_empty(), "{out:?}");
     assert_eq!(
-        m.answering(),
+        m.views().answering,
         [vip(), other].into(),
         "other is being released"
     );
     m.tick(t.at(10_000));
-    assert_eq!(m.answering(), [vip()].into());
+    assert_eq!(m.views().answering, [vip()].into());
     // With no interface an address is as good as absent.
     m.update(t.at(10_001), [(vip(), Some(&EMPTY))]);
     m.tick(t.at(20_000));
-    assert!(m.answering().is_empty());
+    assert!(m.views().answering.is_empty());
 }
 
 static EMPTY: Desired = Desired {
@@ -556,23 +558,6 @@ static EMPTY: Desired = Desired {
     probe: false,
     fence: false,
 };
-
-/// What the shell reads of a machine to set its sockets up.
-type Views = (
-    BTreeSet<IpAddr>,
-    BTreeMap<String, BTreeSet<IpAddr>>,
-    BTreeMap<String, BTreeSet<IpAddr>>,
-    BTreeMap<String, BTreeSet<IpAddr>>,
-);
-
-fn views(m: &Machine) -> Views {
-    (
-        m.answering(),
-        m.answered_on(),
-        m.defended_on(),
-        m.watched_on(),
-    )
-}
 
 #[derive(Debug, Clone)]
 enum Step {
@@ -630,7 +615,7 @@ proptest::proptest! {
     fn the_views_never_change_unannounced(steps in proptest::collection::vec(step(), 1..60)) {
         let (mut m, t) = machine();
         let mut now = 0;
-        let mut seen = views(&m);
+        let mut seen = m.views();
         m.take_views_changed();
         let ip = |n: u8| IpAddr::from([192, 0, 2, 20 + n]);
         let interface = |n: u8| ["eth0", "eth1"][usize::from(n % 2)].to_string();
@@ -666,7 +651,7 @@ proptest::proptest! {
                     m.tick(at);
                 }
             }
-            let now_views = views(&m);
+            let now_views = m.views();
             if !m.take_views_changed() {
                 proptest::prop_assert_eq!(&now_views, &seen);
             }

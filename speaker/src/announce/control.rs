@@ -19,7 +19,7 @@ use super::links::Link;
 use super::metrics::{ARP, NDP};
 use super::port::Port;
 use super::{Config, Desired, Event, Metrics};
-use speaker_core::announce::machine::{Claim, Machine, Output, Packet, Send};
+use speaker_core::announce::machine::{Claim, Machine, Output, Packet, Send, Views};
 
 pub(crate) enum Input {
     Desired(Wanted),
@@ -214,10 +214,12 @@ impl Control {
     fn apply(&mut self, out: Output) {
         // Only when something moved: working the views out is a pass over every address, and
         // most inputs (ticks, claims overheard) move none.
-        let views_changed = self.machine.take_views_changed();
-        if views_changed || std::mem::take(&mut self.ports_stale) {
+        let mut views = (self.machine.take_views_changed()
+            || std::mem::take(&mut self.ports_stale))
+        .then(|| self.machine.views());
+        if let Some(views) = &mut views {
             // Answer before announcing: a GARP makes neighbours ask.
-            self.sync_ports();
+            self.sync_ports(views);
         }
         for (i, send) in out.sends.iter().enumerate() {
             // A takeover of a thousand addresses is thousands of frames, which on a loaded
@@ -228,8 +230,8 @@ impl Control {
             self.send(send);
         }
         // State first, so that whoever reacts to an event sees it in `answering()`.
-        if views_changed {
-            let answering = self.machine.answering();
+        if let Some(views) = views {
+            let answering = views.answering;
             self.metrics
                 .announced_addresses
                 .set(i64::try_from(answering.len()).unwrap_or(i64::MAX));
@@ -271,28 +273,26 @@ impl Control {
 
     /// Opens a port for every interface the machine uses and closes the others; tells each
     /// what to answer and watch.
-    fn sync_ports(&mut self) {
-        let watched = self.machine.watched_on();
-        let mut answered = self.machine.answered_on();
-        let mut defended = self.machine.defended_on();
+    /// Takes the per-interface views out of `views`.
+    fn sync_ports(&mut self, views: &mut Views) {
         let unused: Vec<String> = self
             .ports
             .keys()
-            .filter(|name| !watched.contains_key(*name))
+            .filter(|name| !views.watched_on.contains_key(*name))
             .cloned()
             .collect();
         for name in unused {
             debug!(interface = %name, "closing");
             self.ports.remove(&name);
         }
-        for (name, watch) in watched {
+        for (name, watch) in std::mem::take(&mut views.watched_on) {
             if !self.ports.contains_key(&name) && !self.unopenable.contains(&name) {
                 self.open(&name);
             }
             if let Some(port) = self.ports.get_mut(&name) {
                 port.set(
-                    answered.remove(&name).unwrap_or_default(),
-                    defended.remove(&name).unwrap_or_default(),
+                    views.answered_on.remove(&name).unwrap_or_default(),
+                    views.defended_on.remove(&name).unwrap_or_default(),
                     watch,
                 );
             }
