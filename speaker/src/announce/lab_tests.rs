@@ -674,3 +674,84 @@ async fn the_link_watch_hears_of_new_addresses() {
             .unwrap();
     }
 }
+
+/// A node answering for more IPv6 addresses than one socket holds memberships for (2,340
+/// here, `net.core.optmem_max` at 128 KiB) still joins every address's solicited-node
+/// group: the interface's groups, as the kernel lists them, are what its NIC filter lets in
+/// and what it reports to a switch that snoops MLD. (With one socket the kernel held the first
+/// 2,340 of 3,000, and a NIC filtering multicast would drop the other addresses'
+/// Neighbor Solicitations.) Each address is then resolved through a bridge that snoops MLD.
+#[tokio::test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
+async fn thousands_of_ipv6_addresses_are_all_solicited() {
+    const COUNT: u16 = 3000;
+    lab::require_lab!();
+    let mut net = Net::new("grp");
+    let speaker_ns = net.host("speaker", 1);
+    let client = client(&mut net);
+    net.bridge
+        .ip(&[
+            "link",
+            "set",
+            "br0",
+            "type",
+            "bridge",
+            "mcast_hash_max",
+            "16384",
+        ])
+        .unwrap();
+    net.bridge
+        .ip(&[
+            "link",
+            "set",
+            "p1",
+            "type",
+            "bridge_slave",
+            "mcast_flood",
+            "off",
+        ])
+        .unwrap();
+    let vips: Vec<String> = (0..COUNT).map(|i| format!("2001:db8::1:{i:x}")).collect();
+    let vip_refs: Vec<&str> = vips.iter().map(String::as_str).collect();
+    let speaker = Speaker::start(&speaker_ns, Config::default());
+    speaker.desire(&vip_refs, false);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while speaker.announcer.answering().len() < usize::from(COUNT) {
+        assert!(
+            Instant::now() < deadline,
+            "answering for {} of {COUNT} addresses after 60 s",
+            speaker.announcer.answering().len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The kernel's own list of the interface's groups.
+    let joined = |ns: &NetNs| {
+        ns.ip(&["-6", "maddr", "show", "dev", "eth0"])
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("ff02::1:ff01:"))
+            .count()
+    };
+    assert_eq!(
+        joined(&speaker_ns),
+        usize::from(COUNT),
+        "solicited-node groups joined"
+    );
+    // The first, one in the middle, and the last: past what one socket holds.
+    for i in [0, COUNT / 2, COUNT - 1] {
+        let vip = ip(&vips[usize::from(i)]);
+        // The kernel reports a new membership within a second or so, repeated.
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let answers = who_has(&client, "eth0", vip, QUERY).unwrap();
+            if answers == [mac(1)] {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{vip} (address {} of {COUNT}): answered by {answers:?}",
+                i + 1
+            );
+        }
+    }
+}

@@ -111,9 +111,8 @@ pub(crate) struct Port {
     pub index: u32,
     /// The ARP and the IPv6 socket's receive threads.
     threads: Vec<JoinHandle<()>>,
-    /// Holds the solicited-node memberships; created with the first IPv6 address.
-    multicast: Option<UdpSocket>,
-    joined: BTreeSet<Ipv6Addr>,
+    /// The solicited-node memberships, on as many sockets as they take.
+    memberships: Memberships,
 }
 
 impl Port {
@@ -173,8 +172,7 @@ impl Port {
             shared,
             index: link.index,
             threads,
-            multicast: None,
-            joined: BTreeSet::new(),
+            memberships: Memberships::default(),
         })
     }
 
@@ -222,40 +220,111 @@ impl Port {
         self.set_groups(groups);
     }
 
-    /// A group that cannot be joined is reported once and not retried until the set of
-    /// groups changes: this runs after every step of the control thread.
     fn set_groups(&mut self, groups: BTreeSet<Ipv6Addr>) {
-        if groups == self.joined {
-            return;
-        }
-        let name = &self.shared.name;
-        if self.multicast.is_none() {
-            match UdpSocket::bind("[::]:0") {
-                Ok(socket) => self.multicast = Some(socket),
-                Err(error) => {
-                    warn!(interface = %name, %error, "cannot open a socket to join IPv6 groups");
-                }
-            }
-        }
-        if let Some(socket) = &self.multicast {
-            for group in self.joined.difference(&groups) {
-                if let Err(error) = socket.leave_multicast_v6(group, self.index) {
-                    debug!(interface = %name, %group, %error, "cannot leave group");
-                }
-            }
-            for group in groups.difference(&self.joined) {
-                if let Err(error) = socket.join_multicast_v6(group, self.index) {
-                    warn!(interface = %name, %group, %error, "cannot join group");
-                }
-            }
-        }
-        self.joined = groups;
+        self.memberships.set(&self.shared.name, self.index, groups);
     }
 
     /// Sends one frame; errors are returned for the caller to log.
     pub fn send(&self, frame: &[u8]) -> io::Result<()> {
         self.shared.send(frame)
     }
+}
+
+/// Solicited-node multicast memberships of one interface. A socket holds as many as the
+/// kernel's `net.core.optmem_max` lets it (about 2,300 with the usual 128 KiB): a node
+/// answering for more IPv6 addresses holds the rest on further sockets. A group not joined
+/// is an address whose Neighbor Solicitations a switch with MLD snooping, or the NIC's
+/// filter, never lets through.
+#[derive(Default)]
+struct Memberships {
+    /// The groups wanted at the last [`Memberships::set`].
+    wanted: BTreeSet<Ipv6Addr>,
+    holders: Vec<Holder>,
+}
+
+struct Holder {
+    socket: UdpSocket,
+    groups: BTreeSet<Ipv6Addr>,
+}
+
+impl Memberships {
+    /// Joins exactly `groups` on interface `index`. A group that cannot be joined is
+    /// reported once and not retried until the set of groups changes: this runs after every
+    /// step of the control thread.
+    fn set(&mut self, name: &str, index: u32, groups: BTreeSet<Ipv6Addr>) {
+        if groups == self.wanted {
+            return;
+        }
+        for holder in &mut self.holders {
+            holder.groups.retain(|group| {
+                let keep = groups.contains(group);
+                if !keep && let Err(error) = holder.socket.leave_multicast_v6(group, index) {
+                    debug!(interface = %name, %group, %error, "cannot leave group");
+                }
+                keep
+            });
+        }
+        // A socket that holds nothing closes; the first holder with room takes new groups.
+        self.holders.retain(|holder| !holder.groups.is_empty());
+        let joined: BTreeSet<Ipv6Addr> = self
+            .holders
+            .iter()
+            .flat_map(|holder| holder.groups.iter().copied())
+            .collect();
+        let mut full = 0;
+        let mut failed = 0;
+        for group in groups.difference(&joined) {
+            loop {
+                if full == self.holders.len() {
+                    match UdpSocket::bind("[::]:0") {
+                        Ok(socket) => self.holders.push(Holder {
+                            socket,
+                            groups: BTreeSet::new(),
+                        }),
+                        Err(error) => {
+                            warn!(interface = %name, %error, "cannot open a socket to join IPv6 groups");
+                            failed += 1;
+                            break;
+                        }
+                    }
+                }
+                let holder = &mut self.holders[full];
+                match holder.socket.join_multicast_v6(group, index) {
+                    Ok(()) => {
+                        holder.groups.insert(*group);
+                        break;
+                    }
+                    // This socket is full: the next one, or a new one, takes it.
+                    Err(error) if is_out_of_room(&error) && !holder.groups.is_empty() => {
+                        full += 1;
+                    }
+                    Err(error) => {
+                        warn!(interface = %name, %group, %error, "cannot join group");
+                        failed += 1;
+                        break;
+                    }
+                }
+            }
+        }
+        if self.holders.len() > 1 || failed > 0 {
+            debug!(
+                interface = %name,
+                groups = groups.len(),
+                sockets = self.holders.len(),
+                failed,
+                "solicited-node memberships"
+            );
+        }
+        self.wanted = groups;
+    }
+}
+
+/// A socket's memberships have used up the memory the kernel lets one socket have.
+fn is_out_of_room(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error().map(nix::errno::Errno::from_raw),
+        Some(nix::errno::Errno::ENOMEM | nix::errno::Errno::ENOBUFS)
+    )
 }
 
 impl Port {
