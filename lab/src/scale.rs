@@ -315,7 +315,8 @@ pub async fn run(config: &ScaleConfig) -> Result<ScaleReport> {
         None => start_speakers(&mut lab, config, &mut report).await?,
     };
     let owners = every_address_owned_once(&lab, config.services, config.settle * 2).await?;
-    report.announced = start.elapsed();
+    // From when the owners last changed.
+    report.announced = start.elapsed().saturating_sub(SETTLED_FOR);
     report.owned_per_node = (1..=config.nodes)
         .map(|i| owners.values().filter(|n| **n == i).count())
         .collect();
@@ -430,6 +431,10 @@ async fn every_address_owned_once(
     within: Duration,
 ) -> Result<BTreeMap<String, usize>> {
     let deadline = Instant::now() + within;
+    // The owners as first seen complete and unchanged since: a speaker still reading its
+    // first list owns nothing yet, and the others may cover its share for a moment (a spread
+    // read then gave one node of four no address at all).
+    let mut settled: Option<(Instant, BTreeMap<String, usize>)> = None;
     loop {
         let mut owners: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for i in 1..=lab.nodes().len() {
@@ -442,17 +447,36 @@ async fn every_address_owned_once(
         }
         let twice: Vec<_> = owners.iter().filter(|(_, o)| o.len() > 1).collect();
         if owners.len() == n && twice.is_empty() {
-            return Ok(owners.into_iter().map(|(a, o)| (a, o[0])).collect());
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "{} of {n} addresses owned; owned by several nodes: {twice:?}",
-                owners.len()
-            );
+            let owners: BTreeMap<String, usize> =
+                owners.into_iter().map(|(a, o)| (a, o[0])).collect();
+            match &settled {
+                Some((since, seen)) if *seen == owners => {
+                    if since.elapsed() >= SETTLED_FOR {
+                        return Ok(owners);
+                    }
+                }
+                _ => settled = Some((Instant::now(), owners)),
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "every address owned once, but the owners did not stay put for {SETTLED_FOR:?}"
+                );
+            }
+        } else {
+            if Instant::now() > deadline {
+                bail!(
+                    "{} of {n} addresses owned; owned by several nodes: {twice:?}",
+                    owners.len()
+                );
+            }
+            settled = None;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// How long the owners must stay the same to count as settled.
+const SETTLED_FOR: Duration = Duration::from_secs(5);
 
 /// The addresses a speaker's metrics say it owns.
 fn owned_addresses(metrics: &str) -> Vec<String> {
