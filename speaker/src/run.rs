@@ -552,12 +552,23 @@ impl Speaker {
                 memory.announced.insert(ip, interfaces);
             }
             announce::Event::Conflict { ip, interface, mac } => {
-                let note = format!(
-                    "{ip} is already answered on {interface} by {mac}, a host that is not a ferrolb speaker; node {} does not announce it and checks again later",
-                    self.me.as_str()
-                );
-                let new = memory.conflicts.insert(ip, (interface, mac)).is_none();
-                if new {
+                // Overheard while answering, the claim is defended and the address still
+                // answered: an Event says who else answers (the announcer spaces them), the
+                // condition still says announced. Before answering, the address is not
+                // announced until the host is gone.
+                let answering = memory.announced.contains_key(&ip);
+                let note = if answering {
+                    format!(
+                        "{ip} is also answered on {interface} by {mac}, a host that is not a ferrolb speaker; node {} goes on answering and defends it",
+                        self.me.as_str()
+                    )
+                } else {
+                    format!(
+                        "{ip} is already answered on {interface} by {mac}, a host that is not a ferrolb speaker; node {} does not announce it and checks again later",
+                        self.me.as_str()
+                    )
+                };
+                if answering || memory.conflicts.insert(ip, (interface, mac)).is_none() {
                     for service in services(&ip) {
                         self.reports.notice(Notice {
                             service,
