@@ -90,6 +90,11 @@ pub struct ScaleReport {
     pub addressed: Duration,
     /// From the first Service's creation to every address owned by exactly one speaker.
     pub announced: Duration,
+    /// From the first Service's creation to every one's `Announced` condition written True:
+    /// the speakers' writes, which the samples and the idle figures wait for.
+    pub reported: Duration,
+    /// Services whose condition said so then (all, unless the wait gave up).
+    pub reported_services: usize,
     /// Addresses of the spread pool owned per node, node 1 first.
     pub owned_per_node: Vec<usize>,
     /// Service created → first ARP answer (IPv4) / NDP answer (IPv6), in ms.
@@ -213,6 +218,12 @@ impl ScaleReport {
                         .max(f64::MIN_POSITIVE)
             ),
             format!(
+                "FIGURES scale, {what}: Announced condition True on {} of {} Services {:.2} s after the first creation",
+                self.reported_services,
+                self.services,
+                self.reported.as_secs_f64()
+            ),
+            format!(
                 "FIGURES scale, {what}: addresses owned per node, {} addresses: {} (every node: {:?})",
                 self.services,
                 stats(&owned),
@@ -325,6 +336,10 @@ pub async fn run(config: &ScaleConfig) -> Result<ScaleReport> {
         announced_s = report.announced.as_secs_f64(),
         "every Service addressed and announced"
     );
+
+    report.reported_services =
+        every_condition_written(&api, config.services, config.settle).await?;
+    report.reported = start.elapsed();
 
     for k in 0..config.answer_samples {
         let ms = first_answer_ms(&lab, &api, &format!("first-v6-{k}"), sample_v6(k)).await?;
@@ -474,6 +489,43 @@ async fn every_address_owned_once(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// Waits until each of the `n` Services says it is announced: until then the speakers are
+/// still writing conditions (and Events), every one of which each speaker and the controller
+/// read back, which is not the idle cost or a new Service's wait. Gives up when no more
+/// Service says so for [`STALLED_AFTER`], or after `within`; returns how many do.
+async fn every_condition_written(api: &Api<Service>, n: usize, within: Duration) -> Result<usize> {
+    let deadline = Instant::now() + within;
+    let mut best = (0, Instant::now());
+    loop {
+        let announced = api
+            .list(&Default::default())
+            .await?
+            .items
+            .iter()
+            .filter(|svc| {
+                svc.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| {
+                        c.iter().any(|c| {
+                            c.type_ == model::service::ANNOUNCED_CONDITION && c.status == "True"
+                        })
+                    })
+            })
+            .count();
+        if announced > best.0 {
+            best = (announced, Instant::now());
+        }
+        if announced >= n || best.1.elapsed() > STALLED_AFTER || Instant::now() > deadline {
+            return Ok(announced);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// How long no further Service saying it is announced ends the wait for the rest.
+const STALLED_AFTER: Duration = Duration::from_secs(30);
 
 /// How long the owners must stay the same to count as settled.
 const SETTLED_FOR: Duration = Duration::from_secs(5);
