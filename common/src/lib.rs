@@ -121,14 +121,41 @@ pub async fn connect() -> Result<kube::Client, Error> {
     Ok(client)
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+/// SIGTERM or SIGINT, listened for from [`Shutdown::listen`] on for the rest of the process.
+/// Once a listener is installed the signal no longer ends the process by itself, so one that
+/// came while nothing waited for it (a start-up step between two waits) was lost; this one
+/// keeps it for whoever asks.
+#[derive(Clone)]
+pub struct Shutdown(tokio::sync::watch::Receiver<bool>);
+
+impl Shutdown {
+    /// Installs the listeners now (inside a Tokio runtime).
+    pub fn listen() -> Shutdown {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
+            }
+            tx.send_replace(true);
+        });
+        Shutdown(rx)
+    }
+
+    /// Resolves once a signal has come (at once if one came before).
+    pub fn requested(&self) -> impl std::future::Future<Output = ()> + Send + Sync + 'static {
+        let mut rx = self.0.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    }
+
+    /// Whether a signal has come, as a watch.
+    pub fn receiver(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.0.clone()
     }
 }
 

@@ -57,6 +57,9 @@ async fn main() -> anyhow::Result<()> {
     args.log.init()?;
     common::health::abort_on_panic();
     tracing::debug!(?args, "starting");
+    // From here on a SIGTERM is kept until the step that can act on it: one that came while
+    // the leader was still starting (its stores not yet listed) was lost, and it ran on.
+    let shutdown = common::Shutdown::listen();
     let client = common::connect().await?;
 
     let mut registry = Registry::default();
@@ -79,7 +82,12 @@ async fn main() -> anyhow::Result<()> {
         fence,
     };
     if !args.leader_elect {
-        return Ok(run::run(client, config(Fence::open()), metrics, || ready.set(true)).await?);
+        return Ok(
+            run::run(client, config(Fence::open()), metrics, shutdown, || {
+                ready.set(true)
+            })
+            .await?,
+        );
     }
 
     // Only the leader writes, and only until its renew deadline passes without a renewal;
@@ -104,7 +112,7 @@ async fn main() -> anyhow::Result<()> {
     // through the pod's whole grace period, and `kubectl drain` timed out on it).
     let fence = tokio::select! {
         fence = elector.acquire() => fence,
-        () = common::shutdown_signal() => {
+        () = shutdown.requested() => {
             tracing::info!(%identity, "stopped while waiting to lead");
             return Ok(());
         }
@@ -112,7 +120,7 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(%identity, "leading");
     metrics.is_leader.set(1);
     let stopped = tokio::select! {
-        result = run::run(client, config(fence.clone()), metrics, || {}) => result,
+        result = run::run(client, config(fence.clone()), metrics, shutdown, || {}) => result,
         () = elector.keep(&fence) => anyhow::bail!(
             "the Lease's renew deadline passed without a renewal: stopped writing; exiting so that a fresh start rebuilds the state"
         ),

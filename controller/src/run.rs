@@ -165,12 +165,13 @@ where
     (store, task, streams)
 }
 
-/// Runs the controller until an error it cannot recover from. `ready` is called once the
-/// start-up is done.
+/// Runs the controller until `shutdown` (letting the reconciles under way finish) or an error
+/// it cannot recover from. `ready` is called once the start-up is done.
 pub async fn run(
     client: Client,
     config: Config,
     metrics: Metrics,
+    shutdown: common::Shutdown,
     ready: impl FnOnce(),
 ) -> Result<(), Error> {
     let (ns_store, ns_task, mut ns_events) = reflect(Api::<Namespace>::all(client.clone()), 1);
@@ -266,26 +267,33 @@ pub async fn run(
         ),
     ));
 
-    ns_store.wait_until_ready().await.ok();
-    node_store.wait_until_ready().await.ok();
-    ad_store.wait_until_ready().await.ok();
-    bgp_ad_store.wait_until_ready().await.ok();
-    pool_store.wait_until_ready().await.ok();
-    crate::restore::restore(&ctx, &services).await?;
+    // Stopped while starting, it has written nothing that needs finishing.
+    let start = async {
+        ns_store.wait_until_ready().await.ok();
+        node_store.wait_until_ready().await.ok();
+        ad_store.wait_until_ready().await.ok();
+        bgp_ad_store.wait_until_ready().await.ok();
+        pool_store.wait_until_ready().await.ok();
+        crate::restore::restore(&ctx, &services).await
+    };
+    tokio::select! {
+        started = start => started?,
+        () = shutdown.requested() => return Ok(()),
+    }
     ready();
 
     let release_task = tokio::spawn(services::release_deleted(ctx.clone(), deleted_rx));
     let sweep_task = tokio::spawn(services::collect_vanished(ctx.clone()));
     let pools_run = pool_controller
-        .shutdown_on_signal()
+        .graceful_shutdown_on(shutdown.requested())
         .run(pools::reconcile, pools::error_policy, ctx.clone())
         .for_each(|_| async {});
     let services_run = service_controller
-        .shutdown_on_signal()
+        .graceful_shutdown_on(shutdown.requested())
         .run(services::reconcile, services::error_policy, ctx.clone())
         .for_each(|_| async {});
     let peers_run = peer_controller
-        .shutdown_on_signal()
+        .graceful_shutdown_on(shutdown.requested())
         .run(peers::reconcile, peers::error_policy, ctx.clone())
         .for_each(|_| async {});
     futures::future::join3(services_run, pools_run, peers_run).await;

@@ -235,11 +235,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     });
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        common::shutdown_signal().await;
-        stop_tx.send_replace(true);
-    });
+    let stop = common::Shutdown::listen().receiver();
     let bgp = tokio::spawn(speaker::bgp_mode::run(speaker::bgp_mode::Config {
         me: speaker.me.clone(),
         namespace: args.namespace,
