@@ -45,7 +45,10 @@ pub fn parse(text: &str) -> Option<(Loop, Action)> {
 
 /// What `target` should suffer now, if a fault was triggered for it.
 pub fn due(target: Loop) -> Option<Action> {
-    let armed = ARMED.load(Ordering::Relaxed);
+    due_when(ARMED.load(Ordering::Relaxed), target)
+}
+
+fn due_when(armed: u8, target: Loop) -> Option<Action> {
     [Action::Panic, Action::Stall]
         .into_iter()
         .find(|a| armed != NONE && armed == code(target, *a))
@@ -92,10 +95,12 @@ mod tests {
         );
         assert_eq!(parse("speaker-panic"), None);
         assert_eq!(parse("announcer-explode"), None);
-        assert_eq!(due(Loop::Membership), None);
-        ARMED.store(code(Loop::Announcer, Action::Stall), Ordering::Relaxed);
-        assert_eq!(due(Loop::Announcer), Some(Action::Stall));
-        assert_eq!(due(Loop::Membership), None);
-        ARMED.store(NONE, Ordering::Relaxed);
+        // Not through the process-wide ARMED: an announcer in a test running beside this one
+        // would park for good.
+        assert_eq!(due_when(NONE, Loop::Membership), None);
+        let armed = code(Loop::Announcer, Action::Stall);
+        assert_eq!(due_when(armed, Loop::Announcer), Some(Action::Stall));
+        assert_eq!(due_when(armed, Loop::Membership), None);
+        assert_eq!(due(Loop::Announcer), None, "never armed in the tests");
     }
 }

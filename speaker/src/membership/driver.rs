@@ -161,7 +161,7 @@ impl Driver {
             let join_due = if self.left {
                 None
             } else {
-                self.joining.deadline(now)
+                self.joining.deadline(self.view.borrow().joined)
             };
             let announce_due = (!self.left && self.seeds.is_set()).then_some(next_announce);
             if datagram_streak >= DATAGRAM_BUDGET {

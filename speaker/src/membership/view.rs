@@ -80,9 +80,12 @@ impl Joining {
         self.heard_from_peer || self.alone_from.is_some_and(|t| now >= t)
     }
 
-    /// When `joined` turns true by itself, if it is still false and will.
-    pub(crate) fn deadline(&self, now: Instant) -> Option<Instant> {
-        if self.joined(now) {
+    /// When the view must be published again for `joined` to turn true there by itself; none
+    /// once the published view (`shown`) says joined. Due until then, not only until `joined`
+    /// turns true here: a loop that wakes for something else just after `alone_from` would
+    /// otherwise find nothing due and leave `joined` false for good.
+    pub(crate) fn deadline(&self, shown: bool) -> Option<Instant> {
+        if shown || self.heard_from_peer {
             None
         } else {
             self.alone_from
@@ -129,14 +132,18 @@ mod tests {
         // Nothing known, no seeds: never joined by waiting.
         let fresh = Joining::default();
         assert!(!fresh.joined(later(1_000_000)));
-        assert_eq!(fresh.deadline(t0), None);
+        assert_eq!(fresh.deadline(false), None);
 
         // Seeds set: joined after the wait, not before.
         let mut waiting = Joining::default();
         waiting.seeds_set(t0, false, wait);
         assert!(!waiting.joined(later(2_999)));
-        assert_eq!(waiting.deadline(t0), Some(later(3_000)));
+        assert_eq!(waiting.deadline(false), Some(later(3_000)));
         assert!(waiting.joined(later(3_000)));
+        // Past the wait, still due until a published view says joined (a loop woken just
+        // after it by something else once found nothing due and never published it).
+        assert_eq!(waiting.deadline(false), Some(later(3_000)));
+        assert_eq!(waiting.deadline(true), None);
 
         // A new seed list does not restart the wait.
         waiting.seeds_set(later(2_000), false, wait);
@@ -146,7 +153,7 @@ mod tests {
         let mut answered = waiting.clone();
         answered.peer_seen();
         assert!(answered.joined(t0));
-        assert_eq!(answered.deadline(t0), None);
+        assert_eq!(answered.deadline(false), None);
 
         // No seed but ourselves: alone by choice, at once; also when the others go away.
         let mut alone = Joining::default();
