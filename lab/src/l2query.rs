@@ -69,6 +69,51 @@ pub fn first_answer(
     .with_context(|| format!("first answer for {ip} on {interface} in {}", ns.name()))
 }
 
+/// Sends one frame out of `interface` inside `ns`, built from that interface's MAC: what a
+/// host on the LAN says that its kernel would not say by itself (a claim on an address, a
+/// spoofed announcement).
+pub fn send_frame(
+    ns: &NetNs,
+    interface: &str,
+    build: impl FnOnce(MacAddr) -> Vec<u8> + Send,
+) -> Result<()> {
+    ns.enter(|| -> Result<()> {
+        let (link, ours) = link(interface)?;
+        let (mut tx, _rx) = channel(&link, None)?;
+        tx.send_to(&build(ours), None)
+            .context("frame larger than the send buffer")??;
+        Ok(())
+    })?
+    .with_context(|| format!("send a frame on {interface} in {}", ns.name()))
+}
+
+fn link(interface: &str) -> Result<(NetworkInterface, MacAddr)> {
+    let link = datalink::interfaces()
+        .into_iter()
+        .find(|i| i.name == interface)
+        .with_context(|| format!("no interface {interface}"))?;
+    let mac = MacAddr(link.mac.context("interface has no MAC address")?.octets());
+    Ok((link, mac))
+}
+
+type Halves = (
+    Box<dyn datalink::DataLinkSender>,
+    Box<dyn datalink::DataLinkReceiver>,
+);
+
+fn channel(link: &NetworkInterface, read_timeout: Option<Duration>) -> Result<Halves> {
+    let config = datalink::Config {
+        read_timeout,
+        write_timeout: Some(Duration::from_millis(100)),
+        promiscuous: false,
+        ..datalink::Config::default()
+    };
+    match datalink::channel(link, config)? {
+        Channel::Ethernet(tx, rx) => Ok((tx, rx)),
+        _ => bail!("not an Ethernet channel"),
+    }
+}
+
 /// A packet channel on one interface asking about one address.
 struct Asker {
     ours: MacAddr,
@@ -81,25 +126,12 @@ struct Asker {
 impl Asker {
     /// `read_timeout` bounds each [`Asker::answer`].
     fn open(interface: &str, ip: IpAddr, read_timeout: Duration) -> Result<Asker> {
-        let link = datalink::interfaces()
-            .into_iter()
-            .find(|i| i.name == interface)
-            .with_context(|| format!("no interface {interface}"))?;
-        let ours = MacAddr(link.mac.context("interface has no MAC address")?.octets());
+        let (link, ours) = link(interface)?;
         let question = match ip {
             IpAddr::V4(target) => arp::build_request(ours, source_v4(&link), target),
             IpAddr::V6(target) => ndp::build_solicitation(ours, source_v6(&link), target),
         };
-        let config = datalink::Config {
-            read_timeout: Some(read_timeout),
-            write_timeout: Some(Duration::from_millis(100)),
-            promiscuous: false,
-            ..datalink::Config::default()
-        };
-        let (tx, rx) = match datalink::channel(&link, config)? {
-            Channel::Ethernet(tx, rx) => (tx, rx),
-            _ => bail!("not an Ethernet channel"),
-        };
+        let (tx, rx) = channel(&link, Some(read_timeout))?;
         Ok(Asker {
             ours,
             ip,

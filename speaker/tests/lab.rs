@@ -351,42 +351,46 @@ async fn a_selectorless_service_reaches_a_backend_outside_the_cluster() {
 async fn a_claim_on_an_answered_address_is_defended_and_the_condition_stays_true() {
     lab::require_lab!();
     let mut lab = lab_with_speakers(LabConfig::default()).await;
-    let vip = ip("198.51.100.211");
-    expose(&mut lab, "defended", "Cluster", "SingleStack", &[vip]).await;
+    let (v4, v6) = (ip("198.51.100.211"), ip("2001:db8::d3"));
+    expose(
+        &mut lab,
+        "defended",
+        "Cluster",
+        "RequireDualStack",
+        &[v4, v6],
+    )
+    .await;
     condition_when(&lab, "defended", |status, _, _| status == "True").await;
-    let owner = owner_of(&lab, vip).await;
+    let owner = owner_of(&lab, v4).await;
+    assert_eq!(
+        owner_of(&lab, v6).await,
+        owner,
+        "one node for a Service's addresses"
+    );
 
+    // The foreign host's own MAC claims both: a gratuitous ARP reply, an unsolicited NA.
     let foreign = lab.add_foreign_host(&[]).unwrap();
-    let IpAddr::V4(vip4) = vip else {
+    let (IpAddr::V4(vip4), IpAddr::V6(vip6)) = (v4, v6) else {
         unreachable!()
     };
-    foreign
-        .enter(move || {
-            use pnet::datalink::{self, Channel};
-            let link = datalink::interfaces()
-                .into_iter()
-                .find(|i| i.name == "eth0")
-                .unwrap();
-            let mac = link.mac.unwrap().octets();
-            let frame = speaker_core::arp::build_gratuitous(
-                speaker_core::MacAddr(mac),
-                vip4,
-                speaker_core::arp::ArpOp::Reply,
-            );
-            let Ok(Channel::Ethernet(mut tx, _rx)) =
-                datalink::channel(&link, datalink::Config::default())
-            else {
-                panic!("no channel on the foreign host");
-            };
-            tx.send_to(&frame, None).unwrap().unwrap();
-        })
-        .unwrap();
+    lab::l2query::send_frame(&foreign, "eth0", |mac| {
+        speaker_core::arp::build_gratuitous(mac, vip4, speaker_core::arp::ArpOp::Reply)
+    })
+    .unwrap();
+    lab::l2query::send_frame(&foreign, "eth0", |mac| {
+        speaker_core::ndp::build_unsolicited_advertisement(mac, "fe80::f1".parse().unwrap(), vip6)
+    })
+    .unwrap();
 
-    let events = lab
-        .eventually_events("default", "defended", "AddressConflict")
-        .await
-        .unwrap();
-    assert!(events.contains("goes on answering"), "{events}");
+    for vip in [v4, v6] {
+        let named = format!("{vip} is also answered");
+        let events = lab
+            .eventually_events("default", "defended", &named)
+            .await
+            .unwrap();
+        assert!(events.contains(&named), "{events}");
+        assert!(events.contains("goes on answering"), "{events}");
+    }
     // The report is rewritten within a second of the event; give it three.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (status, reason, message) = condition_when(&lab, "defended", |_, _, _| true).await;
@@ -395,11 +399,13 @@ async fn a_claim_on_an_answered_address_is_defended_and_the_condition_stays_true
         ("True", model::announcement::ANNOUNCED),
         "{message}"
     );
-    assert_eq!(
-        answering_nodes(&lab, vip),
-        vec![owner],
-        "the owner still answers"
-    );
+    for vip in [v4, v6] {
+        assert_eq!(
+            answering_nodes(&lab, vip),
+            vec![owner],
+            "the owner still answers {vip}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -300,24 +300,9 @@ fn wait_for_neighbour(ns: &NetNs, ip: IpAddr, expected: MacAddr, poking: bool) {
     }
 }
 
-/// Sends one raw frame out of `eth0` in `ns`.
+/// Sends one raw frame out of `eth0` in `ns` (spoofed: `frame` names its own MAC).
 fn send_raw(ns: &NetNs, frame: Vec<u8>) {
-    use pnet::datalink::{self, Channel};
-    ns.enter(move || {
-        let link = datalink::interfaces()
-            .into_iter()
-            .find(|i| i.name == "eth0")
-            .unwrap();
-        let config = datalink::Config {
-            promiscuous: false,
-            ..datalink::Config::default()
-        };
-        let Ok(Channel::Ethernet(mut tx, _rx)) = datalink::channel(&link, config) else {
-            panic!("no channel");
-        };
-        tx.send_to(&frame, None).unwrap().unwrap();
-    })
-    .unwrap();
+    lab::l2query::send_frame(ns, "eth0", |_| frame).unwrap();
 }
 
 /// (1) The client's kernel resolves both VIPs to the speaker; (2) a question gets exactly one
