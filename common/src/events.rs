@@ -38,29 +38,102 @@ pub struct Note {
     pub note: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Key {
-    regarding: (
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-    ),
-    note: Note,
+/// How often expired folds are dropped: not on every publish (a pass over every fold, which
+/// in a storm of 10,000 Events made publishing quadratic).
+pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// The Events published within the fold window, by a digest of what they are about and say.
+///
+/// A digest, not the strings: a storm of 10,000 allocations or announcements keeps 10,000
+/// folds for six minutes, and the object's reference and the note's text cost half a
+/// kilobyte each (megabytes, and the table kept its size after they expired). Two different
+/// notes with one 64-bit digest would share a series: not expected within a window's few
+/// thousand.
+#[derive(Debug)]
+struct Folds {
+    by_digest: HashMap<u64, Published>,
+    swept: Instant,
 }
 
 #[derive(Debug)]
 struct Published {
-    name: String,
+    /// The Event's name, to count the next repeat on it.
+    name: Box<str>,
     count: i32,
     last: Instant,
+}
+
+impl Folds {
+    fn new(now: Instant) -> Folds {
+        Folds {
+            by_digest: HashMap::new(),
+            swept: now,
+        }
+    }
+
+    fn digest(note: &Note, regarding: &ObjectReference) -> u64 {
+        use std::hash::{Hash, Hasher};
+        // Fixed keys: the digest of one note is the same for the process's whole life.
+        let mut hasher = std::hash::DefaultHasher::new();
+        (
+            &regarding.kind,
+            &regarding.namespace,
+            &regarding.name,
+            &regarding.uid,
+        )
+            .hash(&mut hasher);
+        note.hash(&mut hasher);
+        hasher.finish()
+    }
+
+    /// The Event to count a repeat on, with the count it reaches, if one is within the window.
+    fn repeat(&mut self, digest: u64, now: Instant) -> Option<(String, i32)> {
+        self.sweep(now);
+        self.by_digest
+            .get(&digest)
+            .filter(|p| now.duration_since(p.last) < FOLD_WINDOW)
+            .map(|p| (p.name.to_string(), p.count + 1))
+    }
+
+    fn counted(&mut self, digest: u64, count: i32, now: Instant) {
+        if let Some(p) = self.by_digest.get_mut(&digest) {
+            p.count = p.count.max(count);
+            p.last = now;
+        }
+    }
+
+    fn published(&mut self, digest: u64, name: String, now: Instant) {
+        let name = name.into_boxed_str();
+        self.by_digest.insert(
+            digest,
+            Published {
+                name,
+                count: 1,
+                last: now,
+            },
+        );
+    }
+
+    /// Drops the folds past the window (at most every [`SWEEP_EVERY`]), and gives the table's
+    /// room back once most of it is empty: a storm's table would otherwise stay its size.
+    fn sweep(&mut self, now: Instant) {
+        if now.duration_since(self.swept) < SWEEP_EVERY {
+            return;
+        }
+        self.swept = now;
+        self.by_digest
+            .retain(|_, p| now.duration_since(p.last) < FOLD_WINDOW);
+        if self.by_digest.capacity() > 64 && self.by_digest.len() < self.by_digest.capacity() / 4 {
+            self.by_digest.shrink_to_fit();
+        }
+    }
 }
 
 pub struct Recorder {
     client: Client,
     controller: String,
     instance: String,
-    published: Mutex<HashMap<Key, Published>>,
+    folds: Mutex<Folds>,
 }
 
 impl Recorder {
@@ -71,7 +144,7 @@ impl Recorder {
             client,
             controller: controller.to_string(),
             instance: instance.to_string(),
-            published: Mutex::new(HashMap::new()),
+            folds: Mutex::new(Folds::new(Instant::now())),
         }
     }
 
@@ -82,33 +155,18 @@ impl Recorder {
         note: &Note,
         regarding: &ObjectReference,
     ) -> Result<(), kube::Error> {
-        let key = Key {
-            regarding: (
-                regarding.kind.clone(),
-                regarding.namespace.clone(),
-                regarding.name.clone(),
-                regarding.uid.clone(),
-            ),
-            note: note.clone(),
-        };
+        let digest = Folds::digest(note, regarding);
         let namespace = regarding.namespace.as_deref().unwrap_or("default");
         let api: Api<Event> = Api::namespaced(self.client.clone(), namespace);
         let now = k8s_openapi::jiff::Timestamp::now();
-        let repeat = {
-            let mut published = self.published.lock().expect("not poisoned");
-            published.retain(|_, p| p.last.elapsed() < FOLD_WINDOW);
-            published.get(&key).map(|p| (p.name.clone(), p.count + 1))
-        };
+        let repeat = self.folds().repeat(digest, Instant::now());
         // The lock is not held across a request: a slow API server must not make every
         // publisher wait for every other.
         if let Some((name, count)) = repeat {
             let patch = json!({"series": {"count": count, "lastObservedTime": MicroTime(now)}});
             api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await?;
-            if let Some(p) = self.published.lock().expect("not poisoned").get_mut(&key) {
-                p.count = p.count.max(count);
-                p.last = Instant::now();
-            }
+            self.folds().counted(digest, count, Instant::now());
             return Ok(());
         }
         let name = format!(
@@ -139,15 +197,29 @@ impl Recorder {
             ..Event::default()
         };
         api.create(&PostParams::default(), &event).await?;
-        self.published.lock().expect("not poisoned").insert(
-            key,
-            Published {
-                name,
-                count: 1,
-                last: Instant::now(),
-            },
-        );
+        self.folds().published(digest, name, Instant::now());
         Ok(())
+    }
+
+    /// Waits for `next` (a publisher's next note), dropping the folds past the window on
+    /// every tick of `sweep` meanwhile: a publisher gone quiet after a storm would otherwise
+    /// keep them until its next Event.
+    pub async fn sweeping<T>(
+        &self,
+        sweep: &mut tokio::time::Interval,
+        next: impl std::future::Future<Output = Option<T>>,
+    ) -> Option<T> {
+        let mut next = std::pin::pin!(next);
+        loop {
+            tokio::select! {
+                item = &mut next => return item,
+                _ = sweep.tick() => self.folds().sweep(Instant::now()),
+            }
+        }
+    }
+
+    fn folds(&self) -> std::sync::MutexGuard<'_, Folds> {
+        self.folds.lock().expect("not poisoned")
     }
 }
 
@@ -165,7 +237,8 @@ impl Queue {
     pub fn start(recorder: Recorder, allowed: impl Fn() -> bool + Send + 'static) -> Queue {
         let (tx, mut rx) = mpsc::channel::<(Note, ObjectReference)>(QUEUE);
         tokio::spawn(async move {
-            while let Some((note, regarding)) = rx.recv().await {
+            let mut sweep = tokio::time::interval(SWEEP_EVERY);
+            while let Some((note, regarding)) = recorder.sweeping(&mut sweep, rx.recv()).await {
                 if !allowed() {
                     continue;
                 }
@@ -181,5 +254,77 @@ impl Queue {
     pub async fn publish(&self, note: Note, regarding: ObjectReference) {
         // Closed only when the task is gone, which ends with the process.
         let _ = self.tx.send((note, regarding)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn about(name: &str) -> ObjectReference {
+        ObjectReference {
+            kind: Some("Service".into()),
+            namespace: Some("default".into()),
+            name: Some(name.into()),
+            uid: Some(format!("uid-{name}")),
+            ..ObjectReference::default()
+        }
+    }
+
+    fn note(text: &str) -> Note {
+        Note {
+            type_: EventType::Normal,
+            reason: "IPAllocated".into(),
+            action: "Allocate".into(),
+            note: text.into(),
+        }
+    }
+
+    #[test]
+    fn a_repeat_within_the_window_counts_on_its_event_and_another_note_does_not() {
+        let t0 = Instant::now();
+        let mut folds = Folds::new(t0);
+        let web = Folds::digest(&note("198.51.100.5"), &about("web"));
+        assert_ne!(web, Folds::digest(&note("198.51.100.6"), &about("web")));
+        assert_ne!(web, Folds::digest(&note("198.51.100.5"), &about("api")));
+        assert_eq!(folds.repeat(web, t0), None);
+        folds.published(web, "web.1".into(), t0);
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!(folds.repeat(web, later), Some(("web.1".into(), 2)));
+        folds.counted(web, 2, later);
+        assert_eq!(
+            folds.repeat(web, later + Duration::from_secs(1)),
+            Some(("web.1".into(), 3))
+        );
+        // Past the window from the last count: a new Event.
+        assert_eq!(folds.repeat(web, later + FOLD_WINDOW), None);
+    }
+
+    #[test]
+    fn a_storm_of_folds_goes_with_its_room_once_past_the_window() {
+        let t0 = Instant::now();
+        let mut folds = Folds::new(t0);
+        for i in 0..10_000 {
+            let digest = Folds::digest(&note("allocated"), &about(&format!("s{i}")));
+            folds.published(digest, format!("s{i}.1"), t0);
+        }
+        assert_eq!(folds.by_digest.len(), 10_000);
+        let storm_room = folds.by_digest.capacity();
+        // Within the window, and between sweeps, all stay.
+        folds.sweep(t0 + SWEEP_EVERY / 2);
+        assert_eq!(folds.by_digest.len(), 10_000);
+        let last = Folds::digest(&note("late"), &about("late"));
+        folds.published(last, "late.1".into(), t0 + FOLD_WINDOW);
+        folds.sweep(t0 + FOLD_WINDOW + SWEEP_EVERY);
+        assert_eq!(
+            folds.by_digest.len(),
+            1,
+            "only the late one is in its window"
+        );
+        assert!(
+            folds.by_digest.capacity() < storm_room / 100,
+            "room kept: {} of {storm_room}",
+            folds.by_digest.capacity()
+        );
     }
 }

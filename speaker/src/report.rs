@@ -324,7 +324,8 @@ fn same(existing: &Announced, want: &Wanted) -> bool {
 }
 
 async fn publish_notices(recorder: Recorder, mut notices: mpsc::UnboundedReceiver<Notice>) {
-    while let Some(notice) = notices.recv().await {
+    let mut sweep = tokio::time::interval(common::events::SWEEP_EVERY);
+    while let Some(notice) = recorder.sweeping(&mut sweep, notices.recv()).await {
         // The UID ties the Event to this Service, not a later one of the same name.
         let reference = ObjectReference {
             api_version: Some("v1".into()),
