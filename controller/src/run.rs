@@ -17,7 +17,7 @@ use common::events::Recorder;
 use crds::{BGPAdvertisement, BGPPeer, IPAddressPool, L2Advertisement};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Node, Service};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
 use kube::api::Api;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -134,6 +134,7 @@ impl Context {
 fn reflect<K>(
     api: Api<K>,
     subscribers: usize,
+    slim: fn(&mut K),
 ) -> (
     Store<K>,
     tokio::task::JoinHandle<()>,
@@ -146,23 +147,45 @@ where
     let (senders, receivers): (Vec<_>, Vec<_>) =
         (0..subscribers).map(|_| mpsc::unbounded_channel()).unzip();
     let task = tokio::spawn(
-        reflector::reflector(writer, common::watch(api, watcher::Config::default()))
-            // Deletions too: an advertisement deleted changes what is announced.
-            .touched_objects()
-            .for_each(move |object| {
-                if let Ok(object) = object {
-                    for tx in &senders {
-                        let _ = tx.send(object.clone());
-                    }
+        reflector::reflector(
+            writer,
+            common::watch(api, watcher::Config::default()).modify(slim),
+        )
+        // Deletions too: an advertisement deleted changes what is announced.
+        .touched_objects()
+        .for_each(move |object| {
+            if let Ok(object) = object {
+                for tx in &senders {
+                    let _ = tx.send(object.clone());
                 }
-                async {}
-            }),
+            }
+            async {}
+        }),
     );
     let streams = receivers
         .into_iter()
         .map(|rx| UnboundedReceiverStream::new(rx).map(Ok))
         .collect();
     (store, task, streams)
+}
+
+/// Objects the controller keeps as they come (small, and read whole).
+fn whole<K>(_: &mut K) {}
+
+/// What the controller reads of a Node: its name and labels (a BGPPeer's node selectors). A
+/// Node's status (its images, conditions, addresses) is kilobytes a node.
+fn name_and_labels(node: &mut Node) {
+    let meta = std::mem::take(&mut node.metadata);
+    *node = Node {
+        metadata: ObjectMeta {
+            name: meta.name,
+            uid: meta.uid,
+            resource_version: meta.resource_version,
+            labels: meta.labels,
+            ..ObjectMeta::default()
+        },
+        ..Node::default()
+    };
 }
 
 /// Runs the controller until `shutdown` (letting the reconciles under way finish) or an error
@@ -174,15 +197,18 @@ pub async fn run(
     shutdown: common::Shutdown,
     ready: impl FnOnce(),
 ) -> Result<(), Error> {
-    let (ns_store, ns_task, mut ns_events) = reflect(Api::<Namespace>::all(client.clone()), 1);
+    let (ns_store, ns_task, mut ns_events) =
+        reflect(Api::<Namespace>::all(client.clone()), 1, whole);
     let (pool_store, pool_task, mut pool_events) =
-        reflect(Api::<IPAddressPool>::all(client.clone()), 3);
-    let (peer_store, peer_task, mut peer_events) = reflect(Api::<BGPPeer>::all(client.clone()), 2);
+        reflect(Api::<IPAddressPool>::all(client.clone()), 3, whole);
+    let (peer_store, peer_task, mut peer_events) =
+        reflect(Api::<BGPPeer>::all(client.clone()), 2, whole);
     let (ad_store, ad_task, mut ad_events) =
-        reflect(Api::<L2Advertisement>::all(client.clone()), 1);
+        reflect(Api::<L2Advertisement>::all(client.clone()), 1, whole);
     let (bgp_ad_store, bgp_ad_task, mut bgp_ad_events) =
-        reflect(Api::<BGPAdvertisement>::all(client.clone()), 1);
-    let (node_store, node_task, mut node_events) = reflect(Api::<Node>::all(client.clone()), 1);
+        reflect(Api::<BGPAdvertisement>::all(client.clone()), 1, whole);
+    let (node_store, node_task, mut node_events) =
+        reflect(Api::<Node>::all(client.clone()), 1, name_and_labels);
 
     let services: Api<Service> = Api::all(client.clone());
     // The Controller reconciles applied Services only; deletions are taken from the same watch
@@ -191,7 +217,8 @@ pub async fn run(
     let (deleted_tx, deleted_rx) = mpsc::unbounded_channel::<ServiceKey>();
     let svc_watch = reflector::reflector(
         svc_writer,
-        common::watch(services.clone(), watcher::Config::default()),
+        common::watch(services.clone(), watcher::Config::default())
+            .modify(crds::read::slim_service),
     )
     .inspect(move |event| {
         if let Ok(watcher::Event::Delete(svc)) = event {

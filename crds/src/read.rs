@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{
+    LoadBalancerIngress, LoadBalancerStatus, Service, ServicePort, ServiceSpec, ServiceStatus,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use model::bgp::{self, BfdProfile, BgpAdvertisement, BgpPeer};
@@ -154,6 +156,79 @@ pub fn service(svc: &Service) -> model::Service {
         foreign_annotations: foreign,
         conflict_reported,
     }
+}
+
+/// Keeps of a Service only what [`service`] and [`service_key`] read, and what an Event's
+/// reference names (its resource version), for a cache that holds every Service of the
+/// cluster: not the other writers' conditions (a speaker's `Announced` message is a hundred
+/// bytes a Service), the ports' names and node ports, the cluster addresses, or
+/// `kubectl apply`'s copy of the whole object in an annotation. The slim Service reads the
+/// same as the whole one (tested).
+pub fn slim_service(svc: &mut Service) {
+    let meta = std::mem::take(&mut svc.metadata);
+    let read_annotation = |key: &str| {
+        key.starts_with("ferrolb.io/") || METALLB_PREFIXES.iter().any(|p| key.starts_with(p))
+    };
+    svc.metadata = ObjectMeta {
+        name: meta.name,
+        namespace: meta.namespace,
+        uid: meta.uid,
+        resource_version: meta.resource_version,
+        generation: meta.generation,
+        creation_timestamp: meta.creation_timestamp,
+        deletion_timestamp: meta.deletion_timestamp,
+        labels: meta.labels,
+        annotations: meta.annotations.map(|mut a| {
+            a.retain(|key, _| read_annotation(key));
+            a
+        }),
+        ..ObjectMeta::default()
+    };
+    svc.spec = svc.spec.take().map(|spec| ServiceSpec {
+        type_: spec.type_,
+        load_balancer_class: spec.load_balancer_class,
+        load_balancer_ip: spec.load_balancer_ip,
+        ip_families: spec.ip_families,
+        ip_family_policy: spec.ip_family_policy,
+        // The family of a Service without ipFamilies (an API server before dual-stack).
+        cluster_ip: spec.cluster_ip,
+        external_traffic_policy: spec.external_traffic_policy,
+        selector: spec.selector,
+        ports: spec.ports.map(|ports| {
+            ports
+                .into_iter()
+                .map(|p| ServicePort {
+                    port: p.port,
+                    protocol: p.protocol,
+                    ..ServicePort::default()
+                })
+                .collect()
+        }),
+        ..ServiceSpec::default()
+    });
+    svc.status = svc.status.take().map(|status| ServiceStatus {
+        load_balancer: status.load_balancer.map(|lb| LoadBalancerStatus {
+            ingress: lb.ingress.map(|ingress| {
+                ingress
+                    .into_iter()
+                    .map(|i| LoadBalancerIngress {
+                        ip: i.ip,
+                        ..LoadBalancerIngress::default()
+                    })
+                    .collect()
+            }),
+        }),
+        conditions: status.conditions.map(|conditions| {
+            conditions
+                .into_iter()
+                .filter(|c| c.type_ == ANNOUNCED_CONDITION && c.reason == CONFLICT_REASON)
+                .map(|c| meta::Condition {
+                    message: String::new(),
+                    ..c
+                })
+                .collect()
+        }),
+    });
 }
 
 /// A pool in the model's terms: each address entry parsed on its own, unreadable selectors
@@ -725,5 +800,83 @@ mod tests {
                 .unwrap_err()
                 .contains("'65536:1' is not a community")
         );
+    }
+
+    /// Every field a controller's or speaker's cache could keep, as a cluster writes them.
+    fn busy_service(announced_reason: &str) -> Service {
+        serde_json::from_value(json!({
+            "metadata": {
+                "name": "web", "namespace": "shop", "uid": "u-1", "resourceVersion": "42",
+                "generation": 3, "creationTimestamp": "2026-11-25T10:00:00Z",
+                "labels": {"tier": "web"},
+                "annotations": {
+                    "kubectl.kubernetes.io/last-applied-configuration": "{\"apiVersion\":\"v1\"}",
+                    "ferrolb.io/address-pool": "lan",
+                    "metallb.universe.tf/allow-shared-ip": "k",
+                    "ferrolb.io/ip-allocated-from-pool": "lan",
+                    "example.com/owner": "team-a"
+                },
+                "ownerReferences": [{"apiVersion": "v1", "kind": "X", "name": "x", "uid": "o"}],
+                "finalizers": ["service.kubernetes.io/load-balancer-cleanup"]
+            },
+            "spec": {
+                "type": "LoadBalancer", "loadBalancerClass": "ferrolb.io/l2",
+                "ipFamilies": ["IPv6", "IPv4"], "ipFamilyPolicy": "PreferDualStack",
+                "clusterIP": "2001:db8::a", "clusterIPs": ["2001:db8::a", "192.0.2.10"],
+                "externalTrafficPolicy": "Local", "internalTrafficPolicy": "Cluster",
+                "healthCheckNodePort": 31000, "sessionAffinity": "None",
+                "allocateLoadBalancerNodePorts": true, "selector": {"app": "web", "v": "2"},
+                "loadBalancerSourceRanges": ["198.51.100.0/24"],
+                "ports": [
+                    {"name": "http", "port": 80, "targetPort": 8080, "nodePort": 30080, "protocol": "TCP"},
+                    {"name": "dns", "port": 53, "targetPort": "dns", "nodePort": 30053, "protocol": "UDP", "appProtocol": "dns"}
+                ]
+            },
+            "status": {
+                "loadBalancer": {"ingress": [
+                    {"ip": "2001:db8::1:5", "ipMode": "VIP", "ports": [{"port": 80, "protocol": "TCP"}]},
+                    {"ip": "198.51.100.5", "ipMode": "VIP"}
+                ]},
+                "conditions": [
+                    {"type": "ferrolb.io/Announced", "status": "True", "reason": announced_reason,
+                     "message": "198.51.100.5 and 2001:db8::1:5 are announced by ARP and NDP from node node-2",
+                     "lastTransitionTime": "2026-11-25T10:00:01Z", "observedGeneration": 3},
+                    {"type": "example.com/Other", "status": "True", "reason": "Fine", "message": "m",
+                     "lastTransitionTime": "2026-11-25T10:00:01Z"}
+                ]
+            }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_slim_service_reads_as_the_whole_one_and_keeps_little_else() {
+        for reason in ["Announced", CONFLICT_REASON] {
+            let whole = busy_service(reason);
+            let mut slim = whole.clone();
+            slim_service(&mut slim);
+            assert_eq!(service(&slim), service(&whole), "{reason}");
+            assert_eq!(service_key(&slim), service_key(&whole));
+            assert_eq!(
+                slim.metadata.resource_version.as_deref(),
+                Some("42"),
+                "an Event's reference names it"
+            );
+            let kept = serde_json::to_string(&slim).unwrap();
+            for gone in [
+                "last-applied-configuration",
+                "example.com/owner",
+                "ownerReferences",
+                "nodePort",
+                "targetPort",
+                "clusterIPs",
+                "ipMode",
+                "example.com/Other",
+                "are announced by",
+            ] {
+                assert!(!kept.contains(gone), "{gone} kept: {kept}");
+            }
+        }
+        assert!(service(&busy_service(CONFLICT_REASON)).conflict_reported);
     }
 }
