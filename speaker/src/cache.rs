@@ -49,6 +49,9 @@ pub struct Watch<K, T, C> {
     pub project: Project<K, T>,
     pub changed: fn(&K) -> C,
     pub relisted: C,
+    /// What a new projection takes over from the one it replaces (shared parts, so that the
+    /// old one's holders and the new one's keep one copy).
+    pub carry: Option<fn(new: &mut T, old: &T)>,
 }
 
 impl<T: PartialEq + Send + Sync + 'static> Cache<T> {
@@ -127,9 +130,15 @@ impl<K: Resource, T: PartialEq, C: Clone> Feed<K, T, C> {
                 None
             }
             watcher::Event::InitApply(object) => {
-                if let (Some(list), Some(kept)) = (&mut self.relisting, (self.how.project)(&object))
+                if let (Some(list), Some(mut kept)) =
+                    (&mut self.relisting, (self.how.project)(&object))
                 {
-                    list.insert(key(&object), Arc::new(kept));
+                    let key = key(&object);
+                    if let (Some(carry), Some(old)) = (self.how.carry, self.cache.read().get(&key))
+                    {
+                        carry(&mut kept, old);
+                    }
+                    list.insert(key, Arc::new(kept));
                 }
                 None
             }
@@ -141,7 +150,7 @@ impl<K: Resource, T: PartialEq, C: Clone> Feed<K, T, C> {
                 Some(self.how.relisted.clone())
             }
             watcher::Event::Apply(object) => {
-                let kept = (self.how.project)(&object).map(Arc::new);
+                let kept = (self.how.project)(&object);
                 self.replace(key(&object), kept)
                     .then(|| (self.how.changed)(&object))
             }
@@ -152,13 +161,16 @@ impl<K: Resource, T: PartialEq, C: Clone> Feed<K, T, C> {
     }
 
     /// Sets (or removes) one object's projection; whether that changed it.
-    fn replace(&self, key: Key, kept: Option<Arc<T>>) -> bool {
+    fn replace(&self, key: Key, kept: Option<T>) -> bool {
         let mut objects = self.cache.write();
         match kept {
-            Some(kept) => match objects.get(&key) {
-                Some(old) if **old == *kept => false,
-                _ => {
-                    objects.insert(key, kept);
+            Some(mut kept) => match objects.get(&key) {
+                Some(old) if **old == kept => false,
+                old => {
+                    if let (Some(carry), Some(old)) = (self.how.carry, old) {
+                        carry(&mut kept, old);
+                    }
+                    objects.insert(key, Arc::new(kept));
                     true
                 }
             },
@@ -245,7 +257,53 @@ mod tests {
             }),
             changed: |svc: &Service| Seen::One(svc.name_any()),
             relisted: Seen::All,
+            carry: None,
         })
+    }
+
+    /// A projection whose name part is shared, as a Service record's key is.
+    #[derive(Debug, PartialEq)]
+    struct Named {
+        name: Arc<String>,
+        ip: String,
+    }
+
+    #[test]
+    fn a_new_projection_carries_the_shared_part_of_the_one_it_replaces() {
+        let (mut feed, cache) = Feed::new(Watch {
+            project: Box::new(|svc: &Service| {
+                Some(Named {
+                    name: Arc::new(svc.name_any()),
+                    ip: svc.spec.as_ref()?.cluster_ip.clone()?,
+                })
+            }),
+            changed: |svc: &Service| Seen::One(svc.name_any()),
+            relisted: Seen::All,
+            carry: Some(|new: &mut Named, old: &Named| {
+                if new.name == old.name {
+                    new.name = old.name.clone();
+                }
+            }),
+        });
+        feed.apply(Event::Init);
+        feed.apply(Event::InitApply(svc("a", "LoadBalancer", "10.0.0.1")));
+        feed.apply(Event::InitDone);
+        let first = cache.get("ns", "a").unwrap();
+
+        feed.apply(Event::Apply(svc("a", "LoadBalancer", "10.0.0.2")));
+        let updated = cache.get("ns", "a").unwrap();
+        assert_eq!(updated.ip, "10.0.0.2");
+        assert!(Arc::ptr_eq(&updated.name, &first.name), "one name for both");
+
+        feed.apply(Event::Init);
+        feed.apply(Event::InitApply(svc("a", "LoadBalancer", "10.0.0.3")));
+        feed.apply(Event::InitDone);
+        let relisted = cache.get("ns", "a").unwrap();
+        assert_eq!(relisted.ip, "10.0.0.3");
+        assert!(
+            Arc::ptr_eq(&relisted.name, &first.name),
+            "kept over a relist"
+        );
     }
 
     fn contents(cache: &Cache<String>) -> Vec<(String, String)> {
