@@ -48,10 +48,11 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// folds for six minutes, and the object's reference and the note's text cost half a
 /// kilobyte each (megabytes, and the table kept its size after they expired). Two different
 /// notes with one 64-bit digest would share a series: not expected within a window's few
-/// thousand.
+/// thousand, and not craftable from Service names, the hasher's keys being random per process.
 #[derive(Debug)]
 struct Folds {
     by_digest: HashMap<u64, Published>,
+    hasher: std::hash::RandomState,
     swept: Instant,
 }
 
@@ -67,23 +68,20 @@ impl Folds {
     fn new(now: Instant) -> Folds {
         Folds {
             by_digest: HashMap::new(),
+            hasher: std::hash::RandomState::new(),
             swept: now,
         }
     }
 
-    fn digest(note: &Note, regarding: &ObjectReference) -> u64 {
-        use std::hash::{Hash, Hasher};
-        // Fixed keys: the digest of one note is the same for the process's whole life.
-        let mut hasher = std::hash::DefaultHasher::new();
-        (
+    fn digest(&self, note: &Note, regarding: &ObjectReference) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one((
             &regarding.kind,
             &regarding.namespace,
             &regarding.name,
             &regarding.uid,
-        )
-            .hash(&mut hasher);
-        note.hash(&mut hasher);
-        hasher.finish()
+            note,
+        ))
     }
 
     /// The Event to count a repeat on, with the count it reaches, if one is within the window.
@@ -155,7 +153,7 @@ impl Recorder {
         note: &Note,
         regarding: &ObjectReference,
     ) -> Result<(), kube::Error> {
-        let digest = Folds::digest(note, regarding);
+        let digest = self.folds().digest(note, regarding);
         let namespace = regarding.namespace.as_deref().unwrap_or("default");
         let api: Api<Event> = Api::namespaced(self.client.clone(), namespace);
         let now = k8s_openapi::jiff::Timestamp::now();
@@ -284,9 +282,10 @@ mod tests {
     fn a_repeat_within_the_window_counts_on_its_event_and_another_note_does_not() {
         let t0 = Instant::now();
         let mut folds = Folds::new(t0);
-        let web = Folds::digest(&note("198.51.100.5"), &about("web"));
-        assert_ne!(web, Folds::digest(&note("198.51.100.6"), &about("web")));
-        assert_ne!(web, Folds::digest(&note("198.51.100.5"), &about("api")));
+        let web = folds.digest(&note("198.51.100.5"), &about("web"));
+        assert_eq!(web, folds.digest(&note("198.51.100.5"), &about("web")));
+        assert_ne!(web, folds.digest(&note("198.51.100.6"), &about("web")));
+        assert_ne!(web, folds.digest(&note("198.51.100.5"), &about("api")));
         assert_eq!(folds.repeat(web, t0), None);
         folds.published(web, "web.1".into(), t0);
         let later = t0 + Duration::from_secs(60);
@@ -305,7 +304,7 @@ mod tests {
         let t0 = Instant::now();
         let mut folds = Folds::new(t0);
         for i in 0..10_000 {
-            let digest = Folds::digest(&note("allocated"), &about(&format!("s{i}")));
+            let digest = folds.digest(&note("allocated"), &about(&format!("s{i}")));
             folds.published(digest, format!("s{i}.1"), t0);
         }
         assert_eq!(folds.by_digest.len(), 10_000);
@@ -313,7 +312,7 @@ mod tests {
         // Within the window, and between sweeps, all stay.
         folds.sweep(t0 + SWEEP_EVERY / 2);
         assert_eq!(folds.by_digest.len(), 10_000);
-        let last = Folds::digest(&note("late"), &about("late"));
+        let last = folds.digest(&note("late"), &about("late"));
         folds.published(last, "late.1".into(), t0 + FOLD_WINDOW);
         folds.sweep(t0 + FOLD_WINDOW + SWEEP_EVERY);
         assert_eq!(
