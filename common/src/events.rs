@@ -64,6 +64,13 @@ struct Published {
     last: Instant,
 }
 
+impl Published {
+    /// Whether a repeat at `now` still counts on this Event.
+    fn folds_at(&self, now: Instant) -> bool {
+        now.duration_since(self.last) < FOLD_WINDOW
+    }
+}
+
 impl Folds {
     fn new(now: Instant) -> Folds {
         Folds {
@@ -89,7 +96,7 @@ impl Folds {
         self.sweep(now);
         self.by_digest
             .get(&digest)
-            .filter(|p| now.duration_since(p.last) < FOLD_WINDOW)
+            .filter(|p| p.folds_at(now))
             .map(|p| (p.name.to_string(), p.count + 1))
     }
 
@@ -119,8 +126,7 @@ impl Folds {
             return;
         }
         self.swept = now;
-        self.by_digest
-            .retain(|_, p| now.duration_since(p.last) < FOLD_WINDOW);
+        self.by_digest.retain(|_, p| p.folds_at(now));
         if self.by_digest.capacity() > 64 && self.by_digest.len() < self.by_digest.capacity() / 4 {
             self.by_digest.shrink_to_fit();
         }
