@@ -376,3 +376,51 @@ async fn export_readiness(
         metrics.readiness("BGPPeer", &of_peers);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{NodeAddress, NodeSpec, NodeStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+
+    /// The BGPPeers' node selectors read a Node's name and labels; the cached Node keeps
+    /// those (and what names this version of it) and drops the kilobytes of the rest.
+    #[test]
+    fn a_cached_node_keeps_its_name_and_labels_and_nothing_else() {
+        let labels = BTreeMap::from([("rack".to_string(), "r1".to_string())]);
+        let mut node = Node {
+            metadata: ObjectMeta {
+                name: Some("node-1".into()),
+                uid: Some("u-1".into()),
+                resource_version: Some("42".into()),
+                labels: Some(labels.clone()),
+                annotations: Some(BTreeMap::from([("a".into(), "b".repeat(4096))])),
+                managed_fields: Some(vec![ManagedFieldsEntry::default()]),
+                ..ObjectMeta::default()
+            },
+            spec: Some(NodeSpec {
+                pod_cidr: Some("192.0.2.0/26".into()),
+                ..NodeSpec::default()
+            }),
+            status: Some(NodeStatus {
+                addresses: Some(vec![NodeAddress {
+                    address: "192.0.2.1".into(),
+                    type_: "InternalIP".into(),
+                }]),
+                ..NodeStatus::default()
+            }),
+        };
+        name_and_labels(&mut node);
+        let expected = Node {
+            metadata: ObjectMeta {
+                name: Some("node-1".into()),
+                uid: Some("u-1".into()),
+                resource_version: Some("42".into()),
+                labels: Some(labels),
+                ..ObjectMeta::default()
+            },
+            ..Node::default()
+        };
+        assert_eq!(node, expected);
+    }
+}

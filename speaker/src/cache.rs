@@ -24,6 +24,21 @@ fn key_of(namespace: &str, name: &str) -> Key {
     format!("{namespace}/{name}").into_boxed_str()
 }
 
+/// Calls `f` with `namespace/name` built on the stack: a lookup allocates nothing (the
+/// speaker looks every address's Services up every few seconds). A namespace is at most 63
+/// bytes and a name 253, so the buffer holds any valid key.
+fn with_key<R>(namespace: &str, name: &str, f: impl FnOnce(&str) -> R) -> R {
+    let mut buf = [0u8; 320];
+    let len = namespace.len() + 1 + name.len();
+    if len > buf.len() {
+        return f(&key_of(namespace, name));
+    }
+    buf[..namespace.len()].copy_from_slice(namespace.as_bytes());
+    buf[namespace.len()] = b'/';
+    buf[namespace.len() + 1..len].copy_from_slice(name.as_bytes());
+    f(std::str::from_utf8(&buf[..len]).expect("two strings and an ASCII byte"))
+}
+
 /// Projections of the objects of one kind, by namespace and name.
 pub struct Cache<T> {
     objects: Arc<RwLock<HashMap<Key, Arc<T>>>>,
@@ -187,7 +202,7 @@ impl<T> Cache<T> {
     }
 
     pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<T>> {
-        self.read().get(&key_of(namespace, name)).cloned()
+        with_key(namespace, name, |key| self.read().get(key).cloned())
     }
 
     /// Every object kept, in no particular order.
@@ -304,6 +319,29 @@ mod tests {
             Arc::ptr_eq(&relisted.name, &first.name),
             "kept over a relist"
         );
+    }
+
+    /// Lookups build their key on the stack when it fits and on the heap when it does not:
+    /// either way they find what the watch stored, and only that.
+    #[test]
+    fn a_lookup_finds_what_the_watch_keyed_however_long_the_name() {
+        let (mut feed, cache) = feed();
+        let names = ["a".to_string(), "b".repeat(253), "c".repeat(400)];
+        feed.apply(Event::Init);
+        for (i, name) in names.iter().enumerate() {
+            feed.apply(Event::InitApply(svc(
+                name,
+                "LoadBalancer",
+                &format!("10.0.0.{i}"),
+            )));
+        }
+        feed.apply(Event::InitDone);
+        for (i, name) in names.iter().enumerate() {
+            let kept = cache.get("ns", name).map(|ip| (*ip).clone());
+            assert_eq!(kept, Some(format!("10.0.0.{i}")), "{}", name.len());
+            assert_eq!(cache.get("other", name), None);
+        }
+        assert_eq!(cache.get("ns", &"b".repeat(252)), None);
     }
 
     fn contents(cache: &Cache<String>) -> Vec<(String, String)> {
