@@ -205,6 +205,29 @@ impl Lab {
         Ok(())
     }
 
+    /// The API server forgets the connections of the lab's own client ([`Self::client`],
+    /// through the forwarder on the control plane's loopback): each request or watch under
+    /// way ends with a reset.
+    pub fn forget_client_connections(&self) -> Result<()> {
+        // The API server listens on both families: a loopback IPv4 peer shows as IPv4-mapped.
+        for peer in ["127.0.0.1", "[::ffff:127.0.0.1]"] {
+            self.cp.exec(
+                "ss",
+                &[
+                    "-K",
+                    "state",
+                    "established",
+                    "sport",
+                    "=",
+                    ":6443",
+                    "dst",
+                    peer,
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
     /// Cuts (or restores) the speakers' gossip between nodes `i` and `j` (UDP 9652, both
     /// families, both ways, in node `i`'s namespace) and nothing else: a gossip partition
     /// between two live nodes, whose ARP, NDP and API server stay reachable.
