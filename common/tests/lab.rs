@@ -94,14 +94,7 @@ async fn a_watch_gets_every_object_streamed_or_listed_in_pages() {
             .await
             .unwrap();
         }
-        let lists = || async {
-            let text = lab.apiserver_metrics().await.unwrap();
-            lab::figures::metric_sum(
-                &text,
-                "apiserver_request_total{",
-                r#"resource="services",scope="namespace",subresource="",verb="LIST""#,
-            )
-        };
+        let lists = || namespaced_lists(&lab, "services");
         let lists_before = lists().await;
 
         let api = kube::Api::<Service>::namespaced(lab.client(), "watched");
@@ -176,14 +169,7 @@ async fn a_first_state_cut_each_time_is_listed_in_pages() {
         .try_for_each(|_| async { Ok(()) })
         .await
         .unwrap();
-    let lists = || async {
-        let text = lab.apiserver_metrics().await.unwrap();
-        lab::figures::metric_sum(
-            &text,
-            "apiserver_request_total{",
-            r#"resource="configmaps",scope="namespace",subresource="",verb="LIST""#,
-        )
-    };
+    let lists = || namespaced_lists(&lab, "configmaps");
     let lists_before = lists().await;
 
     let mut events = std::pin::pin!(common::watch(api.clone(), watcher::Config::default()));
@@ -219,4 +205,14 @@ async fn a_first_state_cut_each_time_is_listed_in_pages() {
         listed > 0.0,
         "listed in pages: {listed} LIST requests ({starts} starts)"
     );
+}
+
+/// The LIST requests the API server has served for namespaced `resource` so far.
+async fn namespaced_lists(lab: &Lab, resource: &str) -> f64 {
+    let text = lab.apiserver_metrics().await.unwrap();
+    lab::figures::metric_sum(
+        &text,
+        "apiserver_request_total{",
+        &format!(r#"resource="{resource}",scope="namespace",subresource="",verb="LIST""#),
+    )
 }
