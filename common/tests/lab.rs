@@ -57,13 +57,13 @@ async fn a_new_note_is_a_new_event_and_a_repeat_counts_up() {
 }
 
 /// A watch's first state comes streamed from an API server that streams it (the WatchList
-/// feature, Kubernetes 1.32 and 1.34 on), and listed in pages from one that refuses the
+/// feature, Kubernetes 1.32 and 1.34 on), and listed from one that refuses the
 /// request (1.33, or the feature turned off): every object arrives either way. (Streamed
 /// only, a watch against a server without the feature retried its refused request forever
 /// and never saw an object.)
 #[tokio::test]
 #[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
-async fn a_watch_gets_every_object_streamed_or_listed_in_pages() {
+async fn a_watch_gets_every_object_streamed_or_listed() {
     use futures::StreamExt;
     use k8s_openapi::api::core::v1::Service;
     use kube::runtime::watcher;
@@ -116,23 +116,23 @@ async fn a_watch_gets_every_object_streamed_or_listed_in_pages() {
         );
         seen.sort();
         assert_eq!(seen, names, "feature gates {gates:?}");
-        let listed_in_pages = lists().await - lists_before;
+        let listed = lists().await - lists_before;
         assert_eq!(
-            listed_in_pages > 0.0,
+            listed > 0.0,
             !streams,
-            "LIST requests for the namespace's Services: {listed_in_pages} (feature gates {gates:?})"
+            "LIST requests for the namespace's Services: {listed} (feature gates {gates:?})"
         );
     }
 }
 
 /// A watch whose streamed first state is cut each time it is under way (a loaded API server
 /// closes the watch of a client that reads slower than the cluster changes; a restart or a
-/// load balancer resets it) lists it in pages and gets it whole. (Streamed only, it started
+/// load balancer resets it) lists it and gets it whole. (Streamed only, it started
 /// again from nothing each time: 7 of 100 speakers starting into 10,000 Services had no first
 /// state after 25 minutes.)
 #[tokio::test]
 #[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
-async fn a_first_state_cut_each_time_is_listed_in_pages() {
+async fn a_first_state_cut_each_time_is_listed() {
     use futures::{StreamExt, TryStreamExt};
     use k8s_openapi::api::core::v1::ConfigMap;
     use kube::api::PostParams;
@@ -203,7 +203,7 @@ async fn a_first_state_cut_each_time_is_listed_in_pages() {
     let listed = lists().await - lists_before;
     assert!(
         listed > 0.0,
-        "listed in pages: {listed} LIST requests ({starts} starts)"
+        "listed: {listed} LIST requests ({starts} starts)"
     );
 }
 
