@@ -17,8 +17,9 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 use tokio::sync::mpsc;
 
-/// Events waiting beyond this many make publishers wait: memory stays bounded under a flood.
-const QUEUE: usize = 4096;
+/// How long one Event may take to publish before it is given up (and logged as such): a
+/// slow API server holds up the Events behind it, not for a request's whole read timeout.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a published Event is remembered for folding repeats (kube's recorder: 6 min).
 const FOLD_WINDOW: Duration = Duration::from_secs(6 * 60);
@@ -40,7 +41,7 @@ pub struct Note {
 
 /// How often expired folds are dropped: not on every publish (a pass over every fold, which
 /// in a storm of 10,000 Events made publishing quadratic).
-pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 /// The Events published within the fold window, by a digest of what they are about and say.
 ///
@@ -208,7 +209,7 @@ impl Recorder {
     /// Waits for `next` (a publisher's next note), dropping the folds past the window on
     /// every tick of `sweep` meanwhile: a publisher gone quiet after a storm would otherwise
     /// keep them until its next Event.
-    pub async fn sweeping<T>(
+    async fn sweeping<T>(
         &self,
         sweep: &mut tokio::time::Interval,
         next: impl std::future::Future<Output = Option<T>>,
@@ -236,18 +237,27 @@ pub struct Queue {
 }
 
 impl Queue {
-    /// Starts the publishing task. An Event goes out only if `allowed()` holds when its turn
-    /// comes (the controller's fence: a replica that lost its lease meanwhile stays silent).
-    pub fn start(recorder: Recorder, allowed: impl Fn() -> bool + Send + 'static) -> Queue {
-        let (tx, mut rx) = mpsc::channel::<(Note, ObjectReference)>(QUEUE);
+    /// Starts the publishing task, with room for `capacity` Events waiting: memory stays
+    /// bounded under a flood. An Event goes out only if `allowed()` holds when its turn comes
+    /// (the controller's fence: a replica that lost its lease meanwhile stays silent).
+    pub fn start(
+        recorder: Recorder,
+        capacity: usize,
+        allowed: impl Fn() -> bool + Send + 'static,
+    ) -> Queue {
+        let (tx, mut rx) = mpsc::channel::<(Note, ObjectReference)>(capacity);
         tokio::spawn(async move {
             let mut sweep = tokio::time::interval(SWEEP_EVERY);
             while let Some((note, regarding)) = recorder.sweeping(&mut sweep, rx.recv()).await {
                 if !allowed() {
                     continue;
                 }
-                if let Err(e) = recorder.publish(&note, &regarding).await {
-                    tracing::warn!("cannot publish event {}: {e}", note.reason);
+                match tokio::time::timeout(PUBLISH_TIMEOUT, recorder.publish(&note, &regarding))
+                    .await
+                {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!("cannot publish event {}: {e}", note.reason),
+                    Err(_) => tracing::warn!("cannot publish event {}: timed out", note.reason),
                 }
             }
         });
@@ -258,6 +268,13 @@ impl Queue {
     pub async fn publish(&self, note: Note, regarding: ObjectReference) {
         // Closed only when the task is gone, which ends with the process.
         let _ = self.tx.send((note, regarding)).await;
+    }
+
+    /// Queues `note` about `regarding` if there is room, without waiting; whether it was
+    /// queued. For a caller that must not wait on the API server (the speaker's loop): a
+    /// full queue drops the Event, as client-go's broadcaster does.
+    pub fn offer(&self, note: Note, regarding: ObjectReference) -> bool {
+        self.tx.try_send((note, regarding)).is_ok()
     }
 }
 
@@ -282,6 +299,22 @@ mod tests {
             action: "Allocate".into(),
             note: text.into(),
         }
+    }
+
+    /// The speaker's loop offers Events without waiting: past the queue's room they are
+    /// dropped, and room made by publishing takes the next.
+    #[tokio::test]
+    async fn an_offer_to_a_full_queue_is_dropped_without_waiting() {
+        let (tx, mut rx) = mpsc::channel(2);
+        let queue = Queue { tx };
+        let offered: Vec<bool> = (0..3)
+            .map(|i| queue.offer(note(&format!("198.51.100.{i}")), about("web")))
+            .collect();
+        assert_eq!(offered, [true, true, false]);
+        assert_eq!(rx.recv().await.unwrap().0.note, "198.51.100.0");
+        assert!(queue.offer(note("198.51.100.3"), about("web")));
+        assert_eq!(rx.recv().await.unwrap().0.note, "198.51.100.1");
+        assert_eq!(rx.recv().await.unwrap().0.note, "198.51.100.3");
     }
 
     #[test]

@@ -188,6 +188,10 @@ fn name_and_labels(node: &mut Node) {
     };
 }
 
+/// Events waiting to be published beyond which a reconcile waits for room (a reconcile can
+/// wait; the count bounds the memory a flood takes).
+const EVENTS_WAITING: usize = 4096;
+
 /// Runs the controller until `shutdown` (letting the reconciles under way finish) or an error
 /// it cannot recover from. `ready` is called once the start-up is done.
 pub async fn run(
@@ -243,6 +247,7 @@ pub async fn run(
                 MANAGER,
                 config.identity.as_deref().unwrap_or(MANAGER),
             ),
+            EVENTS_WAITING,
             {
                 let fence = config.fence.clone();
                 move || fence.check().is_ok()

@@ -202,7 +202,12 @@ async fn main() -> anyhow::Result<()> {
     let (bgp_advertised_tx, bgp_advertised) = tokio::sync::watch::channel(Default::default());
     let speaker = Speaker {
         me: NodeName::new(args.node_name.clone()),
-        reports: Reports::start(client.clone(), stores.clone(), &args.node_name),
+        reports: Reports::start(
+            client.clone(),
+            stores.clone(),
+            &args.node_name,
+            metrics.events_dropped.clone(),
+        ),
         stores,
         changes,
         membership,

@@ -12,13 +12,14 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::events::{EventType, Note, Recorder};
+use common::events::{EventType, Note, Queue, Recorder};
 use k8s_openapi::api::core::v1::{ObjectReference, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
+use prometheus_client::metrics::counter::Counter;
 use serde_json::json;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 use crate::view::{Announced, Stores};
 use model::ServiceKey;
@@ -142,8 +143,16 @@ pub struct Notice {
 pub struct Reports {
     wants: Arc<Mutex<Wants>>,
     wake: Arc<Notify>,
-    notices: mpsc::UnboundedSender<Notice>,
+    events: Queue,
+    /// Events dropped because the queue was full.
+    dropped: Counter,
 }
+
+/// Events waiting to be published beyond which new ones are dropped (their text is in the log
+/// anyway). The first of 100 speakers starting into 10,000 Services, answering for thousands
+/// of addresses while alone, queued 7,900 Events on a starved API server that took one per
+/// 5 s timeout: what was published was minutes stale, and the queue had no bound.
+const EVENTS_WAITING: usize = 1000;
 
 /// The conditions wanted, shared by the loop and the writer: one copy, however many Services.
 #[derive(Default)]
@@ -154,22 +163,23 @@ struct Wants {
 }
 
 impl Reports {
-    pub fn start(client: Client, stores: Stores, node: &str) -> Reports {
-        let (notices, notice_rx) = mpsc::unbounded_channel();
+    /// Starts the writers; `dropped` counts the Events dropped because too many waited.
+    pub fn start(client: Client, stores: Stores, node: &str, dropped: Counter) -> Reports {
         let reports = Reports {
             wants: Arc::default(),
             wake: Arc::default(),
-            notices,
+            events: Queue::start(
+                Recorder::new(client.clone(), MANAGER, node),
+                EVENTS_WAITING,
+                || true,
+            ),
+            dropped,
         };
         tokio::spawn(write_conditions(
-            client.clone(),
+            client,
             stores,
             reports.wants.clone(),
             reports.wake.clone(),
-        ));
-        tokio::spawn(publish_notices(
-            Recorder::new(client, MANAGER, node),
-            notice_rx,
         ));
         reports
     }
@@ -201,9 +211,20 @@ impl Reports {
         }
     }
 
+    /// Logs `notice` and queues its Event; never waits (the loop calling it elects and
+    /// announces).
     pub fn notice(&self, notice: Notice) {
         tracing::info!(service = %notice.service, reason = notice.reason, "{}", notice.note);
-        let _ = self.notices.send(notice);
+        let (note, regarding) = event_of(notice);
+        if !self.events.offer(note, regarding) {
+            let dropped = self.dropped.inc() + 1;
+            if dropped == 1 || dropped.is_multiple_of(1000) {
+                tracing::warn!(
+                    dropped,
+                    "Events dropped: they come faster than the API server takes them (each is in this log)"
+                );
+            }
+        }
     }
 }
 
@@ -323,34 +344,28 @@ fn same(existing: &Announced, want: &Wanted) -> bool {
         && existing.digest == Announced::digest(want.reason, &want.message)
 }
 
-async fn publish_notices(recorder: Recorder, mut notices: mpsc::UnboundedReceiver<Notice>) {
-    let mut sweep = tokio::time::interval(common::events::SWEEP_EVERY);
-    while let Some(notice) = recorder.sweeping(&mut sweep, notices.recv()).await {
-        // The UID ties the Event to this Service, not a later one of the same name.
-        let reference = ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Service".into()),
-            name: Some(notice.service.name.clone()),
-            namespace: Some(notice.service.namespace.clone()),
-            uid: (!notice.service.uid.is_empty()).then(|| notice.service.uid.clone()),
-            ..ObjectReference::default()
-        };
-        let note = Note {
-            type_: if notice.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: notice.reason.into(),
-            action: "Announce".into(),
-            note: notice.note,
-        };
-        match tokio::time::timeout(WRITE_TIMEOUT, recorder.publish(&note, &reference)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!("cannot publish event {}: {e}", notice.reason),
-            Err(_) => tracing::warn!("cannot publish event {}: timed out", notice.reason),
-        }
-    }
+/// The Event a notice is published as.
+fn event_of(notice: Notice) -> (Note, ObjectReference) {
+    // The UID ties the Event to this Service, not a later one of the same name.
+    let regarding = ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Service".into()),
+        name: Some(notice.service.name.clone()),
+        namespace: Some(notice.service.namespace.clone()),
+        uid: (!notice.service.uid.is_empty()).then(|| notice.service.uid.clone()),
+        ..ObjectReference::default()
+    };
+    let note = Note {
+        type_: if notice.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: notice.reason.into(),
+        action: "Announce".into(),
+        note: notice.note,
+    };
+    (note, regarding)
 }
 
 #[cfg(test)]

@@ -89,6 +89,8 @@ pub struct Metrics {
     pub fenced_addresses: Gauge,
     /// Services read from the watch cache into the election: what the watch events cost.
     pub service_reads: Counter,
+    /// Events dropped because more waited for the API server than the queue holds.
+    pub events_dropped: Counter,
 }
 
 impl Metrics {
@@ -100,6 +102,7 @@ impl Metrics {
             elected: Counter::default(),
             fenced_addresses: Gauge::default(),
             service_reads: Counter::default(),
+            events_dropped: Counter::default(),
             contested_addresses: Gauge::default(),
             contests: Counter::default(),
             takeover_seconds: Histogram::new([
@@ -146,6 +149,11 @@ impl Metrics {
             "speaker_service_reads",
             "Services read from the watch cache into the election: a change reads the Services it can move; a relist, or a change of a pool's or advertisement's spec, all of them",
             m.service_reads.clone(),
+        );
+        r.register(
+            "speaker_events_dropped",
+            "Events about Services dropped because more waited for the API server than the queue holds (each is in the speaker's log)",
+            m.events_dropped.clone(),
         );
         r.register(
             "speaker_election_disagreements",
