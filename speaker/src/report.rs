@@ -150,8 +150,9 @@ pub struct Reports {
 
 /// Events waiting to be published beyond which new ones are dropped (their text is in the log
 /// anyway). The first of 100 speakers starting into 10,000 Services, answering for thousands
-/// of addresses while alone, queued 7,900 Events on a starved API server that took one per
-/// 5 s timeout: what was published was minutes stale, and the queue had no bound.
+/// of addresses while alone, queued 7,900 Events on a starved API server (263 of its
+/// publishes timed out at 5 s): what was published was minutes stale, and the queue had no
+/// bound.
 const EVENTS_WAITING: usize = 1000;
 
 /// The conditions wanted, shared by the loop and the writer: one copy, however many Services.
