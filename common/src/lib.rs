@@ -4,6 +4,7 @@
 pub mod events;
 pub mod health;
 pub mod http;
+pub mod memory;
 
 use clap::{Args, ValueEnum};
 use tracing_subscriber::EnvFilter;

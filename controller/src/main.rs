@@ -56,6 +56,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     args.log.init()?;
     common::health::abort_on_panic();
+    common::memory::keep_trimmed();
     tracing::debug!(?args, "starting");
     // From here on a SIGTERM is kept until the step that can act on it: one that came while
     // the leader was still starting (its stores not yet listed) was lost, and it ran on.

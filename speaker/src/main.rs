@@ -107,6 +107,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     args.log.init()?;
     common::health::abort_on_panic();
+    common::memory::keep_trimmed();
     speaker::fault::install(args.test_fault_file.clone());
     tracing::debug!(?args, "starting");
     let key = GossipKey::from_file(&args.gossip_key_file)?;
