@@ -61,10 +61,13 @@ fn main() {
         // A realloc's growth or shrinkage is already in `bytes_allocated` or
         // `bytes_deallocated`; `bytes_reallocated` repeats it, so it is not added.
         let held = change.bytes_allocated as isize - change.bytes_deallocated as isize;
+        // Blocks matter beside bytes: glibc spends at least 32 bytes on each, however small.
+        let blocks = change.allocations as isize - change.deallocations as isize;
         println!(
-            "{SERVICES} Services, {nodes:>3} nodes  {:>6.2} MiB  {:>5} bytes/Service",
+            "{SERVICES} Services, {nodes:>3} nodes  {:>6.2} MiB  {:>5} bytes/Service  {:.2} blocks/Service",
             held as f64 / (1024.0 * 1024.0),
-            held / SERVICES as isize
+            held / SERVICES as isize,
+            blocks as f64 / SERVICES as f64
         );
         drop(elector);
     }

@@ -288,7 +288,7 @@ fn a_change_elects_only_what_it_can_move() {
     let mut facts = elector
         .decisions()
         .values()
-        .find(|d| d.services == [key.clone()])
+        .find(|d| *d.services == [key.clone()])
         .map(|d| d.key.address())
         .map(|ip| ServiceFacts {
             service: key.clone(),

@@ -455,7 +455,7 @@ impl Speaker {
                     .map(|d| d.services.clone())
                     .unwrap_or_default();
                 memory.to_report.extend(services.iter().cloned());
-                for service in services {
+                for service in services.iter().cloned() {
                     self.reports.notice(Notice {
                         service,
                         warning: true,
@@ -516,7 +516,7 @@ impl Speaker {
                 .elector
                 .decisions()
                 .get(ip)
-                .map(|d| d.services.clone())
+                .map(|d| d.services.to_vec())
                 .unwrap_or_default()
         };
         let ip = match &event {
@@ -923,7 +923,11 @@ impl Speaker {
                 memory.fenced.remove(ip);
             }
             let owner_changed = before.as_ref().map(|d| &d.owner) != decision.map(|d| &d.owner);
-            for service in before.iter().chain(decision).flat_map(|d| &d.services) {
+            for service in before
+                .iter()
+                .chain(decision)
+                .flat_map(|d| d.services.iter())
+            {
                 memory.to_report.insert(service.clone());
             }
             match decision {

@@ -38,11 +38,12 @@ pub struct Elector {
     /// pool share one list instead of holding a copy each.
     coverings: Vec<Arc<[Advertisement]>>,
     live: BTreeSet<NodeName>,
-    /// The Services holding each address.
-    /// (Sorted vectors, not sets: nearly every address has one Service and every group one
-    /// address, and a one-element set costs a whole tree node.)
-    holders: BTreeMap<IpAddr, Vec<ServiceKey>>,
-    /// The addresses elected under each key.
+    /// The Services holding each address, sorted. Shared with the address's decision: one
+    /// list an address instead of two (a slice, not a set: nearly every address has one
+    /// Service, and a one-element set costs a whole tree node).
+    holders: BTreeMap<IpAddr, Arc<[ServiceKey]>>,
+    /// The addresses elected under each key; empty for the key's own address alone, as
+    /// nearly every group is (a one-address list would be an allocation per address).
     groups: BTreeMap<ElectionKey, Vec<IpAddr>>,
     decisions: BTreeMap<IpAddr, Decision>,
     /// Addresses whose Services or advertisements changed since the last settle.
@@ -84,12 +85,15 @@ impl Elector {
         if let Some(old) = self.services.remove(key) {
             for address in &old.addresses {
                 self.touched.insert(*address);
-                if let Some(holders) = self.holders.get_mut(address) {
-                    if let Ok(at) = holders.binary_search(key) {
-                        holders.remove(at);
-                    }
-                    if holders.is_empty() {
+                if let Some(holders) = self.holders.get_mut(address)
+                    && let Ok(at) = holders.binary_search(key)
+                {
+                    if holders.len() == 1 {
                         self.holders.remove(address);
+                    } else {
+                        let mut left = holders.to_vec();
+                        left.remove(at);
+                        *holders = left.into();
                     }
                 }
             }
@@ -97,9 +101,11 @@ impl Elector {
         if let Some(facts) = facts {
             for address in &facts.addresses {
                 self.touched.insert(*address);
-                let holders = self.holders.entry(*address).or_default();
+                let holders = self.holders.entry(*address).or_insert_with(|| Arc::new([]));
                 if let Err(at) = holders.binary_search(key) {
-                    holders.insert(at, key.clone());
+                    let mut more = holders.to_vec();
+                    more.insert(at, key.clone());
+                    *holders = more.into();
                 }
             }
             self.services.insert(key.clone(), facts);
@@ -214,10 +220,7 @@ impl Elector {
                 if elect.contains(key) {
                     continue;
                 }
-                let Some(decision) = group
-                    .first()
-                    .and_then(|address| self.decisions.get(address))
-                else {
+                let Some(decision) = self.decisions.get(&members(key, group)[0]) else {
                     elect.insert(*key);
                     continue;
                 };
@@ -255,7 +258,7 @@ impl Elector {
                 Ok((owner, successor)) => (Ok(owner), successor),
                 Err(why) => (Err(why), None),
             };
-            for address in group {
+            for address in members(&key, group) {
                 let decision = Decision {
                     key,
                     owner: owner.clone(),
@@ -264,7 +267,7 @@ impl Elector {
                         Ok(node) => self.interfaces(*address, node),
                         Err(_) => None,
                     },
-                    services: self.holders[address].to_vec(),
+                    services: self.holders[address].clone(),
                 };
                 if self.decisions.get(address) != Some(&decision) {
                     let before = self.decisions.insert(*address, decision);
@@ -286,7 +289,7 @@ impl Elector {
             if let Some(decision) = self.decisions.get(address)
                 && let Some(group) = self.groups.get(&decision.key)
             {
-                queue.extend(group.iter().copied());
+                queue.extend(members(&decision.key, group).iter().copied());
             }
         }
         let mut services: BTreeSet<&ServiceKey> = BTreeSet::new();
@@ -294,7 +297,12 @@ impl Elector {
             if !addresses.insert(address) {
                 continue;
             }
-            for key in self.holders.get(&address).into_iter().flatten() {
+            for key in self
+                .holders
+                .get(&address)
+                .into_iter()
+                .flat_map(|keys| keys.iter())
+            {
                 if services.insert(key) {
                     queue.extend(self.services[key].addresses.iter().copied());
                 }
@@ -312,11 +320,17 @@ impl Elector {
         let keys = election::election_keys(&held);
         let groups = election::group_by_key(&keys);
         let regrouped = groups.keys().copied().collect();
-        self.groups.extend(
-            groups
-                .into_iter()
-                .map(|(key, group)| (key, group.into_iter().collect())),
-        );
+        self.groups.extend(groups.into_iter().map(|(key, group)| {
+            let alone = group.len() == 1 && group.contains(&key.address());
+            (
+                key,
+                if alone {
+                    vec![]
+                } else {
+                    group.into_iter().collect()
+                },
+            )
+        }));
         regrouped
     }
 
@@ -329,7 +343,7 @@ impl Elector {
         pool: impl IntoIterator<Item = &'a NodeName>,
     ) -> Result<(NodeName, Option<NodeName>), NoOwner> {
         let mut candidates: BTreeSet<&NodeName> = pool.into_iter().collect();
-        for address in group {
+        for address in members(key, group) {
             let ads = self
                 .advertisements
                 .get(address)
@@ -379,5 +393,14 @@ impl Elector {
             union.extend(ad.interfaces.as_ref()?.iter().cloned());
         }
         Some(union.into_iter().collect())
+    }
+}
+
+/// The addresses of a group as [`Elector::groups`] keeps it.
+fn members<'a>(key: &'a ElectionKey, group: &'a [IpAddr]) -> &'a [IpAddr] {
+    if group.is_empty() {
+        std::slice::from_ref(key.address_ref())
+    } else {
+        group
     }
 }

@@ -17,6 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 pub mod bgp;
 mod elector;
@@ -128,8 +129,8 @@ pub struct Decision {
     /// The interfaces the owner announces on: the union of the `interfaces` of the advertisements
     /// that cover the address and select the owner; `None` when one of them leaves it open.
     pub interfaces: Option<Vec<String>>,
-    /// The Services holding the address.
-    pub services: Vec<ServiceKey>,
+    /// The Services holding the address (shared with the elector's own list).
+    pub services: Arc<[ServiceKey]>,
 }
 
 /// Stage 2 for one node and one advertisement: its `nodeSelectors` select the node.

@@ -36,6 +36,11 @@ impl ElectionKey {
     pub fn address(&self) -> IpAddr {
         self.0
     }
+
+    /// The address, borrowed: lets a one-address group be read as a slice of its key.
+    pub(crate) fn address_ref(&self) -> &IpAddr {
+        &self.0
+    }
 }
 
 impl fmt::Display for ElectionKey {
