@@ -384,7 +384,7 @@ mod tests {
         let classes = model::ClassPolicy {
             handle_unclassed: true,
         };
-        crate::view::ServiceRecord::of(&svc, classes).expect("ours")
+        crate::view::ServiceRecord::of(&svc, classes, &crate::view::Names::default()).expect("ours")
     }
 
     /// 198.51.100.200 answered on `link`.

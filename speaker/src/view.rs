@@ -5,9 +5,9 @@
 //! The caches keep the last state they saw: when the API server goes away the watchers retry
 //! with backoff and the speaker goes on electing, and failing over, from that state.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crds::{BFDProfile, BGPAdvertisement, BGPPeer, IPAddressPool, L2Advertisement};
 use k8s_openapi::api::core::v1::{Node, Service};
@@ -60,7 +60,8 @@ pub struct ServiceRecord {
     pub key: ServiceKey,
     /// `status.loadBalancer.ingress`.
     pub ingress: Vec<IpAddr>,
-    pub allocated_from: Option<String>,
+    /// The pool, as [`Names`] shares it.
+    pub allocated_from: Option<Arc<str>>,
     pub traffic_policy: TrafficPolicy,
     pub conflict_reported: bool,
     pub generation: Option<i64>,
@@ -78,7 +79,8 @@ pub struct Announced {
     pub digest: u64,
     /// The node a True condition names: its message's last word (the admission policy makes
     /// every writer sign it so).
-    pub by: Option<Box<str>>,
+    /// (As [`Names`] shares it.)
+    pub by: Option<Arc<str>>,
     pub last_transition_time: Time,
 }
 
@@ -93,15 +95,63 @@ impl Announced {
     }
 }
 
+/// One shared copy of each pool and node name the Service records hold: a few dozen distinct
+/// names, where a copy apiece was two small allocations a Service (64 bytes of heap each at
+/// 10,000 Services).
+#[derive(Debug, Default)]
+pub struct Names {
+    held: Mutex<HeldNames>,
+}
+
+#[derive(Debug, Default)]
+struct HeldNames {
+    names: HashSet<Arc<str>>,
+    /// How many names trigger the next sweep.
+    sweep_at: usize,
+}
+
+impl Names {
+    pub fn get(&self, name: &str) -> Arc<str> {
+        let mut held = self
+            .held
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(name) = held.names.get(name) {
+            return name.clone();
+        }
+        // A node or pool gone leaves its name held here alone. Sweeping such names each time
+        // the set has doubled since the last sweep keeps the work per new name constant.
+        if held.names.len() >= held.sweep_at {
+            held.names.retain(|name| Arc::strong_count(name) > 1);
+            held.sweep_at = (2 * held.names.len()).max(64);
+        }
+        let name: Arc<str> = name.into();
+        held.names.insert(name.clone());
+        name
+    }
+
+    /// How many names are held.
+    pub fn count(&self) -> usize {
+        let held = self
+            .held
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        held.names.len()
+    }
+}
+
 impl ServiceRecord {
     /// The record of a Service ferrolb announces for, read through the one Service parser;
     /// `None` for anybody else's.
-    pub fn of(svc: &Service, classes: ClassPolicy) -> Option<ServiceRecord> {
+    pub fn of(svc: &Service, classes: ClassPolicy, names: &Names) -> Option<ServiceRecord> {
         let service = crds::read::service(svc);
         service.is_ours(classes).then(|| ServiceRecord {
             key: service.key,
             ingress: service.ingress,
-            allocated_from: service.allocated_from,
+            allocated_from: service
+                .allocated_from
+                .as_deref()
+                .map(|pool| names.get(pool)),
             traffic_policy: service.traffic_policy,
             conflict_reported: service.conflict_reported,
             generation: svc.metadata.generation,
@@ -119,13 +169,12 @@ impl ServiceRecord {
                     by: (c.status == "True")
                         .then(|| model::announcement::writer(&c.message))
                         .flatten()
-                        .map(Box::from),
+                        .map(|node| names.get(node)),
                     last_transition_time: c.last_transition_time.clone(),
                 }),
         })
     }
 
-    /// The node the `Announced` condition says announces the Service.
     /// A Service's new record takes its old one's key when they name the same Service: the
     /// election, the loop and the reports hold that one, and a key apiece per condition write
     /// was three copies a Service (1.7 MB at 10,000, heaptrack).
@@ -135,6 +184,7 @@ impl ServiceRecord {
         }
     }
 
+    /// The node the `Announced` condition says announces the Service.
     pub fn announced_by(&self) -> Option<&str> {
         self.announced.as_ref()?.by.as_deref()
     }
@@ -228,7 +278,10 @@ impl Stores {
                 Api::all(client.clone()),
                 watcher::Config::default(),
                 Watch {
-                    project: Box::new(move |svc: &Service| ServiceRecord::of(svc, classes)),
+                    project: {
+                        let names = Names::default();
+                        Box::new(move |svc: &Service| ServiceRecord::of(svc, classes, &names))
+                    },
                     changed: |svc: &Service| Change::Service {
                         namespace: svc.namespace().unwrap_or_default(),
                         name: svc.name_any(),
@@ -697,7 +750,8 @@ mod tests {
 
     #[test]
     fn a_service_of_ours_keeps_what_the_election_and_the_report_read() {
-        let record = ServiceRecord::of(&service("LoadBalancer", None), OURS).expect("ours");
+        let record = ServiceRecord::of(&service("LoadBalancer", None), OURS, &Names::default())
+            .expect("ours");
         assert_eq!(record.key, ServiceKey::new("shop", "web", "u1"));
         assert_eq!(record.ingress, ["192.0.2.10".parse::<IpAddr>().unwrap()]);
         assert_eq!(record.traffic_policy, TrafficPolicy::Local);
@@ -706,17 +760,66 @@ mod tests {
     }
 
     #[test]
+    fn records_share_one_copy_of_each_name() {
+        let names = Names::default();
+        let mut svc = service("LoadBalancer", None);
+        svc.metadata.annotations = Some(
+            [(
+                model::service::ANNOTATION_ALLOCATED_FROM.to_string(),
+                "lan".to_string(),
+            )]
+            .into(),
+        );
+        let one = ServiceRecord::of(&svc, OURS, &names).expect("ours");
+        let two = ServiceRecord::of(&svc, OURS, &names).expect("ours");
+        let by = |record: &ServiceRecord| record.announced.clone().and_then(|a| a.by);
+        assert_eq!(one.allocated_from.as_deref(), Some("lan"));
+        assert!(Arc::ptr_eq(
+            one.allocated_from.as_ref().unwrap(),
+            two.allocated_from.as_ref().unwrap()
+        ));
+        assert!(Arc::ptr_eq(&by(&one).unwrap(), &by(&two).unwrap()));
+        assert_eq!(names.count(), 2);
+    }
+
+    #[test]
+    fn names_nobody_holds_are_let_go() {
+        let names = Names::default();
+        let kept = names.get("node-kept");
+        for i in 0..1000 {
+            names.get(&format!("node-{i}"));
+        }
+        assert!(names.count() <= 64, "{} names held", names.count());
+        assert!(Arc::ptr_eq(&names.get("node-kept"), &kept));
+    }
+
+    #[test]
     fn anybody_elses_service_is_not_kept() {
-        assert!(ServiceRecord::of(&service("ClusterIP", None), OURS).is_none());
-        assert!(ServiceRecord::of(&service("LoadBalancer", Some("other.io/lb")), OURS).is_none());
+        assert!(ServiceRecord::of(&service("ClusterIP", None), OURS, &Names::default()).is_none());
+        assert!(
+            ServiceRecord::of(
+                &service("LoadBalancer", Some("other.io/lb")),
+                OURS,
+                &Names::default()
+            )
+            .is_none()
+        );
         let unclassed_elsewhere = ClassPolicy {
             handle_unclassed: false,
         };
-        assert!(ServiceRecord::of(&service("LoadBalancer", None), unclassed_elsewhere).is_none());
+        assert!(
+            ServiceRecord::of(
+                &service("LoadBalancer", None),
+                unclassed_elsewhere,
+                &Names::default()
+            )
+            .is_none()
+        );
         assert!(
             ServiceRecord::of(
                 &service("LoadBalancer", Some(model::service::LOAD_BALANCER_CLASS)),
-                unclassed_elsewhere
+                unclassed_elsewhere,
+                &Names::default()
             )
             .is_some()
         );
