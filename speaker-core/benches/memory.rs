@@ -22,7 +22,13 @@ const SERVICES: u32 = 10_000;
 fn main() {
     // `cargo bench` passes `--bench`; nothing to parse.
     println!("heap held by a settled Elector (bytes requested from the system allocator)");
-    for nodes in [10, 100] {
+    // Advertisements that name their interfaces, as many operators' do, give every owned
+    // address a list of them.
+    for (nodes, interfaces) in [
+        (10, None),
+        (100, None),
+        (100, Some(vec!["eth0".to_string()])),
+    ] {
         let live: BTreeSet<NodeName> = (0..nodes)
             .map(|i| NodeName::new(format!("node-{i}")))
             .collect();
@@ -44,7 +50,7 @@ fn main() {
         let advertisement = vec![Advertisement {
             name: "default-l2".into(),
             nodes: None,
-            interfaces: None,
+            interfaces: interfaces.clone(),
         }];
         let region = Region::new(GLOBAL);
         let mut elector = Elector::new();
@@ -64,7 +70,8 @@ fn main() {
         // Blocks matter beside bytes: glibc spends at least 32 bytes on each, however small.
         let blocks = change.allocations as isize - change.deallocations as isize;
         println!(
-            "{SERVICES} Services, {nodes:>3} nodes  {:>6.2} MiB  {:>5} bytes/Service  {:.2} blocks/Service",
+            "{SERVICES} Services, {nodes:>3} nodes, interfaces {:<8}  {:>6.2} MiB  {:>5} bytes/Service  {:.2} blocks/Service",
+            format!("{interfaces:?}"),
             held as f64 / (1024.0 * 1024.0),
             held / SERVICES as isize,
             blocks as f64 / SERVICES as f64

@@ -180,12 +180,19 @@ fn apply(elector: &mut Elector, model: &mut Model, op: &Op) {
     }
 }
 
+fn decisions(elector: &Elector) -> BTreeMap<IpAddr, Decision> {
+    elector
+        .decisions()
+        .map(|(address, decision)| (*address, decision.clone()))
+        .collect()
+}
+
 fn settle_and_check(elector: &mut Elector, model: &mut Model) {
-    let before: BTreeMap<IpAddr, Decision> = elector.decisions().clone();
+    let before = decisions(elector);
     let changed = elector.settle();
     model.forget_unheld();
     let expected = decide(&model.facts(), &model.live);
-    assert_eq!(elector.decisions(), &expected);
+    assert_eq!(decisions(elector), expected);
     let differs: BTreeSet<IpAddr> = before
         .keys()
         .chain(expected.keys())
@@ -287,7 +294,7 @@ fn a_change_elects_only_what_it_can_move() {
     let key = ServiceKey::new("default", "svc-7", "uid-7");
     let mut facts = elector
         .decisions()
-        .values()
+        .map(|(_, d)| d)
         .find(|d| *d.services == [key.clone()])
         .map(|d| d.key.address())
         .map(|ip| ServiceFacts {
@@ -318,14 +325,14 @@ fn a_change_elects_only_what_it_can_move() {
     let owned_by = |elector: &Elector, node: &NodeName| {
         elector
             .decisions()
-            .values()
+            .map(|(_, d)| d)
             .filter(|d| d.owner.as_ref().ok() == Some(node))
             .count() as u64
     };
     let succeeded_by = |elector: &Elector, node: &NodeName| {
         elector
             .decisions()
-            .values()
+            .map(|(_, d)| d)
             .filter(|d| d.successor.as_ref() == Some(node))
             .count() as u64
     };

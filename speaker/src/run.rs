@@ -427,8 +427,7 @@ impl Speaker {
         let owned = |ip: &IpAddr| {
             memory
                 .elector
-                .decisions()
-                .get(ip)
+                .decision(ip)
                 .is_some_and(|d| d.owner.as_ref().ok() == Some(me))
         };
         let mut over = vec![];
@@ -450,8 +449,7 @@ impl Speaker {
                 tracing::error!(%ip, other, mac = %contest.mac, "two owners");
                 let services = memory
                     .elector
-                    .decisions()
-                    .get(ip)
+                    .decision(ip)
                     .map(|d| d.services.clone())
                     .unwrap_or_default();
                 memory.to_report.extend(services.iter().cloned());
@@ -514,8 +512,7 @@ impl Speaker {
         let services = |ip: &IpAddr| -> Vec<ServiceKey> {
             memory
                 .elector
-                .decisions()
-                .get(ip)
+                .decision(ip)
                 .map(|d| d.services.to_vec())
                 .unwrap_or_default()
         };
@@ -811,11 +808,7 @@ impl Speaker {
         // Known from now on: the next owner takes it over without a probe (after the
         // desired set above, or a first announcement would skip its probe).
         for ip in changed.keys() {
-            let owned = memory
-                .elector
-                .decisions()
-                .get(ip)
-                .is_some_and(|d| d.owner.is_ok());
+            let owned = memory.elector.decision(ip).is_some_and(|d| d.owner.is_ok());
             if owned
                 && let Some(remembered) = memory.addresses.get_mut(ip)
                 && !std::mem::replace(&mut remembered.known, true)
@@ -842,7 +835,7 @@ impl Speaker {
         if !memory.owned.contains(&ip) {
             return None;
         }
-        let decision = memory.elector.decisions().get(&ip)?;
+        let decision = memory.elector.decision(&ip)?;
         let interfaces = announce::choose_interfaces(
             ip,
             decision.interfaces.as_deref(),
@@ -894,7 +887,7 @@ impl Speaker {
         let (mut acquired, mut released) = (0, 0);
         let mut page = self.election.lock().expect("not poisoned");
         for (ip, before) in changed {
-            let decision = memory.elector.decisions().get(ip);
+            let decision = memory.elector.decision(ip);
             let (was, is) = (mine(before.as_ref()), mine(decision));
             let labels = AddressLabels {
                 address: ip.to_string(),
@@ -983,7 +976,7 @@ impl Speaker {
     ) {
         let Some(reach) = &self.reach else { return };
         for ip in changed.keys() {
-            let decision = memory.elector.decisions().get(ip);
+            let decision = memory.elector.decision(ip);
             match decision.and_then(|d| Some((d.owner.as_ref().ok()?, d.successor.as_ref()?))) {
                 Some((owner, successor)) if *successor == self.me && *owner != self.me => {
                     memory.succeeding.insert(*ip, owner.clone());
@@ -1020,7 +1013,6 @@ impl Speaker {
         let disagreements = memory
             .elector
             .decisions()
-            .iter()
             .filter(|(ip, _)| {
                 memory
                     .addresses
@@ -1059,7 +1051,6 @@ impl Speaker {
             return;
         }
         let reporter_for_unowned = live.first() == Some(&self.me);
-        let decisions = memory.elector.decisions();
         for service in services {
             let addresses: Vec<(IpAddr, &Decision)> = memory
                 .elector
@@ -1067,7 +1058,7 @@ impl Speaker {
                 .map(|s| s.addresses.as_slice())
                 .unwrap_or_default()
                 .iter()
-                .filter_map(|ip| decisions.get(ip).map(|d| (*ip, d)))
+                .filter_map(|ip| memory.elector.decision(ip).map(|d| (*ip, d)))
                 .collect();
             // A fenced address is announced by its previous owner, who reports it.
             let owned_by_me = addresses.iter().any(|(ip, d)| {
@@ -1179,7 +1170,7 @@ fn over_bgp(
 impl Memory {
     /// The Services holding `ip` are reported on again.
     fn report_address(&mut self, ip: IpAddr) {
-        if let Some(decision) = self.elector.decisions().get(&ip) {
+        if let Some(decision) = self.elector.decision(&ip) {
             self.to_report.extend(decision.services.iter().cloned());
         }
     }

@@ -33,19 +33,18 @@ use crate::election::{self, ElectionKey, NodeName, ServiceAddresses};
 pub struct Elector {
     nodes: BTreeMap<NodeName, NodeFacts>,
     services: BTreeMap<ServiceKey, ServiceFacts>,
-    advertisements: BTreeMap<IpAddr, Arc<[Advertisement]>>,
+    /// What is held of each address, in one map: one tree entry an address instead of one
+    /// in each of three maps (holders, advertisements, decisions).
+    addresses: BTreeMap<IpAddr, Held>,
     /// Each distinct list of covering advertisements, once: the thousands of addresses of a
     /// pool share one list instead of holding a copy each.
     coverings: Vec<Arc<[Advertisement]>>,
+    /// Each distinct union of interfaces, once, for the same reason.
+    interface_lists: Vec<Arc<[String]>>,
     live: BTreeSet<NodeName>,
-    /// The Services holding each address, sorted. Shared with the address's decision: one
-    /// list an address instead of two (a slice, not a set: nearly every address has one
-    /// Service, and a one-element set costs a whole tree node).
-    holders: BTreeMap<IpAddr, Arc<[ServiceKey]>>,
     /// The addresses elected under each key; empty for the key's own address alone, as
     /// nearly every group is (a one-address list would be an allocation per address).
     groups: BTreeMap<ElectionKey, Vec<IpAddr>>,
-    decisions: BTreeMap<IpAddr, Decision>,
     /// Addresses whose Services or advertisements changed since the last settle.
     touched: BTreeSet<IpAddr>,
     /// A node's facts changed: every group is elected again.
@@ -54,6 +53,25 @@ pub struct Elector {
     joined: BTreeSet<NodeName>,
     /// Groups elected so far (a measure of the work done, for tests and metrics).
     elected: u64,
+}
+
+/// What the elector holds of one address.
+#[derive(Debug, Default)]
+struct Held {
+    /// The Services holding it, sorted; shared with its decision (a slice, not a set: nearly
+    /// every address has one Service, and a one-element set costs a whole tree node). Empty:
+    /// none does any more, and the entry goes at the next settle.
+    services: Arc<[ServiceKey]>,
+    /// The advertisements covering its pool, once set.
+    advertisements: Option<Arc<[Advertisement]>>,
+    /// As of the last settle.
+    decision: Option<Decision>,
+}
+
+impl Held {
+    fn is_held(&self) -> bool {
+        !self.services.is_empty()
+    }
 }
 
 impl Elector {
@@ -85,27 +103,23 @@ impl Elector {
         if let Some(old) = self.services.remove(key) {
             for address in &old.addresses {
                 self.touched.insert(*address);
-                if let Some(holders) = self.holders.get_mut(address)
-                    && let Ok(at) = holders.binary_search(key)
+                if let Some(held) = self.addresses.get_mut(address)
+                    && let Ok(at) = held.services.binary_search(key)
                 {
-                    if holders.len() == 1 {
-                        self.holders.remove(address);
-                    } else {
-                        let mut left = holders.to_vec();
-                        left.remove(at);
-                        *holders = left.into();
-                    }
+                    let mut left = held.services.to_vec();
+                    left.remove(at);
+                    held.services = left.into();
                 }
             }
         }
         if let Some(facts) = facts {
             for address in &facts.addresses {
                 self.touched.insert(*address);
-                let holders = self.holders.entry(*address).or_insert_with(|| Arc::new([]));
-                if let Err(at) = holders.binary_search(key) {
-                    let mut more = holders.to_vec();
+                let held = self.addresses.entry(*address).or_default();
+                if let Err(at) = held.services.binary_search(key) {
+                    let mut more = held.services.to_vec();
                     more.insert(at, key.clone());
-                    *holders = more.into();
+                    held.services = more.into();
                 }
             }
             self.services.insert(key.clone(), facts);
@@ -116,27 +130,16 @@ impl Elector {
     /// holds the address.
     pub fn set_advertisements(&mut self, address: IpAddr, advertisements: Vec<Advertisement>) {
         if self
-            .advertisements
+            .addresses
             .get(&address)
-            .is_some_and(|held| **held == *advertisements)
+            .and_then(|held| held.advertisements.as_deref())
+            .is_some_and(|held| *held == *advertisements)
         {
             return;
         }
         self.touched.insert(address);
-        let shared = self.shared(advertisements);
-        self.advertisements.insert(address, shared);
-    }
-
-    /// The held copy of a list of advertisements, made if there is none.
-    fn shared(&mut self, advertisements: Vec<Advertisement>) -> Arc<[Advertisement]> {
-        if let Some(held) = self.coverings.iter().find(|c| ***c == *advertisements) {
-            return held.clone();
-        }
-        // Lists no address holds any more (a pool or advertisement changed) are let go.
-        self.coverings.retain(|c| Arc::strong_count(c) > 1);
-        let shared: Arc<[Advertisement]> = advertisements.into();
-        self.coverings.push(shared.clone());
-        shared
+        let shared = share(&mut self.coverings, advertisements);
+        self.addresses.entry(address).or_default().advertisements = Some(shared);
     }
 
     /// A node's facts (`None`: the Node is gone).
@@ -167,9 +170,16 @@ impl Elector {
         &self.live
     }
 
-    /// Every address's decision as of the last settle.
-    pub fn decisions(&self) -> &BTreeMap<IpAddr, Decision> {
-        &self.decisions
+    /// Every address's decision as of the last settle, in address order.
+    pub fn decisions(&self) -> impl Iterator<Item = (&IpAddr, &Decision)> {
+        self.addresses
+            .iter()
+            .filter_map(|(address, held)| Some((address, held.decision.as_ref()?)))
+    }
+
+    /// An address's decision as of the last settle.
+    pub fn decision(&self, address: &IpAddr) -> Option<&Decision> {
+        self.addresses.get(address)?.decision.as_ref()
     }
 
     /// Groups elected since this elector was made.
@@ -205,9 +215,17 @@ impl Elector {
     pub fn settle(&mut self) -> BTreeMap<IpAddr, Option<Decision>> {
         let touched = std::mem::take(&mut self.touched);
         let regrouped = self.regroup(&touched);
+        // Addresses no Service holds any more go, and their decisions with them.
+        let mut changed: BTreeMap<IpAddr, Option<Decision>> = BTreeMap::new();
         for address in &touched {
-            if !self.holders.contains_key(address) {
-                self.advertisements.remove(address);
+            if self
+                .addresses
+                .get(address)
+                .is_some_and(|held| !held.is_held())
+                && let Some(gone) = self.addresses.remove(address)
+                && let Some(decision) = gone.decision
+            {
+                changed.insert(*address, Some(decision));
             }
         }
         let mut elect: BTreeSet<ElectionKey> = regrouped;
@@ -220,7 +238,7 @@ impl Elector {
                 if elect.contains(key) {
                     continue;
                 }
-                let Some(decision) = self.decisions.get(&members(key, group)[0]) else {
+                let Some(decision) = self.decision(&members(key, group)[0]) else {
                     elect.insert(*key);
                     continue;
                 };
@@ -244,21 +262,18 @@ impl Elector {
             }
         }
 
-        let mut changed: BTreeMap<IpAddr, Option<Decision>> = touched
-            .into_iter()
-            .filter(|address| !self.holders.contains_key(address))
-            .filter_map(|address| Some((address, Some(self.decisions.remove(&address)?))))
-            .collect();
         for key in elect {
-            let Some(group) = self.groups.get(&key) else {
+            // A copy, so that the interface lists can grow meanwhile: nothing to copy for a
+            // one-address group, whose list is empty.
+            let Some(group) = self.groups.get(&key).cloned() else {
                 continue;
             };
             self.elected += 1;
-            let (owner, successor) = match self.owner(&key, group, self.live.iter()) {
+            let (owner, successor) = match self.owner(&key, &group, self.live.iter()) {
                 Ok((owner, successor)) => (Ok(owner), successor),
                 Err(why) => (Err(why), None),
             };
-            for address in members(&key, group) {
+            for address in members(&key, &group) {
                 let decision = Decision {
                     key,
                     owner: owner.clone(),
@@ -267,10 +282,14 @@ impl Elector {
                         Ok(node) => self.interfaces(*address, node),
                         Err(_) => None,
                     },
-                    services: self.holders[address].clone(),
+                    services: self.addresses[address].services.clone(),
                 };
-                if self.decisions.get(address) != Some(&decision) {
-                    let before = self.decisions.insert(*address, decision);
+                let held = self
+                    .addresses
+                    .get_mut(address)
+                    .expect("a grouped address is held");
+                if held.decision.as_ref() != Some(&decision) {
+                    let before = held.decision.replace(decision);
                     changed.insert(*address, before);
                 }
             }
@@ -286,7 +305,7 @@ impl Elector {
         let mut queue: Vec<IpAddr> = vec![];
         for address in touched {
             queue.push(*address);
-            if let Some(decision) = self.decisions.get(address)
+            if let Some(decision) = self.decision(address)
                 && let Some(group) = self.groups.get(&decision.key)
             {
                 queue.extend(members(&decision.key, group).iter().copied());
@@ -297,20 +316,16 @@ impl Elector {
             if !addresses.insert(address) {
                 continue;
             }
-            for key in self
-                .holders
-                .get(&address)
-                .into_iter()
-                .flat_map(|keys| keys.iter())
-            {
+            let holders = self.addresses.get(&address).map(|held| &held.services[..]);
+            for key in holders.unwrap_or_default() {
                 if services.insert(key) {
                     queue.extend(self.services[key].addresses.iter().copied());
                 }
             }
         }
         for address in &addresses {
-            if let Some(decision) = self.decisions.get(address) {
-                self.groups.remove(&decision.key);
+            if let Some(key) = self.decision(address).map(|decision| decision.key) {
+                self.groups.remove(&key);
             }
         }
         let held: Vec<ServiceAddresses> = services
@@ -344,9 +359,10 @@ impl Elector {
     ) -> Result<(NodeName, Option<NodeName>), NoOwner> {
         let mut candidates: BTreeSet<&NodeName> = pool.into_iter().collect();
         for address in members(key, group) {
-            let ads = self
+            let held = &self.addresses[address];
+            let ads = held
                 .advertisements
-                .get(address)
+                .as_ref()
                 .filter(|ads| !ads.is_empty())
                 .ok_or(NoOwner::NotAdvertised)?;
             if candidates.is_empty() {
@@ -361,7 +377,8 @@ impl Elector {
             if candidates.is_empty() {
                 return Err(NoOwner::AllExcluded);
             }
-            let local: Vec<&ServiceFacts> = self.holders[address]
+            let local: Vec<&ServiceFacts> = held
+                .services
                 .iter()
                 .map(|key| &self.services[key])
                 .filter(|s| s.local)
@@ -384,16 +401,37 @@ impl Elector {
 
     /// The union of the `interfaces` of the advertisements that cover `address` and select
     /// `owner`; `None` when one of them leaves it open.
-    fn interfaces(&self, address: IpAddr, owner: &NodeName) -> Option<Vec<String>> {
+    fn interfaces(&mut self, address: IpAddr, owner: &NodeName) -> Option<Arc<[String]>> {
         let mut union = BTreeSet::new();
-        for ad in self.advertisements.get(&address)?.iter() {
+        for ad in self
+            .addresses
+            .get(&address)?
+            .advertisements
+            .as_ref()?
+            .iter()
+        {
             if !selects(ad.nodes.as_ref(), owner) {
                 continue;
             }
             union.extend(ad.interfaces.as_ref()?.iter().cloned());
         }
-        Some(union.into_iter().collect())
+        Some(share(
+            &mut self.interface_lists,
+            union.into_iter().collect(),
+        ))
     }
+}
+
+/// The held copy of `list` among `lists`, made if there is none. Lists nobody else holds
+/// any more (a pool or an advertisement changed) are let go when a new one is made.
+fn share<T: PartialEq>(lists: &mut Vec<Arc<[T]>>, list: Vec<T>) -> Arc<[T]> {
+    if let Some(held) = lists.iter().find(|held| ***held == *list) {
+        return held.clone();
+    }
+    lists.retain(|held| Arc::strong_count(held) > 1);
+    let shared: Arc<[T]> = list.into();
+    lists.push(shared.clone());
+    shared
 }
 
 /// The addresses of a group as [`Elector::groups`] keeps it.

@@ -128,7 +128,8 @@ pub struct Decision {
     pub successor: Option<NodeName>,
     /// The interfaces the owner announces on: the union of the `interfaces` of the advertisements
     /// that cover the address and select the owner; `None` when one of them leaves it open.
-    pub interfaces: Option<Vec<String>>,
+    /// (Shared among the decisions with the same union.)
+    pub interfaces: Option<Arc<[String]>>,
     /// The Services holding the address (shared with the elector's own list).
     pub services: Arc<[ServiceKey]>,
 }
@@ -161,7 +162,10 @@ pub fn decide(facts: &Facts, live: &BTreeSet<NodeName>) -> BTreeMap<IpAddr, Deci
     let mut elector = Elector::with_facts(facts);
     elector.set_live(live.clone());
     elector.settle();
-    elector.decisions().clone()
+    elector
+        .decisions()
+        .map(|(address, decision)| (*address, decision.clone()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -365,8 +369,8 @@ mod tests {
         );
         let d = decide(&f, &names(&["a"]));
         assert_eq!(
-            d[&ip("192.0.2.10")].interfaces,
-            Some(vec!["eth0".to_string(), "eth1".to_string()])
+            d[&ip("192.0.2.10")].interfaces.as_deref(),
+            Some(&["eth0".to_string(), "eth1".to_string()][..])
         );
         let d = decide(&f, &names(&["b"]));
         assert_eq!(d[&ip("192.0.2.10")].interfaces, None);
