@@ -467,7 +467,8 @@ impl Speaker {
             if let Some(contest) = memory.contests.remove(&ip)
                 && contest.reported
             {
-                tracing::warn!(%ip, "no longer answered by two nodes");
+                // The end of an error already reported: news, not a warning.
+                tracing::info!(%ip, "no longer answered by two nodes");
                 memory.report_address(ip);
             }
         }
