@@ -166,7 +166,12 @@ pub fn mentioning(text: &str) -> Vec<String> {
 
 /// A process's resident set now, in KiB (`VmRSS` of `/proc/PID/status`).
 pub fn rss_kib(pid: u32) -> Result<u64> {
-    let text = proc_status(pid, "VmRSS")?;
+    proc_status_kib(pid, "VmRSS")
+}
+
+/// A `/proc/<pid>/status` field given in kB (`VmRSS`, `RssAnon`, …), in KiB.
+pub fn proc_status_kib(pid: u32, field: &str) -> Result<u64> {
+    let text = proc_status(pid, field)?;
     Ok(text.trim_end_matches(" kB").trim().parse()?)
 }
 

@@ -104,6 +104,9 @@ pub struct ScaleReport {
     pub idle_with_addresses: Idle,
     pub idle_without: Idle,
     pub controller_rss_kib: u64,
+    /// Every speaker's memory once every condition was written (the settled state), read and
+    /// logged at once so that a later failure of the run does not lose it.
+    pub settled_memory: SettledMemory,
     /// Times the controller exited while the Services were created, and was started again.
     pub controller_restarts: usize,
     /// False alarms from convergence to the first failover trial, summed over the speakers
@@ -111,6 +114,66 @@ pub struct ScaleReport {
     pub false_alarms: FalseAlarms,
     /// Hard node death gaps, ms.
     pub failover: Figures,
+}
+
+/// Each speaker's `VmRSS`, `RssAnon` and `RssFile` in KiB, node 1 first.
+#[derive(Debug, Clone, Default)]
+pub struct SettledMemory {
+    pub vm_rss_kib: Vec<u64>,
+    pub rss_anon_kib: Vec<u64>,
+    pub rss_file_kib: Vec<u64>,
+}
+
+/// The limit the issue sets a speaker at 100 nodes and 10,000 Services.
+const SPEAKER_RSS_TARGET_KIB: u64 = 30 * 1024;
+
+impl SettledMemory {
+    fn read(lab: &Lab) -> Result<SettledMemory> {
+        let mut memory = SettledMemory::default();
+        for i in 1..=lab.nodes().len() {
+            let pid = lab.speaker_process(i)? as u32;
+            let kib = |field| crate::process::proc_status_kib(pid, field);
+            memory.vm_rss_kib.push(kib("VmRSS")?);
+            memory.rss_anon_kib.push(kib("RssAnon")?);
+            memory.rss_file_kib.push(kib("RssFile")?);
+        }
+        Ok(memory)
+    }
+
+    fn line(&self, what: &str) -> String {
+        let mib = |v: &[u64]| -> Vec<f64> { v.iter().map(|k| *k as f64 / 1024.0).collect() };
+        let mut heaviest: Vec<(u64, usize)> = self.vm_rss_kib.iter().copied().zip(1..).collect();
+        heaviest.sort_unstable_by(|a, b| b.cmp(a));
+        let heaviest: Vec<String> = heaviest
+            .iter()
+            .take(5)
+            .map(|(kib, node)| format!("node-{node} {:.1}", *kib as f64 / 1024.0))
+            .collect();
+        format!(
+            "FIGURES scale, {what}, settled: speaker VmRSS MiB {} (median {:.1}; {} of {} over 30 MiB; heaviest: {}); RssAnon {} (median {:.1}); RssFile {}",
+            stats(&mib(&self.vm_rss_kib)),
+            median(&mib(&self.vm_rss_kib)),
+            self.vm_rss_kib
+                .iter()
+                .filter(|k| **k > SPEAKER_RSS_TARGET_KIB)
+                .count(),
+            self.vm_rss_kib.len(),
+            heaviest.join(", "),
+            stats(&mib(&self.rss_anon_kib)),
+            median(&mib(&self.rss_anon_kib)),
+            stats(&mib(&self.rss_file_kib)),
+        )
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
 }
 
 /// What the speakers counted between two readings while none of them died.
@@ -235,6 +298,8 @@ impl ScaleReport {
             self.first_answer_v6.summary(&format!(
                 "scale, {what}: Service created -> first NDP answer"
             )),
+            self.settled_memory
+                .line(&format!("{what}, {} Services", self.services)),
             self.idle_with_addresses
                 .line(&format!("{what}, {} Services", self.services)),
             self.idle_without.line(&format!("{what}, no Service")),
@@ -336,6 +401,14 @@ pub async fn run(config: &ScaleConfig) -> Result<ScaleReport> {
     report.reported_services =
         every_condition_written(&api, config.services, config.settle).await?;
     report.reported = start.elapsed();
+    report.settled_memory = SettledMemory::read(&lab)?;
+    tracing::info!(
+        "{}",
+        report.settled_memory.line(&format!(
+            "{} nodes, {} Services",
+            config.nodes, config.services
+        ))
+    );
     // The speakers' start starves the API server too (a 100 × 10,000 run lost its controller
     // there and then waited for an address nobody allocated); the samples below need it.
     if restart_exited_controller(&mut lab, config, &options, &mut report).await? {
@@ -866,7 +939,8 @@ mod tests {
         let last: IpAddr = "198.51.100.250".parse().unwrap();
         assert!(v4.iter().all(|a| *a <= last));
         // Inside 2001:db8::1:0/112, above the lowest 10,000 the Services get.
-        for k in [0, 999] {
+        // The third attempt of the 1000th sample included.
+        for k in [0, 999, 999 + 0x400 * 2] {
             let IpAddr::V6(a) = sample_v6(k) else {
                 panic!("an IPv6 sample")
             };
@@ -875,5 +949,24 @@ mod tests {
             assert!(s[7] >= 10_000);
         }
         assert_eq!(SCALE_POOL, "2001:db8::1:0/112");
+    }
+
+    #[test]
+    fn the_settled_memory_line_counts_the_speakers_over_target_and_names_the_heaviest() {
+        let memory = SettledMemory {
+            vm_rss_kib: vec![28 * 1024, 31 * 1024, 27 * 1024, 30 * 1024 + 1],
+            rss_anon_kib: vec![20 * 1024, 24 * 1024, 19 * 1024, 21 * 1024],
+            rss_file_kib: vec![8 * 1024; 4],
+        };
+        let line = memory.line("4 nodes");
+        assert!(line.contains("median 29.0; 2 of 4 over 30 MiB"), "{line}");
+        assert!(
+            line.contains("heaviest: node-2 31.0, node-4 30.0, node-1 28.0, node-3 27.0"),
+            "{line}"
+        );
+        assert!(
+            line.contains("RssAnon min 19.0, mean 21.0, max 24.0 (median 20.5)"),
+            "{line}"
+        );
     }
 }
