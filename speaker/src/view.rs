@@ -96,8 +96,8 @@ impl Announced {
 }
 
 /// One shared copy of each pool and node name the Service records hold: a few dozen distinct
-/// names, where a copy apiece was two small allocations a Service (64 bytes of heap each at
-/// 10,000 Services).
+/// names, where a copy apiece was two small allocations a Service (at least 64 bytes of heap
+/// a Service, glibc spending 32 bytes on the smallest block).
 #[derive(Debug, Default)]
 pub struct Names {
     held: Mutex<HeldNames>,
