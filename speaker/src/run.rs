@@ -510,11 +510,11 @@ impl Speaker {
     }
 
     fn on_announcer_event(&self, memory: &mut Memory, event: announce::Event) {
-        let services = |ip: &IpAddr| -> Vec<ServiceKey> {
+        let services = |ip: &IpAddr| -> Arc<[ServiceKey]> {
             memory
                 .elector
                 .decision(ip)
-                .map(|d| d.services.to_vec())
+                .map(|d| d.services.clone())
                 .unwrap_or_default()
         };
         let ip = match &event {
@@ -524,7 +524,7 @@ impl Speaker {
             | announce::Event::PeerAnswers { ip, .. }
             | announce::Event::Fenced { ip, .. } => *ip,
         };
-        memory.to_report.extend(services(&ip));
+        memory.to_report.extend(services(&ip).iter().cloned());
         match event {
             announce::Event::Announced { ip, interfaces } => {
                 memory.conflicts.remove(&ip);
@@ -547,7 +547,7 @@ impl Speaker {
                         b.as_str()
                     ))
                 );
-                for service in services(&ip) {
+                for service in services(&ip).iter().cloned() {
                     self.reports.notice(Notice {
                         service,
                         warning: false,
@@ -575,7 +575,7 @@ impl Speaker {
                     )
                 };
                 if answering || memory.conflicts.insert(ip, (interface, mac)).is_none() {
-                    for service in services(&ip) {
+                    for service in services(&ip).iter().cloned() {
                         self.reports.notice(Notice {
                             service,
                             warning: true,
@@ -595,7 +595,7 @@ impl Speaker {
                         self.gossip_port
                     );
                     tracing::warn!(%ip, other, %mac, "fenced: the previous owner still announces it");
-                    for service in services(&ip) {
+                    for service in services(&ip).iter().cloned() {
                         self.reports.notice(Notice {
                             service,
                             warning: true,

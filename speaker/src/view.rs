@@ -112,10 +112,7 @@ struct HeldNames {
 
 impl Names {
     pub fn get(&self, name: &str) -> Arc<str> {
-        let mut held = self
-            .held
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut held = self.held();
         if let Some(name) = held.names.get(name) {
             return name.clone();
         }
@@ -131,12 +128,17 @@ impl Names {
     }
 
     /// How many names are held.
-    pub fn count(&self) -> usize {
-        let held = self
-            .held
+    #[cfg(test)]
+    fn count(&self) -> usize {
+        self.held().names.len()
+    }
+
+    /// The set; a panic elsewhere while it was held leaves it whole (each change is one
+    /// insert or one sweep).
+    fn held(&self) -> std::sync::MutexGuard<'_, HeldNames> {
+        self.held
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        held.names.len()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
