@@ -10,16 +10,22 @@ pub struct Figures {
     pub gaps_ms: Vec<f64>,
 }
 
+/// The nearest-rank percentile `p` (0 to 100) of `values`, the lab's one reading of a
+/// distribution; 0 when there are none.
+pub fn percentile(values: &[f64], p: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
 impl Figures {
     /// The nearest-rank percentile `p` (0 to 100) of the gaps; 0 when there are none.
     pub fn percentile(&self, p: f64) -> f64 {
-        let mut sorted = self.gaps_ms.clone();
-        sorted.sort_by(f64::total_cmp);
-        if sorted.is_empty() {
-            return 0.0;
-        }
-        let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-        sorted[rank.clamp(1, sorted.len()) - 1]
+        percentile(&self.gaps_ms, p)
     }
 
     /// One line for the figures file: `FIGURES <what>: …` with p50, p99, max and every gap.

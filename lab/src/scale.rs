@@ -168,10 +168,7 @@ impl SettledMemory {
 
 /// The nearest-rank median, as every other figure of the lab is read.
 fn median(v: &[f64]) -> f64 {
-    Figures {
-        gaps_ms: v.to_vec(),
-    }
-    .percentile(50.0)
+    crate::figures::percentile(v, 50.0)
 }
 
 /// What the speakers counted between two readings while none of them died.
