@@ -19,6 +19,9 @@ use crate::Lab;
 /// saturated).
 pub const GRACEFUL_UNOPENED_MAX: usize = 10;
 
+/// How long the router's route must stay as it is before [`BgpRouter::converged`] says so.
+const STABLE_ROUTE: Duration = Duration::from_secs(1);
+
 /// The client's subnet behind the BGP router (IPv6: the lab's IPv4 documentation prefixes
 /// are the LAN, the ClusterIPs and the pods).
 pub const BEHIND_ROUTER: &str = "2001:db8:ff::";
@@ -158,6 +161,9 @@ impl BgpRouter {
     /// session is Up.
     pub async fn converged(&self, lab: &Lab, vip: IpAddr, nodes: &[usize]) {
         let deadline = Instant::now() + Duration::from_secs(60);
+        // The route as it was, and since when: a group whose order changes rehashes the
+        // client, so "converged" is the right set unchanged for a second.
+        let mut last: Option<(String, Instant)> = None;
         loop {
             let hops = self.kernel_next_hops(vip);
             let routed = (1..=lab.nodes().len()).all(|i| {
@@ -165,9 +171,14 @@ impl BgpRouter {
             });
             let bfd = self.frr.vtysh("show bfd peers brief").unwrap_or_default();
             let bfd_up = bfd.matches(" up ").count() == lab.nodes().len();
-            if routed && bfd_up {
+            let since = match &last {
+                Some((previous, since)) if *previous == hops => *since,
+                _ => Instant::now(),
+            };
+            if routed && bfd_up && since.elapsed() >= STABLE_ROUTE {
                 return;
             }
+            last = Some((hops.clone(), since));
             assert!(
                 Instant::now() < deadline,
                 "the router sends {vip} via {hops:?}, not nodes {nodes:?}; BFD: {bfd}\n{}",

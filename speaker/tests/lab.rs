@@ -1736,16 +1736,10 @@ async fn admission_policy_lets_a_speaker_write_only_its_own_announced_condition(
         .await
         .unwrap();
 
-    // The policy as shipped (the lab applied it the same way at its start).
-    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
-    lab.kubectl(&[
-        "apply",
-        "--server-side",
-        "-k",
-        &deploy.canonicalize().unwrap().display().to_string(),
-    ])
-    .await
-    .unwrap();
+    // The policy as shipped, applied as the lab did at its start: deploy/ without its
+    // workloads. (All of deploy/ started a real controller, whose pod, once up, put its own
+    // address back over the one this test writes as the controller below.)
+    lab.apply_api().await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     let refused = loop {
         match write_status(&speaker1, &merge, &redirect).await {
@@ -2378,6 +2372,7 @@ async fn bgp_with_bfd_fails_over_a_dead_node() {
     let (mut gaps, mut unopened) = (vec![], vec![]);
     for trial in 0..trials() {
         bgp.converged(&lab, vip, &advertisers).await;
+        let route = bgp.kernel_next_hops(vip);
         let victim = bgp.client_path(&lab, vip);
         // The path the router's kernel names is the one the client's connections take: the
         // ingress node's conntrack holds them.
@@ -2410,7 +2405,10 @@ async fn bgp_with_bfd_fails_over_a_dead_node() {
         assert_eq!(
             through,
             [victim],
-            "trial {trial}: the client's connections went through {through:?}"
+            "trial {trial}: the client's connections went through {through:?}; the route was {route:?}, is {:?}; the router's kernel now names node {}\n{}",
+            bgp.kernel_next_hops(vip),
+            bgp.client_path(&lab, vip),
+            bgp.frr.log_tail(40)
         );
         let config = lab::ProbeConfig::failover(vip, Duration::from_millis(2500));
         let client = lab::netns::NetNs::clone(&bgp.client);

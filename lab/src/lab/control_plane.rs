@@ -49,7 +49,7 @@ impl Lab {
     /// Applies deploy/ without its Deployment and DaemonSet: ferrolb's API, namespace,
     /// accounts and RBAC, for a lab whose tests run the binaries themselves
     /// ([`super::Install::Processes`]); with kubelets, the workloads would run beside them.
-    pub(super) async fn apply_api(&self) -> Result<()> {
+    pub async fn apply_api(&self) -> Result<()> {
         let deploy = deploy_dir()?;
         let rendered = self.kubectl(&["kustomize", &deploy]).await?;
         let api: Vec<&str> = rendered
