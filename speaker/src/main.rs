@@ -99,12 +99,21 @@ struct Args {
     log: common::LogArgs,
 }
 
-// Two workers whatever the node's size: the speaker's tasks need no more, and every worker
-// thread that allocates gets a malloc arena of its own, which on a 64-core node would grow the
-// resident set with the core count.
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> anyhow::Result<()> {
+/// Two workers whatever the node's size: the speaker's tasks need no more.
+const WORKERS: usize = 2;
+
+/// One malloc arena for every thread (workers, the announcer, the blocking pool): a burst
+/// freed by one thread is then reusable by all, instead of each arena keeping its own
+/// leftovers resident. The threads' caches (tcache) keep small allocations off the arena's
+/// lock.
+const ARENAS: u16 = 1;
+
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    common::memory::runtime(WORKERS, ARENAS)?.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     args.log.init()?;
     common::health::abort_on_panic();
     common::memory::keep_trimmed();
