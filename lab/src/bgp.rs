@@ -19,9 +19,6 @@ use crate::Lab;
 /// saturated).
 pub const GRACEFUL_UNOPENED_MAX: usize = 10;
 
-/// How long the router's route must stay as it is before [`BgpRouter::converged`] says so.
-const STABLE_ROUTE: Duration = Duration::from_secs(1);
-
 /// The client's subnet behind the BGP router (IPv6: the lab's IPv4 documentation prefixes
 /// are the LAN, the ClusterIPs and the pods).
 pub const BEHIND_ROUTER: &str = "2001:db8:ff::";
@@ -161,9 +158,6 @@ impl BgpRouter {
     /// session is Up.
     pub async fn converged(&self, lab: &Lab, vip: IpAddr, nodes: &[usize]) {
         let deadline = Instant::now() + Duration::from_secs(60);
-        // The route as it was, and since when: a group whose order changes rehashes the
-        // client, so "converged" is the right set unchanged for a second.
-        let mut last: Option<(String, Instant)> = None;
         loop {
             let hops = self.kernel_next_hops(vip);
             let routed = (1..=lab.nodes().len()).all(|i| {
@@ -171,14 +165,9 @@ impl BgpRouter {
             });
             let bfd = self.frr.vtysh("show bfd peers brief").unwrap_or_default();
             let bfd_up = bfd.matches(" up ").count() == lab.nodes().len();
-            let since = match &last {
-                Some((previous, since)) if *previous == hops => *since,
-                _ => Instant::now(),
-            };
-            if routed && bfd_up && since.elapsed() >= STABLE_ROUTE {
+            if routed && bfd_up {
                 return;
             }
-            last = Some((hops.clone(), since));
             assert!(
                 Instant::now() < deadline,
                 "the router sends {vip} via {hops:?}, not nodes {nodes:?}; BFD: {bfd}\n{}",
@@ -203,23 +192,20 @@ impl BgpRouter {
         }
     }
 
-    /// The node the router sends the client's connections to `vip` through.
+    /// The node the router sends the client's connections to `vip` through: the one whose
+    /// address the pod sees on a new connection (a Service with `externalTrafficPolicy:
+    /// Cluster` is masqueraded by the node it enters). Not `ip route get` on the router: for
+    /// hash policy 3 the kernel hashes a forwarded packet's outer and inner headers together
+    /// and a route lookup's flow alone, so the two can name different nodes of one group.
     pub fn client_path(&self, lab: &Lab, vip: IpAddr) -> usize {
-        let route = self
-            .router
-            .ip(&[
-                "-6",
-                "route",
-                "get",
-                &vip.to_string(),
-                "from",
-                &Self::client_ip(),
-                "iif",
-                "rc",
-            ])
-            .unwrap();
+        let target = std::net::SocketAddr::new(vip, 80);
+        let seen = self
+            .client
+            .enter(|| crate::probe::client_seen(target, Duration::from_secs(2)))
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{vip} through the router: {e}"));
         (1..=lab.nodes().len())
-            .find(|i| route.contains(&format!("via {} ", crate::plan::node_v6(*i))))
-            .unwrap_or_else(|| panic!("no node in {route:?}"))
+            .find(|i| IpAddr::V6(crate::plan::node_v6(*i)) == seen)
+            .unwrap_or_else(|| panic!("the pod saw {seen}, no node's address"))
     }
 }
