@@ -431,6 +431,14 @@ pub async fn run(config: &ScaleConfig) -> Result<ScaleReport> {
         "first answers (ms)"
     );
     report.idle_with_addresses = idle_cost(&lab, config.idle).await?;
+    // Logged at once, as the settled memory: a 100-node run has failed past this point.
+    tracing::info!(
+        "{}",
+        report.idle_with_addresses.line(&format!(
+            "{} nodes, {} Services",
+            config.nodes, config.services
+        ))
+    );
     restart_exited_controller(&mut lab, config, &options, &mut report).await?;
     let pid = lab
         .controller_pid(1)
