@@ -193,19 +193,46 @@ impl BgpRouter {
     }
 
     /// The node the router sends the client's connections to `vip` through: the one whose
-    /// address the pod sees on a new connection (a Service with `externalTrafficPolicy:
-    /// Cluster` is masqueraded by the node it enters). Not `ip route get` on the router: for
-    /// hash policy 3 the kernel hashes a forwarded packet's outer and inner headers together
-    /// and a route lookup's flow alone, so the two can name different nodes of one group.
+    /// conntrack holds a connection the client opens now (held open while every node is
+    /// asked, by its source port). Not `ip route get` on the router: for hash policy 3 the
+    /// kernel hashes a forwarded packet's outer and inner headers together and a route
+    /// lookup's flow alone, so the two can name different nodes of one group.
     pub fn client_path(&self, lab: &Lab, vip: IpAddr) -> usize {
         let target = std::net::SocketAddr::new(vip, 80);
-        let seen = self
+        let connection = self
             .client
-            .enter(|| crate::probe::client_seen(target, Duration::from_secs(2)))
+            .enter(|| std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2)))
             .unwrap()
             .unwrap_or_else(|e| panic!("{vip} through the router: {e}"));
-        (1..=lab.nodes().len())
-            .find(|i| IpAddr::V6(crate::plan::node_v6(*i)) == seen)
-            .unwrap_or_else(|| panic!("the pod saw {seen}, no node's address"))
+        let port = connection.local_addr().unwrap().port().to_string();
+        let holding: Vec<usize> = (1..=lab.nodes().len())
+            .filter(|i| {
+                lab.node(*i)
+                    .ns
+                    .exec(
+                        "conntrack",
+                        &[
+                            "-L",
+                            "-f",
+                            "ipv6",
+                            "-p",
+                            "tcp",
+                            "-s",
+                            &Self::client_ip(),
+                            "--sport",
+                            &port,
+                        ],
+                    )
+                    .unwrap_or_default()
+                    .contains(&format!("sport={port} "))
+            })
+            .collect();
+        drop(connection);
+        match holding[..] {
+            [node] => node,
+            _ => panic!(
+                "the client's connection from port {port} is in the conntrack of nodes {holding:?}"
+            ),
+        }
     }
 }

@@ -2404,7 +2404,7 @@ async fn bgp_with_bfd_fails_over_a_dead_node() {
         assert_eq!(
             through,
             [victim],
-            "trial {trial}: the client's connections went through {through:?}, not node {victim} whose address the pod saw"
+            "trial {trial}: the client's connections went through {through:?}, not node {victim} alone"
         );
         let config = lab::ProbeConfig::failover(vip, Duration::from_millis(2500));
         let client = lab::netns::NetNs::clone(&bgp.client);
