@@ -204,29 +204,9 @@ impl BgpRouter {
             .enter(|| std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2)))
             .unwrap()
             .unwrap_or_else(|e| panic!("{vip} through the router: {e}"));
-        let port = connection.local_addr().unwrap().port().to_string();
-        let holding: Vec<usize> = (1..=lab.nodes().len())
-            .filter(|i| {
-                lab.node(*i)
-                    .ns
-                    .exec(
-                        "conntrack",
-                        &[
-                            "-L",
-                            "-f",
-                            "ipv6",
-                            "-p",
-                            "tcp",
-                            "-s",
-                            &Self::client_ip(),
-                            "--sport",
-                            &port,
-                        ],
-                    )
-                    .unwrap_or_default()
-                    .contains(&format!("sport={port} "))
-            })
-            .collect();
+        let port = connection.local_addr().unwrap().port();
+        let all: Vec<usize> = (1..=lab.nodes().len()).collect();
+        let holding = self.nodes_holding_client(lab, &all, Some(port));
         drop(connection);
         match holding[..] {
             [node] => node,
@@ -234,5 +214,42 @@ impl BgpRouter {
                 "the client's connection from port {port} is in the conntrack of nodes {holding:?}"
             ),
         }
+    }
+
+    /// The nodes among `nodes` whose conntrack holds a connection of the client's to port 80
+    /// (from source `port` when given): where the router sent it.
+    pub fn nodes_holding_client(
+        &self,
+        lab: &Lab,
+        nodes: &[usize],
+        port: Option<u16>,
+    ) -> Vec<usize> {
+        let client = Self::client_ip();
+        let port = port.map(|p| p.to_string());
+        let mut filter = vec![
+            "-L",
+            "-f",
+            "ipv6",
+            "-p",
+            "tcp",
+            "-s",
+            client.as_str(),
+            "--dport",
+            "80",
+        ];
+        if let Some(port) = &port {
+            filter.extend(["--sport", port.as_str()]);
+        }
+        nodes
+            .iter()
+            .copied()
+            .filter(|i| {
+                lab.node(*i)
+                    .ns
+                    .exec("conntrack", &filter)
+                    .unwrap_or_default()
+                    .contains("dport=80")
+            })
+            .collect()
     }
 }

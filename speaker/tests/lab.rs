@@ -2387,20 +2387,7 @@ async fn bgp_with_bfd_fails_over_a_dead_node() {
             .enter(|| lab::probe::request(target, Duration::from_secs(1)).map(|a| a.pod))
             .unwrap()
             .unwrap_or_else(|e| panic!("trial {trial}: {vip} does not answer the client: {e}"));
-        let through: Vec<usize> = advertisers
-            .iter()
-            .copied()
-            .filter(|i| {
-                lab.node(*i)
-                    .ns
-                    .exec(
-                        "conntrack",
-                        &["-L", "-f", "ipv6", "-s", &lab::bgp::BgpRouter::client_ip()],
-                    )
-                    .unwrap_or_default()
-                    .contains("dport=80")
-            })
-            .collect();
+        let through = bgp.nodes_holding_client(&lab, &advertisers, None);
         assert_eq!(
             through,
             [victim],
