@@ -197,14 +197,18 @@ impl BgpRouter {
     /// asked, by its source port). Not `ip route get` on the router: for hash policy 3 the
     /// kernel hashes a forwarded packet's outer and inner headers together and a route
     /// lookup's flow alone, so the two can name different nodes of one group.
+    ///
+    /// The source port is bound below the ephemeral range and never reused in this process:
+    /// a probe beside it cycles through the ephemeral ports, and one of its earlier
+    /// connections from the same port, sent through another node before the group changed,
+    /// stays in that node's conntrack (seen in CI: one port in the conntrack of two nodes).
     pub fn client_path(&self, lab: &Lab, vip: IpAddr) -> usize {
-        let target = std::net::SocketAddr::new(vip, 80);
+        let port = next_probe_source_port();
         let connection = self
             .client
-            .enter(|| std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2)))
+            .enter(|| connect_from_port(port, std::net::SocketAddr::new(vip, 80)))
             .unwrap()
-            .unwrap_or_else(|e| panic!("{vip} through the router: {e}"));
-        let port = connection.local_addr().unwrap().port();
+            .unwrap_or_else(|e| panic!("{vip} through the router from port {port}: {e}"));
         let all: Vec<usize> = (1..=lab.nodes().len()).collect();
         let holding = self.nodes_holding_client(lab, &all, Some(port));
         drop(connection);
@@ -252,4 +256,30 @@ impl BgpRouter {
             })
             .collect()
     }
+}
+
+/// A source port below Linux's ephemeral range (32768–60999 by default), a new one on each
+/// call: no other connection of the lab's uses it, in this lab or an earlier one.
+fn next_probe_source_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    20_000 + n % 10_000
+}
+
+/// A TCP connection to `target` from source port `port`, opened in the calling thread's
+/// namespace.
+fn connect_from_port(
+    port: u16,
+    target: std::net::SocketAddr,
+) -> std::io::Result<std::net::TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(target), Type::STREAM, None)?;
+    let local: std::net::SocketAddr = match target {
+        std::net::SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, port).into(),
+        std::net::SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, port).into(),
+    };
+    socket.bind(&local.into())?;
+    socket.connect_timeout(&target.into(), Duration::from_secs(2))?;
+    Ok(socket.into())
 }
