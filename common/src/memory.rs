@@ -18,7 +18,9 @@ const WORTH_TELLING_KIB: u64 = 1024;
 
 /// Large blocks (a page of a list, a table that grew) get a mapping of their own from this
 /// size on, whatever was freed before: glibc's default, fixed (see
-/// [`heap_trim::fix_mmap_threshold`]).
+/// [`heap_trim::fix_mmap_threshold`]). Fixing it also keeps the heap's top trimmed from glibc's
+/// default 128 KiB on (glibc stops raising either threshold once one is set), which is all that
+/// `MALLOC_TRIM_THRESHOLD_` in a speaker's environment once did.
 const MMAP_FROM_BYTES: u32 = 128 * 1024;
 
 /// A multi-threaded runtime of `workers` threads whose threads share `arenas` malloc arenas

@@ -1,12 +1,10 @@
 //! ferrolb's own processes in the lab: controller replicas and per-node speakers, started as
 //! deploy/ runs them, and signalled or killed by tests.
 
-use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-use k8s_openapi::api::apps::v1::DaemonSet;
+use anyhow::{Result, bail};
 
 use super::{Lab, args};
 use crate::process::Proc;
@@ -156,13 +154,7 @@ impl Lab {
             "--log-level=info,kube=warn",
         ];
         flags.extend_from_slice(extra);
-        let literal_env = daemonset_literal_env()?;
-        let mut env = vec![("KUBECONFIG", kubeconfig.as_os_str())];
-        env.extend(
-            literal_env
-                .iter()
-                .map(|(name, value)| (name.as_str(), OsStr::new(value))),
-        );
+        let env = vec![("KUBECONFIG", kubeconfig.as_os_str())];
         let proc = Proc::spawn_with_env(
             &node.ns,
             &name,
@@ -268,45 +260,4 @@ fn rand_u128() -> u128 {
         .and_then(|mut f| f.read_exact(&mut buf))
         .expect("/dev/urandom is readable");
     u128::from_le_bytes(buf)
-}
-
-/// The literal environment (`value:`, not the downward API's `valueFrom:`) of the speaker
-/// container in deploy/'s DaemonSet: the lab's speaker processes run with it too.
-fn daemonset_literal_env() -> Result<Vec<(String, String)>> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/base/speaker.yaml");
-    let yaml = std::fs::read_to_string(&path)
-        .with_context(|| format!("the speaker's DaemonSet, {}", path.display()))?;
-    let daemonset: DaemonSet = serde_saphyr::from_str(&yaml)
-        .with_context(|| format!("{} is not a DaemonSet", path.display()))?;
-    let container = daemonset
-        .spec
-        .and_then(|spec| spec.template.spec)
-        .and_then(|pod| pod.containers.into_iter().find(|c| c.name == "speaker"))
-        .with_context(|| format!("no speaker container in {}", path.display()))?;
-    Ok(container
-        .env
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|var| Some((var.name, var.value?)))
-        .collect())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn speakers_started_as_processes_get_the_daemonsets_malloc_settings() {
-        let env = daemonset_literal_env().unwrap();
-        let names: Vec<&str> = env.iter().map(|(name, _)| name.as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "MALLOC_TRIM_THRESHOLD_",
-                "MALLOC_MMAP_THRESHOLD_",
-                "MALLOC_ARENA_MAX"
-            ],
-            "the downward API's NODE_NAME and friends are the pod's, not literal"
-        );
-    }
 }
