@@ -2657,3 +2657,84 @@ fn unix_now() -> f64 {
         .unwrap()
         .as_secs_f64()
 }
+
+/// A list's next page after etcd compacted the revision its continue token reads at: what the
+/// real API server answers is what `common::continue_expired` recognises, so a watch whose
+/// paged first state outlasted the compaction lists whole from then on, not page by page
+/// again forever.
+#[tokio::test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
+async fn a_list_whose_continue_token_was_compacted_is_recognised_as_expired() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{ListParams, PostParams};
+    lab::require_lab!();
+    // Pages served from etcd, as a loaded server serves them once its watch cache no longer
+    // holds the list's revision: with its snapshots, the cache would answer the next page
+    // whatever etcd compacted behind its back.
+    let lab = Lab::start(LabConfig {
+        apiserver_feature_gates: vec!["ListFromCacheSnapshot=false".into()],
+        ..LabConfig::bare(1)
+    })
+    .await
+    .unwrap();
+    let api: Api<ConfigMap> = Api::namespaced(lab.client(), "default");
+    let config_map = |name: &str| ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_string()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    for name in ["page-1", "page-2"] {
+        api.create(&PostParams::default(), &config_map(name))
+            .await
+            .unwrap();
+    }
+    let first = api.list(&ListParams::default().limit(1)).await.unwrap();
+    let token = first.metadata.continue_.expect("a continue token");
+    // A write after the first page, and etcd compacted up to it.
+    let later = api
+        .create(&PostParams::default(), &config_map("later"))
+        .await
+        .unwrap();
+    let revision = later.metadata.resource_version.unwrap();
+    let compacted = lab
+        .cp
+        .exec(
+            "curl",
+            &[
+                "-sS",
+                "--fail",
+                "-X",
+                "POST",
+                "http://127.0.0.1:2379/v3/kv/compaction",
+                "-d",
+                &format!(r#"{{"revision": "{revision}", "physical": true}}"#),
+            ],
+        )
+        .unwrap();
+    println!("etcd compacted to {revision}: {compacted}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let error = loop {
+        match api
+            .list(&ListParams::default().limit(1).continue_token(&token))
+            .await
+        {
+            Err(error) => break error,
+            // The API server serves a page from its watch cache's snapshot until it learns of
+            // the compaction.
+            Ok(_) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the continue token never expired"
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    println!("the next page: {error}");
+    assert!(
+        common::continue_expired(&kube::runtime::watcher::Error::InitialListFailed(error)),
+        "not recognised as an expired continue token"
+    );
+}
