@@ -4,7 +4,10 @@
 pub mod events;
 pub mod health;
 pub mod http;
+mod listed;
 pub mod memory;
+
+pub use listed::continue_expired;
 
 use clap::{Args, ValueEnum};
 use tracing_subscriber::EnvFilter;
@@ -197,14 +200,14 @@ pub fn watch_backoff() -> impl kube::runtime::utils::Backoff {
 /// they started. So a first state cut short is listed from then on, as client-go falls back
 /// to a list.
 ///
-/// A listed first state comes in pages, each a request, and any page that fails starts the
-/// list again from its first page. On a starved API server the pages of 10,000 Services took
-/// longer than the server keeps a continue token's revision (it compacts etcd every 5 minutes
-/// by default): try after try ended "continue parameter is too old" (172 times in 73 of 100
-/// speakers, 26 of which had no first state 30 minutes after they started). So, as client-go's
-/// pager does, a list whose continue token expired is asked again whole, in one request, from
-/// then on; its objects are decoded at once, a passing peak of memory that is the price of
-/// having a first state at all.
+/// A listed first state comes in pages of [`LIST_PAGE`], each a request; a page that fails is
+/// asked again, and only a continue token that expired starts the list again ([`listed`]).
+/// kube's watcher started it again on any failure: on a starved API server no list of 10,000
+/// Services then ended before the server's etcd compaction expired its token (172 times in 73
+/// of 100 speakers, 26 of which had no first state 30 minutes after they started). Listing
+/// whole after an expiry, as client-go's pager does, ended more lists, but lists of 10,000
+/// Services were cut mid-body (190 times in 55 speakers) and one speaker decoding one held
+/// 113 MiB.
 pub fn watch<K>(
     api: kube::Api<K>,
     config: kube::runtime::watcher::Config,
@@ -222,33 +225,16 @@ where
     let mut current = kube::runtime::watcher(api.clone(), config.clone().streaming_lists()).boxed();
     // Listed as client-go's informers list: from the API server's watch cache as it is
     // (resourceVersion 0), not after waiting for it to be as fresh as etcd, which on a starved
-    // server took pages past its request timeout, each starting the whole list again. In
-    // pages of LIST_PAGE: a page's objects are decoded at once, and a speaker that read pages
-    // of 500 Services kept 4.4 MiB more resident than one that read them streamed.
-    let listed = config.any_semantic();
-    let mut whole = listed.clone();
-    whole.page_size = None;
-    let mut paged = Some((api.clone(), listed.page_size(LIST_PAGE)));
-    let mut unpaged = Some((api, whole));
+    // server took pages past its request timeout. In pages of LIST_PAGE: a page's objects are
+    // decoded at once, and a speaker that read pages of 500 Services kept 4.4 MiB more
+    // resident than one that read them streamed.
+    let mut paged = Some((api, config.any_semantic().page_size(LIST_PAGE)));
     let mut first_state = FirstState::default();
     futures::stream::poll_fn(move |cx| {
         loop {
             let item = std::task::ready!(current.poll_next_unpin(cx));
             let refused = matches!(&item, Some(Err(e)) if refuses_streamed_lists(e));
             let cut_short = matches!(&item, Some(Ok(event)) if first_state.cut_short(event));
-            let expired = matches!(&item, Some(Err(e)) if continue_expired(e));
-            if expired
-                && paged.is_none()
-                && let Some((api, config)) = unpaged.take()
-            {
-                tracing::warn!(
-                    kind = K::kind(&K::DynamicType::default()).as_ref(),
-                    "the list's continue token expired before its last page: listing it whole from now on"
-                );
-                first_state = FirstState::default();
-                current = kube::runtime::watcher(api, config).boxed();
-                continue;
-            }
             if (refused || cut_short)
                 && let Some((api, config)) = paged.take()
             {
@@ -264,9 +250,9 @@ where
                         "the watch's streamed first state was cut before its end: listing it from now on"
                     );
                 }
-                // The paged watcher begins with its own Init: whoever reads this stream drops
-                // what the cut one had sent.
-                current = kube::runtime::watcher(api, config).boxed();
+                // The listing watcher begins with its own Init: whoever reads this stream
+                // drops what the cut one had sent.
+                current = listed::watcher(api, config).boxed();
                 continue;
             }
             return std::task::Poll::Ready(item);
@@ -301,16 +287,6 @@ impl FirstState {
 /// Objects per page of a watch's list, when its first state is listed (not streamed).
 const LIST_PAGE: u32 = 100;
 
-/// The API server's answer to a list's next page when etcd compacted the revision its continue
-/// token reads at: 410 Gone, reason Expired ("The provided continue parameter is too old").
-pub fn continue_expired(error: &kube::runtime::watcher::Error) -> bool {
-    matches!(
-        error,
-        kube::runtime::watcher::Error::InitialListFailed(kube::Error::Api(status))
-            if status.code == 410 && status.reason == "Expired"
-    )
-}
-
 /// The API server's answer to `sendInitialEvents` when its WatchList feature is off: the
 /// request is invalid.
 fn refuses_streamed_lists(error: &kube::runtime::watcher::Error) -> bool {
@@ -324,29 +300,6 @@ fn refuses_streamed_lists(error: &kube::runtime::watcher::Error) -> bool {
 mod tests {
     use super::*;
     use kube::runtime::watcher::Event;
-
-    #[test]
-    fn only_a_list_page_refused_as_expired_moves_to_a_whole_list() {
-        use kube::core::Status;
-        use kube::runtime::watcher::Error;
-        let list_failed = |code: u16, reason: &str| {
-            Error::InitialListFailed(kube::Error::Api(
-                Status::failure("The provided continue parameter is too old", reason)
-                    .with_code(code)
-                    .boxed(),
-            ))
-        };
-        assert!(continue_expired(&list_failed(410, "Expired")));
-        // A page that timed out is tried again from the first page, still paged.
-        assert!(!continue_expired(&list_failed(504, "Timeout")));
-        assert!(!continue_expired(&list_failed(410, "Gone")));
-        // A watch (not a list) whose resource version is gone relists as before.
-        assert!(!continue_expired(&Error::WatchFailed(kube::Error::Api(
-            Status::failure("too old resource version", "Expired")
-                .with_code(410)
-                .boxed()
-        ))));
-    }
 
     #[test]
     fn only_a_first_state_started_again_before_its_end_was_cut_short() {
