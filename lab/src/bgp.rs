@@ -210,7 +210,7 @@ impl BgpRouter {
             .unwrap()
             .unwrap_or_else(|e| panic!("{vip} through the router from port {port}: {e}"));
         let all: Vec<usize> = (1..=lab.nodes().len()).collect();
-        let holding = self.nodes_holding_client(lab, &all, Some(port));
+        let holding = self.nodes_holding_client(lab, &all, port);
         drop(connection);
         match holding[..] {
             [node] => node,
@@ -220,17 +220,12 @@ impl BgpRouter {
         }
     }
 
-    /// The nodes among `nodes` whose conntrack holds a connection of the client's to port 80
-    /// (from source `port` when given): where the router sent it.
-    pub fn nodes_holding_client(
-        &self,
-        lab: &Lab,
-        nodes: &[usize],
-        port: Option<u16>,
-    ) -> Vec<usize> {
+    /// The nodes among `nodes` whose conntrack holds the client's connection to port 80 from
+    /// source `port`: where the router sent it.
+    fn nodes_holding_client(&self, lab: &Lab, nodes: &[usize], port: u16) -> Vec<usize> {
         let client = Self::client_ip();
-        let port = port.map(|p| p.to_string());
-        let mut filter = vec![
+        let port = port.to_string();
+        let filter = [
             "-L",
             "-f",
             "ipv6",
@@ -240,10 +235,9 @@ impl BgpRouter {
             client.as_str(),
             "--dport",
             "80",
+            "--sport",
+            port.as_str(),
         ];
-        if let Some(port) = &port {
-            filter.extend(["--sport", port.as_str()]);
-        }
         nodes
             .iter()
             .copied()
