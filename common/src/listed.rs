@@ -9,8 +9,8 @@
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use kube::api::{ListParams, VersionMatch, WatchEvent, WatchParams};
-use kube::runtime::watcher::{Config, Error, Event, ListSemantic, Result};
+use kube::api::{ListParams, WatchEvent, WatchParams};
+use kube::runtime::watcher::{Config, Error, Event, Result};
 
 /// kube's margin past a watch's timeout after which a silent watch is taken as dead.
 const IDLE_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
@@ -34,24 +34,6 @@ enum State<K> {
     },
 }
 
-/// What a page that failed leaves of the list under way.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum AfterPageFailure {
-    /// Ask the same page again: the pages read so far stand.
-    SamePage,
-    /// The continue token's revision is compacted away: no later page can be read
-    /// consistently with the earlier ones, so the list starts again.
-    FromFirstPage,
-}
-
-pub(crate) fn after_page_failure(error: &kube::Error) -> AfterPageFailure {
-    if continue_expired(error) {
-        AfterPageFailure::FromFirstPage
-    } else {
-        AfterPageFailure::SamePage
-    }
-}
-
 /// The API server's answer to a list's next page when etcd compacted the revision its continue
 /// token reads at: 410 Gone, reason Expired ("The provided continue parameter is too old").
 pub fn continue_expired(error: &kube::Error) -> bool {
@@ -70,15 +52,11 @@ where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
     K::DynamicType: Default,
 {
-    let (resource_version, version_match) = match config.list_semantic {
-        ListSemantic::Any => (Some("0".to_string()), Some(VersionMatch::NotOlderThan)),
-        ListSemantic::MostRecent => (None, None),
-    };
+    // No resource version: a list at 0 is served whole whatever its limit, and kube drops it
+    // with a limit anyway; each page is a consistent read.
     let list = ListParams {
         label_selector: config.label_selector.clone(),
         field_selector: config.field_selector.clone(),
-        resource_version,
-        version_match,
         limit: config.page_size,
         ..ListParams::default()
     };
@@ -167,19 +145,21 @@ where
                     (None, state)
                 }
                 Err(error) => {
-                    let state = match after_page_failure(&error) {
-                        AfterPageFailure::FromFirstPage => {
-                            tracing::warn!(
-                                kind = K::kind(&Default::default()).as_ref(),
-                                "the list's continue token expired before its last page: listing again from its first page"
-                            );
-                            State::Empty
-                        }
-                        AfterPageFailure::SamePage => State::Listing {
+                    // A failed page is asked again: the pages read so far stand. An expired
+                    // token's revision is compacted away, so no later page reads consistently
+                    // with the earlier ones: the list starts again.
+                    let state = if continue_expired(&error) {
+                        tracing::warn!(
+                            kind = K::kind(&Default::default()).as_ref(),
+                            "the list's continue token expired before its last page: listing again from its first page"
+                        );
+                        State::Empty
+                    } else {
+                        State::Listing {
                             continue_token,
                             objects,
                             resource_version: None,
-                        },
+                        }
                     };
                     (Some(Err(Error::InitialListFailed(error))), state)
                 }
@@ -276,20 +256,13 @@ mod tests {
 
     #[test]
     fn only_an_expired_continue_token_starts_the_list_again() {
-        assert_eq!(
-            after_page_failure(&failed(410, "Expired")),
-            AfterPageFailure::FromFirstPage
-        );
+        assert!(continue_expired(&failed(410, "Expired")));
         // A page the server timed out, a server restarting, a 410 of another kind: the same
         // page is asked again.
         for (code, reason) in [(504, "Timeout"), (503, "ServiceUnavailable"), (410, "Gone")] {
-            assert_eq!(
-                after_page_failure(&failed(code, reason)),
-                AfterPageFailure::SamePage,
-                "{code} {reason}"
-            );
+            assert!(!continue_expired(&failed(code, reason)), "{code} {reason}");
         }
         let cut = kube::Error::Service(std::io::Error::other("error reading a body").into());
-        assert_eq!(after_page_failure(&cut), AfterPageFailure::SamePage);
+        assert!(!continue_expired(&cut));
     }
 }
