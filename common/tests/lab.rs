@@ -200,13 +200,7 @@ async fn a_listed_first_state_goes_on_from_the_page_that_failed() {
     // PodTemplates: a kind the API server itself does not list (it lists ConfigMaps), so its
     // LIST requests are all the watch's.
     let api = Api::<PodTemplate>::namespaced(lab.client(), "watched");
-    create_objects(&api, OBJECTS, |i| {
-        serde_json::json!({
-            "metadata": {"name": format!("t-{i}")},
-            "template": {"spec": {"containers": [{"name": "c", "image": "none"}]}},
-        })
-    })
-    .await;
+    create_objects(&api, OBJECTS, |i| pod_template(&format!("t-{i}"))).await;
 
     let mut events = std::pin::pin!(common::watch(api.clone(), watcher::Config::default()));
     let (mut starts, mut seen, mut failures) = (0, Vec::new(), 0);
@@ -258,6 +252,136 @@ async fn a_listed_first_state_goes_on_from_the_page_that_failed() {
         lists, 2.0,
         "LIST requests the restarted API server served (the second and third pages)"
     );
+}
+
+/// A listed first state whose continue token etcd's compaction expired between two pages
+/// (a starved server compacts every 5 minutes, while a list of 10,000 Services is under way)
+/// starts again from its first page and ends whole: the server's 410 is recognised, and the
+/// expired page is not asked again forever.
+#[tokio::test]
+#[ignore = "lab test: needs root; the test command runs it (FERROLB_LAB=1, --include-ignored)"]
+async fn a_listed_first_state_whose_token_expired_starts_again_and_ends_whole() {
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::PodTemplate;
+    use kube::api::ListParams;
+    use kube::runtime::watcher;
+    use std::time::{Duration, Instant};
+
+    lab::require_lab!();
+    const OBJECTS: usize = 250;
+    // Listed, not streamed; pages read from etcd, as a loaded server reads them once its
+    // watch cache no longer holds the list's revision (its snapshots would answer the next
+    // page whatever etcd compacted behind their back).
+    let lab = lab_with_namespace(vec![
+        "WatchList=false".into(),
+        "ListFromCacheSnapshot=false".into(),
+    ])
+    .await;
+    let api = Api::<PodTemplate>::namespaced(lab.client(), "watched");
+    create_objects(&api, OBJECTS, |i| pod_template(&format!("t-{i}"))).await;
+
+    let mut events = std::pin::pin!(common::watch(api.clone(), watcher::Config::default()));
+    let (mut starts, mut seen, mut failures) = (0, Vec::new(), Vec::new());
+    let mut compacted = false;
+    let whole = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(watcher::Event::Init) => {
+                    starts += 1;
+                    seen.clear();
+                }
+                Ok(watcher::Event::InitApply(t)) => {
+                    seen.push(t.metadata.name.unwrap());
+                    // The first page handed out: the next poll asks for the second.
+                    if seen.len() == 100 && !compacted {
+                        compact_until_a_page_expires(&lab, &api).await;
+                        compacted = true;
+                    }
+                }
+                Ok(watcher::Event::InitDone) => return,
+                Ok(_) => {}
+                Err(error) => failures.push(error.to_string()),
+            }
+        }
+    })
+    .await;
+    assert!(
+        whole.is_ok(),
+        "no whole first state within 120 s: {starts} starts, {} failed pages (the first: {:?}), the last with {} objects",
+        failures.len(),
+        failures.first(),
+        seen.len()
+    );
+    assert!(compacted, "a first page of {} objects", seen.len());
+    assert_eq!(starts, 2, "first states started (failures {failures:?})");
+    assert!(
+        failures.len() == 1 && failures[0].contains("too old"),
+        "failed pages: {failures:?}"
+    );
+    seen.sort();
+    seen.dedup();
+    // With the one written before the compaction.
+    assert_eq!(
+        seen.len(),
+        OBJECTS + 1,
+        "distinct objects in the last first state"
+    );
+
+    /// Writes, compacts etcd up to the write, and waits until the API server answers a list
+    /// begun before it 410 Expired: it serves a page from its watch cache until it learns of
+    /// the compaction.
+    async fn compact_until_a_page_expires(lab: &Lab, api: &Api<PodTemplate>) {
+        let probe = api.list(&ListParams::default().limit(1)).await.unwrap();
+        let token = probe.metadata.continue_.expect("a continue token");
+        let later = api
+            .create(
+                &Default::default(),
+                &serde_json::from_value(pod_template("later")).unwrap(),
+            )
+            .await
+            .unwrap();
+        let revision = later.metadata.resource_version.unwrap();
+        lab.cp
+            .exec(
+                "curl",
+                &[
+                    "-sS",
+                    "--fail",
+                    "-X",
+                    "POST",
+                    "http://127.0.0.1:2379/v3/kv/compaction",
+                    "-d",
+                    &format!(r#"{{"revision": "{revision}", "physical": true}}"#),
+                ],
+            )
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match api
+                .list(&ListParams::default().limit(1).continue_token(&token))
+                .await
+            {
+                Err(error) if common::continue_expired(&error) => return,
+                Err(error) => panic!("the probe's next page: {error}"),
+                Ok(_) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "the continue token never expired"
+                    );
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+}
+
+/// A PodTemplate named `name`: a kind the API server itself does not list (it lists
+/// ConfigMaps), so the LIST requests it serves for it are the test's.
+fn pod_template(name: &str) -> serde_json::Value {
+    serde_json::json!({
+        "metadata": {"name": name},
+        "template": {"spec": {"containers": [{"name": "c", "image": "none"}]}},
+    })
 }
 
 /// A lab of one node without kube-proxy, its API server run with `feature_gates`, and a
